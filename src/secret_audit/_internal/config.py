@@ -1,0 +1,205 @@
+"""Settings read once from ``OTEL_PYTHON_SECRET_AUDIT_*``, so a bad value fails at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = [
+    "PREFIX",
+    "ConfigurationError",
+    "Settings",
+    "SPAN_MODES",
+    "load_settings",
+]
+
+PREFIX = "OTEL_PYTHON_SECRET_AUDIT_"
+
+SPAN_MODES = ("all", "in_trace", "errors", "off")
+EXPORTERS = ("otlp", "console", "none")
+PROTOCOLS = ("grpc", "http/protobuf")
+ACCESS_PATHS = ("internal", "external")
+
+DEFAULT_REDIS_KEY_PATTERNS = (
+    "*secret*",
+    "*credential*",
+    "*password*",
+    "*passwd*",
+    "*token*",
+    "*api_key*",
+    "*apikey*",
+    "*private_key*",
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+T = TypeVar("T")
+
+
+class ConfigurationError(ValueError):
+    """Raised at start-up so that a mistyped setting can never silently weaken the audit."""
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{variable}={value!r} is not valid: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting in one immutable object so the hot path reads attributes, not the environment."""
+
+    enabled: bool = True
+    redis_key_patterns: tuple[str, ...] = DEFAULT_REDIS_KEY_PATTERNS
+    redis_key_patterns_case_sensitive: bool = False
+    hash_names: bool = False
+    hmac_key: bytes | None = field(default=None, repr=False)
+    principal: str | None = None
+    default_access_path: str = "internal"
+    spans: str = "all"
+    echo: bool = False
+    exporter: str = "otlp"
+    otlp_endpoint: str | None = None
+    otlp_protocol: str = "http/protobuf"
+    otlp_headers: str | None = field(default=None, repr=False)
+    queue_size: int = 65536
+    queue_full_timeout_ms: int = 2000
+    batch_size: int = 512
+    schedule_delay_ms: int = 200
+    export_retry_timeout_ms: int = 60000
+    shutdown_timeout_ms: int = 10000
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigurationError(name, raw, "one of true, false, 1, 0, yes, no, on, off")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        low = raw.strip().lower()
+        if low not in choices:
+            raise ConfigurationError(name, raw, "one of " + ", ".join(choices))
+        return low
+
+    return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigurationError(name, raw, f"an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ConfigurationError(name, raw, f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _patterns(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not items:
+        raise ConfigurationError(name, raw, "a comma-separated list of one or more glob patterns")
+    return items
+
+
+def _text(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigurationError(name, raw, "a non-empty string")
+    return value
+
+
+def _read(
+    env: Mapping[str, str], suffix: str, parse: Callable[[str, str], T], default: T
+) -> T:
+    name = PREFIX + suffix
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return parse(name, raw)
+
+
+def _hmac_key(env: Mapping[str, str], wanted: bool) -> bytes | None:
+    key_name = PREFIX + "HMAC_KEY"
+    file_name = PREFIX + "HMAC_KEY_FILE"
+    raw = env.get(key_name)
+    path = env.get(file_name)
+    if raw is not None and path is not None:
+        raise ConfigurationError(file_name, path, f"unset while {key_name} is set (choose one)")
+    if raw is not None:
+        if len(raw.encode()) < 16:
+            raise ConfigurationError(key_name, "<redacted>", "a key of at least 16 bytes")
+        return raw.encode()
+    if path is not None:
+        try:
+            data = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                file_name, path, f"a readable file ({exc.strerror or type(exc).__name__})"
+            ) from None
+        if len(data) < 16:
+            raise ConfigurationError(file_name, path, "a file holding a key of at least 16 bytes")
+        return data
+    if wanted:
+        raise ConfigurationError(
+            PREFIX + "HASH_NAMES", "true", f"false, unless {key_name} or {file_name} is set"
+        )
+    return None
+
+
+def _default_protocol(env: Mapping[str, str]) -> str:
+    for name in ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        raw = env.get(name)
+        if raw:
+            return _choice(PROTOCOLS)(name, raw)
+    return "http/protobuf"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate every setting, raising ConfigurationError on the first bad one."""
+    env = os.environ if env is None else env
+    hash_names = _read(env, "HASH_NAMES", _bool, False)
+    queue_size = _read(env, "QUEUE_SIZE", _int_range(64, 10_000_000), 65536)
+    batch_size = _read(env, "BATCH_SIZE", _int_range(1, 100_000), 512)
+    if batch_size > queue_size:
+        raise ConfigurationError(
+            PREFIX + "BATCH_SIZE", str(batch_size), f"at most the queue size ({queue_size})"
+        )
+    return Settings(
+        enabled=_read(env, "ENABLED", _bool, True),
+        redis_key_patterns=_read(env, "REDIS_KEY_PATTERNS", _patterns, DEFAULT_REDIS_KEY_PATTERNS),
+        redis_key_patterns_case_sensitive=_read(
+            env, "REDIS_KEY_PATTERNS_CASE_SENSITIVE", _bool, False
+        ),
+        hash_names=hash_names,
+        hmac_key=_hmac_key(env, hash_names),
+        principal=_read(env, "PRINCIPAL", _text, None),
+        default_access_path=_read(env, "DEFAULT_ACCESS_PATH", _choice(ACCESS_PATHS), "internal"),
+        spans=_read(env, "SPANS", _choice(SPAN_MODES), "all"),
+        echo=_read(env, "ECHO", _bool, False),
+        exporter=_read(env, "EXPORTER", _choice(EXPORTERS), "otlp"),
+        otlp_endpoint=_read(env, "EXPORTER_OTLP_ENDPOINT", _text, None),
+        otlp_protocol=_read(env, "EXPORTER_OTLP_PROTOCOL", _choice(PROTOCOLS), "")
+        or _default_protocol(env),
+        otlp_headers=_read(env, "EXPORTER_OTLP_HEADERS", _text, None),
+        queue_size=queue_size,
+        queue_full_timeout_ms=_read(env, "QUEUE_FULL_TIMEOUT_MS", _int_range(0, 600_000), 2000),
+        batch_size=batch_size,
+        schedule_delay_ms=_read(env, "SCHEDULE_DELAY_MS", _int_range(1, 60_000), 200),
+        export_retry_timeout_ms=_read(
+            env, "EXPORT_RETRY_TIMEOUT_MS", _int_range(0, 86_400_000), 60000
+        ),
+        shutdown_timeout_ms=_read(env, "SHUTDOWN_TIMEOUT_MS", _int_range(0, 600_000), 10000),
+    )

@@ -1,0 +1,48 @@
+"""The small tuple the caller's path enqueues, so that all formatting happens on the worker."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from opentelemetry.context import Context
+
+__all__ = ["Access", "Item", "Source"]
+
+
+class Item(NamedTuple):
+    """One secret touched by one call; a multi-key command yields several."""
+
+    name: str | bytes
+    operation: str
+    action: str
+    result: str | None = None
+    resource: str | None = None
+    version: str | None = None
+
+
+class Source(Protocol):
+    """What the worker asks an instrumented library about a call it did not see."""
+
+    name: str
+
+    def resource(self, target: Any) -> str | None:
+        """Return the resource URI for the client ``target``, e.g. ``redis://host:6379/0``."""
+
+    def principal(self, target: Any) -> str | None:
+        """Return the service identity behind ``target``, never a credential."""
+
+    def describe_error(self, error: BaseException) -> tuple[str, str, str]:
+        """Return ``(outcome, error.type, sanitised message)`` for an exception."""
+
+
+class Access(NamedTuple):
+    """What one instrumented call did to secrets; built on the caller's path, read on the worker."""
+
+    source: Source
+    start_ns: int
+    end_ns: int
+    context: Context
+    target: Any
+    items: tuple[Item, ...]
+    outcome: str
+    error: BaseException | None = None

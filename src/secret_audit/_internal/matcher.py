@@ -1,0 +1,49 @@
+"""Deciding whether a key names a secret, with a cache so the hot path is one dict lookup."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["KeyMatcher"]
+
+_CACHE_LIMIT = 65536
+
+
+class KeyMatcher:
+    """Glob patterns compiled to one regex; results cached per key, bounded in size."""
+
+    __slots__ = ("_cache", "_match_all", "_regex")
+
+    def __init__(self, patterns: Iterable[str], *, case_sensitive: bool = False) -> None:
+        pats = list(patterns)
+        self._match_all = "*" in pats
+        flags = 0 if case_sensitive else re.IGNORECASE
+        self._regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats), flags)
+        self._cache: dict[Any, bool] = {}
+
+    def __call__(self, key: Any) -> bool:
+        """Return True when ``key`` (str or bytes) matches any pattern."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return False
+        if self._match_all:
+            hit = True
+        else:
+            if isinstance(key, bytes):
+                text = key.decode("utf-8", "surrogateescape")
+            elif isinstance(key, str):
+                text = key
+            else:
+                text = str(key)
+            hit = self._regex.match(text) is not None
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = hit
+        return hit

@@ -1,0 +1,540 @@
+"""The audit pipeline: a bounded queue on the caller's path, one worker that builds, chains, exports."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.context import Context
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from secret_audit._internal import chain
+from secret_audit._internal.config import Settings
+from secret_audit._internal.event import Access
+from secret_audit._internal.export import audit_resource, build_exporter
+from secret_audit.context import resolve
+from secret_audit.hashing import hash_name
+from secret_audit.version import __version__
+
+__all__ = ["AuditPipeline", "get_pipeline", "peek_pipeline", "set_pipeline"]
+
+_log = logging.getLogger("secret_audit")
+_echo = logging.getLogger("secret_audit.audit")
+
+SCOPE = "secret_audit"
+EVENT_ACCESS = "secret.access"
+EVENT_DROPPED = "audit.dropped"
+
+_SEVERITY = {
+    "success": (SeverityNumber.INFO, "INFO"),
+    "not_found": (SeverityNumber.WARN, "WARN"),
+    "denied": (SeverityNumber.WARN, "WARN"),
+    "error": (SeverityNumber.ERROR, "ERROR"),
+}
+
+_VERB = {
+    "read": ("Secret accessed", "from"),
+    "write": ("Secret stored", "to"),
+    "delete": ("Secret deleted", "from"),
+    "metadata": ("Secret metadata read", "from"),
+    "admin": ("Secret administered", "on"),
+}
+_FAILED = {
+    "read": "Secret access failed",
+    "write": "Secret store failed",
+    "delete": "Secret delete failed",
+    "metadata": "Secret metadata read failed",
+    "admin": "Secret administration failed",
+}
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.2f}ms"
+
+
+def summary(attrs: dict[str, Any]) -> str:
+    """Render the seed-000 one-line summary; it only ever names identifiers, never values."""
+    op = attrs["audit.operation"]
+    name = attrs["secret.name"]
+    source = attrs["secret.source"]
+    outcome = attrs["audit.outcome"]
+    took = _fmt_ms(attrs["audit.duration_ms"])
+    if outcome == "not_found":
+        return f"Secret not found: {name} in {source} ({took})"
+    if outcome in ("error", "denied"):
+        reason = attrs.get("audit.error") or attrs.get("error.type") or outcome
+        return f"{_FAILED.get(op, 'Secret access failed')}: {name} {_VERB[op][1]} {source}: {reason}"
+    verb, prep = _VERB.get(op, ("Secret accessed", "from"))
+    result = attrs.get("audit.result")
+    extra = f" ({result})" if result in ("created", "updated", "deleted", "unchanged") else ""
+    return f"{verb}: {name} {prep} {source}{extra} ({took})"
+
+
+class _Collector(LogRecordProcessor):
+    """Collects emitted records into the worker's current batch, so export stays under our control."""
+
+    def __init__(self) -> None:
+        self.batch: list[ReadWriteLogRecord] = []
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self.batch.append(log_record)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _Marker:
+    """A flush request travelling through the queue, set once everything before it is exported."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class AuditPipeline:
+    """One per process (and per child after fork): sequence and chain are per stream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        exporter: LogRecordExporter | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self._custom_exporter = exporter
+        self._tracer_provider = tracer_provider
+        self._hmac_key = settings.hmac_key if settings.hash_names else None
+        self._cap = settings.queue_size
+        self._wake_at = max(1, settings.batch_size)
+        self._closed = False
+        self._reset()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        atexit.register(_at_exit, ref)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        """Fresh stream, queue and worker: used at start and in a forked child."""
+        self.stream_id = str(uuid.uuid4())
+        self._dq: deque[Access | _Marker] = deque()
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sequence = 0
+        self._prev = chain.GENESIS
+        self._exporter: LogRecordExporter | None = None
+        self._logger_provider: LoggerProvider | None = None
+        self._collector = _Collector()
+        self._tracer: trace.Tracer | None = None
+        self.submitted = 0
+        self.exported = 0
+        self.dropped_queue_full = 0
+        self.lost_export = 0
+        self.internal_errors = 0
+        self._unreported_drops = 0
+        self._lost_ranges: list[tuple[int, int]] = []
+        self._waiting = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health checks and tests: what was queued, exported and lost."""
+        return {
+            "stream_id": self.stream_id,
+            "sequence": self._sequence,
+            "queued": len(self._dq),
+            "exported": self.exported,
+            "dropped_queue_full": self.dropped_queue_full,
+            "lost_export": self.lost_export,
+            "internal_errors": self.internal_errors,
+        }
+
+    # ---- caller's path -----------------------------------------------------------------------
+
+    def submit(self, access: Access) -> None:
+        """Enqueue one access; waits a bounded time for room rather than dropping silently."""
+        dq = self._dq
+        if len(dq) >= self._cap and not self._wait_for_room():
+            with self._lock:
+                self.dropped_queue_full += len(access.items)
+                self._unreported_drops += len(access.items)
+            return
+        dq.append(access)
+        if self._thread is None:
+            self._start()
+        if len(dq) >= self._wake_at:
+            self._wake.set()
+
+    def _wait_for_room(self) -> bool:
+        self._wake.set()
+        if self._closed or self._thread is None:
+            return False
+        deadline = time.monotonic() + self.settings.queue_full_timeout_ms / 1000
+        with self._room:
+            self._waiting += 1
+            try:
+                while len(self._dq) >= self._cap:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._room.wait(left)
+            finally:
+                self._waiting -= 1
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="secret-audit-worker", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    # ---- public control ----------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every access queued before the call is exported (or given up on)."""
+        if self._thread is None:
+            if not self._dq:
+                return True
+            self._start()
+        marker = _Marker()
+        self._dq.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush what is queued within the shutdown timeout, then stop the worker and exporter."""
+        if self._closed:
+            return
+        limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
+        self.flush(limit)
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(limit)
+        exporter = self._exporter
+        if exporter is not None:
+            try:
+                exporter.shutdown()  # type: ignore[no-untyped-call]
+            except Exception:
+                _log.debug("audit exporter shutdown failed", exc_info=True)
+
+    # ---- worker -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+        # Our own exports must never be traced or audited by other instrumentations.
+        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        delay = self.settings.schedule_delay_ms / 1000
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            self._drain()
+            if self._stop.is_set() and not self._dq:
+                return
+
+    def _drain(self) -> None:
+        dq = self._dq
+        batch_size = self.settings.batch_size
+        while dq:
+            markers: list[_Marker] = []
+            taken = 0
+            while dq and taken < batch_size:
+                item = dq.popleft()
+                if isinstance(item, _Marker):
+                    markers.append(item)
+                    break
+                taken += 1
+                try:
+                    self._build(item)
+                except Exception:
+                    self.internal_errors += 1
+                    _log.exception("secret-audit: failed to build an audit record")
+            if self._waiting:
+                with self._room:
+                    self._room.notify_all()
+            self._report_drops()
+            self._export_batch()
+            for marker in markers:
+                marker.done.set()
+
+    def _ensure_sdk(self) -> tuple[trace.Tracer, LoggerProvider]:
+        if self._tracer is None:
+            provider = self._tracer_provider or trace.get_tracer_provider()
+            self._tracer = provider.get_tracer(SCOPE, __version__)
+        if self._logger_provider is None:
+            lp = LoggerProvider(resource=audit_resource(), shutdown_on_exit=False)
+            lp.add_log_record_processor(self._collector)
+            self._logger_provider = lp
+        return self._tracer, self._logger_provider
+
+    def _name(self, raw: str | bytes) -> str:
+        if self._hmac_key is not None:
+            return hash_name(raw, self._hmac_key)
+        if isinstance(raw, bytes):
+            return raw.decode("utf-8", "backslashreplace")
+        return raw
+
+    def _build(self, access: Access) -> None:
+        tracer, _ = self._ensure_sdk()
+        settings = self.settings
+        source = access.source
+        ctx = access.context
+        who = resolve(ctx, settings.default_access_path)
+        principal = who.principal or settings.principal or source.principal(access.target)
+        base_resource = source.resource(access.target)
+        outcome = access.outcome
+        error_type = error_text = None
+        if access.error is not None:
+            outcome, error_type, error_text = source.describe_error(access.error)
+        duration_ms = (access.end_ns - access.start_ns) / 1e6
+        for item in access.items:
+            name = self._name(item.name)
+            attrs: dict[str, Any] = {
+                "secret.name": name,
+                "secret.source": source.name,
+            }
+            resource = item.resource or base_resource
+            if resource:
+                attrs["secret.resource"] = resource
+            if item.version:
+                attrs["secret.version"] = item.version
+            attrs["audit.operation"] = item.operation
+            attrs["audit.action"] = item.action
+            if error_type is None and item.result == "not_found":
+                attrs["audit.outcome"] = "not_found"
+            else:
+                attrs["audit.outcome"] = outcome
+                if item.result and error_type is None:
+                    attrs["audit.result"] = item.result
+            attrs["audit.duration_ms"] = duration_ms
+            if error_type is not None:
+                attrs["error.type"] = error_type
+                if error_text:
+                    attrs["audit.error"] = error_text
+            if principal:
+                attrs["audit.principal"] = principal
+            if who.enduser:
+                attrs["enduser.id"] = who.enduser
+            if who.client_address:
+                attrs["client.address"] = who.client_address
+            attrs["audit.access_path"] = who.access_path
+            self._emit(
+                tracer, ctx, EVENT_ACCESS, attrs, access.start_ns, access.end_ns, summary(attrs)
+            )
+
+    def _span_wanted(self, ctx: Context, outcome: str) -> bool:
+        mode = self.settings.spans
+        if mode == "all":
+            return True
+        if mode == "off":
+            return False
+        if mode == "errors":
+            return outcome in ("error", "denied")
+        return trace.get_current_span(ctx).get_span_context().is_valid
+
+    def _emit(
+        self,
+        tracer: trace.Tracer,
+        ctx: Context,
+        event_name: str,
+        attrs: dict[str, Any],
+        start_ns: int,
+        end_ns: int,
+        body: str,
+        *,
+        span_ok: bool = True,
+    ) -> None:
+        self._sequence += 1
+        seq = self._sequence
+        attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
+        attrs["audit.stream.id"] = self.stream_id
+        attrs["audit.sequence"] = seq
+        attrs["audit.chain.prev"] = self._prev
+        outcome = attrs.get("audit.outcome", "error")
+        severity, severity_text = _SEVERITY.get(outcome, _SEVERITY["error"])
+        span = None
+        if span_ok and self._span_wanted(ctx, outcome):
+            span = tracer.start_span(
+                f"secret.{attrs.get('audit.operation', 'audit')}",
+                context=ctx,
+                kind=SpanKind.INTERNAL,
+                attributes=attrs,
+                start_time=start_ns,
+            )
+            record_ctx = trace.set_span_in_context(span, ctx)
+            span_context = span.get_span_context()
+        else:
+            record_ctx = ctx
+            span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            trace_hex = trace.format_trace_id(span_context.trace_id)
+            span_hex = trace.format_span_id(span_context.span_id)
+        else:
+            trace_hex = span_hex = ""
+        digest = chain.chain_hash(
+            chain.canonical_bytes(
+                time_unix_nano=start_ns,
+                event_name=event_name,
+                severity_number=severity.value,
+                body=body,
+                trace_id=trace_hex,
+                span_id=span_hex,
+                attributes=attrs,
+            )
+        )
+        attrs[chain.HASH_ATTRIBUTE] = digest
+        self._prev = digest
+        if span is not None:
+            span.set_attribute(chain.HASH_ATTRIBUTE, digest)
+            if outcome in ("error", "denied"):
+                span.set_status(Status(StatusCode.ERROR, attrs.get("error.type")))
+            span.end(end_time=end_ns)
+        assert self._logger_provider is not None
+        self._logger_provider.get_logger(SCOPE, __version__).emit(
+            timestamp=start_ns,
+            observed_timestamp=time.time_ns(),
+            context=record_ctx,
+            severity_number=severity,
+            severity_text=severity_text,
+            body=body,
+            attributes=attrs,
+            event_name=event_name,
+        )
+        if self.settings.echo:
+            _echo.info("[AUDIT] %s", body)
+
+    def _report_drops(self) -> None:
+        """Turn counted losses into their own chained record, so a sink sees what it never got."""
+        with self._lock:
+            dropped = self._unreported_drops
+            self._unreported_drops = 0
+            ranges = self._lost_ranges
+            self._lost_ranges = []
+        if not dropped and not ranges:
+            return
+        tracer, _ = self._ensure_sdk()
+        now = time.time_ns()
+        if dropped:
+            attrs: dict[str, Any] = {
+                "audit.outcome": "error",
+                "audit.dropped.count": dropped,
+                "audit.dropped.reason": "queue_full",
+            }
+            self._emit_dropped(tracer, attrs, now, f"Audit records dropped: {dropped} (queue full)")
+        for first, last in ranges:
+            attrs = {
+                "audit.outcome": "error",
+                "audit.dropped.count": last - first + 1,
+                "audit.dropped.reason": "export_failed",
+                "audit.dropped.first_sequence": first,
+                "audit.dropped.last_sequence": last,
+            }
+            text = f"Audit records lost: sequence {first}..{last} (export failed)"
+            self._emit_dropped(tracer, attrs, now, text)
+
+    def _emit_dropped(self, tracer: trace.Tracer, attrs: dict[str, Any], now: int, body: str) -> None:
+        self._emit(tracer, Context(), EVENT_DROPPED, attrs, now, now, body, span_ok=False)
+
+    def _export_batch(self) -> None:
+        batch = self._collector.batch
+        if not batch:
+            return
+        self._collector.batch = []
+        exporter = self._exporter
+        if exporter is None:
+            exporter = self._custom_exporter or build_exporter(self.settings)
+            self._exporter = exporter
+        if self._export_with_retry(exporter, batch):
+            self.exported += len(batch)
+            return
+        seqs = [int(r.log_record.attributes["audit.sequence"]) for r in batch]  # type: ignore[index, arg-type]
+        with self._lock:
+            self.lost_export += len(batch)
+            self._lost_ranges.append((min(seqs), max(seqs)))
+        _log.error(
+            "secret-audit: lost %d audit records (sequence %d..%d): the exporter kept failing",
+            len(batch),
+            min(seqs),
+            max(seqs),
+        )
+
+    def _export_with_retry(self, exporter: LogRecordExporter, batch: Sequence[Any]) -> bool:
+        deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
+        delay = 0.2
+        while True:
+            try:
+                if exporter.export(batch) is LogRecordExportResult.SUCCESS:
+                    return True
+            except Exception:
+                _log.debug("audit export raised", exc_info=True)
+            if self._stop.is_set() or time.monotonic() + delay > deadline:
+                return False
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
+_PIPELINE: AuditPipeline | None = None
+_PIPELINE_LOCK = threading.Lock()
+
+
+def get_pipeline(
+    settings: Settings,
+    *,
+    exporter: LogRecordExporter | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> AuditPipeline:
+    """Return the process pipeline, creating it on first use; sources share one stream."""
+    global _PIPELINE
+    with _PIPELINE_LOCK:
+        if _PIPELINE is None or _PIPELINE._closed:
+            _PIPELINE = AuditPipeline(settings, exporter=exporter, tracer_provider=tracer_provider)
+        return _PIPELINE
+
+
+def peek_pipeline() -> AuditPipeline | None:
+    """Return the current pipeline without creating one."""
+    return _PIPELINE
+
+
+def set_pipeline(pipeline: AuditPipeline | None) -> AuditPipeline | None:
+    """Replace the process pipeline (tests and embedding apps), returning the old one."""
+    global _PIPELINE
+    with _PIPELINE_LOCK:
+        old, _PIPELINE = _PIPELINE, pipeline
+    return old
+
+
+def _after_fork(ref: weakref.ref[AuditPipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None and not pipeline._closed:
+        pipeline._reset()
+
+
+def _at_exit(ref: weakref.ref[AuditPipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None:
+        pipeline.shutdown()

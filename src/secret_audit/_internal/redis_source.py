@@ -1,0 +1,319 @@
+"""The redis-py wrappers: classify, time and enqueue; the rest happens on the audit worker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from time import time_ns
+from typing import Any
+
+from opentelemetry.context import get_current
+
+from secret_audit._internal.errors import error_type, safe_prefix
+from secret_audit._internal.event import Access, Item
+from secret_audit._internal.matcher import KeyMatcher
+from secret_audit._internal.redis_commands import Command, lookup
+
+__all__ = ["RedisSource", "Wrappers"]
+
+_CODE = re.compile(r"^[A-Z][A-Z_]+$")
+_DENIED_CODES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
+# Server messages whose leading words are known to carry no data.
+_KNOWN_MESSAGES = (
+    "unknown command",
+    "unknown subcommand",
+    "wrong number of arguments",
+    "syntax error",
+    "value is not an integer or out of range",
+    "value is not a valid float",
+    "no such key",
+    "Operation against a key holding the wrong kind of value",
+    "Error running script",
+    "user_script",
+    "Number of keys can't be greater than number of args",
+    "Authentication required",
+    "invalid username-password pair",
+    "this user has no permissions",
+    "increment or decrement would overflow",
+    "DUMP payload version or checksum are wrong",
+    "Target key name is busy",
+    "Invalid TTL value",
+)
+
+
+class RedisSource:
+    """Describes redis-py clients to the audit worker."""
+
+    name = "redis"
+
+    def resource(self, target: Any) -> str | None:
+        """Build ``redis://host:port/db`` from the client's connection settings (never its password)."""
+        pool = getattr(target, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        if isinstance(kwargs, dict):
+            db = kwargs.get("db", 0)
+            if kwargs.get("path"):
+                return f"redis+unix://{kwargs['path']}?db={db}"
+            return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+        nodes = getattr(target, "nodes_manager", None)
+        node = getattr(nodes, "default_node", None) or (
+            next(iter(getattr(nodes, "startup_nodes", {}).values()), None) if nodes else None
+        )
+        if node is None:
+            node = getattr(target, "node", None)
+        host, port = getattr(node, "host", None), getattr(node, "port", None)
+        if host is not None:
+            return f"redis://{host}:{port}/0"
+        return None
+
+    def principal(self, target: Any) -> str | None:
+        """The Redis ACL user name the client logs in as, if it names one."""
+        pool = getattr(target, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        user = kwargs.get("username") if isinstance(kwargs, dict) else None
+        return f"redis:{user}" if isinstance(user, str) and user else None
+
+    def describe_error(self, error: BaseException) -> tuple[str, str, str]:
+        """Map redis-py exceptions to an outcome, never quoting data from the message."""
+        etype = error_type(error)
+        text = str(error) if isinstance(error, Exception) else ""
+        first, _, rest = text.partition(" ")
+        outcome = "error"
+        cls_name = type(error).__name__
+        if cls_name in ("AuthenticationError", "AuthorizationError", "NoPermissionError"):
+            outcome = "denied"
+        if _CODE.match(first):
+            if first in _DENIED_CODES:
+                outcome = "denied"
+            known = next((m for m in _KNOWN_MESSAGES if rest.startswith(m)), None)
+            return outcome, etype, f"{first} {known}" if known else first
+        module = type(error).__module__
+        if module.startswith("redis"):
+            if cls_name == "ResponseError":
+                known = next((m for m in _KNOWN_MESSAGES if text.startswith(m)), None)
+                return outcome, etype, known or ""
+            return outcome, etype, safe_prefix(text)
+        return outcome, etype, ""
+
+
+SOURCE = RedisSource()
+
+Submit = Callable[[Access], None]
+Found = tuple[Command, list[tuple[Any, str]], list[int]]
+
+
+class Wrappers:
+    """Factories for the wrapt wrappers; ``submit`` and ``is_secret`` are bound at instrument time."""
+
+    def __init__(self, submit: Submit, is_secret: KeyMatcher) -> None:
+        self.submit = submit
+        self.is_secret = is_secret
+
+    # ---- shared pieces ---------------------------------------------------------------------
+
+    def _secret_keys(self, args: Sequence[Any]) -> Found | None:
+        """Return the command spec, its keys and the positions of the secret ones, or None."""
+        try:
+            spec = lookup(args[0])
+        except (IndexError, TypeError):
+            return None
+        if spec is None:
+            return None
+        try:
+            keys = spec.keys(args)
+        except Exception:
+            return None
+        is_secret = self.is_secret
+        hits = [i for i, (key, _) in enumerate(keys) if is_secret(key)]
+        return (spec, keys, hits) if hits else None
+
+    def _access(
+        self,
+        target: Any,
+        args: Sequence[Any],
+        found: Found,
+        start: int,
+        end: int,
+        ctx: Any,
+        reply: Any,
+        error: BaseException | None,
+    ) -> Access:
+        spec, keys, hits = found
+        action = args[0]
+        if not isinstance(action, str):
+            action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
+        action = action.upper()
+        results: Sequence[str | None] = [None] * len(keys)
+        if error is None:
+            try:
+                results = spec.result(args, reply, len(keys))
+            except Exception:
+                results = [None] * len(keys)
+        items = tuple(
+            Item(
+                name=keys[i][0],
+                operation=keys[i][1],
+                action=action,
+                result=results[i] if i < len(results) else None,
+            )
+            for i in hits
+        )
+        return Access(SOURCE, start, end, ctx, target, items, "success", error)
+
+    def _record(
+        self,
+        target: Any,
+        args: Sequence[Any],
+        found: Found,
+        start: int,
+        end: int,
+        ctx: Any,
+        reply: Any,
+        error: BaseException | None,
+    ) -> None:
+        """Build and enqueue the access; any failure here is counted, never raised to the caller."""
+        try:
+            self.submit(self._access(target, args, found, start, end, ctx, reply, error))
+        except Exception:
+            _note_internal_error()
+
+    # ---- single commands -------------------------------------------------------------------
+
+    def execute_command(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap sync ``execute_command``: only calls on secret keys pay more than one lookup."""
+        found = self._secret_keys(args)
+        if found is None:
+            return wrapped(*args, **kwargs)
+        ctx = get_current()
+        start = time_ns()
+        try:
+            reply = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            end = time_ns()
+            self._record(instance, args, found, start, end, ctx, None, exc)
+            raise
+        end = time_ns()
+        self._record(instance, args, found, start, end, ctx, reply, None)
+        return reply
+
+    def async_execute_command(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap async ``execute_command``, timing the awaited call rather than coroutine creation."""
+        found = self._secret_keys(args)
+        if found is None:
+            return wrapped(*args, **kwargs)
+
+        async def run() -> Any:
+            ctx = get_current()
+            start = time_ns()
+            try:
+                reply = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                end = time_ns()
+                self._record(instance, args, found, start, end, ctx, None, exc)
+                raise
+            end = time_ns()
+            self._record(instance, args, found, start, end, ctx, reply, None)
+            return reply
+
+        return run()
+
+    # ---- pipelines -------------------------------------------------------------------------
+
+    def _pipeline_plan(self, instance: Any) -> list[tuple[int, Sequence[Any], Found]]:
+        """Snapshot the queued commands before execute() resets the stack."""
+        try:
+            stack = _command_stack(instance)
+            plan = []
+            for pos, cmd in enumerate(stack):
+                args = cmd.args if hasattr(cmd, "args") else cmd[0]
+                found = self._secret_keys(args)
+                if found is not None:
+                    plan.append((pos, args, found))
+            return plan
+        except Exception:
+            return []
+
+    def _pipeline_done(
+        self,
+        instance: Any,
+        plan: list[tuple[int, Sequence[Any], Found]],
+        start: int,
+        ctx: Any,
+        replies: Any,
+        error: BaseException | None,
+    ) -> None:
+        end = time_ns()
+        for pos, args, found in plan:
+            reply: Any = None
+            err = error
+            if err is None:
+                try:
+                    reply = replies[pos]
+                except (IndexError, TypeError, KeyError):
+                    reply = None
+                if isinstance(reply, BaseException):
+                    err, reply = reply, None
+            self._record(instance, args, found, start, end, ctx, reply, err)
+
+    def pipeline_execute(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap sync ``Pipeline.execute``: one record per secret key in each queued command."""
+        plan = self._pipeline_plan(instance)
+        if not plan:
+            return wrapped(*args, **kwargs)
+        ctx = get_current()
+        start = time_ns()
+        try:
+            replies = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._pipeline_done(instance, plan, start, ctx, None, exc)
+            raise
+        self._pipeline_done(instance, plan, start, ctx, replies, None)
+        return replies
+
+    def async_pipeline_execute(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap async ``Pipeline.execute``."""
+        plan = self._pipeline_plan(instance)
+        if not plan:
+            return wrapped(*args, **kwargs)
+
+        async def run() -> Any:
+            ctx = get_current()
+            start = time_ns()
+            try:
+                replies = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                self._pipeline_done(instance, plan, start, ctx, None, exc)
+                raise
+            self._pipeline_done(instance, plan, start, ctx, replies, None)
+            return replies
+
+        return run()
+
+
+def _command_stack(instance: Any) -> Sequence[Any]:
+    strategy = getattr(instance, "_execution_strategy", None)
+    if strategy is not None:
+        queue = getattr(strategy, "command_queue", None)
+        if queue is None:
+            queue = getattr(strategy, "_command_queue", None)
+        if queue is not None:
+            return list(queue)
+    stack = getattr(instance, "command_stack", None)
+    if stack is None:
+        stack = getattr(instance, "_command_stack", [])
+    return list(stack)
+
+
+_internal_errors = [0]
+
+
+def _note_internal_error() -> None:
+    _internal_errors[0] += 1

@@ -1,0 +1,99 @@
+"""Audit every redis-py call that touches a secret key: sync, async, pipelines and cluster clients.
+
+Usage::
+
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    RedisSecretAuditInstrumentor().instrument()
+
+Or, with no code change: ``opentelemetry-instrument python app.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from secret_audit._internal.bootstrap import pipeline_for
+from secret_audit._internal.matcher import KeyMatcher
+from secret_audit._internal.patching import unwrap_ours, wrap
+from secret_audit._internal.redis_source import Wrappers
+from secret_audit.redis.package import _instruments
+
+__all__ = ["RedisSecretAuditInstrumentor"]
+
+
+def _targets() -> list[tuple[Any, str, str]]:
+    """(class, method, wrapper name) for every client flavour this redis-py has."""
+    import redis
+    import redis.client
+
+    targets: list[tuple[Any, str, str]] = [
+        (redis.client.Redis, "execute_command", "execute_command"),
+        (redis.client.Pipeline, "execute", "pipeline_execute"),
+        (redis.client.Pipeline, "immediate_execute_command", "execute_command"),
+    ]
+    try:
+        import redis.cluster
+
+        targets += [
+            (redis.cluster.RedisCluster, "execute_command", "execute_command"),
+            (redis.cluster.ClusterPipeline, "execute", "pipeline_execute"),
+        ]
+    except ImportError:  # pragma: no cover - old redis-py
+        pass
+    try:
+        import redis.asyncio.client
+
+        targets += [
+            (redis.asyncio.client.Redis, "execute_command", "async_execute_command"),
+            (redis.asyncio.client.Pipeline, "execute", "async_pipeline_execute"),
+            (
+                redis.asyncio.client.Pipeline,
+                "immediate_execute_command",
+                "async_execute_command",
+            ),
+        ]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import redis.asyncio.cluster
+
+        targets += [
+            (redis.asyncio.cluster.RedisCluster, "execute_command", "async_execute_command"),
+            (redis.asyncio.cluster.ClusterPipeline, "execute", "async_pipeline_execute"),
+        ]
+    except ImportError:  # pragma: no cover
+        pass
+    return targets
+
+
+class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """An OpenTelemetry instrumentor that emits an audit span and record per secret-key access.
+
+    Keyword arguments to ``instrument()``: ``tracer_provider``, ``audit_exporter`` (a
+    ``LogRecordExporter`` replacing OTLP, e.g. for tests) and ``settings`` (a ``Settings``
+    replacing the environment).
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        pipeline = pipeline_for(kwargs)
+        if pipeline is None:
+            return
+        settings = pipeline.settings
+        matcher = KeyMatcher(
+            settings.redis_key_patterns,
+            case_sensitive=settings.redis_key_patterns_case_sensitive,
+        )
+        wrappers = Wrappers(pipeline.submit, matcher)
+        for owner, method, factory in _targets():
+            wrap(owner, method, getattr(wrappers, factory))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, method, _ in _targets():
+            unwrap_ours(owner, method)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a real Redis server and an audit pipeline wired to in-memory exporters."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from secret_audit._internal.config import load_settings  # noqa: E402
+from secret_audit._internal.pipeline import peek_pipeline, set_pipeline  # noqa: E402
+from servers import valkey_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_address() -> Iterator[tuple[str, int]]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        parsed = urlparse(url)
+        yield parsed.hostname or "127.0.0.1", parsed.port or 6379
+        return
+    with valkey_server() as address:
+        yield address
+
+
+@pytest.fixture
+def redis_url(redis_address: tuple[str, int]) -> str:
+    host, port = redis_address
+    return f"redis://{host}:{port}/0"
+
+
+class Audit:
+    """An instrumented process in miniature: spans and audit records land in memory."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.settings = load_settings(env)
+        self.span_exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider(resource=Resource.create({"service.name": "tests"}))
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        self.log_exporter = InMemoryLogRecordExporter()
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "audit_exporter": self.log_exporter,
+            "tracer_provider": self.tracer_provider,
+        }
+
+    def flush(self) -> None:
+        pipeline = peek_pipeline()
+        assert pipeline is not None
+        assert pipeline.flush(30)
+
+    def records(self, event_name: str = "secret.access") -> list[Any]:
+        self.flush()
+        return [
+            r.log_record
+            for r in self.log_exporter.get_finished_logs()
+            if r.log_record.event_name == event_name
+        ]
+
+    def attrs(self) -> list[dict[str, Any]]:
+        return [dict(r.attributes or {}) for r in self.records()]
+
+    def spans(self) -> list[Any]:
+        self.flush()
+        return list(self.span_exporter.get_finished_spans())
+
+    def clear(self) -> None:
+        self.flush()
+        self.log_exporter.clear()
+        self.span_exporter.clear()
+
+
+@pytest.fixture
+def audit_env() -> dict[str, str]:
+    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20"}
+
+
+@pytest.fixture
+def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    helper = Audit(audit_env)
+    instrumentor = RedisSecretAuditInstrumentor()
+    instrumentor.instrument(**helper.kwargs())
+    try:
+        yield helper
+    finally:
+        instrumentor.uninstrument()
+        old = set_pipeline(None)
+        if old is not None:
+            old.shutdown(5)
+
+
+@pytest.fixture
+def key() -> str:
+    """A fresh secret-looking key per test, so tests never see each other's data."""
+    return f"secret:{uuid.uuid4().hex[:12]}"
