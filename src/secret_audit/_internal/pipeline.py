@@ -318,6 +318,9 @@ class AuditPipeline:
                 "secret.source": source.name,
             }
             resource = item.resource or base_resource
+            if resource and self._hmac_key is not None and item.resource:
+                raw = item.name.decode("utf-8", "surrogateescape") if isinstance(item.name, bytes) else item.name
+                resource = resource.replace(f"/secrets/{raw}", f"/secrets/{name}")
             if resource:
                 attrs["secret.resource"] = resource
             if item.version:
