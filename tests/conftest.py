@@ -109,3 +109,7 @@ def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
 def key() -> str:
     """A fresh secret-looking key per test, so tests never see each other's data."""
     return f"secret:{uuid.uuid4().hex[:12]}"
+
+
+# GCP Secret Manager: the local fake, real clients on every transport and an instrumented audit.
+from gcp_fixtures import gcp_audit, gcp_caller, gcp_server  # noqa: E402, F401
