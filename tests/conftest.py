@@ -86,7 +86,7 @@ class Audit:
 
 @pytest.fixture
 def audit_env() -> dict[str, str]:
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20"}
+    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ PREFIX = "OTEL_PYTHON_SECRET_AUDIT_"
 
 SPAN_MODES = ("all", "in_trace", "errors", "off")
 EXPORTERS = ("otlp", "console", "none")
+ENCODERS = ("fast", "sdk")
 PROTOCOLS = ("grpc", "http/protobuf")
 ACCESS_PATHS = ("internal", "external")
 
@@ -61,7 +62,8 @@ class Settings:
     hmac_key: bytes | None = field(default=None, repr=False)
     principal: str | None = None
     default_access_path: str = "internal"
-    spans: str = "all"
+    spans: str = "in_trace"
+    encoder: str = "fast"
     echo: bool = False
     exporter: str = "otlp"
     otlp_endpoint: str | None = None
@@ -187,7 +189,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hmac_key=_hmac_key(env, hash_names),
         principal=_read(env, "PRINCIPAL", _text, None),
         default_access_path=_read(env, "DEFAULT_ACCESS_PATH", _choice(ACCESS_PATHS), "internal"),
-        spans=_read(env, "SPANS", _choice(SPAN_MODES), "all"),
+        spans=_read(env, "SPANS", _choice(SPAN_MODES), "in_trace"),
+        encoder=_read(env, "ENCODER", _choice(ENCODERS), "fast"),
         echo=_read(env, "ECHO", _bool, False),
         exporter=_read(env, "EXPORTER", _choice(EXPORTERS), "otlp"),
         otlp_endpoint=_read(env, "EXPORTER_OTLP_ENDPOINT", _text, None),

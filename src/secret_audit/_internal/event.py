@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from opentelemetry.context import Context
@@ -18,6 +19,7 @@ class Item(NamedTuple):
     result: str | None = None
     resource: str | None = None
     version: str | None = None
+    error: BaseException | None = None
 
 
 class Source(Protocol):
@@ -36,13 +38,19 @@ class Source(Protocol):
 
 
 class Access(NamedTuple):
-    """What one instrumented call did to secrets; built on the caller's path, read on the worker."""
+    """What one instrumented call did to secrets; built on the caller's path, read on the worker.
+
+    ``items`` may be None when classifying on the caller's path would cost too much (pipelines):
+    the worker then calls ``expand(pending)`` to get them.
+    """
 
     source: Source
     start_ns: int
     end_ns: int
     context: Context
     target: Any
-    items: tuple[Item, ...]
+    items: tuple[Item, ...] | None
     outcome: str
     error: BaseException | None = None
+    expand: Callable[[Any], tuple[Item, ...]] | None = None
+    pending: Any = None

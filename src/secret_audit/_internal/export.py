@@ -1,80 +1,80 @@
-"""Building the audit record exporter from settings, apart from the SDK's global logs pipeline."""
+"""Choosing the audit record sink from settings, apart from the SDK's global logs pipeline."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk._logs.export import (
-    ConsoleLogRecordExporter,
-    LogRecordExporter,
-    LogRecordExportResult,
-)
+from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
 from secret_audit._internal.config import Settings
+from secret_audit._internal.otlp import RecordData
+from secret_audit._internal.senders import SendResult, build_sender
+from secret_audit._internal.sinks import FastSink, SdkSink, Sink
 
-__all__ = ["NullExporter", "audit_resource", "build_exporter"]
+__all__ = ["NullSink", "audit_resource", "build_sink"]
 
 
-class NullExporter(LogRecordExporter):
-    """Accepts and discards records, for ``EXPORTER=none`` where only spans or echo lines are wanted."""
+class NullSink(Sink):
+    """Discards records, for ``EXPORTER=none`` where only spans or echo lines are wanted."""
 
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        return LogRecordExportResult.SUCCESS
+    def __init__(self) -> None:
+        self._count = 0
 
-    def shutdown(self) -> None:
+    def add(self, record: RecordData) -> None:
+        self._count += 1
+
+    def pending(self) -> int:
+        return self._count
+
+    def deliver(self) -> str:
+        return SendResult.OK
+
+    def discard(self) -> None:
+        self._count = 0
+
+    def close(self) -> None:
         return None
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
+def _sdk_otlp_exporter(settings: Settings) -> LogRecordExporter:
+    from secret_audit._internal.senders import _headers
 
-def _parse_headers(raw: str | None) -> dict[str, str] | None:
-    if not raw:
-        return None
-    headers: dict[str, str] = {}
-    for part in raw.split(","):
-        if "=" in part:
-            key, _, value = part.partition("=")
-            headers[key.strip().lower()] = value.strip()
-    return headers
-
-
-def build_exporter(settings: Settings) -> LogRecordExporter:
-    """Create the exporter named by the settings; OTLP honours the standard ``OTEL_EXPORTER_OTLP_*``."""
-    if settings.exporter == "none":
-        return NullExporter()
-    if settings.exporter == "console":
-        return ConsoleLogRecordExporter()
-    headers = _parse_headers(settings.otlp_headers)
+    headers = _headers(settings.otlp_headers) or None
     if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
-            OTLPLogExporter as GrpcExporter,
-        )
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Grpc
 
         endpoint = settings.otlp_endpoint
-        insecure = None
-        if endpoint is not None and endpoint.startswith("http://"):
-            insecure = True
-        return GrpcExporter(endpoint=endpoint, headers=headers, insecure=insecure)
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-        OTLPLogExporter as HttpExporter,
-    )
+        insecure = True if endpoint is not None and endpoint.startswith("http://") else None
+        return Grpc(endpoint=endpoint, headers=headers, insecure=insecure)
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Http
 
-    return HttpExporter(endpoint=settings.otlp_endpoint, headers=headers)
+    return Http(endpoint=settings.otlp_endpoint, headers=headers)
 
 
-def audit_resource() -> Resource:
+def build_sink(
+    settings: Settings, resource: Resource, scope: str, version: str, exporter: LogRecordExporter | None
+) -> Sink:
+    """An explicit exporter wins; otherwise OTLP (fast or stock encoder), console, or nothing."""
+    if exporter is not None:
+        return SdkSink(resource, scope, version, exporter)
+    if settings.exporter == "none":
+        return NullSink()
+    if settings.exporter == "console":
+        return SdkSink(resource, scope, version, ConsoleLogRecordExporter())
+    if settings.encoder == "sdk":
+        return SdkSink(resource, scope, version, _sdk_otlp_exporter(settings))
+    sender = build_sender(settings.otlp_protocol, settings.otlp_endpoint, settings.otlp_headers)
+    return FastSink(resource, scope, version, sender)
+
+
+def audit_resource(provider: trace.TracerProvider | None = None) -> Resource:
     """Reuse the tracer provider's resource so audit records and spans name the same service."""
-    provider = trace.get_tracer_provider()
+    provider = provider or trace.get_tracer_provider()
     resource = getattr(provider, "resource", None)
     if not isinstance(resource, Resource):
         resource = Resource.create()
     if "service.instance.id" not in resource.attributes:
-        resource = resource.merge(
-            Resource({"service.instance.id": str(uuid.uuid4())})
-        )
+        resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
     return resource

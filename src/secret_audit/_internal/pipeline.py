@@ -10,21 +10,22 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.sdk._logs.export import LogRecordExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from secret_audit._internal import chain
 from secret_audit._internal.config import Settings
-from secret_audit._internal.event import Access
-from secret_audit._internal.export import audit_resource, build_exporter
+from secret_audit._internal.event import Access, Item
+from secret_audit._internal.export import audit_resource, build_sink
+from secret_audit._internal.otlp import RecordData
+from secret_audit._internal.senders import SendResult
+from secret_audit._internal.sinks import Sink
 from secret_audit.context import resolve
 from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
@@ -83,22 +84,6 @@ def summary(attrs: dict[str, Any]) -> str:
     return f"{verb}: {name} {prep} {source}{extra} ({took})"
 
 
-class _Collector(LogRecordProcessor):
-    """Collects emitted records into the worker's current batch, so export stays under our control."""
-
-    def __init__(self) -> None:
-        self.batch: list[ReadWriteLogRecord] = []
-
-    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
-        self.batch.append(log_record)
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 class _Marker:
     """A flush request travelling through the queue, set once everything before it is exported."""
 
@@ -143,11 +128,9 @@ class AuditPipeline:
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self._prev = chain.GENESIS
-        self._exporter: LogRecordExporter | None = None
-        self._logger_provider: LoggerProvider | None = None
-        self._collector = _Collector()
+        self._sink: Sink | None = None
+        self._batch_seqs: list[int] = []
         self._tracer: trace.Tracer | None = None
-        self.submitted = 0
         self.exported = 0
         self.dropped_queue_full = 0
         self.lost_export = 0
@@ -175,8 +158,9 @@ class AuditPipeline:
         dq = self._dq
         if len(dq) >= self._cap and not self._wait_for_room():
             with self._lock:
-                self.dropped_queue_full += len(access.items)
-                self._unreported_drops += len(access.items)
+                lost = len(access.items) if access.items is not None else 1
+                self.dropped_queue_full += lost
+                self._unreported_drops += lost
             return
         dq.append(access)
         if self._thread is None:
@@ -213,6 +197,8 @@ class AuditPipeline:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every access queued before the call is exported (or given up on)."""
+        if self._closed:
+            return not self._dq
         if self._thread is None:
             if not self._dq:
                 return True
@@ -223,7 +209,7 @@ class AuditPipeline:
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Flush what is queued within the shutdown timeout, then stop the worker and exporter."""
+        """Flush what is queued within the shutdown timeout, then stop the worker and sink."""
         if self._closed:
             return
         limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
@@ -234,12 +220,12 @@ class AuditPipeline:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(limit)
-        exporter = self._exporter
-        if exporter is not None:
+        sink = self._sink
+        if sink is not None:
             try:
-                exporter.shutdown()  # type: ignore[no-untyped-call]
+                sink.close()
             except Exception:
-                _log.debug("audit exporter shutdown failed", exc_info=True)
+                _log.debug("audit sink close failed", exc_info=True)
 
     # ---- worker -------------------------------------------------------------------------------
 
@@ -250,46 +236,60 @@ class AuditPipeline:
         otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         delay = self.settings.schedule_delay_ms / 1000
         while True:
-            self._wake.wait(delay)
+            woken = self._wake.wait(delay)
             self._wake.clear()
-            self._drain()
-            if self._stop.is_set() and not self._dq:
+            stopping = self._stop.is_set()
+            # A wake-up from the timer (not from a full queue) also ships a partial batch.
+            self._drain(force=stopping or not woken)
+            if stopping and not self._dq:
                 return
 
-    def _drain(self) -> None:
+    def _drain(self, *, force: bool) -> None:
+        """Build everything queued; export full batches, and the rest when forced or flushed."""
         dq = self._dq
         batch_size = self.settings.batch_size
+        markers: list[_Marker] = []
+        built = 0
         while dq:
-            markers: list[_Marker] = []
-            taken = 0
-            while dq and taken < batch_size:
-                item = dq.popleft()
-                if isinstance(item, _Marker):
-                    markers.append(item)
-                    break
-                taken += 1
-                try:
-                    self._build(item)
-                except Exception:
-                    self.internal_errors += 1
-                    _log.exception("secret-audit: failed to build an audit record")
-            if self._waiting:
-                with self._room:
-                    self._room.notify_all()
-            self._report_drops()
+            item = dq.popleft()
+            if isinstance(item, _Marker):
+                markers.append(item)
+                continue
+            try:
+                built += self._build(item)
+            except Exception:
+                self.internal_errors += 1
+                _log.exception("secret-audit: failed to build an audit record")
+            if len(self._batch_seqs) >= batch_size:
+                self._after_slice()
+                self._export_batch()
+            elif built >= _SLICE:
+                built = 0
+                self._after_slice()
+                if len(dq) < self._cap // 4:
+                    # Hand the GIL back between slices so that application threads are not
+                    # stalled for a whole switch interval (5 ms) behind a long batch.
+                    time.sleep(0)
+        self._after_slice()
+        self._report_drops()
+        if force or markers:
             self._export_batch()
-            for marker in markers:
-                marker.done.set()
+        for marker in markers:
+            marker.done.set()
 
-    def _ensure_sdk(self) -> tuple[trace.Tracer, LoggerProvider]:
+    def _after_slice(self) -> None:
+        if self._waiting:
+            with self._room:
+                self._room.notify_all()
+
+    def _ensure_sdk(self) -> tuple[trace.Tracer, Sink]:
         if self._tracer is None:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._tracer = provider.get_tracer(SCOPE, __version__)
-        if self._logger_provider is None:
-            lp = LoggerProvider(resource=audit_resource(), shutdown_on_exit=False)
-            lp.add_log_record_processor(self._collector)
-            self._logger_provider = lp
-        return self._tracer, self._logger_provider
+        if self._sink is None:
+            resource = audit_resource(self._tracer_provider)
+            self._sink = build_sink(self.settings, resource, SCOPE, __version__, self._custom_exporter)
+        return self._tracer, self._sink
 
     def _name(self, raw: str | bytes) -> str:
         if self._hmac_key is not None:
@@ -298,28 +298,36 @@ class AuditPipeline:
             return raw.decode("utf-8", "backslashreplace")
         return raw
 
-    def _build(self, access: Access) -> None:
+    def _build(self, access: Access) -> int:
+        """Turn one access into its span (if wanted) and one record per distinct secret touched."""
         tracer, _ = self._ensure_sdk()
         settings = self.settings
         source = access.source
         ctx = access.context
+        items = access.items
+        if items is None:
+            items = access.expand(access.pending) if access.expand is not None else ()
+        if not items:
+            return 0
         who = resolve(ctx, settings.default_access_path)
         principal = who.principal or settings.principal or source.principal(access.target)
         base_resource = source.resource(access.target)
-        outcome = access.outcome
-        error_type = error_text = None
-        if access.error is not None:
-            outcome, error_type, error_text = source.describe_error(access.error)
         duration_ms = (access.end_ns - access.start_ns) / 1e6
-        for item in access.items:
+        groups = _coalesce(items)
+        records: list[dict[str, Any]] = []
+        for item, count in groups:
+            error = item.error or access.error
+            outcome = access.outcome
+            error_type = error_text = None
+            if error is not None:
+                outcome, error_type, error_text = source.describe_error(error)
             name = self._name(item.name)
-            attrs: dict[str, Any] = {
-                "secret.name": name,
-                "secret.source": source.name,
-            }
+            attrs: dict[str, Any] = {"secret.name": name, "secret.source": source.name}
             resource = item.resource or base_resource
             if resource and self._hmac_key is not None and item.resource:
-                raw = item.name.decode("utf-8", "surrogateescape") if isinstance(item.name, bytes) else item.name
+                raw = item.name
+                if isinstance(raw, bytes):
+                    raw = raw.decode("utf-8", "surrogateescape")
                 resource = resource.replace(f"/secrets/{raw}", f"/secrets/{name}")
             if resource:
                 attrs["secret.resource"] = resource
@@ -334,6 +342,8 @@ class AuditPipeline:
                 if item.result and error_type is None:
                     attrs["audit.result"] = item.result
             attrs["audit.duration_ms"] = duration_ms
+            if count > 1:
+                attrs["audit.count"] = count
             if error_type is not None:
                 attrs["error.type"] = error_type
                 if error_text:
@@ -345,32 +355,58 @@ class AuditPipeline:
             if who.client_address:
                 attrs["client.address"] = who.client_address
             attrs["audit.access_path"] = who.access_path
-            self._emit(
-                tracer, ctx, EVENT_ACCESS, attrs, access.start_ns, access.end_ns, summary(attrs)
-            )
+            records.append(attrs)
+        span = self._start_span(tracer, ctx, records, access.start_ns)
+        if span is not None:
+            span_context = span.get_span_context()
+        else:
+            span_context = trace.get_current_span(ctx).get_span_context()
+        for attrs in records:
+            self._emit(EVENT_ACCESS, attrs, access.start_ns, summary(attrs), span_context)
+        if span is not None:
+            if len(records) == 1:
+                span.set_attributes(records[0])
+            worst = _worst(records)
+            if worst in ("error", "denied"):
+                span.set_status(Status(StatusCode.ERROR, records[0].get("error.type")))
+            span.end(end_time=access.end_ns)
+        return len(records)
 
-    def _span_wanted(self, ctx: Context, outcome: str) -> bool:
+    def _start_span(
+        self, tracer: trace.Tracer, ctx: Context, records: list[dict[str, Any]], start_ns: int
+    ) -> Span | None:
+        """One audit span per instrumented call, following the sampler and the span mode."""
         mode = self.settings.spans
-        if mode == "all":
-            return True
         if mode == "off":
-            return False
-        if mode == "errors":
-            return outcome in ("error", "denied")
-        return trace.get_current_span(ctx).get_span_context().is_valid
+            return None
+        if mode == "errors" and _worst(records) not in ("error", "denied"):
+            return None
+        if mode == "in_trace" and not trace.get_current_span(ctx).get_span_context().is_valid:
+            return None
+        first = records[0]
+        ops = {r["audit.operation"] for r in records}
+        name = f"secret.{first['audit.operation']}" if len(ops) == 1 else "secret.access"
+        attrs: dict[str, Any] = {
+            "secret.source": first["secret.source"],
+            "audit.action": first["audit.action"],
+            "audit.outcome": _worst(records),
+            "audit.record_count": len(records),
+        }
+        if "secret.resource" in first:
+            attrs["secret.resource"] = first["secret.resource"]
+        return tracer.start_span(
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start_ns
+        )
 
     def _emit(
         self,
-        tracer: trace.Tracer,
-        ctx: Context,
         event_name: str,
         attrs: dict[str, Any],
         start_ns: int,
-        end_ns: int,
         body: str,
-        *,
-        span_ok: bool = True,
+        span_context: trace.SpanContext,
     ) -> None:
+        """Give the record its place in the stream (sequence, chain) and hand it to the sink."""
         self._sequence += 1
         seq = self._sequence
         attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
@@ -379,24 +415,12 @@ class AuditPipeline:
         attrs["audit.chain.prev"] = self._prev
         outcome = attrs.get("audit.outcome", "error")
         severity, severity_text = _SEVERITY.get(outcome, _SEVERITY["error"])
-        span = None
-        if span_ok and self._span_wanted(ctx, outcome):
-            span = tracer.start_span(
-                f"secret.{attrs.get('audit.operation', 'audit')}",
-                context=ctx,
-                kind=SpanKind.INTERNAL,
-                attributes=attrs,
-                start_time=start_ns,
-            )
-            record_ctx = trace.set_span_in_context(span, ctx)
-            span_context = span.get_span_context()
-        else:
-            record_ctx = ctx
-            span_context = trace.get_current_span(ctx).get_span_context()
         if span_context.is_valid:
-            trace_hex = trace.format_trace_id(span_context.trace_id)
-            span_hex = trace.format_span_id(span_context.span_id)
+            trace_id, span_id = span_context.trace_id, span_context.span_id
+            flags = int(span_context.trace_flags)
+            trace_hex, span_hex = trace.format_trace_id(trace_id), trace.format_span_id(span_id)
         else:
+            trace_id = span_id = flags = 0
             trace_hex = span_hex = ""
         digest = chain.chain_hash(
             chain.canonical_bytes(
@@ -411,22 +435,22 @@ class AuditPipeline:
         )
         attrs[chain.HASH_ATTRIBUTE] = digest
         self._prev = digest
-        if span is not None:
-            span.set_attribute(chain.HASH_ATTRIBUTE, digest)
-            if outcome in ("error", "denied"):
-                span.set_status(Status(StatusCode.ERROR, attrs.get("error.type")))
-            span.end(end_time=end_ns)
-        assert self._logger_provider is not None
-        self._logger_provider.get_logger(SCOPE, __version__).emit(
-            timestamp=start_ns,
-            observed_timestamp=time.time_ns(),
-            context=record_ctx,
-            severity_number=severity,
-            severity_text=severity_text,
-            body=body,
-            attributes=attrs,
-            event_name=event_name,
+        assert self._sink is not None
+        self._sink.add(
+            RecordData(
+                start_ns,
+                time.time_ns(),
+                severity.value,
+                severity_text,
+                body,
+                attrs,
+                trace_id,
+                span_id,
+                flags,
+                event_name,
+            )
         )
+        self._batch_seqs.append(seq)
         if self.settings.echo:
             _echo.info("[AUDIT] %s", body)
 
@@ -439,15 +463,16 @@ class AuditPipeline:
             self._lost_ranges = []
         if not dropped and not ranges:
             return
-        tracer, _ = self._ensure_sdk()
+        self._ensure_sdk()
         now = time.time_ns()
+        invalid = trace.INVALID_SPAN_CONTEXT
         if dropped:
             attrs: dict[str, Any] = {
                 "audit.outcome": "error",
                 "audit.dropped.count": dropped,
                 "audit.dropped.reason": "queue_full",
             }
-            self._emit_dropped(tracer, attrs, now, f"Audit records dropped: {dropped} (queue full)")
+            self._emit(EVENT_DROPPED, attrs, now, f"Audit records dropped: {dropped} (queue full)", invalid)
         for first, last in ranges:
             attrs = {
                 "audit.outcome": "error",
@@ -457,48 +482,75 @@ class AuditPipeline:
                 "audit.dropped.last_sequence": last,
             }
             text = f"Audit records lost: sequence {first}..{last} (export failed)"
-            self._emit_dropped(tracer, attrs, now, text)
-
-    def _emit_dropped(self, tracer: trace.Tracer, attrs: dict[str, Any], now: int, body: str) -> None:
-        self._emit(tracer, Context(), EVENT_DROPPED, attrs, now, now, body, span_ok=False)
+            self._emit(EVENT_DROPPED, attrs, now, text, invalid)
 
     def _export_batch(self) -> None:
-        batch = self._collector.batch
-        if not batch:
+        sink = self._sink
+        if sink is None or not sink.pending():
             return
-        self._collector.batch = []
-        exporter = self._exporter
-        if exporter is None:
-            exporter = self._custom_exporter or build_exporter(self.settings)
-            self._exporter = exporter
-        if self._export_with_retry(exporter, batch):
-            self.exported += len(batch)
+        seqs = self._batch_seqs
+        self._batch_seqs = []
+        if self._deliver_with_retry(sink):
+            self.exported += len(seqs)
+            sink.discard()
             return
-        seqs = [int(r.log_record.attributes["audit.sequence"]) for r in batch]  # type: ignore[index, arg-type]
+        sink.discard()
+        if not seqs:
+            return
         with self._lock:
-            self.lost_export += len(batch)
-            self._lost_ranges.append((min(seqs), max(seqs)))
+            self.lost_export += len(seqs)
+            self._lost_ranges.append((seqs[0], seqs[-1]))
         _log.error(
             "secret-audit: lost %d audit records (sequence %d..%d): the exporter kept failing",
-            len(batch),
-            min(seqs),
-            max(seqs),
+            len(seqs),
+            seqs[0],
+            seqs[-1],
         )
 
-    def _export_with_retry(self, exporter: LogRecordExporter, batch: Sequence[Any]) -> bool:
+    def _deliver_with_retry(self, sink: Sink) -> bool:
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
         delay = 0.2
         while True:
+            result: str
             try:
-                if exporter.export(batch) is LogRecordExportResult.SUCCESS:
-                    return True
-            except Exception:
+                result = str(sink.deliver())
+            except Exception:  # exporter bugs are retried, then counted
                 _log.debug("audit export raised", exc_info=True)
+                result = SendResult.RETRY
+            if result == SendResult.OK:
+                return True
+            if result == SendResult.REFUSED:
+                return False
             if self._stop.is_set() or time.monotonic() + delay > deadline:
                 return False
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
+
+def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
+    """Merge identical accesses within one call (e.g. a pipeline reading one key 100 times)."""
+    if len(items) == 1:
+        return [(items[0], 1)]
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for item in items:
+        key: tuple[Any, ...] = (item.name, item.operation, item.action, item.result)
+        key += (item.resource, item.version, id(item.error))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [item, 1]
+        else:
+            group[1] += 1
+    return [(g[0], g[1]) for g in groups.values()]
+
+
+_RANK = {"success": 0, "not_found": 1, "denied": 2, "error": 3}
+
+
+def _worst(records: list[dict[str, Any]]) -> str:
+    return str(max((r["audit.outcome"] for r in records), key=lambda o: _RANK.get(o, 3)))
+
+
+_SLICE = 64
 
 _PIPELINE: AuditPipeline | None = None
 _PIPELINE_LOCK = threading.Lock()

@@ -16,8 +16,22 @@ from secret_audit._internal.redis_commands import Command, lookup
 
 __all__ = ["RedisSource", "Wrappers"]
 
-_CODE = re.compile(r"^[A-Z][A-Z_]+$")
+# Error codes Redis and Valkey send. Only these are ever quoted: a script can reply with any text
+# (``redis.error_reply(value)``), so an upper-case first word is not proof that it is a code.
+_KNOWN_CODES = frozenset(
+    {
+        "ERR", "WRONGTYPE", "NOAUTH", "WRONGPASS", "NOPERM", "NOSCRIPT", "BUSY", "BUSYKEY",
+        "MOVED", "ASK", "TRYAGAIN", "CROSSSLOT", "CLUSTERDOWN", "LOADING", "READONLY",
+        "MASTERDOWN", "EXECABORT", "NOREPLICAS", "OOM", "MISCONF", "NOPROTO", "NOGROUP",
+        "BUSYGROUP", "UNBLOCKED", "NOTBUSY", "UNKILLABLE", "NOTREADY",
+    }
+)
 _DENIED_CODES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
+_DENIED_CLASSES = frozenset({"AuthenticationError", "AuthorizationError", "NoPermissionError"})
+# Exception classes whose text is whatever the server (or a script) replied: never quoted as is.
+_SERVER_TEXT_CLASSES = frozenset({"ResponseError", "AuthenticationError"})
+# redis-py prefixes pipeline errors with the failing command, arguments (values!) included.
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 # Server messages whose leading words are known to carry no data.
 _KNOWN_MESSAGES = (
     "unknown command",
@@ -74,26 +88,39 @@ class RedisSource:
         return f"redis:{user}" if isinstance(user, str) and user else None
 
     def describe_error(self, error: BaseException) -> tuple[str, str, str]:
-        """Map redis-py exceptions to an outcome, never quoting data from the message."""
+        """Map redis-py exceptions to an outcome, never quoting data from the message.
+
+        The text kept is built only from known error codes and known server phrases; for
+        exceptions that carry server text nothing else is kept, because a script decides it.
+        """
         etype = error_type(error)
-        text = str(error) if isinstance(error, Exception) else ""
+        cls = type(error)
+        outcome = "denied" if cls.__name__ in _DENIED_CLASSES else "error"
+        if not cls.__module__.startswith("redis") or not isinstance(error, Exception):
+            return outcome, etype, ""
+        text = str(error)
+        for _ in range(3):  # a transaction error can be annotated twice
+            note = _PIPELINE_NOTE.match(text)
+            if note is None:
+                break
+            text = text[note.end() :]
+        code = getattr(error, "status_code", None)  # redis-py strips the codes it maps to classes
+        if not (isinstance(code, str) and code in _KNOWN_CODES):
+            code = None
         first, _, rest = text.partition(" ")
-        outcome = "error"
-        cls_name = type(error).__name__
-        if cls_name in ("AuthenticationError", "AuthorizationError", "NoPermissionError"):
+        if first in _KNOWN_CODES:
+            code, text = first, rest
+        if code in _DENIED_CODES:
             outcome = "denied"
-        if _CODE.match(first):
-            if first in _DENIED_CODES:
-                outcome = "denied"
-            known = next((m for m in _KNOWN_MESSAGES if rest.startswith(m)), None)
-            return outcome, etype, f"{first} {known}" if known else first
-        module = type(error).__module__
-        if module.startswith("redis"):
-            if cls_name == "ResponseError":
-                known = next((m for m in _KNOWN_MESSAGES if text.startswith(m)), None)
-                return outcome, etype, known or ""
-            return outcome, etype, safe_prefix(text)
-        return outcome, etype, ""
+        known = next((m for m in _KNOWN_MESSAGES if text.startswith(m)), None)
+        if known is not None:
+            # redis-py drops the generic ERR code itself; keep the phrase alone, as it does
+            return outcome, etype, known if code in (None, "ERR") else f"{code} {known}"
+        if code is not None:
+            return outcome, etype, code
+        if any(c.__name__ in _SERVER_TEXT_CLASSES for c in cls.__mro__):
+            return outcome, etype, ""
+        return outcome, etype, safe_prefix(text)
 
 
 SOURCE = RedisSource()
@@ -127,6 +154,32 @@ class Wrappers:
         hits = [i for i, (key, _) in enumerate(keys) if is_secret(key)]
         return (spec, keys, hits) if hits else None
 
+    def _items(
+        self, args: Sequence[Any], found: Found, reply: Any, error: BaseException | None
+    ) -> list[Item]:
+        """One Item per secret key of one command, with the result its reply tells."""
+        spec, keys, hits = found
+        action = args[0]
+        if not isinstance(action, str):
+            action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
+        action = action.upper()
+        results: Sequence[str | None] = ()
+        if error is None:
+            try:
+                results = spec.result(args, reply, len(keys))
+            except Exception:
+                results = ()
+        return [
+            Item(
+                name=keys[i][0],
+                operation=keys[i][1],
+                action=action,
+                result=results[i] if i < len(results) else None,
+                error=error,
+            )
+            for i in hits
+        ]
+
     def _access(
         self,
         target: Any,
@@ -138,26 +191,7 @@ class Wrappers:
         reply: Any,
         error: BaseException | None,
     ) -> Access:
-        spec, keys, hits = found
-        action = args[0]
-        if not isinstance(action, str):
-            action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
-        action = action.upper()
-        results: Sequence[str | None] = [None] * len(keys)
-        if error is None:
-            try:
-                results = spec.result(args, reply, len(keys))
-            except Exception:
-                results = [None] * len(keys)
-        items = tuple(
-            Item(
-                name=keys[i][0],
-                operation=keys[i][1],
-                action=action,
-                result=results[i] if i < len(results) else None,
-            )
-            for i in hits
-        )
+        items = tuple(self._items(args, found, reply, error))
         return Access(SOURCE, start, end, ctx, target, items, "success", error)
 
     def _record(
@@ -223,31 +257,15 @@ class Wrappers:
 
     # ---- pipelines -------------------------------------------------------------------------
 
-    def _pipeline_plan(self, instance: Any) -> list[tuple[int, Sequence[Any], Found]]:
-        """Snapshot the queued commands before execute() resets the stack."""
-        try:
-            stack = _command_stack(instance)
-            plan = []
-            for pos, cmd in enumerate(stack):
-                args = cmd.args if hasattr(cmd, "args") else cmd[0]
-                found = self._secret_keys(args)
-                if found is not None:
-                    plan.append((pos, args, found))
-            return plan
-        except Exception:
-            return []
-
-    def _pipeline_done(
-        self,
-        instance: Any,
-        plan: list[tuple[int, Sequence[Any], Found]],
-        start: int,
-        ctx: Any,
-        replies: Any,
-        error: BaseException | None,
-    ) -> None:
-        end = time_ns()
-        for pos, args, found in plan:
+    def _expand_pipeline(self, pending: Any) -> tuple[Item, ...]:
+        """Classify a pipeline's commands on the worker, off the caller's path."""
+        stack, replies, error = pending
+        items: list[Item] = []
+        for pos, cmd in enumerate(stack):
+            args = cmd.args if hasattr(cmd, "args") else cmd[0]
+            found = self._secret_keys(args)
+            if found is None:
+                continue
             reply: Any = None
             err = error
             if err is None:
@@ -257,13 +275,37 @@ class Wrappers:
                     reply = None
                 if isinstance(reply, BaseException):
                     err, reply = reply, None
-            self._record(instance, args, found, start, end, ctx, reply, err)
+            items.extend(self._items(args, found, reply, err))
+        return tuple(items)
+
+    def _pipeline_done(
+        self, instance: Any, stack: list[Any], start: int, ctx: Any, replies: Any, error: BaseException | None
+    ) -> None:
+        end = time_ns()
+        try:
+            copied = list(replies) if isinstance(replies, list) else replies
+            self.submit(
+                Access(
+                    SOURCE,
+                    start,
+                    end,
+                    ctx,
+                    instance,
+                    None,
+                    "success",
+                    None,
+                    self._expand_pipeline,
+                    (stack, copied, error),
+                )
+            )
+        except Exception:  # auditing must never break the caller (fail-open)
+            _note_internal_error()
 
     def pipeline_execute(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
-        """Wrap sync ``Pipeline.execute``: one record per secret key in each queued command."""
-        plan = self._pipeline_plan(instance)
+        """Wrap sync ``Pipeline.execute``: snapshot the stack; the worker classifies it later."""
+        plan = _snapshot(instance)
         if not plan:
             return wrapped(*args, **kwargs)
         ctx = get_current()
@@ -280,7 +322,7 @@ class Wrappers:
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
         """Wrap async ``Pipeline.execute``."""
-        plan = self._pipeline_plan(instance)
+        plan = _snapshot(instance)
         if not plan:
             return wrapped(*args, **kwargs)
 
@@ -296,6 +338,14 @@ class Wrappers:
             return replies
 
         return run()
+
+
+def _snapshot(instance: Any) -> list[Any]:
+    """Copy the queued commands before execute() resets the stack; empty on any surprise."""
+    try:
+        return list(_command_stack(instance))
+    except Exception:
+        return []
 
 
 def _command_stack(instance: Any) -> Sequence[Any]:

@@ -1,0 +1,106 @@
+"""Shared benchmark plumbing: real servers, a sink process for OTLP, interleaved timing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers import free_port, valkey_server  # noqa: E402
+
+__all__ = ["free_port", "interleave", "otlp_sink", "report", "valkey_server"]
+
+_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint in another process that accepts and discards, so it costs us no CPU."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)])
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def interleave(
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    op: Callable[[], object],
+    *,
+    rounds: int,
+    per_round: int,
+    settle: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Time ``op`` per call under each variant, rotating variants every round; returns µs samples."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            enter, leave = variants[name]
+            enter()
+            try:
+                for _ in range(per_round // 10):  # warm-up
+                    op()
+                out = samples[name]
+                for _ in range(per_round):
+                    t0 = clock()
+                    op()
+                    out.append((clock() - t0) / 1000)
+            finally:
+                if settle is not None:
+                    settle()
+                leave()
+    return samples
+
+
+def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Print median per-op and ratio to the baseline; return the ratios."""
+    base = statistics.median(samples[baseline])
+    base_mean = statistics.fmean(samples[baseline])
+    print(f"\n{title}  ({len(samples[baseline])} samples per variant)")
+    print(f"  {'variant':<24} {'median':>9} {'ratio':>6}  {'mean':>9} {'ratio':>6}  {'p99':>9}")
+    ratios = {}
+    for name, values in samples.items():
+        med = statistics.median(values)
+        mean = statistics.fmean(values)
+        p99 = statistics.quantiles(values, n=100)[98]
+        ratios[name] = med / base
+        ratios[name + ":mean"] = mean / base_mean
+        print(
+            f"  {name:<24} {med:7.1f}µs {med / base:5.2f}x  {mean:7.1f}µs {mean / base_mean:5.2f}x"
+            f"  {p99:7.1f}µs"
+        )
+    return ratios
+
+
+def env_flag(name: str, default: str) -> str:
+    return os.environ.get(name, default)

@@ -1,0 +1,183 @@
+"""A protobuf encoder specialised to audit records: standard OTLP bytes at a fraction of the SDK's cost.
+
+The stock encoder builds a generated message per value (about 94 µs per record here). Audit
+records only hold strings, ints, floats and bools, so this writes the wire format directly. Its
+output is checked byte for byte against the SDK encoder in tests/test_otlp_encoder.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+__all__ = ["RecordData", "encode_any", "encode_log_record", "encode_request"]
+
+_pack_d = struct.Struct("<d").pack
+_pack_q = struct.Struct("<Q").pack
+_pack_i = struct.Struct("<I").pack
+_SMALL = [bytes([i]) for i in range(128)]
+
+
+class RecordData(NamedTuple):
+    """One audit LogRecord, independent of the SDK so both encoders can consume it."""
+
+    time_unix_nano: int
+    observed_time_unix_nano: int
+    severity_number: int
+    severity_text: str
+    body: str
+    attributes: Mapping[str, Any]
+    trace_id: int
+    span_id: int
+    flags: int
+    event_name: str
+
+
+def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    n = len(payload)
+    return tag + (_SMALL[n] if n < 128 else _varint(n)) + payload
+
+
+def encode_any(value: Any) -> bytes:
+    """Encode an AnyValue exactly as opentelemetry-proto's generated code would."""
+    if value is None:
+        return b""
+    if value is True:
+        return b"\x10\x01"
+    if value is False:
+        return b"\x10\x00"
+    if isinstance(value, str):
+        return _ld(b"\x0a", value.encode("utf-8"))
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _pack_d(value)
+    if isinstance(value, bytes):
+        return _ld(b"\x3a", value)
+    if isinstance(value, Mapping):
+        return _ld(b"\x32", b"".join(_ld(b"\x0a", _kv(str(k), v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return _ld(b"\x2a", b"".join(_ld(b"\x0a", encode_any(v)) for v in value))
+    raise TypeError(f"cannot encode attribute of type {type(value).__name__}")
+
+
+_KEYS: dict[str, bytes] = {}
+
+
+def _kv(key: str, value: Any) -> bytes:
+    prefix = _KEYS.get(key)
+    if prefix is None:
+        prefix = _ld(b"\x0a", key.encode("utf-8")) if key else b""
+        if len(_KEYS) < 4096:
+            _KEYS[key] = prefix
+    return prefix + _ld(b"\x12", encode_any(value))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
+    return b"".join(_ld(tag, _kv(k, v)) for k, v in attributes.items())
+
+
+# Attributes whose values repeat from record to record: their encoded bytes are cached whole.
+_REPEATING = frozenset(
+    {
+        "secret.name",
+        "secret.source",
+        "secret.resource",
+        "secret.version",
+        "audit.operation",
+        "audit.action",
+        "audit.outcome",
+        "audit.result",
+        "audit.access_path",
+        "audit.stream.id",
+        "audit.principal",
+        "enduser.id",
+        "client.address",
+        "error.type",
+        "audit.error",
+    }
+)
+_FIELD_CACHE: dict[tuple[str, str], bytes] = {}
+_FIELD_CACHE_LIMIT = 8192
+
+
+def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """LogRecord attributes (field 6), reusing the bytes of low-cardinality string attributes."""
+    cache = _FIELD_CACHE
+    parts = []
+    for k, v in attributes.items():
+        if k in _REPEATING and type(v) is str:
+            field = cache.get((k, v))
+            if field is None:
+                field = _ld(b"\x32", _kv(k, v))
+                if len(cache) >= _FIELD_CACHE_LIMIT:
+                    cache.clear()
+                cache[(k, v)] = field
+            parts.append(field)
+        else:
+            parts.append(_ld(b"\x32", _kv(k, v)))
+    return b"".join(parts)
+
+
+def encode_log_record(rec: RecordData) -> bytes:
+    """Encode one LogRecord message (without its field tag)."""
+    parts = []
+    if rec.time_unix_nano:
+        parts.append(b"\x09" + _pack_q(rec.time_unix_nano))
+    if rec.severity_number:
+        parts.append(b"\x10" + _varint(rec.severity_number))
+    if rec.severity_text:
+        parts.append(_ld(b"\x1a", rec.severity_text.encode("utf-8")))
+    parts.append(_ld(b"\x2a", encode_any(rec.body)))
+    parts.append(_record_attributes(rec.attributes))
+    if rec.flags:
+        parts.append(b"\x45" + _pack_i(rec.flags))
+    if rec.trace_id:
+        parts.append(b"\x4a\x10" + rec.trace_id.to_bytes(16, "big"))
+    if rec.span_id:
+        parts.append(b"\x52\x08" + rec.span_id.to_bytes(8, "big"))
+    if rec.observed_time_unix_nano:
+        parts.append(b"\x59" + _pack_q(rec.observed_time_unix_nano))
+    if rec.event_name:
+        parts.append(_ld(b"\x62", rec.event_name.encode("utf-8")))
+    return b"".join(parts)
+
+
+def encode_request(
+    resource_attributes: Mapping[str, Any],
+    scope_name: str,
+    scope_version: str | None,
+    records: Iterable[bytes],
+    *,
+    resource_schema_url: str = "",
+    scope_schema_url: str = "",
+) -> bytes:
+    """Wrap encoded LogRecords in one ExportLogsServiceRequest for one resource and scope."""
+    resource = _attributes(b"\x0a", resource_attributes)
+    scope = b""
+    if scope_name:
+        scope += _ld(b"\x0a", scope_name.encode("utf-8"))
+    if scope_version:
+        scope += _ld(b"\x12", scope_version.encode("utf-8"))
+    scope_logs = _ld(b"\x0a", scope) + b"".join(_ld(b"\x12", r) for r in records)
+    if scope_schema_url:
+        scope_logs += _ld(b"\x1a", scope_schema_url.encode("utf-8"))
+    resource_logs = _ld(b"\x0a", resource) + _ld(b"\x12", scope_logs)
+    if resource_schema_url:
+        resource_logs += _ld(b"\x1a", resource_schema_url.encode("utf-8"))
+    return _ld(b"\x0a", resource_logs)

@@ -1,0 +1,203 @@
+"""Sending pre-encoded OTLP log requests over HTTP or gRPC, honouring the standard exporter variables."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from secret_audit.version import __version__
+
+__all__ = ["GrpcSender", "HttpSender", "SendResult", "Sender", "build_sender"]
+
+_log = logging.getLogger("secret_audit")
+
+_RETRYABLE_HTTP = frozenset({408, 429, 502, 503, 504})
+
+
+class SendResult:
+    """Outcome of one send: delivered, worth retrying, or permanently refused."""
+
+    OK = "ok"
+    RETRY = "retry"
+    REFUSED = "refused"
+
+
+class Sender(Protocol):
+    """Delivers one encoded ExportLogsServiceRequest."""
+
+    endpoint: str
+
+    def send(self, body: bytes) -> str:
+        """Return a SendResult value."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def _env(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name)
+        if value:
+            return value
+    return None
+
+
+def _headers(raw: str | None) -> dict[str, str]:
+    from urllib.parse import unquote
+
+    headers: dict[str, str] = {}
+    for part in (raw or "").split(","):
+        if "=" in part:
+            key, _, value = part.partition("=")
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+class HttpSender:
+    """OTLP/HTTP with protobuf bodies, via a pooled requests session."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        *,
+        timeout: float,
+        gzip_body: bool,
+        verify: str | bool,
+        cert: tuple[str, str] | str | None,
+    ) -> None:
+        import requests
+
+        self.endpoint = endpoint
+        self._session = requests.Session()
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": f"otel-secret-audit/{__version__}",
+            **headers,
+        }
+        if gzip_body:
+            self._headers["Content-Encoding"] = "gzip"
+        self._gzip = gzip_body
+        self._timeout = timeout
+        self._verify = verify
+        self._cert = cert
+
+    def send(self, body: bytes) -> str:
+        import requests
+
+        data = gzip.compress(body, 5) if self._gzip else body
+        try:
+            resp = self._session.post(
+                self.endpoint,
+                data=data,
+                headers=self._headers,
+                timeout=self._timeout,
+                verify=self._verify,
+                cert=self._cert,
+            )
+        except requests.RequestException as exc:
+            _log.debug("audit export to %s failed: %s", self.endpoint, type(exc).__name__)
+            return SendResult.RETRY
+        if 200 <= resp.status_code < 300:
+            return SendResult.OK
+        if resp.status_code in _RETRYABLE_HTTP:
+            return SendResult.RETRY
+        _log.error("audit export refused by %s: HTTP %d", self.endpoint, resp.status_code)
+        return SendResult.REFUSED
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class GrpcSender:
+    """OTLP/gRPC: the LogsService/Export method called with the request bytes as they are."""
+
+    _METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+    def __init__(
+        self, endpoint: str, headers: Mapping[str, str], *, timeout: float, insecure: bool, gzip_body: bool
+    ) -> None:
+        import grpc
+
+        self.endpoint = endpoint
+        target = endpoint.split("://", 1)[-1].rstrip("/")
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        compression = grpc.Compression.Gzip if gzip_body else None
+        if insecure:
+            self._channel = grpc.insecure_channel(target, options=options, compression=compression)
+        else:
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(), options=options, compression=compression
+            )
+        self._call = self._channel.unary_unary(self._METHOD)
+        self._metadata = tuple(headers.items())
+        self._timeout = timeout
+
+    def send(self, body: bytes) -> str:
+        import grpc
+
+        try:
+            self._call(body, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            retryable = {
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.ABORTED,
+                grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.OUT_OF_RANGE,
+                grpc.StatusCode.DATA_LOSS,
+            }
+            if code in retryable:
+                return SendResult.RETRY
+            _log.error("audit export refused by %s: %s", self.endpoint, code)
+            return SendResult.REFUSED
+        return SendResult.OK
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def build_sender(
+    protocol: str,
+    override_endpoint: str | None,
+    override_headers: str | None,
+    env: Mapping[str, str] | None = None,
+) -> Sender:
+    """Resolve endpoint, headers, timeout, compression and TLS like the SDK's OTLP log exporters."""
+    env = os.environ if env is None else env
+    headers = _headers(_env(env, "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
+    headers.update(_headers(override_headers))
+    timeout = float(_env(env, "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") or 10)
+    if timeout > 1000:  # the spec says milliseconds; the Python SDK historically used seconds
+        timeout /= 1000
+    compression = _env(env, "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    gzip_body = (compression or "").lower() == "gzip"
+    if protocol == "grpc":
+        grpc_endpoint: str = (
+            override_endpoint
+            or _env(env, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+            or "http://localhost:4317"
+        )
+        endpoint = grpc_endpoint
+        insecure_env = _env(env, "OTEL_EXPORTER_OTLP_LOGS_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
+        insecure = endpoint.startswith("http://") or (insecure_env or "").lower() == "true"
+        if "://" not in endpoint and insecure_env is None:
+            insecure = True
+        return GrpcSender(endpoint, headers, timeout=timeout, insecure=insecure, gzip_body=gzip_body)
+    http_endpoint = override_endpoint or _env(env, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    if http_endpoint is None:
+        base = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+        http_endpoint = base.rstrip("/") + "/v1/logs"
+    ca_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    verify: str | bool = ca_file or True
+    cert_file = _env(
+        env, "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+    )
+    key_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
+    cert: Any = (cert_file, key_file) if cert_file and key_file else cert_file
+    return HttpSender(http_endpoint, headers, timeout=timeout, gzip_body=gzip_body, verify=verify, cert=cert)
