@@ -425,3 +425,18 @@ def fake_secret_manager() -> Iterator[FakeEndpoints]:
         http.shutdown()
         http.server_close()
         server.stop(0).wait(5)
+
+
+def main() -> None:
+    """Serve until terminated, printing ``<grpc target> <rest url>`` (benchmarks run it out of process)."""
+    import signal
+
+    with fake_secret_manager() as endpoints:
+        print(endpoints.grpc_target, endpoints.rest_url, flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

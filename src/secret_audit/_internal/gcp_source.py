@@ -106,7 +106,8 @@ def _field(obj: Any, key: str) -> Any:
 
 def _response_version(response: Any) -> str | None:
     """The concrete version number the server answered with, from the response's resource name."""
-    name = getattr(response, "name", None)
+    # proto-plus attribute access costs microseconds; the raw protobuf message is 20x cheaper
+    name = getattr(getattr(response, "_pb", response), "name", None)
     if isinstance(name, str):
         tail = name.rpartition("/")[2]
         if tail.isdigit():

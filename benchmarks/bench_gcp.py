@@ -1,0 +1,163 @@
+"""GCP Secret Manager overhead: access_secret_version against the local fake, bare vs audited.
+
+One client process, the two variants interleaved round by round, median per-op times. The fake
+server and an OTLP/HTTP sink run in other processes, as Secret Manager and a collector would, so
+the audit's own work (spans, records, chaining, OTLP encoding and sending) is counted here but
+the server's is not. Run: .venv/bin/python benchmarks/bench_gcp.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 1.05
+
+_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _process(argv: list[str]) -> Iterator[str]:
+    """Start a helper process and yield the first line it prints (where it listens)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"{argv[1]} did not start")
+        yield line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_port(host: str, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.02)
+
+
+def interleave(
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    op: Callable[[], object],
+    rounds: int,
+    per_round: int,
+    settle: Callable[[], None],
+) -> dict[str, list[float]]:
+    """Time ``op`` per call under each variant, rotating which goes first; returns µs samples."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            enter, leave = variants[name]
+            enter()
+            try:
+                for _ in range(per_round // 10):
+                    op()
+                out = samples[name]
+                for _ in range(per_round):
+                    t0 = clock()
+                    op()
+                    out.append((clock() - t0) / 1000)
+            finally:
+                settle()
+                leave()
+    return samples
+
+
+def main() -> int:
+    import grpc
+    from google.cloud import secretmanager
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+        SecretManagerServiceGrpcTransport,
+    )
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    import secret_audit
+    from secret_audit._internal.config import load_settings
+    from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
+
+    rounds = int(os.environ.get("BENCH_ROUNDS", "8"))
+    per_round = int(os.environ.get("BENCH_OPS", "1000"))
+    fake = [sys.executable, str(ROOT / "tests" / "gcp_fake.py")]
+    with _process(fake) as endpoints, _process([sys.executable, "-c", _SINK]) as sink_port:
+        target = endpoints.split()[0]
+        host, port = target.rsplit(":", 1)
+        _wait_port(host, int(port))
+        sink = f"http://127.0.0.1:{sink_port}"
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink + "/v1/traces")))
+        trace.set_tracer_provider(provider)
+        settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": sink + "/v1/logs"})
+        ours = GcpSecretManagerSecretAuditInstrumentor()
+
+        client = secretmanager.SecretManagerServiceClient(
+            transport=SecretManagerServiceGrpcTransport(channel=grpc.insecure_channel(target))
+        )
+        client.create_secret(parent="projects/bench", secret_id="db-password", secret={"replication": {}})
+        client.add_secret_version(parent="projects/bench/secrets/db-password", payload={"data": b"x" * 64})
+        name = "projects/bench/secrets/db-password/versions/latest"
+
+        def nothing() -> None:
+            return None
+
+        def ours_on() -> None:
+            ours.instrument(settings=settings, tracer_provider=provider)
+
+        def settle() -> None:
+            secret_audit.flush(60)
+            provider.force_flush()
+
+        variants = {"bare": (nothing, nothing), "secret-audit": (ours_on, ours.uninstrument)}
+        samples = interleave(
+            variants, lambda: client.access_secret_version(name=name), rounds, per_round, settle
+        )
+        base = statistics.median(samples["bare"])
+        print(f"\naccess_secret_version of a 64-byte secret ({len(samples['bare'])} samples per variant)")
+        print(f"  {'variant':<14} {'median':>9} {'ratio':>6}  {'mean':>9}  {'p99':>9}")
+        for variant, values in samples.items():
+            med = statistics.median(values)
+            p99 = statistics.quantiles(values, n=100)[98]
+            print(
+                f"  {variant:<14} {med:7.1f}µs {med / base:5.2f}x  "
+                f"{statistics.fmean(values):7.1f}µs  {p99:7.1f}µs"
+            )
+        ratio = statistics.median(samples["secret-audit"]) / base
+        mean_ratio = statistics.fmean(samples["secret-audit"]) / statistics.fmean(samples["bare"])
+        print(f"\naudit pipeline: {secret_audit.stats()}")
+        print(
+            f"gcp access_secret_version: ratio {ratio:.2f}x (target <= {TARGET:.2f}x); "
+            f"mean {mean_ratio:.2f}x"
+        )
+        client.transport.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
