@@ -81,7 +81,8 @@ def main() -> int:
         r2 = report("pipeline of 100 GETs", s2, "bare")
         stats = secret_audit.stats()
         print(f"\naudit pipeline: {stats}")
-        for label, r, target in (("redis GET", r1, TARGET_GET), ("redis pipeline(100)", r2, TARGET_PIPE)):
+        rows = (("redis GET", r1, TARGET_GET), ("redis pipeline(100)", r2, TARGET_PIPE))
+        for label, r, target in rows:
             print(
                 f"{label}: ratio {r['secret-audit']:.2f}x median, {r['secret-audit:mean']:.2f}x mean "
                 f"(target <= {target:.2f}x); official {r['otel-redis (official)']:.2f}x median, "

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from otlp_receiver import otlp_receiver
 
 HERE = Path(__file__).parent

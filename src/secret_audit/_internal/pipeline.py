@@ -62,6 +62,23 @@ _FAILED = {
 }
 
 
+_echo_ready = False
+
+
+def _echo_line(body: str) -> None:
+    """Write the ``[AUDIT]`` line; asked-for lines go to stderr if logging was never configured."""
+    global _echo_ready
+    if not _echo_ready:
+        _echo_ready = True
+        if not _echo.hasHandlers():
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            _echo.addHandler(handler)
+        if _echo.getEffectiveLevel() > logging.INFO:
+            _echo.setLevel(logging.INFO)
+    _echo.info("[AUDIT] %s", body)
+
+
 def _fmt_ms(ms: float) -> str:
     return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.2f}ms"
 
@@ -452,7 +469,7 @@ class AuditPipeline:
         )
         self._batch_seqs.append(seq)
         if self.settings.echo:
-            _echo.info("[AUDIT] %s", body)
+            _echo_line(body)
 
     def _report_drops(self) -> None:
         """Turn counted losses into their own chained record, so a sink sees what it never got."""

@@ -1,0 +1,43 @@
+"""The docs stay true: every setting the code reads is in the configuration table, and vice versa."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_variables() -> set[str]:
+    src = (ROOT / "src/secret_audit/_internal/config.py").read_text()
+    names = set(re.findall(r'_read\(\s*env,\s*"([A-Z_]+)"', src))
+    names |= set(re.findall(r'PREFIX \+ "([A-Z_]+)"', src))
+    return {"OTEL_PYTHON_SECRET_AUDIT_" + n for n in names}
+
+
+def documented_variables() -> set[str]:
+    text = (ROOT / "docs/configuration.md").read_text()
+    return set(re.findall(r"^\| `(OTEL_PYTHON_SECRET_AUDIT_[A-Z_]+)`", text, re.M))
+
+
+def test_every_setting_is_documented_and_every_documented_setting_exists():
+    code = code_variables()
+    assert len(code) >= 20
+    assert code == documented_variables()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci/run").read_text()
+    assert "`bash scripts/test.sh`" in readme
+    assert "bash scripts/test.sh" in ci.splitlines()[-1]
+
+
+def test_every_record_attribute_is_in_the_semantic_conventions():
+    text = (ROOT / "docs/semantic-conventions.md").read_text()
+    src = (ROOT / "src/secret_audit/_internal/pipeline.py").read_text()
+    produced = set(re.findall(r'attrs\["((?:secret|audit|error|enduser|client)\.[a-z_.]+)"\]', src))
+    produced |= set(re.findall(r'"(audit\.dropped\.[a-z_]+)"', src))
+    assert len(produced) >= 15
+    missing = {a for a in produced if f"`{a}`" not in text}
+    assert not missing
