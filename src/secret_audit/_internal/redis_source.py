@@ -146,12 +146,13 @@ class Wrappers:
             return None
         if spec is None:
             return None
+        is_secret = self.is_secret
         try:
             keys = spec.keys(args)
-        except Exception:
+            hits = [i for i, (key, _) in enumerate(keys) if is_secret(key)]
+        except Exception:  # never let classification change the caller's call
+            _note_internal_error()
             return None
-        is_secret = self.is_secret
-        hits = [i for i, (key, _) in enumerate(keys) if is_secret(key)]
         return (spec, keys, hits) if hits else None
 
     def _items(

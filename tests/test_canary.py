@@ -1,0 +1,168 @@
+"""Canary: random secret values through every command family never reach spans, records or logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from canary_ops import async_exercise, sync_exercise
+from otlp_receiver import otlp_receiver
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def audit_env():
+    return {
+        "OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20",
+        "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all",
+        "OTEL_PYTHON_SECRET_AUDIT_ECHO": "true",
+    }
+
+
+def new_canary() -> str:
+    # letters and digits only, so that no sanitiser can cut it at punctuation and miss a leak
+    return "cnry" + secrets.token_hex(12)
+
+
+def everything_exported(audit) -> str:
+    """Every byte the in-memory exporters hold, serialised the way an exporter would see it."""
+    audit.flush()
+    parts = [span.to_json() for span in audit.span_exporter.get_finished_spans()]
+    for item in audit.log_exporter.get_finished_logs():
+        rec = item.log_record
+        try:
+            parts.append(item.to_json())
+        except AttributeError:  # an API LogRecord: serialise what an exporter would send
+            parts.append(repr({k: getattr(rec, k, None) for k in dir(rec) if not k.startswith("_")}))
+        parts.append(repr(dict(rec.attributes or {})))
+        parts.append(repr(rec.body))
+    return "\n".join(parts)
+
+
+def assert_no_canary(text: str, canary: str) -> None:
+    variants = {canary, canary.upper(), canary.encode().hex(), canary[4:]}
+    for v in variants:
+        assert v not in text, f"canary variant {v!r} leaked:\n" + _context(text, v)
+
+
+def _context(text: str, needle: str) -> str:
+    i = text.find(needle)
+    return text[max(0, i - 300) : i + 100]
+
+
+def test_sync_canary_never_leaks(audit, redis_url, key, caplog):
+    caplog.set_level(logging.DEBUG)
+    canary = new_canary()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        errors = sync_exercise(r, key, canary)
+    finally:
+        r.close()
+    records = audit.attrs()
+    # the tour really happened: many audited accesses, many of them failing server-side
+    assert errors >= 14
+    assert len(records) >= 60
+    assert sum(1 for x in records if x["audit.outcome"] == "error") >= 14
+    text = everything_exported(audit)
+    assert_no_canary(text, canary)
+    echo = [rec.getMessage() for rec in caplog.records if rec.name.startswith("secret_audit")]
+    assert sum(1 for line in echo if line.startswith("[AUDIT] ")) == len(records)
+    assert_no_canary("\n".join(echo), canary)
+    assert_no_canary(caplog.text, canary)
+
+
+async def test_async_canary_never_leaks(audit, redis_url, key, caplog):
+    caplog.set_level(logging.DEBUG)
+    canary = new_canary()
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        errors = await async_exercise(r, key, canary)
+    finally:
+        await r.aclose()
+    records = audit.attrs()
+    assert errors >= 14
+    assert len(records) >= 50
+    text = everything_exported(audit)
+    assert_no_canary(text, canary)
+    assert_no_canary(caplog.text, canary)
+    assert sum(1 for rec in caplog.records if rec.getMessage().startswith("[AUDIT] ")) == len(records)
+
+
+def test_error_messages_keep_only_known_codes_and_phrases(audit, redis_url, key):
+    """Server errors that quote caller data are reduced to a known code and phrase, or nothing."""
+    canary = new_canary()
+    r = redis.Redis.from_url(redis_url)
+    script = "return redis.error_reply(ARGV[1])"
+    replies = [
+        canary.upper() + " leading token looks like a code",
+        "NOSCRIPT " + canary,
+        "WRONGPASS " + canary,
+        "ERR " + canary,
+        "WRONGTYPE Operation against a key holding the wrong kind of value " + canary,
+    ]
+    try:
+        for reply in replies:
+            with pytest.raises(redis.exceptions.RedisError):
+                r.eval(script, 1, key, reply)
+    finally:
+        r.close()
+    got = [(x["audit.outcome"], x.get("audit.error")) for x in audit.attrs()]
+    assert got == [
+        ("error", None),
+        ("error", "NOSCRIPT"),
+        ("denied", "WRONGPASS"),
+        ("error", "ERR"),
+        ("error", "WRONGTYPE Operation against a key holding the wrong kind of value"),
+    ]
+
+
+def test_launcher_canary_never_reaches_the_wire_or_stderr(redis_url):
+    """Under opentelemetry-instrument: the raw OTLP bytes and the [AUDIT] lines carry no value."""
+    import os
+
+    key = "secret:canary:" + secrets.token_hex(4)
+    canary = new_canary()
+    with otlp_receiver() as rx:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+        env.update(
+            OTEL_SERVICE_NAME="canary",
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_LOGS_EXPORTER="otlp",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.url,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_PYTHON_SECRET_AUDIT_ECHO="true",
+            # the official redis instrumentation records exception messages verbatim (its
+            # choice, not ours): keep it out so the raw bytes are only what we produce
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="redis",
+            REDIS_URL=redis_url,
+        )
+        proc = subprocess.run(
+            [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "sa_canary_app.py"),
+             key, canary],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "done"
+        records = rx.audit_records()
+        raw = b"".join(rx.raw)
+    assert len(records) >= 100
+    assert {r["attributes"]["secret.source"] for r in records} == {"redis"}
+    assert sum(1 for r in records if r["attributes"]["audit.outcome"] == "error") >= 20
+    for v in (canary, canary.upper(), canary[4:]):
+        assert v.encode() not in raw
+        assert v not in json.dumps(records)
+    audit_lines = [line for line in proc.stderr.splitlines() if "[AUDIT] " in line]
+    assert len(audit_lines) == len(records)
+    assert_no_canary(proc.stderr, canary)
