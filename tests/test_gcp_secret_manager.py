@@ -438,3 +438,31 @@ def test_uninstrument_restores_the_original_methods(gcp_server):
     from google.cloud import secretmanager
 
     assert secretmanager.SecretManagerServiceClient is client.SecretManagerServiceClient
+
+
+def test_entry_point_and_missing_library(monkeypatch):
+    from importlib.metadata import entry_points
+
+    import secret_audit.gcp as gcp_module
+    from secret_audit._internal.pipeline import peek_pipeline
+    from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
+
+    group = entry_points(group="opentelemetry_instrumentor")
+    [ep] = [e for e in group if e.name == "secret_audit_gcp_secret_manager"]
+    assert ep.load() is GcpSecretManagerSecretAuditInstrumentor
+    assert list(GcpSecretManagerSecretAuditInstrumentor().instrumentation_dependencies()) == [
+        "google-cloud-secret-manager >= 2.16.0"
+    ]
+
+    def missing(name: str) -> Any:
+        raise ModuleNotFoundError(name)
+
+    # the launcher skips the per-instrumentor dependency check: a missing library must be a no-op
+    monkeypatch.setattr(gcp_module.importlib, "import_module", missing)
+    assert peek_pipeline() is None
+    inst = GcpSecretManagerSecretAuditInstrumentor()
+    inst.instrument(skip_dep_check=True)
+    try:
+        assert peek_pipeline() is None
+    finally:
+        inst.uninstrument()

@@ -57,11 +57,16 @@ class GcpSecretManagerSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
+        # The launcher skips our dependency check when the distribution's passes, so the
+        # library may be missing here: then there is nothing to wrap and no pipeline to start.
+        targets = _targets()
+        if not targets:
+            return
         pipeline = pipeline_for(kwargs)
         if pipeline is None:
             return
         wrappers = GcpWrappers(pipeline.submit)
-        for owner, method, is_async in _targets():
+        for owner, method, is_async in targets:
             wrap(owner, method, wrappers.for_method(method, is_async))
 
     def _uninstrument(self, **kwargs: Any) -> None:
