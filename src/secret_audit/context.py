@@ -74,10 +74,15 @@ def current_audit_context(ctx: Context | None = None) -> AuditContext:
     return value if isinstance(value, AuditContext) else _EMPTY
 
 
+_DEFAULTS = {path: AuditContext(None, None, path, None) for path in ACCESS_PATHS}
+
+
 def resolve(ctx: Context | None, default_access_path: str) -> AuditContext:
     """Merge the explicit audit context with W3C baggage, explicit values winning."""
     explicit = current_audit_context(ctx)
     bag = baggage.get_all(ctx)
+    if explicit is _EMPTY and not bag:
+        return _DEFAULTS.get(default_access_path) or AuditContext(None, None, default_access_path)
     enduser = explicit.enduser or _str(bag.get(BAGGAGE_ENDUSER))
     client_address = explicit.client_address or _str(bag.get(BAGGAGE_CLIENT_ADDRESS))
     access_path = explicit.access_path or _str(bag.get(BAGGAGE_ACCESS_PATH))

@@ -32,7 +32,9 @@ def canonical_bytes(
     attributes: Mapping[str, Any],
 ) -> bytes:
     """Serialise a record the one way every verifier reproduces: sorted-key JSON without the hash itself."""
-    attrs = {k: v for k, v in attributes.items() if k != HASH_ATTRIBUTE}
+    attrs = attributes
+    if HASH_ATTRIBUTE in attributes:
+        attrs = {k: v for k, v in attributes.items() if k != HASH_ATTRIBUTE}
     return orjson.dumps(
         {
             "attributes": attrs,
