@@ -1,0 +1,371 @@
+"""Ingest: validate audit records, check each stream's sequence and chain, COPY them in one transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from secret_audit._internal import chain
+from secret_audit.store._otlp import Record
+from secret_audit.store._rows import COLUMNS, TYPED, dumps, event_json, is_audit_event, time_of
+from secret_audit.store.migrations import ensure_partitions
+
+__all__ = ["Finding", "IngestResult", "Ingestor", "Prepared", "prepare"]
+
+_BIGINT_MAX = (1 << 63) - 1
+_COPY = "COPY audit_events (id, {}) FROM STDIN".format(", ".join(COLUMNS))
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(slots=True)
+class Finding:
+    """An integrity problem seen on ingest or by the verifier, with its evidence."""
+
+    stream_id: str
+    kind: str
+    sequence: int | None
+    detail: str
+    tenant: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+
+
+@dataclass
+class IngestResult:
+    """What one request did: the counts feed OTLP partial success, /stats and the live stream."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    dropped_non_audit: int = 0
+    errors: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    received_at: Any = None
+
+    def events(self) -> list[dict[str, Any]]:
+        """The stored rows in the API's JSON form, built on demand for live subscribers."""
+        out = []
+        for row in self.rows:
+            values = dict(zip(("id", *COLUMNS), row, strict=True))
+            values["received_at"] = self.received_at
+            out.append(event_json(values))
+        return out
+
+    def reject(self, index: int, reason: str) -> None:
+        """Count one refused record and keep the first few reasons for the response."""
+        self.rejected += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"record {index}: {reason}")
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated record: its row values, chain fields and recomputed hash."""
+
+    index: int
+    stream_id: str
+    sequence: int
+    prev: str
+    claimed: str
+    computed: str
+    tenant: str | None
+    values: dict[str, Any]
+
+
+def _is_hash(v: str) -> bool:
+    return len(v) == 64 and _HEX.issuperset(v)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def prepare(index: int, rec: Record, scope_tenant: str | None) -> Prepared | str:
+    """Check one audit record against the contract; return its row or the reason it is refused."""
+    attrs = rec.attributes
+    stream = attrs.get("audit.stream.id")
+    seq = attrs.get("audit.sequence")
+    event_id = attrs.get("audit.event.id")
+    prev = attrs.get("audit.chain.prev")
+    claimed = attrs.get("audit.chain.hash")
+    if not isinstance(stream, str) or not stream:
+        return "missing audit.stream.id"
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= _BIGINT_MAX:
+        return "audit.sequence must be an integer >= 1"
+    if event_id != f"{stream}:{seq}":
+        return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
+    if not isinstance(prev, str) or not _is_hash(prev):
+        return "audit.chain.prev must be 64 lowercase hex digits"
+    if not isinstance(claimed, str) or not _is_hash(claimed):
+        return "audit.chain.hash must be 64 lowercase hex digits"
+    if rec.body is not None and not isinstance(rec.body, str):
+        return "body must be a string"
+    if not 0 <= rec.time_unix_nano <= _BIGINT_MAX or not 0 <= rec.observed_unix_nano <= _BIGINT_MAX:
+        return "timestamp out of range"
+    if _has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.resource) or _has_nul(rec.event_name):
+        return "NUL characters cannot be stored"
+    namespace = rec.resource.get("service.namespace")
+    tenant = namespace if isinstance(namespace, str) and namespace else None
+    if scope_tenant is not None:
+        if tenant not in (None, scope_tenant):
+            return f"tenant {tenant!r} is outside this token's scope"
+        tenant = scope_tenant
+    try:
+        computed = chain.chain_hash(
+            chain.canonical_bytes(
+                time_unix_nano=rec.time_unix_nano,
+                event_name=rec.event_name,
+                severity_number=rec.severity_number,
+                body=rec.body,  # type: ignore[arg-type]
+                trace_id=rec.trace_id,
+                span_id=rec.span_id,
+                attributes=attrs,
+            )
+        )
+    except (TypeError, ValueError) as exc:
+        return f"attributes cannot be canonicalised: {exc}"
+    rest = dict(attrs)
+    values: dict[str, Any] = {}
+    for key, (col, kind) in TYPED.items():
+        v = rest.get(key)
+        if v is not None and type(v) is kind:
+            values[col] = v
+            del rest[key]
+        else:
+            values[col] = None
+    moment = rec.time_unix_nano or rec.observed_unix_nano or time.time_ns()
+    service = rec.resource.get("service.name")
+    instance = rec.resource.get("service.instance.id")
+    values.update(
+        time=time_of(moment),
+        time_unix_nano=rec.time_unix_nano,
+        observed_unix_nano=rec.observed_unix_nano,
+        event_name=rec.event_name,
+        severity_number=rec.severity_number,
+        severity_text=rec.severity_text,
+        body=rec.body,
+        trace_id=rec.trace_id,
+        span_id=rec.span_id,
+        tenant=tenant,
+        service_name=service if isinstance(service, str) else None,
+        service_instance_id=instance if isinstance(instance, str) else None,
+        scope_name=rec.scope_name,
+        scope_version=rec.scope_version,
+        attributes=rest,
+        resource=rec.resource,
+    )
+    return Prepared(index, stream, seq, prev, claimed, computed, tenant, values)
+
+
+class Ingestor:
+    """Turns decoded requests into committed rows; one instance per store process, thread-safe."""
+
+    def __init__(self, non_audit: str = "reject") -> None:
+        self.non_audit = non_audit
+        self._months: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+
+    def ingest(
+        self, conn: psycopg.Connection[Any], records: list[Record], scope_tenant: str | None = None
+    ) -> IngestResult:
+        """Store every acceptable record of one request atomically and report what happened."""
+        result = IngestResult()
+        by_stream: dict[str, list[Prepared]] = defaultdict(list)
+        for i, rec in enumerate(records):
+            if not is_audit_event(rec.event_name):
+                if self.non_audit == "drop":
+                    result.dropped_non_audit += 1
+                else:
+                    result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
+                continue
+            p = prepare(i, rec, scope_tenant)
+            if isinstance(p, str):
+                result.reject(i, p)
+            else:
+                by_stream[p.stream_id].append(p)
+        if not by_stream:
+            return result
+        months = {(p.values["time"].year, p.values["time"].month) for ps in by_stream.values() for p in ps}
+        with self._lock:
+            missing = months - self._months
+        if missing:
+            with conn.transaction():
+                ensure_partitions(conn, missing)
+            if conn.autocommit:  # committed for good only outside a caller's transaction
+                with self._lock:
+                    self._months |= missing
+        with conn.transaction():
+            self._write(conn, by_stream, result)
+        return result
+
+    def _write(
+        self, conn: psycopg.Connection[Any], by_stream: dict[str, list[Prepared]], result: IngestResult
+    ) -> None:
+        streams = sorted(by_stream)
+        first = {s: by_stream[s][0] for s in streams}
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO audit_streams (stream_id, tenant, service_name) VALUES (%s, %s, %s) "
+                "ON CONFLICT (stream_id) DO NOTHING",
+                [(s, first[s].tenant, first[s].values["service_name"]) for s in streams],
+            )
+            cur.execute(
+                "SELECT stream_id, tenant, last_sequence, last_hash FROM audit_streams "
+                "WHERE stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE",
+                (streams,),
+            )
+            state = {r[0]: (r[1], int(r[2]), r[3]) for r in cur.fetchall()}
+        rows: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for s in streams:
+            tenant, head_seq, head_hash = state[s]
+            batch = sorted(by_stream[s], key=lambda p: p.sequence)
+            kept = []
+            for p in batch:
+                if p.tenant != tenant:
+                    result.reject(p.index, "audit.stream.id belongs to another tenant")
+                else:
+                    kept.append(p)
+            if not kept:
+                continue
+            stored, new_head = self._check_stream(conn, s, tenant, head_seq, head_hash, kept, result)
+            for p in stored:
+                rows.append(tuple(p.values[c] for c in COLUMNS))
+            if stored or new_head[0] != head_seq:
+                updates.append((new_head[0], new_head[1], len(stored), s))
+        if rows:
+            ids = conn.execute(
+                "SELECT nextval('audit_events_id_seq'), now() FROM generate_series(1, %s)", (len(rows),)
+            ).fetchall()
+            rows = [(ids[i][0], *row) for i, row in enumerate(rows)]
+            result.received_at = ids[0][1]
+            with conn.cursor() as cur, cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(_jsonb(row))
+        if result.findings:
+            _insert_findings(conn, result.findings)
+        if updates:
+            per_stream: dict[str, int] = defaultdict(int)
+            for f in result.findings:
+                per_stream[f.stream_id] += 1
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE audit_streams SET last_sequence = greatest(last_sequence, %s), "
+                    "last_hash = CASE WHEN %s::bigint >= last_sequence THEN %s ELSE last_hash END, "
+                    "record_count = record_count + %s, findings = findings + %s, last_seen = now() "
+                    "WHERE stream_id = %s",
+                    [(seq, seq, h, n, per_stream[s], s) for seq, h, n, s in updates],
+                )
+        result.accepted = len(rows)
+        result.rows = rows
+
+    def _check_stream(
+        self,
+        conn: psycopg.Connection[Any],
+        stream: str,
+        tenant: str | None,
+        head_seq: int,
+        head_hash: str,
+        batch: list[Prepared],
+        result: IngestResult,
+    ) -> tuple[list[Prepared], tuple[int, str]]:
+        known_hash: dict[int, str] = {}
+        known_prev: dict[int, str] = {}
+        if head_seq:
+            known_hash[head_seq] = head_hash
+        if batch[0].sequence <= head_seq:
+            late = [p.sequence for p in batch if p.sequence <= head_seq]
+            wanted = {q for s in late for q in (s - 1, s, s + 1)}
+            rows = conn.execute(
+                "SELECT sequence, chain_hash, chain_prev FROM audit_events "
+                "WHERE stream_id = %s AND sequence = ANY(%s)",
+                (stream, sorted(wanted)),
+            ).fetchall()
+            for seq, h, prev in rows:
+                known_hash[int(seq)] = h
+                known_prev[int(seq)] = prev
+        existing = set(known_prev)
+        stored: list[Prepared] = []
+        seen: dict[int, str] = {}
+        for p in batch:
+            seq = p.sequence
+            if seq in existing or seq in seen:
+                original = known_hash.get(seq) if seq in existing else seen[seq]
+                if original == p.claimed:
+                    result.duplicates += 1
+                else:
+                    result.reject(p.index, "audit.event.id already stored with different content")
+                    result.findings.append(
+                        Finding(stream, "duplicate_conflict", seq,
+                                "a second, different record arrived with an event id already stored",
+                                tenant, original, p.claimed)
+                    )
+                continue
+            integrity = "ok"
+            if p.computed != p.claimed:
+                integrity = "hash_mismatch"
+                result.findings.append(
+                    Finding(stream, "hash_mismatch", seq,
+                            "the record's content does not match its audit.chain.hash",
+                            tenant, p.computed, p.claimed)
+                )
+            if seq == 1:
+                expected_prev: str | None = chain.GENESIS
+            else:
+                expected_prev = known_hash.get(seq - 1)
+            if expected_prev is not None:
+                if p.prev != expected_prev:
+                    integrity = "chain_break" if integrity == "ok" else integrity
+                    result.findings.append(
+                        Finding(stream, "chain_break", seq,
+                                "audit.chain.prev does not match the previous record's hash",
+                                tenant, expected_prev, p.prev)
+                    )
+            elif seq > head_seq + 1:
+                integrity = "gap_before" if integrity == "ok" else integrity
+                result.findings.append(
+                    Finding(stream, "gap", seq,
+                            f"sequence {head_seq + 1}..{seq - 1} missing before this record", tenant)
+                )
+            else:
+                integrity = "unverified" if integrity == "ok" else integrity
+            successor_prev = known_prev.get(seq + 1)
+            if successor_prev is not None and successor_prev != p.claimed:
+                result.findings.append(
+                    Finding(stream, "chain_break", seq + 1,
+                            "a late record's hash does not match its successor's audit.chain.prev",
+                            tenant, p.claimed, successor_prev)
+                )
+            p.values["integrity"] = integrity
+            known_hash[seq] = p.claimed
+            seen[seq] = p.claimed
+            if seq > head_seq:
+                head_seq, head_hash = seq, p.claimed
+            stored.append(p)
+        return stored, (head_seq, head_hash)
+
+
+def _jsonb(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # attributes and resource are the 3rd- and 2nd-last columns.
+    return (*row[:-3], dumps(row[-3]), dumps(row[-2]), row[-1])
+
+
+def _insert_findings(conn: psycopg.Connection[Any], findings: list[Finding]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO audit_findings (tenant, stream_id, kind, sequence, detail, expected, actual) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(f.tenant, f.stream_id, f.kind, f.sequence, f.detail, f.expected, f.actual) for f in findings],
+        )

@@ -1,0 +1,150 @@
+"""Search the audit table: filters to SQL, stable (time, id) order, opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from secret_audit.store._rows import event_json
+
+__all__ = ["BadFilter", "Filters", "Page", "and_all", "search", "where_clause"]
+
+# filter name -> column; every one is an equality match served by an index or a partition scan.
+FILTER_COLUMNS = {
+    "secret": "secret_name",
+    "source": "secret_source",
+    "operation": "operation",
+    "outcome": "outcome",
+    "principal": "principal",
+    "enduser": "enduser_id",
+    "client_address": "client_address",
+    "trace_id": "trace_id",
+    "event_name": "event_name",
+    "stream_id": "stream_id",
+    "tenant": "tenant",
+}
+
+
+class BadFilter(ValueError):
+    """A filter or cursor that cannot be used; answered with 400 and this message."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The same filters for the query API, the live stream and the CLI."""
+
+    secret: str | None = None
+    source: str | None = None
+    operation: str | None = None
+    outcome: str | None = None
+    principal: str | None = None
+    enduser: str | None = None
+    client_address: str | None = None
+    trace_id: str | None = None
+    event_name: str | None = None
+    stream_id: str | None = None
+    tenant: str | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def describe(self) -> dict[str, str]:
+        """The filters in use, for the store's own audit event about this query."""
+        return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in asdict(self).items() if v}
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """Apply the equality filters to an event in memory, for the live stream."""
+        for name, col in FILTER_COLUMNS.items():
+            want = getattr(self, name)
+            if want is not None and event.get(col) != want:
+                return False
+        return True
+
+
+@dataclass
+class Page:
+    """One page of results and the cursor for the next, if any."""
+
+    events: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def where_clause(filters: Filters, scope_tenant: str | None) -> tuple[list[sql.Composable], list[Any]]:
+    """SQL conditions and parameters for the filters, always including the caller's tenant scope."""
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    for name, col in FILTER_COLUMNS.items():
+        value = getattr(filters, name)
+        if value is not None:
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
+            params.append(value)
+    if scope_tenant is not None:
+        conds.append(sql.SQL("tenant = %s"))
+        params.append(scope_tenant)
+    if filters.start is not None:
+        conds.append(sql.SQL("time >= %s"))
+        params.append(_aware(filters.start))
+    if filters.end is not None:
+        conds.append(sql.SQL("time < %s"))
+        params.append(_aware(filters.end))
+    return conds, params
+
+
+def and_all(conds: list[sql.Composable]) -> sql.Composable:
+    """Join conditions with AND; no condition means every row."""
+    return sql.SQL(" AND ").join(conds) if conds else sql.SQL("TRUE")
+
+
+def encode_cursor(time: dt.datetime, row_id: int) -> str:
+    """An opaque cursor naming the last row returned."""
+    raw = f"{time.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
+    """Parse a cursor made by encode_cursor, or raise BadFilter."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, row_id = raw.partition("|")
+        return _aware(dt.datetime.fromisoformat(when)), int(row_id)
+    except (ValueError, UnicodeDecodeError):
+        raise BadFilter("cursor is not one this API returned") from None
+
+
+def search(
+    conn: psycopg.Connection[Any],
+    filters: Filters,
+    scope_tenant: str | None,
+    *,
+    limit: int = 100,
+    cursor: str | None = None,
+    order: str = "desc",
+) -> Page:
+    """Return one page of matching events in (time, id) order."""
+    if order not in ("asc", "desc"):
+        raise BadFilter("order must be asc or desc")
+    conds, params = where_clause(filters, scope_tenant)
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        conds.append(sql.SQL("(time, id) > (%s, %s)" if order == "asc" else "(time, id) < (%s, %s)"))
+        params += [after_time, after_id]
+    direction = sql.SQL("ASC" if order == "asc" else "DESC")
+    query = sql.SQL("SELECT * FROM audit_events WHERE {} ORDER BY time {}, id {} LIMIT %s").format(
+        and_all(conds), direction, direction
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, [*params, limit + 1])
+        rows = cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1]["time"], int(rows[-1]["id"])) if more and rows else None
+    return Page([event_json(r) for r in rows], next_cursor)

@@ -1,0 +1,133 @@
+"""The mapping between an audit record and a table row, in both directions, so hashes can be recomputed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from secret_audit._internal import chain
+
+__all__ = [
+    "COLUMNS",
+    "TYPED",
+    "attributes_of",
+    "canonical_of_row",
+    "event_json",
+    "is_audit_event",
+    "time_of",
+]
+
+# attribute -> (column, python type): typed columns hold the contract's fields; the rest go to JSONB.
+TYPED: dict[str, tuple[str, type]] = {
+    "secret.name": ("secret_name", str),
+    "secret.source": ("secret_source", str),
+    "secret.resource": ("secret_resource", str),
+    "secret.version": ("secret_version", str),
+    "audit.operation": ("operation", str),
+    "audit.action": ("action", str),
+    "audit.outcome": ("outcome", str),
+    "audit.result": ("result", str),
+    "audit.duration_ms": ("duration_ms", float),
+    "error.type": ("error_type", str),
+    "audit.error": ("error_message", str),
+    "audit.principal": ("principal", str),
+    "enduser.id": ("enduser_id", str),
+    "client.address": ("client_address", str),
+    "audit.access_path": ("access_path", str),
+    "audit.event.id": ("event_id", str),
+    "audit.stream.id": ("stream_id", str),
+    "audit.sequence": ("sequence", int),
+    "audit.chain.prev": ("chain_prev", str),
+    "audit.chain.hash": ("chain_hash", str),
+}
+TYPED_ATTRS = tuple(TYPED)
+TYPED_COLUMNS = tuple(col for col, _ in TYPED.values())
+
+COLUMNS = (
+    "time",
+    "time_unix_nano",
+    "observed_unix_nano",
+    "event_name",
+    "severity_number",
+    "severity_text",
+    "body",
+    "trace_id",
+    "span_id",
+    "tenant",
+    "service_name",
+    "service_instance_id",
+    "scope_name",
+    "scope_version",
+    *TYPED_COLUMNS,
+    "attributes",
+    "resource",
+    "integrity",
+)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def is_audit_event(event_name: str) -> bool:
+    """Audit records are ``secret.access`` and the ``audit.*`` family; everything else is telemetry."""
+    return event_name == "secret.access" or event_name.startswith("audit.")
+
+
+def time_of(time_unix_nano: int) -> dt.datetime:
+    """The partition key for a record timestamp, to the microsecond."""
+    return _EPOCH + dt.timedelta(microseconds=time_unix_nano // 1000)
+
+
+def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild the record's full attribute map from the typed columns and the JSONB remainder."""
+    attrs = dict(row["attributes"])
+    for key, (col, kind) in TYPED.items():
+        value = row[col]
+        if value is not None:
+            attrs[key] = kind(value)
+    return attrs
+
+
+def canonical_of_row(row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a stored row, exactly as the producer hashed them."""
+    return chain.canonical_bytes(
+        time_unix_nano=int(row["time_unix_nano"]),
+        event_name=row["event_name"],
+        severity_number=int(row["severity_number"]),
+        body=row["body"],
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        attributes=attributes_of(row),
+    )
+
+
+def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's JSON form of a stored row: its columns plus the full attribute map."""
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "time": row["time"].isoformat().replace("+00:00", "Z"),
+        "time_unix_nano": str(row["time_unix_nano"]),
+        "received_at": row["received_at"].isoformat().replace("+00:00", "Z"),
+        "event_name": row["event_name"],
+        "severity_number": row["severity_number"],
+        "severity_text": row["severity_text"],
+        "body": row["body"],
+        "trace_id": row["trace_id"],
+        "span_id": row["span_id"],
+        "tenant": row["tenant"],
+        "service_name": row["service_name"],
+        "service_instance_id": row["service_instance_id"],
+        "integrity": row["integrity"],
+    }
+    for col in TYPED_COLUMNS:
+        out[col] = row[col]
+    out["attributes"] = attributes_of(row)
+    out["resource"] = row["resource"]
+    return out
+
+
+def dumps(value: Any) -> str:
+    """JSON text for a JSONB column."""
+    return orjson.dumps(value).decode()

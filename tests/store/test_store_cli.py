@@ -1,0 +1,72 @@
+"""The CLI: tokens, migrate, query through the API; hash-name still works."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from secret_audit.cli import main
+
+from .records import chained, to_protobuf
+
+
+@pytest.fixture
+def env(db_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+
+
+def test_hash_name_still_works(capsys, monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY", "k" * 32)
+    assert main(["hash-name", "db-password"]) == 0
+    assert "hmac-sha256:" in capsys.readouterr().out
+
+
+def test_migrate(env, capsys):
+    assert main(["store", "migrate"]) == 0
+    assert "schema at version" in capsys.readouterr().out
+
+
+def test_tokens_create_list_revoke(env, capsys, owner):
+    assert main(["tokens", "create", "--name", "siem", "--role", "auditor", "--tenant", "acme"]) == 0
+    captured = capsys.readouterr()
+    raw = captured.out.strip()
+    assert raw.startswith("sat_")
+    assert "cannot be shown again" in captured.err
+    token_id = raw.split("_")[1]
+    assert main(["tokens", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert token_id in listing
+    assert "acme" in listing
+    assert raw.split("_", 2)[2] not in listing
+    assert main(["tokens", "revoke", token_id]) == 0
+    assert main(["tokens", "revoke", token_id]) == 2
+
+
+def test_bad_role_is_refused_by_argparse(env):
+    with pytest.raises(SystemExit):
+        main(["tokens", "create", "--name", "x", "--role", "root"])
+
+
+def test_query_through_the_api(server_url, tokens, monkeypatch, capsys):
+    import httpx
+
+    monkeypatch.setenv("COLUMNS", "300")
+    recs = chained(3, secret="api-key")
+    httpx.post(f"{server_url}/v1/logs", content=to_protobuf(recs),
+               headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
+    monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", tokens["auditor"])
+    assert main(["query", "--url", server_url, "--secret", "api-key", "--json"]) == 0
+    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["sequence"] for e in lines] == [3, 2, 1]
+    assert main(["query", "--url", server_url, "--secret", "api-key", "--limit", "1", "--all"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("api-key") == 3
+    monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", tokens["ingest"])
+    assert main(["query", "--url", server_url]) == 2
+    assert "403" in capsys.readouterr().err
+
+
+def test_query_without_token_names_the_variable(monkeypatch, capsys):
+    monkeypatch.delenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", raising=False)
+    assert main(["query"]) == 2
+    assert "OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN" in capsys.readouterr().err

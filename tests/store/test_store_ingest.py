@@ -1,0 +1,182 @@
+"""OTLP/HTTP ingest: protobuf and JSON, gzip, partial success, idempotent retries, integrity on ingest."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from .records import chained, rehash, to_json, to_protobuf
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def count(owner, where: str = "TRUE") -> int:
+    return owner.execute(f"SELECT count(*) FROM audit_events WHERE {where}").fetchone()[0]
+
+
+def post_pb(client, tokens, records, label="ingest", gz=False):
+    body = to_protobuf(records)
+    headers = {**PB, **tokens.header(label)}
+    if gz:
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return client.post("/v1/logs", content=body, headers=headers)
+
+
+def test_protobuf_batch_is_stored_with_typed_columns(client, tokens, owner):
+    recs = chained(5)
+    resp = post_pb(client, tokens, recs)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/x-protobuf"
+    parsed = ExportLogsServiceResponse.FromString(resp.content)
+    assert parsed.partial_success.rejected_log_records == 0
+    rows = owner.execute(
+        "SELECT secret_name, secret_source, operation, action, outcome, principal, enduser_id, client_address, "
+        "sequence, integrity, duration_ms FROM audit_events ORDER BY sequence"
+    ).fetchall()
+    assert [r[8] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0][:8] == ("db-password", "redis", "read", "GET", "success", "svc-payments",
+                           "alice@example.com", "203.0.113.7")
+    assert {r[9] for r in rows} == {"ok"}
+    assert rows[1][10] == pytest.approx(0.251)
+
+
+def test_json_and_gzip_are_accepted(client, tokens, owner):
+    recs = chained(3)
+    body = gzip.compress(orjson.dumps(to_json(recs)))
+    resp = client.post("/v1/logs", content=body, headers={
+        "Content-Type": "application/json", "Content-Encoding": "gzip", **tokens.header("ingest")})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {}
+    assert count(owner, "integrity = 'ok'") == 3
+
+
+def test_json_whole_double_and_string_ints_still_verify(client, tokens, owner):
+    recs = chained(1, **{"audit.duration_ms": 5.0})
+    doc = to_json(recs)
+    raw = orjson.dumps(doc).replace(b'{"doubleValue":5.0}', b'{"doubleValue":5}')
+    assert b'{"doubleValue":5}' in raw
+    resp = client.post("/v1/logs", content=raw, headers={"Content-Type": "application/json",
+                                                         **tokens.header("ingest")})
+    assert resp.status_code == 200
+    assert owner.execute("SELECT integrity, duration_ms FROM audit_events").fetchone() == ("ok", 5.0)
+
+
+def test_retried_batch_creates_no_duplicates(client, tokens, owner, store):
+    recs = chained(10)
+    assert post_pb(client, tokens, recs[:6]).status_code == 200
+    # the exporter retries the whole batch plus more, after a timeout it never saw answered
+    assert post_pb(client, tokens, recs, gz=True).status_code == 200
+    assert post_pb(client, tokens, recs).status_code == 200
+    assert count(owner) == 10
+    assert owner.execute("SELECT count(DISTINCT event_id) FROM audit_events").fetchone()[0] == 10
+    assert owner.execute("SELECT count(*) FROM audit_findings").fetchone()[0] == 0
+    assert store.counters.duplicates == 16
+
+
+def test_non_audit_records_are_refused_with_partial_success(client, tokens, owner):
+    recs = chained(2)
+    other = dict(recs[0], event_name="app.log", attributes={"x": 1})
+    missing = chained(1)[0]
+    del missing["attributes"]["audit.stream.id"]
+    resp = post_pb(client, tokens, [*recs, other, missing])
+    parsed = ExportLogsServiceResponse.FromString(resp.content)
+    assert resp.status_code == 200
+    assert parsed.partial_success.rejected_log_records == 2
+    assert "not an audit record" in parsed.partial_success.error_message
+    assert "missing audit.stream.id" in parsed.partial_success.error_message
+    assert count(owner) == 2
+
+
+def test_non_audit_records_can_be_dropped_and_counted(db_url, tokens, owner):
+    from fastapi.testclient import TestClient
+
+    from secret_audit.store.app import create_app
+    from secret_audit.store.config import StoreConfig
+    from secret_audit.store.service import Store
+
+    store = Store(StoreConfig(non_audit="drop"), db_url)
+    store.open()
+    try:
+        with TestClient(create_app(store, manage_store=False)) as c:
+            other = dict(chained(1)[0], event_name="app.log")
+            resp = post_pb(c, tokens, [other, *chained(1)])
+            assert ExportLogsServiceResponse.FromString(resp.content).partial_success.rejected_log_records == 0
+            assert store.counters.dropped_non_audit == 1
+            stats = c.get("/stats", headers=tokens.header("admin")).json()
+            assert stats["dropped_non_audit"] == 1
+    finally:
+        store.close()
+    assert count(owner) == 1
+
+
+def test_gap_chain_break_and_hash_mismatch_become_findings(client, tokens, owner):
+    recs = chained(6)
+    tampered = [dict(r, attributes=dict(r["attributes"])) for r in recs]
+    tampered[2]["attributes"]["secret.name"] = "other-secret"  # content changed, hash left as it was
+    del tampered[4]  # sequence 5 lost
+    resp = post_pb(client, tokens, tampered)
+    assert resp.status_code == 200
+    kinds = owner.execute("SELECT kind, sequence FROM audit_findings ORDER BY sequence").fetchall()
+    assert kinds == [("hash_mismatch", 3), ("gap", 6)]
+    integrity = dict(owner.execute("SELECT sequence, integrity FROM audit_events").fetchall())
+    assert integrity == {1: "ok", 2: "ok", 3: "hash_mismatch", 4: "ok", 6: "gap_before"}
+    # the late record fills the gap and links both ways
+    assert post_pb(client, tokens, [recs[4]]).status_code == 200
+    assert owner.execute("SELECT integrity FROM audit_events WHERE sequence = 5").fetchone() == ("ok",)
+    stats = client.get("/stats", headers=tokens.header("auditor")).json()
+    assert stats["integrity_findings"] == {"hash_mismatch": 1, "gap": 1}
+    stream = next(s for s in stats["streams"] if s["stream_id"] == recs[0]["attributes"]["audit.stream.id"])
+    assert stream["last_sequence"] == 6
+    assert stream["missing"] == 0
+
+
+def test_forged_link_is_a_chain_break(client, tokens, owner):
+    recs = chained(3)
+    forged = chained(1, stream=recs[0]["attributes"]["audit.stream.id"], start_seq=4, prev="ab" * 32)
+    assert post_pb(client, tokens, recs + forged).status_code == 200
+    assert owner.execute("SELECT kind, sequence, expected FROM audit_findings").fetchall() == [
+        ("chain_break", 4, recs[2]["attributes"]["audit.chain.hash"])]
+
+
+def test_same_event_id_with_other_content_is_refused(client, tokens, owner):
+    recs = chained(2)
+    assert post_pb(client, tokens, recs).status_code == 200
+    evil = dict(recs[1], attributes=dict(recs[1]["attributes"], **{"secret.name": "x"}))
+    rehash(evil)
+    resp = post_pb(client, tokens, [evil])
+    assert ExportLogsServiceResponse.FromString(resp.content).partial_success.rejected_log_records == 1
+    assert count(owner) == 2
+    assert owner.execute("SELECT kind FROM audit_findings").fetchall() == [("duplicate_conflict",)]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"\x0a\xff\xff\xff", PB, 400),
+        (b"{not json", {"Content-Type": "application/json"}, 400),
+        (b'{"resourceLogs": 5}', {"Content-Type": "application/json"}, 400),
+        (b"x", {"Content-Type": "text/plain"}, 415),
+        (b"x", {**PB, "Content-Encoding": "br"}, 415),
+        (b"not gzip", {**PB, "Content-Encoding": "gzip"}, 400),
+        (b"x" * (1024 * 1024 + 1), PB, 413),
+        (gzip.compress(b"\0" * (3 * 1024 * 1024)), {**PB, "Content-Encoding": "gzip"}, 413),
+    ],
+)
+def test_bad_input_gets_4xx_and_writes_nothing(client, tokens, owner, body, headers, status):
+    resp = client.post("/v1/logs", content=body, headers={**headers, **tokens.header("ingest")})
+    assert resp.status_code == status, resp.text
+    assert count(owner) == 0
+    assert client.get("/healthz").status_code == 200
+
+
+def test_tenant_scoped_ingest_token(client, tokens, owner):
+    mine = chained(2, tenant="acme")
+    unnamed = chained(1)
+    theirs = chained(1, tenant="globex")
+    resp = post_pb(client, tokens, mine + unnamed + theirs, label="acme-ingest")
+    assert ExportLogsServiceResponse.FromString(resp.content).partial_success.rejected_log_records == 1
+    assert owner.execute("SELECT tenant, count(*) FROM audit_events GROUP BY tenant").fetchall() == [("acme", 3)]
