@@ -130,7 +130,8 @@ def build_item(rpc: Rpc, args: tuple[Any, ...], kwargs: Mapping[str, Any], respo
         return Item("*", rpc.operation, rpc.action, rpc.result, raw)
     secret, version, end = parse_name(raw)
     if not end:
-        return Item(raw, rpc.operation, rpc.action, rpc.result, raw)
+        # not a secret name: it is the identifier itself, so it must not repeat unhashed in resource
+        return Item(raw, rpc.operation, rpc.action, rpc.result)
     resource = raw
     if shape == "new_version":
         version = _response_version(response) if response is not None else None
