@@ -21,6 +21,7 @@ PREFIX = "OTEL_PYTHON_SECRET_AUDIT_"
 SPAN_MODES = ("all", "in_trace", "errors", "off")
 EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
+FAILURE_MODES = ("open", "closed")
 PROTOCOLS = ("grpc", "http/protobuf")
 ACCESS_PATHS = ("internal", "external")
 
@@ -75,6 +76,19 @@ class Settings:
     schedule_delay_ms: int = 200
     export_retry_timeout_ms: int = 60000
     shutdown_timeout_ms: int = 10000
+    spool_dir: str | None = None
+    spool_max_bytes: int = 256 * 1024 * 1024
+    failure_mode: str = "open"
+    failure_modes: tuple[tuple[str, str], ...] = ()
+    fail_closed_timeout_ms: int = 5000
+    handle_sigterm: bool = True
+
+    def mode_for(self, source: str) -> str:
+        """The failure mode for one source: its own entry, else the default."""
+        for name, mode in self.failure_modes:
+            if name == source:
+                return mode
+        return self.failure_mode
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -161,6 +175,35 @@ def _hmac_key(env: Mapping[str, str], wanted: bool) -> bytes | None:
     return None
 
 
+def _failure_modes(name: str, raw: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``open``, ``closed``, or per source: ``closed,redis=open`` / ``gcp_secret_manager=closed``."""
+    default = "open"
+    per_source: list[tuple[str, str]] = []
+    allowed = "open or closed, optionally per source, e.g. 'redis=open,gcp_secret_manager=closed'"
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if not parts:
+        raise ConfigurationError(name, raw, allowed)
+    for part in parts:
+        source, sep, mode = part.partition("=")
+        mode = (mode if sep else source).strip().lower()
+        if mode not in FAILURE_MODES or (sep and not source.strip()):
+            raise ConfigurationError(name, raw, allowed)
+        if sep:
+            per_source.append((source.strip(), mode))
+        else:
+            default = mode
+    return default, tuple(per_source)
+
+
+def _directory(name: str, raw: str) -> str:
+    path = Path(raw.strip())
+    if not raw.strip():
+        raise ConfigurationError(name, raw, "a directory path")
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(name, raw, "a directory (this path is a file)")
+    return str(path)
+
+
 def _default_protocol(env: Mapping[str, str]) -> str:
     for name in ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         raw = env.get(name)
@@ -179,6 +222,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(
             PREFIX + "BATCH_SIZE", str(batch_size), f"at most the queue size ({queue_size})"
         )
+    no_modes: tuple[tuple[str, str], ...] = ()
+    failure_mode, failure_modes = _read(env, "FAILURE_MODE", _failure_modes, ("open", no_modes))
     return Settings(
         enabled=_read(env, "ENABLED", _bool, True),
         redis_key_patterns=_read(env, "REDIS_KEY_PATTERNS", _patterns, DEFAULT_REDIS_KEY_PATTERNS),
@@ -205,4 +250,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "EXPORT_RETRY_TIMEOUT_MS", _int_range(0, 86_400_000), 60000
         ),
         shutdown_timeout_ms=_read(env, "SHUTDOWN_TIMEOUT_MS", _int_range(0, 600_000), 10000),
+        spool_dir=_read(env, "SPOOL_DIR", _directory, None),
+        spool_max_bytes=_read(env, "SPOOL_MAX_BYTES", _int_range(1 << 20, 1 << 40), 256 * 1024 * 1024),
+        failure_mode=failure_mode,
+        failure_modes=failure_modes,
+        fail_closed_timeout_ms=_read(env, "FAIL_CLOSED_TIMEOUT_MS", _int_range(1, 600_000), 5000),
+        handle_sigterm=_read(env, "HANDLE_SIGTERM", _bool, True),
     )

@@ -54,3 +54,4 @@ class Access(NamedTuple):
     error: BaseException | None = None
     expand: Callable[[Any], tuple[Item, ...]] | None = None
     pending: Any = None
+    ticket: Any = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -25,7 +26,9 @@ from secret_audit._internal.event import Access, Item
 from secret_audit._internal.export import audit_resource, build_sink
 from secret_audit._internal.otlp import RecordData
 from secret_audit._internal.senders import SendResult
-from secret_audit._internal.sinks import Sink
+from secret_audit._internal.sinks import FastSink, Sink
+from secret_audit._internal.spool import Spool
+from secret_audit._internal.ticket import Ticket
 from secret_audit.context import resolve
 from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
@@ -131,6 +134,8 @@ class AuditPipeline:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         atexit.register(_at_exit, ref)
+        if settings.handle_sigterm:
+            _install_sigterm()
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -147,6 +152,14 @@ class AuditPipeline:
         self._prev = chain.GENESIS
         self._sink: Sink | None = None
         self._batch_seqs: list[int] = []
+        self._batch_tickets: list[Ticket] = []
+        self._spool: Spool | None = None
+        self._spool_failed = False
+        self._next_replay = 0.0
+        self._replay_delay = 0.2
+        self.degraded = False
+        self.spooled = 0
+        self.replayed = 0
         self._tracer: trace.Tracer | None = None
         self.exported = 0
         self.dropped_queue_full = 0
@@ -166,6 +179,10 @@ class AuditPipeline:
             "dropped_queue_full": self.dropped_queue_full,
             "lost_export": self.lost_export,
             "internal_errors": self.internal_errors,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "spool": self._spool.stats() if self._spool is not None else None,
+            "degraded": self.degraded,
         }
 
     # ---- caller's path -----------------------------------------------------------------------
@@ -182,8 +199,21 @@ class AuditPipeline:
         dq.append(access)
         if self._thread is None:
             self._start()
-        if len(dq) >= self._wake_at:
+        if access.ticket is not None or len(dq) >= self._wake_at:
             self._wake.set()
+
+    def accepting(self) -> bool:
+        """False while records cannot be made durable: fail-closed callers refuse before calling."""
+        return not (self.degraded or self._closed)
+
+    def submit_durable(self, access: Access, timeout: float) -> bool:
+        """Enqueue and wait until the access's records are acknowledged or spooled (fail-closed)."""
+        ticket = access.ticket
+        if not isinstance(ticket, Ticket):
+            ticket = Ticket()
+            access = access._replace(ticket=ticket)
+        self.submit(access)
+        return ticket.wait(timeout)
 
     def _wait_for_room(self) -> bool:
         self._wake.set()
@@ -237,6 +267,8 @@ class AuditPipeline:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(limit)
+        if self._spool is not None:
+            self._spool.close()
         sink = self._sink
         if sink is not None:
             try:
@@ -258,6 +290,8 @@ class AuditPipeline:
             stopping = self._stop.is_set()
             # A wake-up from the timer (not from a full queue) also ships a partial batch.
             self._drain(force=stopping or not woken)
+            if self._spool is not None and time.monotonic() >= self._next_replay:
+                self._replay()
             if stopping and not self._dq:
                 return
 
@@ -274,9 +308,13 @@ class AuditPipeline:
                 continue
             try:
                 built += self._build(item)
+                if item.ticket is not None:
+                    self._batch_tickets.append(item.ticket)
             except Exception:
                 self.internal_errors += 1
                 _log.exception("secret-audit: failed to build an audit record")
+                if item.ticket is not None:
+                    item.ticket.complete(False)
             if len(self._batch_seqs) >= batch_size:
                 self._after_slice()
                 self._export_batch()
@@ -289,7 +327,7 @@ class AuditPipeline:
                     os.sched_yield()
         self._after_slice()
         self._report_drops()
-        if force or markers:
+        if force or markers or self._batch_tickets:
             self._export_batch()
         for marker in markers:
             marker.done.set()
@@ -306,7 +344,23 @@ class AuditPipeline:
         if self._sink is None:
             resource = audit_resource(self._tracer_provider)
             self._sink = build_sink(self.settings, resource, SCOPE, __version__, self._custom_exporter)
+            self._open_spool()
         return self._tracer, self._sink
+
+    def _open_spool(self) -> None:
+        directory = self.settings.spool_dir
+        if directory is None or self._spool is not None or self._spool_failed:
+            return
+        if not isinstance(self._sink, FastSink):
+            _log.warning("secret-audit: the spool needs the fast OTLP exporter; not spooling")
+            self._spool_failed = True
+            return
+        try:
+            self._spool = Spool(directory, self.settings.spool_max_bytes)
+        except Exception as exc:
+            self._spool_failed = True
+            self.degraded = True
+            _log.error("secret-audit: cannot open the audit spool in %s: %s", directory, exc)
 
     def _name(self, raw: str | bytes) -> str:
         if self._hmac_key is not None:
@@ -503,26 +557,107 @@ class AuditPipeline:
 
     def _export_batch(self) -> None:
         sink = self._sink
+        tickets = self._batch_tickets
+        self._batch_tickets = []
         if sink is None or not sink.pending():
+            for ticket in tickets:
+                ticket.complete(True)
             return
         seqs = self._batch_seqs
         self._batch_seqs = []
-        if self._deliver_with_retry(sink):
-            self.exported += len(seqs)
+        if isinstance(sink, FastSink) and (self._spool is not None or self._spool_failed):
+            durable = self._export_or_spool(sink, seqs)
+        else:
+            durable = self._deliver_with_retry(sink)
             sink.discard()
+            if durable:
+                self.exported += len(seqs)
+        self.degraded = not durable
+        for ticket in tickets:
+            ticket.complete(durable)
+        if durable or not seqs:
             return
-        sink.discard()
-        if not seqs:
-            return
+        self._count_lost(seqs[0], seqs[-1], len(seqs))
+
+    def _count_lost(self, first: int, last: int, count: int) -> None:
         with self._lock:
-            self.lost_export += len(seqs)
-            self._lost_ranges.append((seqs[0], seqs[-1]))
+            self.lost_export += count
+            self._lost_ranges.append((first, last))
         _log.error(
             "secret-audit: lost %d audit records (sequence %d..%d): the exporter kept failing",
-            len(seqs),
-            seqs[0],
-            seqs[-1],
+            count,
+            first,
+            last,
         )
+
+    def _export_or_spool(self, sink: FastSink, seqs: list[int]) -> bool:
+        """Send now; while the endpoint is down (or older records wait), append to the spool instead."""
+        body = sink.encode()
+        sink.discard()
+        spool = self._spool
+        first, last = (seqs[0], seqs[-1]) if seqs else (0, 0)
+        if spool is None or not spool.pending():
+            result = _safe_send(sink, body)
+            if result == SendResult.OK:
+                self.exported += len(seqs)
+                return True
+            if result == SendResult.REFUSED:
+                return False
+            self._next_replay = time.monotonic() + self._replay_delay
+        if spool is None or not spool.append(self.stream_id, first, last, len(seqs), body):
+            # Spool full, unwritable or missing: the records stay in memory only if retried now.
+            if self._stop.is_set():
+                return False
+            return self._deliver_body_with_retry(sink, body, seqs)
+        self.spooled += len(seqs)
+        if time.monotonic() >= self._next_replay:
+            self._replay()
+        return True
+
+    def _deliver_body_with_retry(self, sink: FastSink, body: bytes, seqs: list[int]) -> bool:
+        deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
+        delay = 0.2
+        while True:
+            result = _safe_send(sink, body)
+            if result == SendResult.OK:
+                self.exported += len(seqs)
+                return True
+            if result == SendResult.REFUSED or self._stop.is_set() or time.monotonic() + delay > deadline:
+                return False
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _replay(self) -> None:
+        """Send spooled requests oldest first; stop at the first failure and back off."""
+        spool, sink = self._spool, self._sink
+        if spool is None or not isinstance(sink, FastSink):
+            return
+        try:
+            while True:
+                batch = spool.oldest()
+                if batch is None:
+                    self._replay_delay = 0.2
+                    return
+                result = _safe_send(sink, batch.body)
+                if result == SendResult.RETRY:
+                    self._next_replay = time.monotonic() + self._replay_delay
+                    self._replay_delay = min(self._replay_delay * 2, 5.0)
+                    return
+                spool.remove(batch.id)
+                if result == SendResult.OK:
+                    self.replayed += batch.records
+                elif batch.stream == self.stream_id:
+                    self._count_lost(batch.first_seq, batch.last_seq, batch.records)
+                else:
+                    _log.error(
+                        "secret-audit: the endpoint refused spooled records %s:%d..%d",
+                        batch.stream,
+                        batch.first_seq,
+                        batch.last_seq,
+                    )
+        except Exception:
+            _log.exception("secret-audit: replaying the audit spool failed")
+            self._next_replay = time.monotonic() + self._replay_delay
 
     def _deliver_with_retry(self, sink: Sink) -> bool:
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
@@ -542,6 +677,14 @@ class AuditPipeline:
                 return False
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _safe_send(sink: FastSink, body: bytes) -> str:
+    try:
+        return str(sink.send(body))
+    except Exception:
+        _log.debug("audit send raised", exc_info=True)
+        return SendResult.RETRY
 
 
 def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
@@ -598,6 +741,30 @@ def set_pipeline(pipeline: AuditPipeline | None) -> AuditPipeline | None:
     with _PIPELINE_LOCK:
         old, _PIPELINE = _PIPELINE, pipeline
     return old
+
+
+def _install_sigterm() -> None:
+    """Flush (or spool) queued records on SIGTERM, then die by SIGTERM as the app would have.
+
+    Only when the application left SIGTERM at its default: its own handler usually ends in
+    ``sys.exit``, which runs our atexit flush anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter, or no signals here
+        return
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    pipeline = _PIPELINE
+    if pipeline is not None:
+        pipeline.shutdown()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _after_fork(ref: weakref.ref[AuditPipeline]) -> None:

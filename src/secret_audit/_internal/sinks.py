@@ -51,15 +51,22 @@ class FastSink(Sink):
     def pending(self) -> int:
         return len(self._batch)
 
-    def deliver(self) -> str:
-        body = encode_request(
+    def encode(self) -> bytes:
+        """The pending batch as one ExportLogsServiceRequest."""
+        return encode_request(
             self._resource,
             self._scope,
             self._version,
             self._batch,
             resource_schema_url=self._schema_url,
         )
+
+    def send(self, body: bytes) -> str:
+        """Send an encoded request (a fresh batch or a spooled one)."""
         return self._sender.send(body)
+
+    def deliver(self) -> str:
+        return self.send(self.encode())
 
     def discard(self) -> None:
         self._batch = []

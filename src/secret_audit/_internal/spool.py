@@ -1,0 +1,111 @@
+"""A durable, bounded, append-only spool of encoded export requests, kept while the endpoint is down.
+
+SQLite gives atomic appends, fsync'd commits (``synchronous=FULL``) and safe concurrent use by
+several processes sharing one directory (forked workers), without a file format of our own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["Spool", "SpooledBatch"]
+
+_log = logging.getLogger("secret_audit")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_ns INTEGER NOT NULL
+)
+"""
+
+
+class SpooledBatch(NamedTuple):
+    """One export request waiting in the spool, oldest first."""
+
+    id: int
+    stream: str
+    first_seq: int
+    last_seq: int
+    records: int
+    body: bytes
+
+
+class Spool:
+    """Append-only while the exporter is failing; drained in order once it answers again."""
+
+    FILENAME = "audit-spool.sqlite3"
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.path = self.directory / self.FILENAME
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(_SCHEMA)
+        self._pid = os.getpid()
+
+    def _bytes(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM batches").fetchone()
+        return int(row[0])
+
+    def stats(self) -> dict[str, int]:
+        """Batches, records and bytes waiting, for health checks and reports."""
+        row = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(records), 0), COALESCE(SUM(LENGTH(body)), 0) FROM batches"
+        ).fetchone()
+        return {"batches": int(row[0]), "records": int(row[1]), "bytes": int(row[2])}
+
+    def append(self, stream: str, first_seq: int, last_seq: int, records: int, body: bytes) -> bool:
+        """Durably append one request; False when the bound would be exceeded or the disk refuses."""
+        try:
+            if self._bytes() + len(body) > self.max_bytes:
+                return False
+            self._conn.execute(
+                "INSERT INTO batches (stream, first_seq, last_seq, records, body, created_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (stream, first_seq, last_seq, records, body, time.time_ns()),
+            )
+            return True
+        except sqlite3.Error as exc:
+            _log.error("secret-audit: cannot write the audit spool %s: %s", self.path, exc)
+            return False
+
+    def pending(self) -> bool:
+        """True when anything waits to be replayed."""
+        try:
+            return self._conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def oldest(self) -> SpooledBatch | None:
+        """The next request to replay, in the order it was spooled."""
+        row = self._conn.execute(
+            "SELECT id, stream, first_seq, last_seq, records, body FROM batches ORDER BY id LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return SpooledBatch(int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]), bytes(row[5]))
+
+    def remove(self, batch_id: int) -> None:
+        """Forget a request the endpoint acknowledged."""
+        self._conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()

@@ -1,0 +1,112 @@
+"""The durable spool: records survive an unreachable endpoint and a process restart, in order, once."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import sqlite3
+
+import pytest
+import redis
+from otlp_receiver import otlp_receiver
+from servers import free_port
+from test_launcher_e2e import HERE, launch
+
+from secret_audit._internal.config import load_settings
+from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
+from secret_audit.redis import RedisSecretAuditInstrumentor
+
+
+@pytest.fixture
+def instrument():
+    made = []
+
+    def make(env):
+        settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", **env})
+        RedisSecretAuditInstrumentor().instrument(settings=settings)
+        pipeline = peek_pipeline()
+        assert isinstance(pipeline, AuditPipeline)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    RedisSecretAuditInstrumentor().uninstrument()
+    old = set_pipeline(None)
+    if old is not None:
+        old.shutdown(5)
+
+
+def spool_rows(directory) -> int:
+    with sqlite3.connect(str(directory / "audit-spool.sqlite3")) as conn:
+        return conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+
+
+def test_unavailable_endpoint_spools_then_replays_in_order(tmp_path, redis_url, key, instrument):
+    with otlp_receiver() as rx:
+        rx.status = 503
+        pipeline = instrument(
+            {
+                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
+                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+                "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "10",
+            }
+        )
+        client = redis.Redis.from_url(redis_url)
+        for i in range(35):
+            client.set(f"{key}:{i}", "v")
+        assert pipeline.flush(10)
+        stats = pipeline.stats()
+        assert stats["spooled"] == 35
+        assert stats["spool"]["records"] == 35
+        assert rx.audit_records() == []
+        rx.status = 200
+        client.get(key)  # new records queue behind the spooled ones
+        for _ in range(150):  # replay backs off up to 5 s between attempts
+            pipeline.flush(5)
+            if pipeline.stats()["spool"]["records"] == 0:
+                break
+            time.sleep(0.1)
+        assert pipeline.stats()["spool"]["records"] == 0
+        seqs = [r["attributes"]["audit.sequence"] for r in rx.audit_records()]
+    assert seqs == list(range(1, 37))
+
+
+def test_spool_survives_a_restart_and_is_replayed_by_the_next_process(tmp_path, redis_url):
+    prefix = "secret:restart:" + secrets.token_hex(4)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+        "OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS": "0",
+    }
+    first = launch(
+        dead, redis_url, str(HERE / "apps" / "spool_app.py"), prefix + ":a", "20",
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=dead + "/v1/logs", **env,
+    )
+    assert first.returncode == 0, first.stderr
+    assert spool_rows(tmp_path) >= 1
+    with otlp_receiver() as rx:
+        second = launch(
+            rx.url, redis_url, str(HERE / "apps" / "spool_app.py"), prefix + ":b", "5", **env
+        )
+        assert second.returncode == 0, second.stderr
+        records = rx.audit_records()
+    streams: dict[str, list[int]] = {}
+    for rec in records:
+        streams.setdefault(rec["attributes"]["audit.stream.id"], []).append(rec["attributes"]["audit.sequence"])
+    assert sorted(len(v) for v in streams.values()) == [5, 20]
+    for seqs in streams.values():
+        assert seqs == list(range(1, len(seqs) + 1))
+    names = [r["attributes"]["secret.name"] for r in records]
+    assert names.index(f"{prefix}:a:0") < names.index(f"{prefix}:b:0")  # old records first
+    assert spool_rows(tmp_path) == 0
+
+
+def test_bad_spool_directory_is_a_configuration_error(tmp_path):
+    from secret_audit import ConfigurationError
+
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ConfigurationError, match="OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR"):
+        load_settings({"OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(target)})
