@@ -49,7 +49,12 @@ def valkey_server(*extra: str, workdir: Path | None = None) -> Iterator[tuple[st
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port, proc)
+        try:
+            _wait_port(port, proc)
+        except RuntimeError as exc:
+            log = workdir / "valkey.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"{exc}; valkey log:\n{tail}") from None
         yield "127.0.0.1", port
     finally:
         proc.terminate()
@@ -88,6 +93,8 @@ def valkey_cluster(timeout: float = 10.0) -> Iterator[tuple[str, int]]:
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(workdir / "nodes.conf"),
             "--cluster-node-timeout", "2000",
+            # the bus port defaults to port + 10000, which is past 65535 for high free ports
+            "--cluster-port", str(free_port()),
             workdir=workdir,
         ) as (host, port):
             reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")

@@ -38,6 +38,8 @@ TARGETS = [
     (redis.asyncio.client.Pipeline, "immediate_execute_command"),
     (redis.asyncio.cluster.RedisCluster, "execute_command"),
     (redis.asyncio.cluster.ClusterPipeline, "execute"),
+    (redis.cluster.TransactionStrategy, "_immediate_execute_command"),
+    (redis.asyncio.cluster.TransactionStrategy, "_immediate_execute_command"),
 ]
 
 

@@ -256,6 +256,18 @@ class Wrappers:
 
         return run()
 
+    def strategy_execute_command(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap a cluster transaction's immediate commands (reads between WATCH and MULTI)."""
+        return self.execute_command(wrapped, getattr(instance, "_pipe", instance), args, kwargs)
+
+    def async_strategy_execute_command(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """The async form of ``strategy_execute_command``."""
+        return self.async_execute_command(wrapped, getattr(instance, "_pipe", instance), args, kwargs)
+
     # ---- pipelines -------------------------------------------------------------------------
 
     def _expand_pipeline(self, pending: Any) -> tuple[Item, ...]:

@@ -42,6 +42,10 @@ def _targets() -> list[tuple[Any, str, str]]:
             (redis.cluster.RedisCluster, "execute_command", "execute_command"),
             (redis.cluster.ClusterPipeline, "execute", "pipeline_execute"),
         ]
+        # redis-py >= 6: commands between WATCH and MULTI in a cluster transaction run here
+        strategy = getattr(redis.cluster, "TransactionStrategy", None)
+        if strategy is not None and hasattr(strategy, "_immediate_execute_command"):
+            targets.append((strategy, "_immediate_execute_command", "strategy_execute_command"))
     except ImportError:  # pragma: no cover - old redis-py
         pass
     try:
@@ -65,6 +69,11 @@ def _targets() -> list[tuple[Any, str, str]]:
             (redis.asyncio.cluster.RedisCluster, "execute_command", "async_execute_command"),
             (redis.asyncio.cluster.ClusterPipeline, "execute", "async_pipeline_execute"),
         ]
+        strategy = getattr(redis.asyncio.cluster, "TransactionStrategy", None)
+        if strategy is not None and hasattr(strategy, "_immediate_execute_command"):
+            targets.append(
+                (strategy, "_immediate_execute_command", "async_strategy_execute_command")
+            )
     except ImportError:  # pragma: no cover
         pass
     return targets

@@ -1,0 +1,231 @@
+"""Settings: every bad value fails fast and says what is allowed; key patterns select the secrets."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from secret_audit import ConfigurationError
+from secret_audit._internal import config
+from secret_audit._internal.config import PREFIX, load_settings
+from secret_audit._internal.matcher import KeyMatcher
+
+BIN = Path(sys.executable).parent
+
+# Bad values per parser; each must be refused with a message naming variable, value and rule.
+BAD_BY_PARSER = {
+    "_bool": ["maybe", "2", "tru", "enabled"],
+    "_choice": ["sometimes", "ALL-OF-THEM", "-"],
+    "_int_range": ["abc", "1.5", "-1", "99999999999999"],
+    "_text": ["   ", ""],
+    "_patterns": [" , ", ","],
+    "_failure_modes": ["sideways", "redis=", "=open", " , "],
+    "_directory": ["  "],
+}
+REDACTED = {"HMAC_KEY"}
+
+
+def variables() -> list[tuple[str, str]]:
+    """(suffix, parser) for every variable load_settings reads, straight from its source."""
+    source = inspect.getsource(config.load_settings)
+    found = re.findall(r'_read\(\s*env,\s*"([A-Z_]+)",\s*([A-Za-z_]+)', source)
+    assert len(found) >= 15, found
+    return found
+
+
+CASES = [(suffix, bad) for suffix, parser in variables() for bad in BAD_BY_PARSER.get(parser, ["<none>"])]
+
+
+@pytest.mark.parametrize(("suffix", "bad"), CASES)
+def test_every_bad_value_is_refused_with_name_value_and_rule(suffix, bad):
+    assert bad != "<none>", f"add bad values for the parser of {PREFIX + suffix} to BAD_BY_PARSER"
+    name = PREFIX + suffix
+    env = {name: bad}
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(env)
+    err = info.value
+    message = str(err)
+    assert err.variable == name
+    assert message.startswith(f"{name}=")
+    assert repr(bad) in message
+    assert ": expected " in message
+    assert err.allowed
+    assert err.allowed in message
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({"HASH_NAMES": "true"}, "HASH_NAMES", "HMAC_KEY"),
+        ({"HMAC_KEY": "short"}, "HMAC_KEY", "at least 16 bytes"),
+        ({"HMAC_KEY_FILE": "/nonexistent/sa/hmac.key"}, "HMAC_KEY_FILE", "a readable file"),
+        ({"HMAC_KEY": "x" * 32, "HMAC_KEY_FILE": "/tmp/k"}, "HMAC_KEY_FILE", "choose one"),
+        ({"QUEUE_SIZE": "100", "BATCH_SIZE": "200"}, "BATCH_SIZE", "at most the queue size (100)"),
+        ({"QUEUE_SIZE": "63"}, "QUEUE_SIZE", "an integer from 64 to"),
+    ],
+)
+def test_cross_field_and_key_errors(env, variable, fragment):
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({PREFIX + k: v for k, v in env.items()})
+    assert info.value.variable == PREFIX + variable
+    assert fragment in str(info.value)
+
+
+def test_hmac_key_value_is_never_echoed_in_the_error():
+    key = "tooshortkey"
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({PREFIX + "HMAC_KEY": key})
+    assert key not in str(info.value)
+    assert "<redacted>" in str(info.value)
+
+
+def test_short_hmac_key_file_is_refused(tmp_path):
+    path = tmp_path / "k"
+    path.write_text("short\n")
+    with pytest.raises(ConfigurationError, match="at least 16 bytes"):
+        load_settings({PREFIX + "HMAC_KEY_FILE": str(path)})
+
+
+def test_bad_standard_otlp_protocol_is_refused():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+    assert info.value.variable == "OTEL_EXPORTER_OTLP_PROTOCOL"
+    assert "grpc" in str(info.value)
+
+
+def test_good_values_parse():
+    s = load_settings(
+        {
+            PREFIX + "ENABLED": " Yes ",
+            PREFIX + "SPANS": "ALL",
+            PREFIX + "REDIS_KEY_PATTERNS": " app:cred:* , vault/* ,",
+            PREFIX + "QUEUE_SIZE": "128",
+            PREFIX + "BATCH_SIZE": "128",
+        }
+    )
+    assert s.enabled is True
+    assert s.spans == "all"
+    assert s.redis_key_patterns == ("app:cred:*", "vault/*")
+    assert (s.queue_size, s.batch_size) == (128, 128)
+
+
+def launch(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_LOGS_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+    env.update(extra)
+    return subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, *argv],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SPANS", "sometimes"), ("QUEUE_SIZE", "lots"), ("HASH_NAMES", "true")],
+)
+def test_bad_value_under_the_launcher_stops_the_process(variable, value):
+    proc = launch("-c", "print('app ran unaudited')", **{PREFIX + variable: value})
+    assert proc.returncode != 0
+    assert "app ran unaudited" not in proc.stdout
+    assert f"{PREFIX}{variable}={value!r} is not valid: expected " in proc.stderr
+
+
+def test_good_settings_under_the_launcher_run_the_app():
+    proc = launch("-c", "print('app ran')", **{PREFIX + "SPANS": "all", PREFIX + "EXPORTER": "none"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "app ran\n"
+
+
+# ---- key patterns ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patterns", "case_sensitive", "key", "hit"),
+    [
+        (config.DEFAULT_REDIS_KEY_PATTERNS, False, "session:abc", False),
+        (config.DEFAULT_REDIS_KEY_PATTERNS, False, "user:1:password", True),
+        (config.DEFAULT_REDIS_KEY_PATTERNS, False, "USER:1:PASSWORD", True),
+        (config.DEFAULT_REDIS_KEY_PATTERNS, False, b"svc:api_key", True),
+        (config.DEFAULT_REDIS_KEY_PATTERNS, False, "oauth:TOKEN:x", True),
+        (config.DEFAULT_REDIS_KEY_PATTERNS, True, "USER:1:PASSWORD", False),
+        (("app:cred:*",), False, "app:cred:db", True),
+        (("app:cred:*",), False, "APP:CRED:db", True),
+        (("app:cred:*",), True, "APP:CRED:db", False),
+        (("app:cred:*",), False, "x:app:cred:db", False),  # anchored, not a substring match
+        (("vault/?",), False, "vault/a", True),
+        (("vault/?",), False, "vault/ab", False),
+        (("k[0-9]",), False, "k7", True),
+        (("k[0-9]",), False, "kx", False),
+        (("*",), False, "anything:at:all", True),
+        (("*",), True, b"\xff\xfe", True),
+        (("*secret*",), False, b"\xffsecret\xfe", True),  # non-UTF-8 bytes keys still match
+    ],
+)
+def test_key_matcher(patterns, case_sensitive, key, hit):
+    matcher = KeyMatcher(patterns, case_sensitive=case_sensitive)
+    assert matcher(key) is hit
+    assert matcher(key) is hit  # cached answer agrees
+
+
+def test_key_matcher_never_raises_on_odd_keys():
+    matcher = KeyMatcher(("*secret*",))
+    assert matcher(["unhashable"]) is False
+    assert matcher(12345) is False
+
+
+class TestCustomPatternsEndToEnd:
+    @pytest.fixture
+    def audit_env(self):
+        return {
+            "OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20",
+            "OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS": "app:cred:*,vault/*",
+            "OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS_CASE_SENSITIVE": "true",
+        }
+
+    def test_only_the_configured_patterns_are_audited(self, audit, redis_url, key):
+        r = redis.Redis.from_url(redis_url)
+        suffix = key.split(":", 1)[1]
+        try:
+            r.set(f"app:cred:{suffix}", "v")
+            r.set(f"APP:CRED:{suffix}", "v")  # case-sensitive: not audited
+            r.set(f"vault/{suffix}", "v")
+            r.set(key, "v")  # the default patterns are replaced, not extended
+            r.delete(f"app:cred:{suffix}", f"APP:CRED:{suffix}", f"vault/{suffix}", key)
+        finally:
+            r.close()
+        recs = [(x["audit.action"], x["secret.name"]) for x in audit.attrs()]
+        assert recs == [
+            ("SET", f"app:cred:{suffix}"),
+            ("SET", f"vault/{suffix}"),
+            ("DEL", f"app:cred:{suffix}"),
+            ("DEL", f"vault/{suffix}"),
+        ]
+
+
+class TestMatchEverything:
+    @pytest.fixture
+    def audit_env(self):
+        return {
+            "OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20",
+            "OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS": "*",
+        }
+
+    def test_star_audits_every_key(self, audit, redis_url, key):
+        r = redis.Redis.from_url(redis_url)
+        try:
+            r.set("plain:" + key, "v")
+            r.get("plain:" + key)
+            r.ping()  # no key: nothing to audit
+        finally:
+            r.close()
+        assert [(x["audit.action"], x["secret.name"]) for x in audit.attrs()] == [
+            ("SET", "plain:" + key),
+            ("GET", "plain:" + key),
+        ]
