@@ -103,29 +103,47 @@ def test_get_secret_gives_one_trail_across_cache_and_vault(trail, gcp_server, re
     cache.close()
 
 
+def launch(rx_url: str, endpoints: Any, redis_url: str, project: str, name: str, **extra: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    env.update(
+        OTEL_SERVICE_NAME="seed-000",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=rx_url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        REDIS_URL=redis_url,
+        GCP_PROJECT=project,
+        SECRET_MANAGER_GRPC_TARGET=endpoints.grpc_target,
+        **extra,
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable,
+         str(ROOT / "examples" / "get_secret.py"), name],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_disabling_the_gcp_entry_point_leaves_redis_audited(gcp_server, redis_url):
+    project, name = f"p-{secrets.token_hex(4)}", f"api-token-{secrets.token_hex(3)}"
+    seed(gcp_server, project, name, b"v")
+    with otlp_receiver() as rx:
+        proc = launch(
+            rx.url, gcp_server, redis_url, project, name,
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="secret_audit_gcp_secret_manager",
+        )
+        assert proc.returncode == 0, proc.stderr
+        records = rx.audit_records()
+    assert [summary(r["attributes"]) for r in records] == [FIRST_CALL[0], FIRST_CALL[2], *SECOND_CALL]
+
+
 def test_seed_flow_under_opentelemetry_instrument_end_to_end(gcp_server, redis_url):
     project, name = f"p-{secrets.token_hex(4)}", f"api-token-{secrets.token_hex(3)}"
     value = b"canary-" + secrets.token_hex(16).encode()
     seed(gcp_server, project, name, value)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
     with otlp_receiver() as rx:
-        env.update(
-            OTEL_SERVICE_NAME="seed-000",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_LOGS_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="none",
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.url,
-            OTEL_BSP_SCHEDULE_DELAY="100",
-            REDIS_URL=redis_url,
-            GCP_PROJECT=project,
-            SECRET_MANAGER_GRPC_TARGET=gcp_server.grpc_target,
-        )
-        proc = subprocess.run(
-            [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable,
-             str(ROOT / "examples" / "get_secret.py"), name],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
-        )
+        proc = launch(rx.url, gcp_server, redis_url, project, name)
         assert proc.returncode == 0, proc.stderr
         records = rx.audit_records()
         spans = {s["span_id"]: s for s in rx.spans}
