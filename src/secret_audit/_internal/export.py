@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
-from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import RecordData
 from secret_audit._internal.senders import SendResult, build_sender
-from secret_audit._internal.sinks import FastSink, SdkSink, Sink
+from secret_audit._internal.sinks import FastSink, Sink
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs.export import LogRecordExporter
 
 __all__ = ["NullSink", "audit_resource", "build_sink"]
 
@@ -57,11 +60,15 @@ def build_sink(
     settings: Settings, resource: Resource, scope: str, version: str, exporter: LogRecordExporter | None
 ) -> Sink:
     """An explicit exporter wins; otherwise OTLP (fast or stock encoder), console, or nothing."""
+    from secret_audit._internal.sdk_sink import SdkSink
+
     if exporter is not None:
         return SdkSink(resource, scope, version, exporter)
     if settings.exporter == "none":
         return NullSink()
     if settings.exporter == "console":
+        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
         return SdkSink(resource, scope, version, ConsoleLogRecordExporter())
     if settings.encoder == "sdk":
         return SdkSink(resource, scope, version, _sdk_otlp_exporter(settings))

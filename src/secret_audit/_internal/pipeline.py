@@ -11,13 +11,12 @@ import time
 import uuid
 import weakref
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from secret_audit._internal import chain
@@ -27,11 +26,15 @@ from secret_audit._internal.export import audit_resource, build_sink
 from secret_audit._internal.otlp import RecordData
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import FastSink, Sink
-from secret_audit._internal.spool import Spool
 from secret_audit._internal.ticket import Ticket
 from secret_audit.context import resolve
 from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+
+    from secret_audit._internal.spool import Spool
 
 __all__ = ["AuditPipeline", "get_pipeline", "peek_pipeline", "set_pipeline"]
 
@@ -356,6 +359,8 @@ class AuditPipeline:
             self._spool_failed = True
             return
         try:
+            from secret_audit._internal.spool import Spool
+
             self._spool = Spool(directory, self.settings.spool_max_bytes)
         except Exception as exc:
             self._spool_failed = True
