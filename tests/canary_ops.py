@@ -27,7 +27,7 @@ def _ops(key: str, canary: str) -> list[tuple[str, Any, tuple[Any, ...]]]:
         ("get", (key,), {}),
         ("set", (key, raw), {"get": True}),
         ("getset", (key, value), {}),
-        ("setex", (key + ":ex", 60, value), {}),
+        ("execute_command", ("SETEX", key + ":ex", 60, value), {}),
         ("setnx", (key + ":nx", value), {}),
         ("append", (key, value), {}),
         ("setrange", (key, 3, value), {}),

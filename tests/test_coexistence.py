@@ -39,6 +39,8 @@ TARGETS = [
     (redis.asyncio.cluster.RedisCluster, "execute_command"),
     (redis.asyncio.cluster.ClusterPipeline, "execute"),
     (redis.cluster.TransactionStrategy, "_immediate_execute_command"),
+    (redis.client.Pipeline, "raise_first_error"),
+    (redis.asyncio.client.Pipeline, "raise_first_error"),
     (redis.asyncio.cluster.TransactionStrategy, "_immediate_execute_command"),
 ]
 

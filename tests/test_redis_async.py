@@ -199,6 +199,25 @@ async def test_async_pipeline_raise_on_error_false_gives_per_command_outcomes(au
     assert recs[1]["audit.error"].startswith("WRONGTYPE")
 
 
+@pytest.mark.parametrize("transaction", [True, False])
+async def test_async_pipeline_exception_blames_only_the_failing_command(audit, ar, key, transaction):
+    await ar.hset(key + ":h", "f", "v")
+    audit.clear()
+    async with ar.pipeline(transaction=transaction) as pipe:
+        pipe.set(key, "v")
+        pipe.get(key + ":h")  # WRONGTYPE
+        pipe.get(key)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await pipe.execute()
+    assert await ar.get(key) == b"v"
+    recs = audit.attrs()[:3]
+    assert [pick(r, "secret.name", "audit.outcome", "audit.result", "error.type") for r in recs] == [
+        (key, "success", None, None),
+        (key + ":h", "error", None, "redis.exceptions.ResponseError"),
+        (key, "success", "found", None),
+    ]
+
+
 async def test_async_pipeline_watch_immediate_commands_are_audited(audit, ar, key):
     await ar.set(key, "1")
     audit.clear()

@@ -153,21 +153,32 @@ def test_exception_path_reraises_unchanged_and_records_the_failure(audit, r, key
     assert span.status.status_code.name == "ERROR"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: when execute() raises, every queued secret command is recorded with the "
-    "first error, although the server ran the others (redis-py drops their replies)",
-)
-def test_exception_path_blames_only_the_failing_command(audit, r, key):
+@pytest.mark.parametrize("transaction", [True, False])
+def test_exception_path_blames_only_the_failing_command(audit, r, key, transaction):
+    """The server ran every command; the exception names the first failure; each gets its outcome."""
     r.hset(key + ":h", "f", "v")
+    r.set(key + ":old", "o")
     audit.clear()
-    with r.pipeline(transaction=False) as pipe:
+    with r.pipeline(transaction=transaction) as pipe:
         pipe.set(key, "v")
-        pipe.get(key + ":h")
-        with pytest.raises(redis.exceptions.ResponseError):
+        pipe.get(key + ":h")  # WRONGTYPE
+        pipe.get(key + ":old")
+        pipe.incr(key + ":old")  # not an integer: a second failure, after the first
+        pipe.get(key + ":missing")
+        with pytest.raises(redis.exceptions.ResponseError) as info:
             pipe.execute()
-    outcomes = [(x["secret.name"], x["audit.outcome"]) for x in audit.attrs()]
-    assert outcomes == [(key, "success"), (key + ":h", "error")]
+    assert str(info.value).startswith("Command # 2 (GET ")
+    outcomes = [
+        (x["secret.name"], x["audit.action"], x["audit.outcome"], x.get("audit.result"), x.get("audit.error"))
+        for x in audit.attrs()
+    ]
+    assert outcomes == [
+        (key, "SET", "success", None, None),
+        (key + ":h", "GET", "error", None, "WRONGTYPE Operation against a key holding the wrong kind of value"),
+        (key + ":old", "GET", "success", "found", None),
+        (key + ":old", "INCRBY", "error", None, "value is not an integer or out of range"),
+        (key + ":missing", "GET", "not_found", None, None),
+    ]
 
 
 def test_transaction_aborted_at_queue_time_records_errors_for_all(audit, r, key):

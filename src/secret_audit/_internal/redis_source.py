@@ -314,6 +314,32 @@ class Wrappers:
         except Exception:  # auditing must never break the caller (fail-open)
             _note_internal_error()
 
+    def _pipeline_failed(
+        self, instance: Any, stack: list[Any], start: int, ctx: Any, error: BaseException
+    ) -> None:
+        """execute() raised: per-command outcomes when redis-py had all the replies, else all failed."""
+        replies = _take_replies(instance)
+        if replies is not None and len(replies) == len(stack):
+            self._pipeline_done(instance, stack, start, ctx, replies, None)
+        else:
+            self._pipeline_done(instance, stack, start, ctx, None, error)
+
+    def pipeline_first_error(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap ``Pipeline.raise_first_error``: keep the reply list that execute() then drops.
+
+        The server ran every command of a pipeline (and of an EXEC'd transaction) even when one
+        failed; the exception only names the first failure. The replies say what happened to each.
+        """
+        try:
+            response = args[1] if len(args) > 1 else kwargs.get("response")
+            if isinstance(response, list):
+                instance.__dict__[_REPLIES] = list(response)
+        except Exception:
+            _note_internal_error()
+        return wrapped(*args, **kwargs)
+
     def pipeline_execute(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
@@ -322,11 +348,12 @@ class Wrappers:
         if not plan:
             return wrapped(*args, **kwargs)
         ctx = get_current()
+        _take_replies(instance)
         start = time_ns()
         try:
             replies = wrapped(*args, **kwargs)
         except BaseException as exc:
-            self._pipeline_done(instance, plan, start, ctx, None, exc)
+            self._pipeline_failed(instance, plan, start, ctx, exc)
             raise
         self._pipeline_done(instance, plan, start, ctx, replies, None)
         return replies
@@ -341,16 +368,29 @@ class Wrappers:
 
         async def run() -> Any:
             ctx = get_current()
+            _take_replies(instance)
             start = time_ns()
             try:
                 replies = await wrapped(*args, **kwargs)
             except BaseException as exc:
-                self._pipeline_done(instance, plan, start, ctx, None, exc)
+                self._pipeline_failed(instance, plan, start, ctx, exc)
                 raise
             self._pipeline_done(instance, plan, start, ctx, replies, None)
             return replies
 
         return run()
+
+
+_REPLIES = "_secret_audit_replies"
+
+
+def _take_replies(instance: Any) -> list[Any] | None:
+    """Pop the replies ``pipeline_first_error`` kept on the pipeline, if any."""
+    try:
+        replies = instance.__dict__.pop(_REPLIES, None)
+    except Exception:
+        return None
+    return replies if isinstance(replies, list) else None
 
 
 def _snapshot(instance: Any) -> list[Any]:

@@ -35,6 +35,8 @@ def _targets() -> list[tuple[Any, str, str]]:
         (redis.client.Pipeline, "execute", "pipeline_execute"),
         (redis.client.Pipeline, "immediate_execute_command", "execute_command"),
     ]
+    if hasattr(redis.client.Pipeline, "raise_first_error"):
+        targets.append((redis.client.Pipeline, "raise_first_error", "pipeline_first_error"))
     try:
         import redis.cluster
 
@@ -60,6 +62,10 @@ def _targets() -> list[tuple[Any, str, str]]:
                 "async_execute_command",
             ),
         ]
+        if hasattr(redis.asyncio.client.Pipeline, "raise_first_error"):
+            targets.append(
+                (redis.asyncio.client.Pipeline, "raise_first_error", "pipeline_first_error")
+            )
     except ImportError:  # pragma: no cover
         pass
     try:
