@@ -79,9 +79,26 @@ def main() -> int:
 
         s2 = interleave(variants, pipe100, rounds=rounds, per_round=max(per_round // 20, 20), settle=settle)
         r2 = report("pipeline of 100 GETs", s2, "bare")
+        import asyncio
+
+        import redis.asyncio as aioredis
+
+        loop = asyncio.new_event_loop()
+        aclient = aioredis.Redis(host=host, port=port)
+        run = loop.run_until_complete
+        s3 = interleave(
+            variants, lambda: run(aclient.get("secret:bench")), rounds=rounds, per_round=per_round // 2, settle=settle
+        )
+        r3 = report("async GET (redis.asyncio, one await per op)", s3, "bare")
+        run(aclient.aclose())
+        loop.close()
         stats = secret_audit.stats()
         print(f"\naudit pipeline: {stats}")
-        rows = (("redis GET", r1, TARGET_GET), ("redis pipeline(100)", r2, TARGET_PIPE))
+        rows = (
+            ("redis GET", r1, TARGET_GET),
+            ("redis pipeline(100)", r2, TARGET_PIPE),
+            ("redis async GET", r3, TARGET_GET),
+        )
         for label, r, target in rows:
             print(
                 f"{label}: ratio {r['secret-audit']:.2f}x median, {r['secret-audit:mean']:.2f}x mean "
