@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import secrets
-import time
 import sqlite3
+import time
 
 import pytest
 import redis
-from otlp_receiver import otlp_receiver
-from servers import free_port
-from test_launcher_e2e import HERE, launch
 
+from otlp_receiver import otlp_receiver
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
 from secret_audit.redis import RedisSecretAuditInstrumentor
+from servers import free_port
+from test_launcher_e2e import HERE, launch
 
 
 @pytest.fixture
