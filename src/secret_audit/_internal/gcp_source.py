@@ -10,10 +10,22 @@ from typing import Any, NamedTuple
 
 from opentelemetry.context import Context, get_current
 
+from secret_audit._internal import failclosed
 from secret_audit._internal.errors import error_type
 from secret_audit._internal.event import Access, Item
+from secret_audit._internal.pipeline import AuditPipeline
+from secret_audit.exceptions import AuditUnavailableError
 
-__all__ = ["RPCS", "GcpSecretManagerSource", "GcpWrappers", "Rpc", "parse_name", "principal_of"]
+__all__ = [
+    "RPCS",
+    "SOURCE_NAME",
+    "GcpSecretManagerSource",
+    "GcpWrappers",
+    "Rpc",
+    "build_item",
+    "parse_name",
+    "principal_of",
+]
 
 SOURCE_NAME = "gcp_secret_manager"
 UNKNOWN = "unknown"
@@ -210,18 +222,25 @@ SOURCE = GcpSecretManagerSource()
 Submit = Callable[[Access], None]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
+_UNBUILT = "secret access refused: its audit record could not be built (fail-closed mode)"
+
 
 class GcpWrappers:
-    """One wrapper core for sync and async client methods; ``submit`` is bound at instrument time."""
+    """One wrapper core for sync and async client methods; ``submit`` is bound at instrument time.
 
-    def __init__(self, submit: Submit) -> None:
+    ``closed_on`` is the pipeline to wait on in fail-closed mode; None (fail-open) keeps the
+    caller's path to a check and an enqueue.
+    """
+
+    def __init__(self, submit: Submit, closed_on: AuditPipeline | None = None) -> None:
         self.submit = submit
+        self.closed_on = closed_on
 
     def for_method(self, method: str, is_async: bool) -> Wrapper:
         """The wrapt wrapper for one client method."""
         return partial(self._async_call if is_async else self._call, RPCS[method])
 
-    def _record(
+    def _build(
         self,
         rpc: Rpc,
         instance: Any,
@@ -231,12 +250,22 @@ class GcpWrappers:
         ctx: Context,
         response: Any,
         error: BaseException | None,
-    ) -> None:
-        """Build and enqueue the access; any failure here is counted, never raised to the caller."""
+    ) -> Access | None:
+        """Describe the call; a failure here is counted and yields None, never an exception."""
         end = time_ns()
         try:
             item = build_item(rpc, args, kwargs, response)
-            self.submit(Access(SOURCE, start, end, ctx, instance, (item,), "success", error))
+            return Access(SOURCE, start, end, ctx, instance, (item,), "success", error)
+        except Exception:
+            _internal_errors[0] += 1
+            return None
+
+    def _record(self, access: Access | None) -> None:
+        """Enqueue without waiting; any failure here is counted, never raised to the caller."""
+        if access is None:
+            return
+        try:
+            self.submit(access)
         except Exception:
             _internal_errors[0] += 1
 
@@ -248,14 +277,25 @@ class GcpWrappers:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        """Wrap a sync client method: time the call, then enqueue (or, fail-closed, wait)."""
+        closed = self.closed_on
+        if closed is not None:
+            failclosed.before_call(closed)
         ctx = get_current()
         start = time_ns()
         try:
             response = wrapped(*args, **kwargs)
         except BaseException as exc:
-            self._record(rpc, instance, args, kwargs, start, ctx, None, exc)
+            # The call failed: no value leaves, so even fail-closed re-raises the original error.
+            self._record(self._build(rpc, instance, args, kwargs, start, ctx, None, exc))
             raise
-        self._record(rpc, instance, args, kwargs, start, ctx, response, None)
+        access = self._build(rpc, instance, args, kwargs, start, ctx, response, None)
+        if closed is None:
+            self._record(access)
+        elif access is None:
+            raise AuditUnavailableError(_UNBUILT)
+        else:
+            failclosed.durable(closed, access)
         return response
 
     def _async_call(
@@ -266,15 +306,26 @@ class GcpWrappers:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        """Wrap an async client method, timing the awaited call rather than coroutine creation."""
+
         async def run() -> Any:
+            closed = self.closed_on
+            if closed is not None:
+                failclosed.before_call(closed)
             ctx = get_current()
             start = time_ns()
             try:
                 response = await wrapped(*args, **kwargs)
             except BaseException as exc:
-                self._record(rpc, instance, args, kwargs, start, ctx, None, exc)
+                self._record(self._build(rpc, instance, args, kwargs, start, ctx, None, exc))
                 raise
-            self._record(rpc, instance, args, kwargs, start, ctx, response, None)
+            access = self._build(rpc, instance, args, kwargs, start, ctx, response, None)
+            if closed is None:
+                self._record(access)
+            elif access is None:
+                raise AuditUnavailableError(_UNBUILT)
+            else:
+                await failclosed.durable_async(closed, access)
             return response
 
         return run()

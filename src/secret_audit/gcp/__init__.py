@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from secret_audit._internal.bootstrap import pipeline_for
-from secret_audit._internal.gcp_source import RPCS, GcpWrappers
+from secret_audit._internal.gcp_source import RPCS, SOURCE_NAME, GcpWrappers
 from secret_audit._internal.patching import unwrap_ours, wrap
 from secret_audit.gcp.package import _instruments
 
@@ -65,7 +65,8 @@ class GcpSecretManagerSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore
         pipeline = pipeline_for(kwargs)
         if pipeline is None:
             return
-        wrappers = GcpWrappers(pipeline.submit)
+        closed = pipeline.settings.mode_for(SOURCE_NAME) == "closed"
+        wrappers = GcpWrappers(pipeline.submit, pipeline if closed else None)
         for owner, method, is_async in targets:
             wrap(owner, method, wrappers.for_method(method, is_async))
 
