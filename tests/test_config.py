@@ -178,6 +178,9 @@ def test_key_matcher_never_raises_on_odd_keys():
     matcher = KeyMatcher(("*secret*",))
     assert matcher(["unhashable"]) is False
     assert matcher(12345) is False
+    assert matcher(memoryview(b"app:secret:1")) is True  # redis-py accepts these as keys
+    assert matcher(bytearray(b"app:secret:1")) is True
+    assert matcher(memoryview(b"app:plain:1")) is False
 
 
 class TestCustomPatternsEndToEnd:
@@ -223,9 +226,28 @@ class TestMatchEverything:
             r.set("plain:" + key, "v")
             r.get("plain:" + key)
             r.ping()  # no key: nothing to audit
+            r.get(12345)  # redis-py sends numbers as their text
+            r.get(1.5)
         finally:
             r.close()
-        assert [(x["audit.action"], x["secret.name"]) for x in audit.attrs()] == [
+        recs = audit.attrs()
+        assert [(x["audit.action"], x["secret.name"]) for x in recs] == [
             ("SET", "plain:" + key),
             ("GET", "plain:" + key),
+            ("GET", "12345"),
+            ("GET", "1.5"),
         ]
+        assert all(isinstance(x["secret.name"], str) for x in recs)
+
+
+def test_memoryview_and_bytearray_keys_are_audited_by_value(audit, redis_url, key):
+    r = redis.Redis.from_url(redis_url)
+    buf = bytearray(key.encode())
+    try:
+        r.set(memoryview(buf), "v")
+        assert r.get(bytes(buf)) == b"v"
+        buf[:6] = b"XXXXXX"  # the caller reuses its buffer: the record keeps the name it had
+        audit.flush()
+    finally:
+        r.close()
+    assert [(x["audit.action"], x["secret.name"]) for x in audit.attrs()] == [("SET", key), ("GET", key)]

@@ -30,13 +30,15 @@ class KeyMatcher:
             return self._cache[key]
         except KeyError:
             pass
-        except TypeError:
+        except (TypeError, ValueError):  # unhashable: redis-py also takes memoryview, bytearray
+            if isinstance(key, (memoryview, bytearray)):
+                return self(bytes(key))
             return False
         if self._match_all:
             hit = True
         else:
-            if isinstance(key, bytes):
-                text = key.decode("utf-8", "surrogateescape")
+            if isinstance(key, (bytes, memoryview)):
+                text = bytes(key).decode("utf-8", "surrogateescape")
             elif isinstance(key, str):
                 text = key
             else:

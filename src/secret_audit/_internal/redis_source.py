@@ -172,7 +172,7 @@ class Wrappers:
                 results = ()
         return [
             Item(
-                name=keys[i][0],
+                name=_key_name(keys[i][0]),
                 operation=keys[i][1],
                 action=action,
                 result=results[i] if i < len(results) else None,
@@ -379,6 +379,19 @@ class Wrappers:
             return replies
 
         return run()
+
+
+def _key_name(key: Any) -> str | bytes:
+    """A key as the record names it: redis-py also takes memoryview, int and float keys."""
+    if isinstance(key, str):
+        return key if type(key) is str else str(key)
+    if isinstance(key, bytes):
+        return key if type(key) is bytes else bytes(key)
+    if isinstance(key, (memoryview, bytearray)):
+        return bytes(key)
+    if isinstance(key, float):
+        return repr(key)  # what redis-py sends
+    return str(key)
 
 
 _REPLIES = "_secret_audit_replies"
