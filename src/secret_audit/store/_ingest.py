@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
-from secret_audit.store._rows import COLUMNS, TYPED, dumps, event_json, is_audit_event, time_of
+from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, TYPED, event_json, is_audit_event, time_of
 from secret_audit.store.migrations import ensure_partitions
 
 __all__ = ["Finding", "IngestResult", "Ingestor", "Prepared", "prepare"]
 
 _BIGINT_MAX = (1 << 63) - 1
-_COPY = "COPY audit_events (id, {}) FROM STDIN".format(", ".join(COLUMNS))
-_HEX = frozenset("0123456789abcdef")
+_COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
+_TYPES = ("int8", *COLUMN_TYPES)
+_ATTRS = COLUMNS.index("attributes") + 1
+_RESOURCE = COLUMNS.index("resource") + 1
 
 
 @dataclass(slots=True)
@@ -66,7 +71,7 @@ class IngestResult:
 
 @dataclass(slots=True)
 class Prepared:
-    """A validated record: its row values, chain fields and recomputed hash."""
+    """A validated record: its row values (COLUMNS order), chain fields and recomputed hash."""
 
     index: int
     stream_id: str
@@ -75,11 +80,33 @@ class Prepared:
     claimed: str
     computed: str
     tenant: str | None
-    values: dict[str, Any]
+    row: list[Any]
+
+    @property
+    def time(self) -> Any:
+        """The partition key."""
+        return self.row[_TIME]
+
+    @property
+    def service_name(self) -> str | None:
+        """The resource's service.name, for the stream registry."""
+        value = self.row[_SERVICE]
+        return value if isinstance(value, str) else None
+
+
+_TIME = COLUMNS.index("time")
+_SERVICE = COLUMNS.index("service_name")
+_INTEGRITY = COLUMNS.index("integrity")
+_TYPED_ITEMS = tuple((key, kind) for key, (_, kind) in TYPED.items())
+_TYPED_NAMES = tuple(TYPED)
+_TYPED_SET = frozenset(TYPED)
+_TYPED_KINDS = tuple(kind for _, kind in _TYPED_ITEMS)
+_FITS: dict[tuple[type, ...], bool] = {}
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _is_hash(v: str) -> bool:
-    return len(v) == 64 and _HEX.issuperset(v)
+    return _HASH_RE.fullmatch(v) is not None
 
 
 def _has_nul(value: Any) -> bool:
@@ -92,81 +119,103 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def prepare(index: int, rec: Record, scope_tenant: str | None) -> Prepared | str:
+def prepare(
+    index: int, rec: Record, scope_tenant: str | None, resources: dict[int, bool] | None = None
+) -> Prepared | str:
     """Check one audit record against the contract; return its row or the reason it is refused."""
     attrs = rec.attributes
     stream = attrs.get("audit.stream.id")
     seq = attrs.get("audit.sequence")
-    event_id = attrs.get("audit.event.id")
     prev = attrs.get("audit.chain.prev")
     claimed = attrs.get("audit.chain.hash")
     if not isinstance(stream, str) or not stream:
         return "missing audit.stream.id"
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= _BIGINT_MAX:
+    if type(seq) is not int or not 1 <= seq <= _BIGINT_MAX:
         return "audit.sequence must be an integer >= 1"
-    if event_id != f"{stream}:{seq}":
+    if attrs.get("audit.event.id") != f"{stream}:{seq}":
         return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
     if not isinstance(prev, str) or not _is_hash(prev):
         return "audit.chain.prev must be 64 lowercase hex digits"
     if not isinstance(claimed, str) or not _is_hash(claimed):
         return "audit.chain.hash must be 64 lowercase hex digits"
-    if rec.body is not None and not isinstance(rec.body, str):
+    body = rec.body
+    if body is not None and not isinstance(body, str):
         return "body must be a string"
     if not 0 <= rec.time_unix_nano <= _BIGINT_MAX or not 0 <= rec.observed_unix_nano <= _BIGINT_MAX:
         return "timestamp out of range"
-    if _has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.resource) or _has_nul(rec.event_name):
+    if not 0 <= rec.severity_number <= 24:
+        return "severity_number must be 0..24"
+    resource = rec.resource
+    key = id(resource)
+    if resources is None or key not in resources:
+        ok = not _has_nul(resource)
+        if resources is not None:
+            resources[key] = ok
+    else:
+        ok = resources[key]
+    if not ok:
         return "NUL characters cannot be stored"
-    namespace = rec.resource.get("service.namespace")
+    namespace = resource.get("service.namespace")
     tenant = namespace if isinstance(namespace, str) and namespace else None
     if scope_tenant is not None:
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
     try:
-        computed = chain.chain_hash(
-            chain.canonical_bytes(
-                time_unix_nano=rec.time_unix_nano,
-                event_name=rec.event_name,
-                severity_number=rec.severity_number,
-                body=rec.body,  # type: ignore[arg-type]
-                trace_id=rec.trace_id,
-                span_id=rec.span_id,
-                attributes=attrs,
-            )
+        canonical = chain.canonical_bytes(
+            time_unix_nano=rec.time_unix_nano,
+            event_name=rec.event_name,
+            severity_number=rec.severity_number,
+            body=body,  # type: ignore[arg-type]
+            trace_id=rec.trace_id,
+            span_id=rec.span_id,
+            attributes=attrs,
         )
     except (TypeError, ValueError) as exc:
         return f"attributes cannot be canonicalised: {exc}"
-    rest = dict(attrs)
-    values: dict[str, Any] = {}
-    for key, (col, kind) in TYPED.items():
-        v = rest.get(key)
-        if v is not None and type(v) is kind:
-            values[col] = v
-            del rest[key]
-        else:
-            values[col] = None
-    moment = rec.time_unix_nano or rec.observed_unix_nano or time.time_ns()
-    service = rec.resource.get("service.name")
-    instance = rec.resource.get("service.instance.id")
-    values.update(
-        time=time_of(moment),
-        time_unix_nano=rec.time_unix_nano,
-        observed_unix_nano=rec.observed_unix_nano,
-        event_name=rec.event_name,
-        severity_number=rec.severity_number,
-        severity_text=rec.severity_text,
-        body=rec.body,
-        trace_id=rec.trace_id,
-        span_id=rec.span_id,
-        tenant=tenant,
-        service_name=service if isinstance(service, str) else None,
-        service_instance_id=instance if isinstance(instance, str) else None,
-        scope_name=rec.scope_name,
-        scope_version=rec.scope_version,
-        attributes=rest,
-        resource=rec.resource,
-    )
-    return Prepared(index, stream, seq, prev, claimed, computed, tenant, values)
+    # orjson writes NUL as \u0000; only then is the exact (slower) check needed.
+    if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(body) or _has_nul(rec.event_name)):
+        return "NUL characters cannot be stored"
+    computed = chain.chain_hash(canonical)
+    typed = [attrs.get(name) for name in _TYPED_NAMES]
+    shape = tuple(map(type, typed))
+    fits = _FITS.get(shape)
+    if fits is None:
+        fits = _FITS[shape] = all(t is type(None) or t is k for t, k in zip(shape, _TYPED_KINDS, strict=True))
+    if fits:
+        rest = {k: v for k, v in attrs.items() if k not in _TYPED_SET}
+    else:
+        # a contract field with an unexpected type stays in JSONB, exactly as sent
+        rest = dict(attrs)
+        for i, (name, kind) in enumerate(_TYPED_ITEMS):
+            v = typed[i]
+            if v is not None and type(v) is kind:
+                del rest[name]
+            else:
+                typed[i] = None
+    service = resource.get("service.name")
+    instance = resource.get("service.instance.id")
+    row: list[Any] = [
+        time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns()),
+        rec.time_unix_nano,
+        rec.observed_unix_nano,
+        rec.event_name,
+        rec.severity_number,
+        rec.severity_text,
+        body,
+        rec.trace_id,
+        rec.span_id,
+        tenant,
+        service if isinstance(service, str) else None,
+        instance if isinstance(instance, str) else None,
+        rec.scope_name,
+        rec.scope_version,
+        *typed,
+        rest,
+        resource,
+        "ok",
+    ]
+    return Prepared(index, stream, seq, prev, claimed, computed, tenant, row)
 
 
 class Ingestor:
@@ -183,6 +232,7 @@ class Ingestor:
         """Store every acceptable record of one request atomically and report what happened."""
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
+        resources: dict[int, bool] = {}
         for i, rec in enumerate(records):
             if not is_audit_event(rec.event_name):
                 if self.non_audit == "drop":
@@ -190,14 +240,14 @@ class Ingestor:
                 else:
                     result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
                 continue
-            p = prepare(i, rec, scope_tenant)
+            p = prepare(i, rec, scope_tenant, resources)
             if isinstance(p, str):
                 result.reject(i, p)
             else:
                 by_stream[p.stream_id].append(p)
         if not by_stream:
             return result
-        months = {(p.values["time"].year, p.values["time"].month) for ps in by_stream.values() for p in ps}
+        months = {(p.time.year, p.time.month) for ps in by_stream.values() for p in ps}
         with self._lock:
             missing = months - self._months
         if missing:
@@ -219,7 +269,7 @@ class Ingestor:
             cur.executemany(
                 "INSERT INTO audit_streams (stream_id, tenant, service_name) VALUES (%s, %s, %s) "
                 "ON CONFLICT (stream_id) DO NOTHING",
-                [(s, first[s].tenant, first[s].values["service_name"]) for s in streams],
+                [(s, first[s].tenant, first[s].service_name) for s in streams],
             )
             cur.execute(
                 "SELECT stream_id, tenant, last_sequence, last_hash FROM audit_streams "
@@ -227,7 +277,7 @@ class Ingestor:
                 (streams,),
             )
             state = {r[0]: (r[1], int(r[2]), r[3]) for r in cur.fetchall()}
-        rows: list[tuple[Any, ...]] = []
+        rows: list[Any] = []
         updates: list[tuple[Any, ...]] = []
         for s in streams:
             tenant, head_seq, head_hash = state[s]
@@ -242,7 +292,7 @@ class Ingestor:
                 continue
             stored, new_head = self._check_stream(conn, s, tenant, head_seq, head_hash, kept, result)
             for p in stored:
-                rows.append(tuple(p.values[c] for c in COLUMNS))
+                rows.append(p.row)
             if stored or new_head[0] != head_seq:
                 updates.append((new_head[0], new_head[1], len(stored), s))
         if rows:
@@ -251,9 +301,18 @@ class Ingestor:
             ).fetchall()
             rows = [(ids[i][0], *row) for i, row in enumerate(rows)]
             result.received_at = ids[0][1]
+            resources: dict[int, Jsonb] = {}
             with conn.cursor() as cur, cur.copy(_COPY) as copy:
+                copy.set_types(_TYPES)
                 for row in rows:
-                    copy.write_row(_jsonb(row))
+                    out = list(row)
+                    out[_ATTRS] = Jsonb(row[_ATTRS], _dumps)
+                    res = row[_RESOURCE]
+                    wrapped = resources.get(id(res))
+                    if wrapped is None:
+                        wrapped = resources[id(res)] = Jsonb(res, _dumps)
+                    out[_RESOURCE] = wrapped
+                    copy.write_row(out)
         if result.findings:
             _insert_findings(conn, result.findings)
         if updates:
@@ -348,7 +407,7 @@ class Ingestor:
                             "a late record's hash does not match its successor's audit.chain.prev",
                             tenant, p.claimed, successor_prev)
                 )
-            p.values["integrity"] = integrity
+            p.row[_INTEGRITY] = integrity
             known_hash[seq] = p.claimed
             seen[seq] = p.claimed
             if seq > head_seq:
@@ -357,9 +416,8 @@ class Ingestor:
         return stored, (head_seq, head_hash)
 
 
-def _jsonb(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    # attributes and resource are the 3rd- and 2nd-last columns.
-    return (*row[:-3], dumps(row[-3]), dumps(row[-2]), row[-1])
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
 
 
 def _insert_findings(conn: psycopg.Connection[Any], findings: list[Finding]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,13 +138,13 @@ def _list(v: Any) -> list[Any]:
 def _json_int(v: Any, what: str) -> int:
     if isinstance(v, bool):
         raise BadPayload(f"{what} must be an integer")
-    if isinstance(v, int):
-        return v
     if isinstance(v, str):
-        try:
-            return int(v)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            v = int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not -(1 << 63) <= v < (1 << 64):
+            raise BadPayload(f"{what} is out of the 64-bit range")
+        return v
     raise BadPayload(f"{what} must be an integer (a JSON number or a decimal string)")
 
 

@@ -12,6 +12,7 @@ from secret_audit._internal import chain
 
 __all__ = [
     "COLUMNS",
+    "COLUMN_TYPES",
     "TYPED",
     "attributes_of",
     "canonical_of_row",
@@ -66,6 +67,16 @@ COLUMNS = (
     "resource",
     "integrity",
 )
+
+_KIND_TYPES = {str: "text", int: "int8", float: "float8"}
+# PostgreSQL types of COLUMNS, for binary COPY.
+COLUMN_TYPES = (
+    "timestamptz", "int8", "int8", "text", "int2", "text", "text", "text", "text", "text", "text", "text",
+    "text", "text",
+    *(_KIND_TYPES[kind] for _, kind in TYPED.values()),
+    "jsonb", "jsonb", "text",
+)
+assert len(COLUMN_TYPES) == len(COLUMNS)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -1,0 +1,194 @@
+"""Audit store ingest throughput into PostgreSQL with durable commits, against a naive executemany baseline.
+
+Both variants run in one process against one embedded PostgreSQL (fsync on, synchronous_commit on),
+interleaved over rounds, each round into a fresh database. Batches of 1000 records (10 streams each),
+one transaction per batch, as one OTLP request would be.
+
+- store ingest: ``Ingestor.ingest`` on decoded records: contract validation, SHA-256 recomputation of
+  every record, sequence and chain checks, binary COPY, stream registry update, commit; run by
+  ``--workers`` threads with a connection each (as the server's request threads do).
+- naive executemany: the same rows, no checks, ``executemany`` of INSERTs, commit per batch.
+- full path: OTLP protobuf decoding plus store ingest, the work of one ``POST /v1/logs`` minus HTTP.
+
+Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from secret_audit.store._embedded import EmbeddedPostgres
+from secret_audit.store._ingest import Ingestor, prepare
+from secret_audit.store._otlp import Record, decode_protobuf
+from secret_audit.store._rows import COLUMNS
+from secret_audit.store.migrations import ensure_partitions, migrate
+from store.records import chained, to_protobuf
+
+BATCH = 1000
+STREAMS_PER_BATCH = 10
+
+
+def make_batches(events: int) -> list[bytes]:
+    """OTLP requests of BATCH records, each mixing STREAMS_PER_BATCH chained streams."""
+    per_stream = events // (events // BATCH * STREAMS_PER_BATCH)
+    out = []
+    for _ in range(events // BATCH):
+        recs: list[dict[str, Any]] = []
+        for _ in range(STREAMS_PER_BATCH):
+            recs += chained(per_stream, stream=str(uuid.uuid4()))
+        out.append(to_protobuf(recs))
+    return out
+
+
+def fresh_db(admin: psycopg.Connection[Any], url: str) -> str:
+    name = "bench_" + uuid.uuid4().hex[:8]
+    admin.execute(f'CREATE DATABASE "{name}"')
+    conninfo = make_conninfo(url, dbname=name)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        migrate(conn)
+    return conninfo
+
+
+def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float:
+    ingestor = Ingestor()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ingestor.ingest(conn, decoded[0])  # creates the partition outside the timing
+    todo = list(reversed(decoded[1:]))
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        batch = todo.pop()
+                    result = ingestor.ingest(conn, batch)
+                    assert result.accepted == len(batch), result.errors
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - started
+    if failures:
+        raise failures[0]
+    return sum(len(b) for b in decoded[1:]) / took
+
+
+def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
+    cols = ", ".join(COLUMNS)
+    marks = ", ".join(["%s"] * len(COLUMNS))
+    insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks})".encode()
+    rows = []
+    for batch in decoded:
+        prepared = [prepare(i, r, None) for i, r in enumerate(batch)]
+        rows.append([
+            tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v for v in p.row)  # type: ignore[union-attr]
+            for p in prepared
+        ])
+    with psycopg.connect(conninfo) as conn:
+        now = time.gmtime()
+        ensure_partitions(conn, {(now.tm_year, now.tm_mon)})
+        with conn.cursor() as cur:
+            cur.executemany(insert, rows[0])
+        conn.commit()
+        started = time.perf_counter()
+        for batch_rows in rows[1:]:
+            with conn.cursor() as cur:
+                cur.executemany(insert, batch_rows)
+            conn.commit()
+        took = time.perf_counter() - started
+    return sum(len(b) for b in rows[1:]) / took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
+    url = server.start()
+    store_rates, naive_rates, full_rates, decode_rates = [], [], [], []
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            settings = {k: admin.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
+                        for k in ("fsync", "synchronous_commit", "wal_sync_method")}
+            print(f"PostgreSQL durability: {settings}; {args.events} events per variant per round, "
+                  f"batches of {BATCH}, {args.workers} ingest workers")
+            for rnd in range(args.rounds):
+                pbs = make_batches(args.events)
+                gc.collect()
+                started = time.perf_counter()
+                decoded = [decode_protobuf(b) for b in pbs]
+                decode_rates.append(sum(map(len, decoded)) / (time.perf_counter() - started))
+                naive_rates.append(run_naive(fresh_db(admin, url), decoded))
+                store_rates.append(run_store(fresh_db(admin, url), decoded, args.workers))
+                # full path: decode inside the timed loop, fresh streams
+                pbs = make_batches(args.events)
+                full_rates.append(run_full(fresh_db(admin, url), pbs, args.workers))
+                print(f"round {rnd + 1}: store {store_rates[-1]:,.0f}/s, naive {naive_rates[-1]:,.0f}/s, "
+                      f"full path {full_rates[-1]:,.0f}/s, decode {decode_rates[-1]:,.0f}/s")
+    finally:
+        server.stop()
+    store = statistics.median(store_rates)
+    naive = statistics.median(naive_rates)
+    print(f"OTLP protobuf decode: {statistics.median(decode_rates):,.0f} records/s; "
+          f"full path (decode + ingest): {statistics.median(full_rates):,.0f} events/s")
+    print(f"store ingest: {store:.0f} events/s (naive executemany {naive:.0f} events/s, "
+          f"ratio {store / naive:.2f}) (target >= 50000/s)")
+
+
+def run_full(conninfo: str, pbs: list[bytes], workers: int) -> float:
+    ingestor = Ingestor()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ingestor.ingest(conn, decode_protobuf(pbs[0]))
+    todo = list(reversed(pbs[1:]))
+    lock = threading.Lock()
+    count = [0]
+
+    def worker() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    body = todo.pop()
+                result = ingestor.ingest(conn, decode_protobuf(body))
+                with lock:
+                    count[0] += result.accepted
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return count[0] / (time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
