@@ -55,6 +55,50 @@ def _two(first: str, second: str) -> KeyFn:
     return keys
 
 
+def _bitop(args: Args) -> list[tuple[Any, str]]:
+    """BITOP operation destkey key [key ...]: the sources are read, the destination written."""
+    if len(args) < 4:
+        return []
+    return [(args[2], WRITE)] + [(k, READ) for k in args[3:]]
+
+
+def _sort(args: Args) -> list[tuple[Any, str]]:
+    """SORT key [... STORE destination]: the values come back (read), or land in destination."""
+    if len(args) < 2:
+        return []
+    keys = [(args[1], READ)]
+    for i in range(2, len(args) - 1):
+        if _upper(args[i]) == "STORE":
+            keys.append((args[i + 1], WRITE))
+            break
+    return keys
+
+
+def _migrate(args: Args) -> list[tuple[Any, str]]:
+    """MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH ...] [KEYS key ...].
+
+    The value leaves for another server: a read (without COPY the key is also gone here,
+    which the next access shows).
+    """
+    if len(args) < 6:
+        return []
+    if args[3] not in ("", b""):
+        return [(args[3], READ)]
+    for i in range(6, len(args)):
+        if _upper(args[i]) == "KEYS":
+            return [(k, READ) for k in args[i + 1 :]]
+    return []
+
+
+def _msetex(args: Args) -> list[tuple[Any, str]]:
+    """MSETEX numkeys key value [key value ...] [options]."""
+    try:
+        count = int(args[1])
+    except (IndexError, TypeError, ValueError):
+        return []
+    return [(k, WRITE) for k in args[2 : 2 + 2 * max(count, 0) : 2]]
+
+
 def _numkeys(op: str) -> KeyFn:
     """EVAL/EVALSHA/FCALL: ``CMD script numkeys key... arg...``; only declared keys count."""
 
@@ -155,11 +199,29 @@ def _set(args: Args, reply: Any, n: int) -> Sequence[str | None]:
             return [None] * n
         return ["created" if reply is None else "updated"] * n
     written = reply is True or reply in ("OK", b"OK")
+    if "IFEQ" in opts:  # Valkey 8.1+: set only if the current value equals the given one
+        return ["updated" if written else "unchanged"] * n
     if "NX" in opts:
         return ["created" if written else "unchanged"] * n
     if "XX" in opts:
         return ["updated" if written else "not_found"] * n
     return [None] * n
+
+
+def _expire(args: Args, reply: Any, n: int) -> Sequence[str | None]:
+    """EXPIRE key seconds [NX|XX|GT|LT]: 0 means "no such key" only without a condition."""
+    if reply == 1:
+        return ["updated"] * n
+    if reply == 0 and len(args) <= 3:
+        return ["not_found"] * n
+    return [None] * n
+
+
+def _restore(args: Args, reply: Any, n: int) -> Sequence[str | None]:
+    """RESTORE fails when the key exists, unless REPLACE: then created or updated is unknown."""
+    if any(_upper(a) == "REPLACE" for a in args[4:]):
+        return [None] * n
+    return _set_if("created", "unchanged")(args, reply, n)
 
 
 def _json_set(args: Args, reply: Any, n: int) -> Sequence[str | None]:
@@ -189,10 +251,6 @@ def _rename(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
     return ["unchanged", "unchanged"][:n]
 
 
-def _restore(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    return [None] * n
-
-
 # ---- the table ----------------------------------------------------------------------------
 
 _GET_LIKE = Command(_at(1, READ), _found)
@@ -206,7 +264,7 @@ COMMANDS: dict[str, Command] = {
     "GETDEL": _GET_LIKE,
     "GETRANGE": Command(_at(1, READ), _none),
     "SUBSTR": Command(_at(1, READ), _none),
-    "LCS": Command(_all(READ, 1, 0), _none),
+    "LCS": Command(_two(READ, READ), _none),  # LCS key1 key2 [LEN] [IDX] ...: options are no keys
     "MGET": Command(_all(READ), _each_found),
     "SET": Command(_at(1, WRITE), _set),
     "SETNX": Command(_at(1, WRITE), _set_if("created", "unchanged")),
@@ -215,6 +273,16 @@ COMMANDS: dict[str, Command] = {
     "GETSET": Command(_at(1, WRITE), _getset),
     "MSET": Command(_pairs(WRITE), _none),
     "MSETNX": Command(_pairs(WRITE), _set_if("created", "unchanged")),
+    "MSETEX": Command(_msetex, _none),
+    "DELIFEQ": Command(_at(1, DELETE), _set_if("deleted", "unchanged")),
+    # bitmaps read and write the string value bit by bit
+    "GETBIT": Command(_at(1, READ), _none),
+    "BITCOUNT": Command(_at(1, READ), _none),
+    "BITPOS": Command(_at(1, READ), _none),
+    "BITFIELD_RO": Command(_at(1, READ), _none),
+    "BITFIELD": _WRITE1,
+    "SETBIT": _WRITE1,
+    "BITOP": Command(_bitop, _none),
     "APPEND": _WRITE1,
     "SETRANGE": _WRITE1,
     "INCR": _WRITE1,
@@ -245,6 +313,13 @@ COMMANDS: dict[str, Command] = {
     "HSTRLEN": _META1,
     "HTTL": _META1,
     "HEXPIRE": _WRITE1,
+    "HPEXPIRE": _WRITE1,
+    "HEXPIREAT": _WRITE1,
+    "HPEXPIREAT": _WRITE1,
+    "HPERSIST": _WRITE1,
+    "HPTTL": _META1,
+    "HEXPIRETIME": _META1,
+    "HPEXPIRETIME": _META1,
     # generic keys
     "DEL": Command(_all(DELETE), _deleted),
     "UNLINK": Command(_all(DELETE), _deleted),
@@ -257,14 +332,17 @@ COMMANDS: dict[str, Command] = {
     "TOUCH": Command(_all(META), _exists),
     "OBJECT": Command(_at(2, META), _none),
     "MEMORY USAGE": Command(_at(1, META), _none),
-    "EXPIRE": Command(_at(1, WRITE), _set_if("updated", "not_found")),
-    "PEXPIRE": Command(_at(1, WRITE), _set_if("updated", "not_found")),
-    "EXPIREAT": Command(_at(1, WRITE), _set_if("updated", "not_found")),
-    "PEXPIREAT": Command(_at(1, WRITE), _set_if("updated", "not_found")),
+    "EXPIRE": Command(_at(1, WRITE), _expire),
+    "PEXPIRE": Command(_at(1, WRITE), _expire),
+    "EXPIREAT": Command(_at(1, WRITE), _expire),
+    "PEXPIREAT": Command(_at(1, WRITE), _expire),
     "PERSIST": _WRITE1,
     "MOVE": Command(_at(1, WRITE), _none),
     "DUMP": _GET_LIKE,
-    "RESTORE": Command(_at(1, WRITE), _set_if("created", "unchanged")),
+    "RESTORE": Command(_at(1, WRITE), _restore),
+    "SORT": Command(_sort, _none),
+    "SORT_RO": Command(_at(1, READ), _none),
+    "MIGRATE": Command(_migrate, _none),
     "COPY": Command(_two(READ, WRITE), _copy),
     "RENAME": Command(_two(DELETE, WRITE), _rename),
     "RENAMENX": Command(_two(DELETE, WRITE), _rename),
