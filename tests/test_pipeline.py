@@ -270,3 +270,19 @@ def test_pipeline_records_coalesce_identical_accesses(redis_url, key, cleanup):
         (key, 100, "success"),
         (key + ":other", None, "not_found"),
     ]
+
+
+def test_a_second_wiring_shares_or_takes_over_the_stream_without_losing_records(redis_url, key, cleanup):
+    from secret_audit._internal.bootstrap import pipeline_for
+
+    first_exporter = InMemoryLogRecordExporter()
+    first = _instrument({}, first_exporter)
+    # Same settings and parts (e.g. the GCP instrumentor wired like the Redis one): one stream.
+    assert pipeline_for({"settings": first.settings, "audit_exporter": first_exporter}) is first
+    # Different parts replace the pipeline; wrappers bound to the old one hand records over.
+    second_exporter = InMemoryLogRecordExporter()
+    second = pipeline_for({"settings": first.settings, "audit_exporter": second_exporter})
+    assert second is not first
+    redis.Redis.from_url(redis_url).get(key)
+    assert second.flush(10)
+    assert [r.log_record.attributes["secret.name"] for r in second_exporter.get_finished_logs()] == [key]

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from secret_audit._internal.config import ConfigurationError, Settings, load_settings
-from secret_audit._internal.pipeline import AuditPipeline, get_pipeline, set_pipeline
+from secret_audit._internal.pipeline import AuditPipeline, get_pipeline, peek_pipeline, set_pipeline
 
 __all__ = ["pipeline_for"]
 
@@ -39,7 +39,11 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
     exporter = kwargs.get("audit_exporter")
     provider = kwargs.get("tracer_provider")
     if exporter is not None or "settings" in kwargs or provider is not None:
-        # Explicit wiring (tests, embedding apps) replaces the process pipeline.
+        current = peek_pipeline()
+        if current is not None and current.wired_as(settings, exporter, provider):
+            return current  # the second instrumentor of the same wiring shares the stream
+        # Explicit wiring (tests, embedding apps) replaces the process pipeline; wrappers still
+        # holding the old one are forwarded to the new one (see AuditPipeline.submit).
         fresh = AuditPipeline(settings, exporter=exporter, tracer_provider=provider)
         old = set_pipeline(fresh)
         if old is not None:

@@ -190,8 +190,23 @@ class AuditPipeline:
 
     # ---- caller's path -----------------------------------------------------------------------
 
+    def wired_as(self, settings: Settings, exporter: Any, provider: Any) -> bool:
+        """True when this open pipeline was built from exactly these settings and parts."""
+        return (
+            not self._closed
+            and self.settings == settings
+            and self._custom_exporter is exporter
+            and self._tracer_provider is provider
+        )
+
     def submit(self, access: Access) -> None:
         """Enqueue one access; waits a bounded time for room rather than dropping silently."""
+        if self._closed:
+            # Replaced by a newer pipeline (re-wiring): hand over rather than lose the record.
+            current = _PIPELINE
+            if current is not None and current is not self and not current._closed:
+                current.submit(access)
+                return
         dq = self._dq
         if len(dq) >= self._cap and not self._wait_for_room():
             with self._lock:
