@@ -9,9 +9,11 @@ from typing import Any
 
 from opentelemetry.context import get_current
 
+from secret_audit._internal import failclosed
 from secret_audit._internal.errors import error_type, safe_prefix
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.matcher import KeyMatcher
+from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.redis_commands import Command, lookup
 
 __all__ = ["RedisSource", "Wrappers"]
@@ -84,6 +86,11 @@ class RedisSource:
         """The Redis ACL user name the client logs in as, if it names one."""
         pool = getattr(target, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", None)
+        if not isinstance(kwargs, dict):  # cluster clients: sync keeps them on the nodes manager
+            nodes = getattr(target, "nodes_manager", None)
+            kwargs = getattr(nodes, "connection_kwargs", None)
+        if not isinstance(kwargs, dict):  # ... and async on the client itself
+            kwargs = getattr(target, "connection_kwargs", None)
         user = kwargs.get("username") if isinstance(kwargs, dict) else None
         return f"redis:{user}" if isinstance(user, str) and user else None
 
@@ -132,9 +139,13 @@ Found = tuple[Command, list[tuple[Any, str]], list[int]]
 class Wrappers:
     """Factories for the wrapt wrappers; ``submit`` and ``is_secret`` are bound at instrument time."""
 
-    def __init__(self, submit: Submit, is_secret: KeyMatcher) -> None:
+    def __init__(
+        self, submit: Submit, is_secret: KeyMatcher, *, closed_pipeline: AuditPipeline | None = None
+    ) -> None:
         self.submit = submit
         self.is_secret = is_secret
+        # Set only in fail-closed mode: the pipeline whose durability each secret call waits for.
+        self.closed = closed_pipeline
 
     # ---- shared pieces ---------------------------------------------------------------------
 
@@ -221,6 +232,9 @@ class Wrappers:
         found = self._secret_keys(args)
         if found is None:
             return wrapped(*args, **kwargs)
+        closed = self.closed
+        if closed is not None:
+            failclosed.before_call(closed)
         ctx = get_current()
         start = time_ns()
         try:
@@ -230,6 +244,9 @@ class Wrappers:
             self._record(instance, args, found, start, end, ctx, None, exc)
             raise
         end = time_ns()
+        if closed is not None:
+            failclosed.durable(closed, self._access(instance, args, found, start, end, ctx, reply, None))
+            return reply
         self._record(instance, args, found, start, end, ctx, reply, None)
         return reply
 
@@ -240,8 +257,11 @@ class Wrappers:
         found = self._secret_keys(args)
         if found is None:
             return wrapped(*args, **kwargs)
+        closed = self.closed
 
         async def run() -> Any:
+            if closed is not None:
+                failclosed.before_call(closed)
             ctx = get_current()
             start = time_ns()
             try:
@@ -251,6 +271,10 @@ class Wrappers:
                 self._record(instance, args, found, start, end, ctx, None, exc)
                 raise
             end = time_ns()
+            if closed is not None:
+                access = self._access(instance, args, found, start, end, ctx, reply, None)
+                await failclosed.durable_async(closed, access)
+                return reply
             self._record(instance, args, found, start, end, ctx, reply, None)
             return reply
 
@@ -291,28 +315,29 @@ class Wrappers:
             items.extend(self._items(args, found, reply, err))
         return tuple(items)
 
+    def _pipeline_access(
+        self, instance: Any, stack: list[Any], start: int, ctx: Any, replies: Any, error: BaseException | None
+    ) -> Access:
+        end = time_ns()
+        copied = list(replies) if isinstance(replies, list) else replies
+        pending = (stack, copied, error)
+        expand = self._expand_pipeline
+        return Access(SOURCE, start, end, ctx, instance, None, "success", None, expand, pending)
+
     def _pipeline_done(
         self, instance: Any, stack: list[Any], start: int, ctx: Any, replies: Any, error: BaseException | None
     ) -> None:
-        end = time_ns()
         try:
-            copied = list(replies) if isinstance(replies, list) else replies
-            self.submit(
-                Access(
-                    SOURCE,
-                    start,
-                    end,
-                    ctx,
-                    instance,
-                    None,
-                    "success",
-                    None,
-                    self._expand_pipeline,
-                    (stack, copied, error),
-                )
-            )
+            self.submit(self._pipeline_access(instance, stack, start, ctx, replies, error))
         except Exception:  # auditing must never break the caller (fail-open)
             _note_internal_error()
+
+    def _closed_for(self, plan: list[Any]) -> AuditPipeline | None:
+        """The fail-closed pipeline, when this pipeline touches at least one secret key."""
+        closed = self.closed
+        if closed is None or not any(self._secret_keys(_args_of(c)) for c in plan):
+            return None
+        return closed
 
     def _pipeline_failed(
         self, instance: Any, stack: list[Any], start: int, ctx: Any, error: BaseException
@@ -347,6 +372,9 @@ class Wrappers:
         plan = _snapshot(instance)
         if not plan:
             return wrapped(*args, **kwargs)
+        closed = self._closed_for(plan)
+        if closed is not None:
+            failclosed.before_call(closed)
         ctx = get_current()
         _take_replies(instance)
         start = time_ns()
@@ -355,6 +383,9 @@ class Wrappers:
         except BaseException as exc:
             self._pipeline_failed(instance, plan, start, ctx, exc)
             raise
+        if closed is not None:
+            failclosed.durable(closed, self._pipeline_access(instance, plan, start, ctx, replies, None))
+            return replies
         self._pipeline_done(instance, plan, start, ctx, replies, None)
         return replies
 
@@ -365,8 +396,11 @@ class Wrappers:
         plan = _snapshot(instance)
         if not plan:
             return wrapped(*args, **kwargs)
+        closed = self._closed_for(plan)
 
         async def run() -> Any:
+            if closed is not None:
+                failclosed.before_call(closed)
             ctx = get_current()
             _take_replies(instance)
             start = time_ns()
@@ -375,6 +409,10 @@ class Wrappers:
             except BaseException as exc:
                 self._pipeline_failed(instance, plan, start, ctx, exc)
                 raise
+            if closed is not None:
+                access = self._pipeline_access(instance, plan, start, ctx, replies, None)
+                await failclosed.durable_async(closed, access)
+                return replies
             self._pipeline_done(instance, plan, start, ctx, replies, None)
             return replies
 
@@ -404,6 +442,11 @@ def _take_replies(instance: Any) -> list[Any] | None:
     except Exception:
         return None
     return replies if isinstance(replies, list) else None
+
+
+def _args_of(cmd: Any) -> Sequence[Any]:
+    args: Sequence[Any] = cmd.args if hasattr(cmd, "args") else cmd[0]
+    return args
 
 
 def _snapshot(instance: Any) -> list[Any]:

@@ -105,7 +105,8 @@ class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             settings.redis_key_patterns,
             case_sensitive=settings.redis_key_patterns_case_sensitive,
         )
-        wrappers = Wrappers(pipeline.submit, matcher)
+        closed = pipeline if settings.mode_for("redis") == "closed" else None
+        wrappers = Wrappers(pipeline.submit, matcher, closed_pipeline=closed)
         for owner, method, factory in _targets():
             wrap(owner, method, getattr(wrappers, factory))
 

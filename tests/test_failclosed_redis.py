@@ -1,0 +1,102 @@
+"""Fail-closed for Redis: no value without a durable record; refused up front while audit is down."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from otlp_receiver import otlp_receiver
+from secret_audit import AuditUnavailableError
+from secret_audit._internal.config import load_settings
+from secret_audit._internal.pipeline import peek_pipeline, set_pipeline
+from secret_audit.redis import RedisSecretAuditInstrumentor
+
+
+@pytest.fixture
+def closed(tmp_path):
+    made = []
+
+    def make(url, **extra):
+        env = {
+            "OTEL_PYTHON_SECRET_AUDIT_FAILURE_MODE": "closed",
+            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": url + "/v1/logs",
+            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_PYTHON_SECRET_AUDIT_FAIL_CLOSED_TIMEOUT_MS": "3000",
+            "OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS": "0",
+            **extra,
+        }
+        RedisSecretAuditInstrumentor().instrument(settings=load_settings(env))
+        made.append(peek_pipeline())
+        return made[-1]
+
+    yield make
+    RedisSecretAuditInstrumentor().uninstrument()
+    old = set_pipeline(None)
+    if old is not None:
+        old.shutdown(5)
+
+
+def test_value_returned_only_once_its_record_is_acknowledged(closed, redis_url, key):
+    with otlp_receiver() as rx:
+        closed(rx.url)
+        client = redis.Redis.from_url(redis_url)
+        client.set(key, "v")
+        assert client.get(key) == b"v"
+        # both records were acknowledged by the receiver before each call returned
+        actions = [r["attributes"]["audit.action"] for r in rx.audit_records()]
+    assert actions == ["SET", "GET"]
+
+
+def test_unavailable_endpoint_refuses_the_value_then_refuses_up_front(closed, redis_url, key):
+    with otlp_receiver() as rx:
+        rx.status = 503
+        pipeline = closed(rx.url)
+        client = redis.Redis.from_url(redis_url)
+        with pytest.raises(AuditUnavailableError) as info:
+            client.get(key)
+        assert key not in str(info.value)
+        assert pipeline.accepting() is False
+        with pytest.raises(AuditUnavailableError):
+            client.set(key, "never-written")
+        rx.status = 200
+    plain_value = redis.Redis.from_url(redis_url)
+    RedisSecretAuditInstrumentor().uninstrument()
+    assert plain_value.get(key) is None  # refused before the call: the write never happened
+
+
+def test_spooled_records_count_as_durable(closed, redis_url, key, tmp_path):
+    with otlp_receiver() as rx:
+        rx.status = 503
+        pipeline = closed(rx.url, OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path))
+        client = redis.Redis.from_url(redis_url)
+        client.set(key, "v")
+        assert client.get(key) == b"v"
+        assert pipeline.stats()["spooled"] == 2
+
+
+def test_async_and_pipeline_calls_are_fail_closed_too(closed, redis_url, key):
+    with otlp_receiver() as rx:
+        rx.status = 503
+        closed(rx.url)
+
+        async def go():
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                await client.get(key)
+            finally:
+                await client.aclose()
+
+        with pytest.raises(AuditUnavailableError):
+            asyncio.run(go())
+        pipe = redis.Redis.from_url(redis_url).pipeline()
+        pipe.get(key)
+        with pytest.raises(AuditUnavailableError):
+            pipe.execute()
+        pipe.reset()
+        # a pipeline without secret keys is not held back by the audit outage
+        other = redis.Redis.from_url(redis_url).pipeline()
+        other.get("page-cache:1")
+        assert other.execute() == [None]
