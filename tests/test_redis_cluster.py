@@ -86,7 +86,8 @@ def test_cluster_errors(audit, rc, tagged):
     )
 
 
-def test_cluster_pipeline_exact_records(audit, rc, tagged):
+def test_cluster_pipeline_exact_records(audit, rc, tagged, cluster_address):
+    host, port = cluster_address
     with rc.pipeline() as pipe:
         pipe.set(tagged + ":a", "v")
         pipe.get(tagged + ":a")
@@ -101,6 +102,7 @@ def test_cluster_pipeline_exact_records(audit, rc, tagged):
         (tagged + ":missing", "read", "GET", "not_found", None),
         (tagged + ":a", "delete", "DEL", "success", "deleted"),
     ]
+    assert {r.get("secret.resource") for r in recs} == {f"redis://{host}:{port}/0"}
 
 
 def test_cluster_pipeline_raise_on_error_false(audit, rc, tagged):
@@ -158,13 +160,15 @@ async def test_async_cluster_exact_records(audit, arc, tagged, cluster_address):
     assert {r["secret.resource"] for r in recs} == {f"redis://{host}:{port}/0"}
 
 
-async def test_async_cluster_pipeline(audit, arc, tagged):
+async def test_async_cluster_pipeline(audit, arc, tagged, cluster_address):
+    host, port = cluster_address
     async with arc.pipeline() as pipe:
         pipe.set(tagged, "v")
         pipe.get(tagged)
         pipe.get(tagged + ":missing")
         assert await pipe.execute() == [True, b"v", None]
     recs = audit.attrs()
+    assert {r.get("secret.resource") for r in recs} == {f"redis://{host}:{port}/0"}
     assert [pick(r, "secret.name", "audit.action", "audit.outcome") for r in recs] == [
         (tagged, "SET", "success"),
         (tagged, "GET", "success"),
@@ -196,3 +200,47 @@ async def test_async_cluster_error(audit, arc, tagged):
         await arc.get(tagged)
     [rec] = audit.attrs()
     assert rec["audit.outcome"] == "error"
+
+
+@pytest.fixture
+def cluster_acl_user(cluster_address):
+    import secrets
+
+    host, port = cluster_address
+    admin = RedisCluster(host=host, port=port)
+    name = "sa-cluster-" + secrets.token_hex(4)
+    password = secrets.token_hex(16)
+    admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])
+    try:
+        yield name, password
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+def test_cluster_acl_user_is_the_principal(audit, cluster_address, cluster_acl_user, tagged):
+    host, port = cluster_address
+    name, password = cluster_acl_user
+    client = RedisCluster(host=host, port=port, username=name, password=password)
+    try:
+        client.set(tagged, "v")
+        with client.pipeline() as pipe:
+            pipe.get(tagged)
+            pipe.execute()
+    finally:
+        client.close()
+    assert [x.get("audit.principal") for x in audit.attrs()] == [f"redis:{name}"] * 2
+
+
+async def test_async_cluster_acl_user_is_the_principal(audit, cluster_address, cluster_acl_user, tagged):
+    host, port = cluster_address
+    name, password = cluster_acl_user
+    client = AsyncRedisCluster(host=host, port=port, username=name, password=password)
+    try:
+        await client.set(tagged, "v")
+        async with client.pipeline() as pipe:
+            pipe.get(tagged)
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    assert [x.get("audit.principal") for x in audit.attrs()] == [f"redis:{name}"] * 2
