@@ -166,3 +166,23 @@ def test_launcher_canary_never_reaches_the_wire_or_stderr(redis_url):
     audit_lines = [line for line in proc.stderr.splitlines() if "[AUDIT] " in line]
     assert len(audit_lines) == len(records)
     assert_no_canary(proc.stderr, canary)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipeline.py summary() puts secret.name into the body and the [AUDIT] line unescaped, "
+    "so a key name holding a newline forges a second audit line (reported to the pipeline owner)",
+)
+def test_key_names_cannot_forge_audit_lines(audit, redis_url, caplog):
+    caplog.set_level(logging.INFO, logger="secret_audit.audit")
+    forged = "secret:x\n[AUDIT] Secret accessed: secret:admin from redis (0.01ms)"
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.get(forged)
+    finally:
+        r.close()
+    [record] = audit.records()
+    assert record.attributes["secret.name"] == forged  # the attribute keeps the exact name
+    assert "\n" not in record.body
+    lines = [line for rec in caplog.records for line in rec.getMessage().splitlines()]
+    assert sum(1 for line in lines if line.startswith("[AUDIT] ")) == 1

@@ -168,6 +168,18 @@ def test_instrument_and_uninstrument_are_idempotent_and_restore_originals(env, r
     assert seen(helper)[0] == [("GET", key)]
 
 
+def test_disabled_by_setting_wraps_nothing(env, r, key):
+    helper, ours, _official, originals = env
+    from secret_audit._internal.config import load_settings
+
+    helper.settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_ENABLED": "false"})
+    instrument_ours(helper, ours)
+    assert current() == originals
+    r.get(key)
+    ours.uninstrument()
+    assert current() == originals
+
+
 def test_failure_inside_submit_never_changes_the_result(env, r, key, monkeypatch):
     helper, ours, _official, _ = env
 
