@@ -127,11 +127,14 @@ def client(store: Store) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def serve(store: Store) -> Iterator[str]:
+def serve(store: Store, wrap: Any = None) -> Iterator[str]:
     """Run the app under a real uvicorn server on a free loopback port; yields its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(store, manage_store=False), host="127.0.0.1", port=0,
+    app: Any = create_app(store, manage_store=False)
+    if wrap is not None:
+        app = wrap(app)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

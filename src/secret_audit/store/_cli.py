@@ -79,7 +79,9 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
     store.open()
     host = args.host or config.host
     port = config.port if args.port is None else args.port
-    where = f"embedded PostgreSQL in {config.data_dir}" if not config.database_url else "DATABASE_URL"
+    where = "DATABASE_URL"
+    if store.embedded is not None:
+        where = f"embedded PostgreSQL, data directory {store.embedded}"
     print(f"secret-audit store: listening on http://{host}:{port} ({where})", file=sys.stderr)
     try:
         uvicorn.run(create_app(store, manage_store=False), host=host, port=port, log_level="info",

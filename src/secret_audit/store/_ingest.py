@@ -98,10 +98,10 @@ _TIME = COLUMNS.index("time")
 _SERVICE = COLUMNS.index("service_name")
 _INTEGRITY = COLUMNS.index("integrity")
 _TYPED_ITEMS = tuple((key, kind) for key, (_, kind) in TYPED.items())
-_TYPED_NAMES = tuple(TYPED)
 _TYPED_SET = frozenset(TYPED)
-_TYPED_KINDS = tuple(kind for _, kind in _TYPED_ITEMS)
-_FITS: dict[tuple[type, ...], bool] = {}
+_STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
+_STR_OR_NONE = frozenset({str, type(None)})
+assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -177,11 +177,11 @@ def prepare(
     if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(body) or _has_nul(rec.event_name)):
         return "NUL characters cannot be stored"
     computed = chain.chain_hash(canonical)
-    typed = [attrs.get(name) for name in _TYPED_NAMES]
-    shape = tuple(map(type, typed))
-    fits = _FITS.get(shape)
-    if fits is None:
-        fits = _FITS[shape] = all(t is type(None) or t is k for t, k in zip(shape, _TYPED_KINDS, strict=True))
+    typed = [attrs.get(name) for name in _STR_NAMES]
+    duration = attrs.get("audit.duration_ms")
+    fits = set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float)
+    typed.append(duration)
+    typed.append(seq)
     if fits:
         rest = {k: v for k, v in attrs.items() if k not in _TYPED_SET}
     else:

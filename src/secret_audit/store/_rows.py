@@ -31,7 +31,6 @@ TYPED: dict[str, tuple[str, type]] = {
     "audit.action": ("action", str),
     "audit.outcome": ("outcome", str),
     "audit.result": ("result", str),
-    "audit.duration_ms": ("duration_ms", float),
     "error.type": ("error_type", str),
     "audit.error": ("error_message", str),
     "audit.principal": ("principal", str),
@@ -40,9 +39,11 @@ TYPED: dict[str, tuple[str, type]] = {
     "audit.access_path": ("access_path", str),
     "audit.event.id": ("event_id", str),
     "audit.stream.id": ("stream_id", str),
-    "audit.sequence": ("sequence", int),
     "audit.chain.prev": ("chain_prev", str),
     "audit.chain.hash": ("chain_hash", str),
+    # the two non-string fields come last: ingest checks the string ones in one pass
+    "audit.duration_ms": ("duration_ms", float),
+    "audit.sequence": ("sequence", int),
 }
 TYPED_ATTRS = tuple(TYPED)
 TYPED_COLUMNS = tuple(col for col, _ in TYPED.values())

