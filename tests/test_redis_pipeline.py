@@ -196,10 +196,10 @@ def test_transaction_aborted_at_queue_time_records_errors_for_all(audit, r, key)
 
 
 def test_connection_error_in_pipeline_is_recorded(audit, key):
-    from servers import free_port
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
+    from servers import free_port
 
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     with client.pipeline() as pipe:
