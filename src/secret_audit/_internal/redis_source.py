@@ -68,6 +68,9 @@ class RedisSource:
         kwargs = getattr(pool, "connection_kwargs", None)
         if isinstance(kwargs, dict):
             db = kwargs.get("db", 0)
+            service = getattr(pool, "service_name", None)
+            if isinstance(service, str):  # Sentinel: the master moves, the service name stays
+                return f"redis+sentinel://{service}/{db}"
             if kwargs.get("path"):
                 return f"redis+unix://{kwargs['path']}?db={db}"
             return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
