@@ -33,7 +33,7 @@ from psycopg.conninfo import make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from secret_audit.store._embedded import EmbeddedPostgres
-from secret_audit.store._ingest import Ingestor, prepare
+from secret_audit.store._ingest import Ingestor, finish, prepare
 from secret_audit.store._otlp import Record, decode_protobuf
 from secret_audit.store._rows import COLUMNS
 from secret_audit.store.migrations import ensure_partitions, migrate
@@ -104,6 +104,8 @@ def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
     rows = []
     for batch in decoded:
         prepared = [prepare(i, r, None) for i, r in enumerate(batch)]
+        for p in prepared:
+            finish(p)  # type: ignore[arg-type]
         rows.append([
             tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v for v in p.row)  # type: ignore[union-attr]
             for p in prepared

@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from secret_audit.store._otlp import Record
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, TYPED, event_json, is_audit_event, time_of
 from secret_audit.store.migrations import ensure_partitions
 
-__all__ = ["Finding", "IngestResult", "Ingestor", "Prepared", "prepare"]
+__all__ = ["Finding", "IngestResult", "Ingestor", "Prepared", "finish", "prepare"]
 
 _BIGINT_MAX = (1 << 63) - 1
 _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
@@ -50,7 +51,7 @@ class IngestResult:
     dropped_non_audit: int = 0
     errors: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
     received_at: Any = None
 
     def events(self) -> list[dict[str, Any]]:
@@ -71,27 +72,19 @@ class IngestResult:
 
 @dataclass(slots=True)
 class Prepared:
-    """A validated record: its row values (COLUMNS order), chain fields and recomputed hash."""
+    """A record that passed the cheap checks; its hash and row are made while the COPY streams."""
 
     index: int
     stream_id: str
     sequence: int
     prev: str
     claimed: str
-    computed: str
     tenant: str | None
-    row: list[Any]
-
-    @property
-    def time(self) -> Any:
-        """The partition key."""
-        return self.row[_TIME]
-
-    @property
-    def service_name(self) -> str | None:
-        """The resource's service.name, for the stream registry."""
-        value = self.row[_SERVICE]
-        return value if isinstance(value, str) else None
+    time: Any
+    service_name: str | None
+    rec: Record
+    computed: str = ""
+    row: list[Any] = field(default_factory=list)
 
 
 _TIME = COLUMNS.index("time")
@@ -161,12 +154,22 @@ def prepare(
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
+    service = resource.get("service.name")
+    moment = time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
+    return Prepared(index, stream, seq, prev, claimed, tenant, moment,
+                    service if isinstance(service, str) else None, rec)
+
+
+def finish(p: Prepared) -> str | None:
+    """Recompute the record's hash and build its row; returns the reason when it cannot be stored."""
+    rec = p.rec
+    attrs = rec.attributes
     try:
         canonical = chain.canonical_bytes(
             time_unix_nano=rec.time_unix_nano,
             event_name=rec.event_name,
             severity_number=rec.severity_number,
-            body=body,  # type: ignore[arg-type]
+            body=rec.body,
             trace_id=rec.trace_id,
             span_id=rec.span_id,
             attributes=attrs,
@@ -174,14 +177,14 @@ def prepare(
     except (TypeError, ValueError) as exc:
         return f"attributes cannot be canonicalised: {exc}"
     # orjson writes NUL as \u0000; only then is the exact (slower) check needed.
-    if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(body) or _has_nul(rec.event_name)):
+    if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)):
         return "NUL characters cannot be stored"
-    computed = chain.chain_hash(canonical)
+    p.computed = chain.chain_hash(canonical)
     typed = [attrs.get(name) for name in _STR_NAMES]
     duration = attrs.get("audit.duration_ms")
     fits = set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float)
     typed.append(duration)
-    typed.append(seq)
+    typed.append(p.sequence)
     if fits:
         rest = {k: v for k, v in attrs.items() if k not in _TYPED_SET}
     else:
@@ -193,20 +196,20 @@ def prepare(
                 del rest[name]
             else:
                 typed[i] = None
-    service = resource.get("service.name")
+    resource = rec.resource
     instance = resource.get("service.instance.id")
-    row: list[Any] = [
-        time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns()),
+    p.row = [
+        p.time,
         rec.time_unix_nano,
         rec.observed_unix_nano,
         rec.event_name,
         rec.severity_number,
         rec.severity_text,
-        body,
+        rec.body,
         rec.trace_id,
         rec.span_id,
-        tenant,
-        service if isinstance(service, str) else None,
+        p.tenant,
+        p.service_name,
         instance if isinstance(instance, str) else None,
         rec.scope_name,
         rec.scope_version,
@@ -215,7 +218,7 @@ def prepare(
         resource,
         "ok",
     ]
-    return Prepared(index, stream, seq, prev, claimed, computed, tenant, row)
+    return None
 
 
 class Ingestor:
@@ -277,37 +280,37 @@ class Ingestor:
                 (streams,),
             )
             state = {r[0]: (r[1], int(r[2]), r[3]) for r in cur.fetchall()}
-        rows: list[Any] = []
-        updates: list[tuple[Any, ...]] = []
+        walks: list[_Walk] = []
         for s in streams:
             tenant, head_seq, head_hash = state[s]
-            batch = sorted(by_stream[s], key=lambda p: p.sequence)
             kept = []
-            for p in batch:
+            for p in sorted(by_stream[s], key=lambda p: p.sequence):
                 if p.tenant != tenant:
                     result.reject(p.index, "audit.stream.id belongs to another tenant")
                 else:
                     kept.append(p)
-            if not kept:
-                continue
-            stored, new_head = self._check_stream(conn, s, tenant, head_seq, head_hash, kept, result)
-            for p in stored:
-                rows.append(p.row)
-            if stored or new_head[0] != head_seq:
-                updates.append((new_head[0], new_head[1], len(stored), s))
-        if rows:
-            ids = conn.execute(
-                "SELECT nextval('audit_events_id_seq'), now() FROM generate_series(1, %s)", (len(rows),)
-            ).fetchall()
-            rows = [(ids[i][0], *row) for i, row in enumerate(rows)]
-            result.received_at = ids[0][1]
-            resources: dict[int, Jsonb] = {}
-            with conn.cursor() as cur, cur.copy(_COPY) as copy:
-                copy.set_types(_TYPES)
-                for row in rows:
-                    out = list(row)
-                    out[_ATTRS] = Jsonb(row[_ATTRS], _dumps)
-                    res = row[_RESOURCE]
+            if kept:
+                walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result))
+        total = sum(len(w.batch) for w in walks)
+        if not total:
+            return
+        ids = conn.execute(
+            "SELECT nextval('audit_events_id_seq'), now() FROM generate_series(1, %s)", (total,)
+        ).fetchall()
+        result.received_at = ids[0][1]
+        next_id = iter(ids)
+        rows: list[list[Any]] = []
+        resources: dict[int, Jsonb] = {}
+        # Hashing and row building happen while the server already digests the rows sent so far.
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_TYPES)
+            for walk in walks:
+                for p in walk.run():
+                    full = [next(next_id)[0], *p.row]
+                    rows.append(full)
+                    out = full.copy()
+                    out[_ATTRS] = Jsonb(full[_ATTRS], _dumps)
+                    res = full[_RESOURCE]
                     wrapped = resources.get(id(res))
                     if wrapped is None:
                         wrapped = resources[id(res)] = Jsonb(res, _dumps)
@@ -315,22 +318,31 @@ class Ingestor:
                     copy.write_row(out)
         if result.findings:
             _insert_findings(conn, result.findings)
+        per_stream: dict[str, int] = defaultdict(int)
+        for f in result.findings:
+            per_stream[f.stream_id] += 1
+        updates = [
+            (w.head_seq, w.head_seq, w.head_hash, w.stored, per_stream[w.stream], w.stream)
+            for w in walks
+            if w.stored or w.head_seq != w.start_seq
+        ]
         if updates:
-            per_stream: dict[str, int] = defaultdict(int)
-            for f in result.findings:
-                per_stream[f.stream_id] += 1
             with conn.cursor() as cur:
                 cur.executemany(
                     "UPDATE audit_streams SET last_sequence = greatest(last_sequence, %s), "
                     "last_hash = CASE WHEN %s::bigint >= last_sequence THEN %s ELSE last_hash END, "
                     "record_count = record_count + %s, findings = findings + %s, last_seen = now() "
                     "WHERE stream_id = %s",
-                    [(seq, seq, h, n, per_stream[s], s) for seq, h, n, s in updates],
+                    updates,
                 )
         result.accepted = len(rows)
         result.rows = rows
 
-    def _check_stream(
+
+class _Walk:
+    """One stream's records in sequence order: duplicates, hashes, links and gaps, yielding rows to keep."""
+
+    def __init__(
         self,
         conn: psycopg.Connection[Any],
         stream: str,
@@ -339,26 +351,42 @@ class Ingestor:
         head_hash: str,
         batch: list[Prepared],
         result: IngestResult,
-    ) -> tuple[list[Prepared], tuple[int, str]]:
-        known_hash: dict[int, str] = {}
-        known_prev: dict[int, str] = {}
+    ) -> None:
+        self.stream = stream
+        self.tenant = tenant
+        self.start_seq = self.head_seq = head_seq
+        self.head_hash = head_hash
+        self.batch = batch
+        self.result = result
+        self.stored = 0
+        self.known_hash: dict[int, str] = {}
+        self.known_prev: dict[int, str] = {}
         if head_seq:
-            known_hash[head_seq] = head_hash
+            self.known_hash[head_seq] = head_hash
         if batch[0].sequence <= head_seq:
+            # overlap with stored rows: a retry, or late records filling a gap
             late = [p.sequence for p in batch if p.sequence <= head_seq]
             wanted = {q for s in late for q in (s - 1, s, s + 1)}
-            rows = conn.execute(
+            found = conn.execute(
                 "SELECT sequence, chain_hash, chain_prev FROM audit_events "
                 "WHERE stream_id = %s AND sequence = ANY(%s)",
                 (stream, sorted(wanted)),
             ).fetchall()
-            for seq, h, prev in rows:
-                known_hash[int(seq)] = h
-                known_prev[int(seq)] = prev
-        existing = set(known_prev)
-        stored: list[Prepared] = []
+            for seq, h, prev in found:
+                self.known_hash[int(seq)] = h
+                self.known_prev[int(seq)] = prev
+
+    def _finding(self, kind: str, seq: int, detail: str, expected: str | None = None,
+                 actual: str | None = None) -> None:
+        self.result.findings.append(Finding(self.stream, kind, seq, detail, self.tenant, expected, actual))
+
+    def run(self) -> Iterator[Prepared]:
+        """Yield each record to store, with its integrity set; count duplicates and refusals."""
+        result = self.result
+        existing = set(self.known_prev)
+        known_hash = self.known_hash
         seen: dict[int, str] = {}
-        for p in batch:
+        for p in self.batch:
             seq = p.sequence
             if seq in existing or seq in seen:
                 original = known_hash.get(seq) if seq in existing else seen[seq]
@@ -366,54 +394,45 @@ class Ingestor:
                     result.duplicates += 1
                 else:
                     result.reject(p.index, "audit.event.id already stored with different content")
-                    result.findings.append(
-                        Finding(stream, "duplicate_conflict", seq,
-                                "a second, different record arrived with an event id already stored",
-                                tenant, original, p.claimed)
-                    )
+                    self._finding("duplicate_conflict", seq,
+                                  "a second, different record arrived with an event id already stored",
+                                  original, p.claimed)
+                continue
+            reason = finish(p)
+            if reason is not None:
+                result.reject(p.index, reason)
                 continue
             integrity = "ok"
             if p.computed != p.claimed:
                 integrity = "hash_mismatch"
-                result.findings.append(
-                    Finding(stream, "hash_mismatch", seq,
-                            "the record's content does not match its audit.chain.hash",
-                            tenant, p.computed, p.claimed)
-                )
-            if seq == 1:
-                expected_prev: str | None = chain.GENESIS
-            else:
-                expected_prev = known_hash.get(seq - 1)
+                self._finding("hash_mismatch", seq,
+                              "the record's content does not match its audit.chain.hash",
+                              p.computed, p.claimed)
+            expected_prev = chain.GENESIS if seq == 1 else known_hash.get(seq - 1)
             if expected_prev is not None:
                 if p.prev != expected_prev:
                     integrity = "chain_break" if integrity == "ok" else integrity
-                    result.findings.append(
-                        Finding(stream, "chain_break", seq,
-                                "audit.chain.prev does not match the previous record's hash",
-                                tenant, expected_prev, p.prev)
-                    )
-            elif seq > head_seq + 1:
+                    self._finding("chain_break", seq,
+                                  "audit.chain.prev does not match the previous record's hash",
+                                  expected_prev, p.prev)
+            elif seq > self.head_seq + 1:
                 integrity = "gap_before" if integrity == "ok" else integrity
-                result.findings.append(
-                    Finding(stream, "gap", seq,
-                            f"sequence {head_seq + 1}..{seq - 1} missing before this record", tenant)
-                )
+                self._finding("gap", seq,
+                              f"sequence {self.head_seq + 1}..{seq - 1} missing before this record")
             else:
                 integrity = "unverified" if integrity == "ok" else integrity
-            successor_prev = known_prev.get(seq + 1)
+            successor_prev = self.known_prev.get(seq + 1)
             if successor_prev is not None and successor_prev != p.claimed:
-                result.findings.append(
-                    Finding(stream, "chain_break", seq + 1,
-                            "a late record's hash does not match its successor's audit.chain.prev",
-                            tenant, p.claimed, successor_prev)
-                )
+                self._finding("chain_break", seq + 1,
+                              "a late record's hash does not match its successor's audit.chain.prev",
+                              p.claimed, successor_prev)
             p.row[_INTEGRITY] = integrity
             known_hash[seq] = p.claimed
             seen[seq] = p.claimed
-            if seq > head_seq:
-                head_seq, head_hash = seq, p.claimed
-            stored.append(p)
-        return stored, (head_seq, head_hash)
+            if seq > self.head_seq:
+                self.head_seq, self.head_hash = seq, p.claimed
+            self.stored += 1
+            yield p
 
 
 def _dumps(value: Any) -> bytes:
