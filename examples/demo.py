@@ -31,7 +31,7 @@ import tempfile
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +95,25 @@ class Store:
     env: dict[str, str]
     log: Path
 
+    @contextlib.contextmanager
+    def owner_connection(self) -> Iterator[Any]:
+        """A psycopg connection to the store's embedded PostgreSQL as its owner (for SQL examples)."""
+        import psycopg
+
+        from secret_audit.store._embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(Path(self.env["OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR"]))
+        url = embedded.start()  # joins the running server; stopping our handle leaves it to the store
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                yield conn
+        finally:
+            embedded.stop()
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``secret-audit ARGS`` against this store (auditor token in the environment)."""
         env = {**self.env, "OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN": self.auditor_token,
-               "OTEL_PYTHON_SECRET_AUDIT_STORE_URL": self.url}
+               "OTEL_PYTHON_SECRET_AUDIT_STORE_URL": self.url, "COLUMNS": "240"}
         return subprocess.run([str(BIN / "secret-audit"), *args], env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
@@ -196,6 +211,7 @@ class Result:
     requests: list[tuple[str, int]] = field(default_factory=list)
     mode: str = "stand-in"
     seconds: float = 0.0
+    endpoints: dict[str, str] = field(default_factory=dict)
 
 
 def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
@@ -222,10 +238,8 @@ def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
     return done
 
 
-def run(workdir: Path, *, quiet: bool = False) -> Result:
+def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] | None = None) -> Result:
     """Run the whole demo in ``workdir``; everything started is stopped before this returns."""
-    import httpx
-
     from otlp_receiver import otlp_receiver
 
     def say(text: str = "") -> None:
@@ -309,11 +323,14 @@ def run(workdir: Path, *, quiet: bool = False) -> Result:
         spans_by_trace: dict[str, int] = {}
         for span in jaeger.spans:
             spans_by_trace[span["trace_id"]] = spans_by_trace.get(span["trace_id"], 0) + 1
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"{store.url}/healthz", timeout=2)
+        if inspect is not None:
+            inspect(store)  # while everything still runs (the tests run examples/queries.md here)
+        endpoints = {"redis": f"{host}:{rport}", "store": store.url, "app": app_url, "jaeger_stand_in": jaeger.url}
+        if vault.grpc_target:
+            endpoints["secret_manager_stand_in"] = vault.grpc_target
     verify_output = verify.stdout if verify.returncode == 0 else verify.stdout + verify.stderr
     return Result(events, verify.returncode, verify_output.strip(), spans_by_trace, trail_file,
-                  echo_file, requests, vault.mode, time.monotonic() - started)
+                  echo_file, requests, vault.mode, time.monotonic() - started, endpoints)
 
 
 def _table(events: list[dict[str, Any]]) -> str:

@@ -1,0 +1,201 @@
+"""The demo end to end: real Redis, real store on embedded PostgreSQL, the app under the launcher.
+
+`demo.run()` in process (and every example of examples/queries.md against the data it made), and
+`bash scripts/demo.sh` as a user runs it (slow).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+import demo  # noqa: E402
+
+EXAMPLE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def queries_md() -> tuple[list[str], list[str]]:
+    text = (ROOT / "examples" / "queries.md").read_text()
+    sql = re.findall(r"```sql\n(.*?)```", text, re.S)
+    bash = [line.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    return sql, [line.split("  #")[0].strip() for line in bash if line.startswith("secret-audit ")]
+
+
+def closed(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), 0.5):
+            return False
+    except OSError:
+        return True
+
+
+def endpoint_address(value: str) -> str:
+    if "://" in value:
+        u = urlparse(value)
+        return f"{u.hostname}:{u.port}"
+    return value
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp("demo")
+    seen: dict[str, Any] = {"sql": [], "cli": []}
+    sql, cli = queries_md()
+
+    def inspect(store: demo.Store) -> None:
+        with store.owner_connection() as conn:
+            trace = conn.execute(
+                "SELECT trace_id FROM audit_events WHERE secret_source = 'gcp_secret_manager' "
+                "AND enduser_id = 'alice@example.com' LIMIT 1").fetchone()[0]
+            seen["trace"] = trace
+            for statement in sql:
+                cur = conn.execute(statement.replace(EXAMPLE_TRACE, trace))
+                seen["sql"].append((statement, cur.fetchall(), [d.name for d in cur.description or []]))
+        # each CLI start costs about a second: run the examples side by side
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            procs = pool.map(lambda line: store.cli(*shlex.split(line.replace(EXAMPLE_TRACE, seen["trace"]))[1:]), cli)
+            seen["cli"] = list(zip(cli, procs, strict=True))
+
+    started = time.monotonic()
+    result = demo.run(workdir, quiet=True, inspect=inspect)
+    seen["result"] = result
+    seen["seconds"] = time.monotonic() - started
+    seen["workdir"] = workdir
+    return seen
+
+
+def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
+    result = demo_run["result"]
+    events = result.events
+    assert result.mode == "stand-in"
+    assert [s for _, s in result.requests] == [200, 200, 200, 404, 201]
+    assert result.verify_rc == 0, result.verify_output
+    assert "OK, every chain verifies" in result.verify_output
+    assert {e["integrity"] for e in events} == {"ok"}
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))  # one stream, no gap
+    assert len({e["stream_id"] for e in events}) == 1
+
+    internal = [e for e in events if e["access_path"] == "internal"]
+    external = [e for e in events if e["access_path"] == "external"]
+    # start-up: two cold reads (cache miss, vault read, cache fill each) by server code, no end user
+    assert [(e["secret_source"], e["action"], e["outcome"]) for e in internal[:6]] == [
+        ("redis", "GET", "not_found"), ("gcp_secret_manager", "AccessSecretVersion", "success"),
+        ("redis", "SET", "success")] * 2
+    assert all(e["enduser_id"] is None and e["client_address"] is None for e in internal)
+    assert all(e["principal"] == "secret-service@demo" for e in events)
+    assert len(internal) >= 7  # plus at least one background refresh (a cache hit)
+    assert any(e["result"] == "found" and e["secret_source"] == "redis" for e in internal[6:])
+
+    by_user: dict[str, list[tuple[str, str, str]]] = {}
+    for e in external:
+        by_user.setdefault(e["enduser_id"], []).append((e["client_address"], e["action"], e["outcome"]))
+    assert by_user == {
+        "alice@example.com": [("203.0.113.7", "GET", "not_found"), ("203.0.113.7", "AccessSecretVersion", "success"),
+                              ("203.0.113.7", "SET", "success"), ("203.0.113.7", "GET", "success")],
+        "bob@example.com": [("198.51.100.23", "GET", "success")],
+        "mallory@example.net": [("192.0.2.66", "GET", "not_found"), ("192.0.2.66", "AccessSecretVersion", "not_found")],
+        "carol@example.com": [("203.0.113.9", "AddSecretVersion", "success"), ("203.0.113.9", "SET", "success")],
+    }
+    # each request (and each internal read) is one trace; every traced record's span reached the receiver
+    traces = {e["trace_id"] for e in events}
+    assert "" not in traces
+    assert len(traces) == len(result.requests) + len(internal) - 4  # the 2 cold start-up reads are 3 records each
+    assert traces <= set(result.spans_by_trace)
+    # no secret value anywhere in the stored trail or the echo lines
+    trail = result.trail_file.read_text()
+    echo = result.echo_file.read_text()
+    for value in [*demo.SEED.values(), b"rotated-demo-value"]:
+        assert value.decode() not in trail
+        assert value.decode() not in echo
+    assert trail.count("\n") == len(events)
+    assert echo.count("[AUDIT]") == len(events)
+
+
+def test_demo_stops_everything_it_started(demo_run):
+    result = demo_run["result"]
+    assert set(result.endpoints) >= {"redis", "store", "app", "jaeger_stand_in", "secret_manager_stand_in"}
+    for name, value in result.endpoints.items():
+        assert closed(endpoint_address(value)), f"{name} still listening at {value}"
+    workdir = str(demo_run["workdir"])
+    import psutil
+
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if any(workdir in part for part in (p.info["cmdline"] or []))]
+    assert left == []
+    assert not (demo_run["workdir"] / "pgdata").exists()
+
+
+def test_demo_is_well_under_a_minute(demo_run):
+    assert demo_run["seconds"] < 60
+
+
+def test_every_sql_example_of_queries_md_runs_on_the_real_schema(demo_run):
+    results = {statement.split("\n", 1)[0]: (rows, cols) for statement, rows, cols in demo_run["sql"]}
+    sql, _ = queries_md()
+    assert len(demo_run["sql"]) == len(sql) >= 12
+    by_first_line = {s.split("\n", 1)[0]: s for s in sql}
+
+    def rows_of(fragment: str) -> list[Any]:
+        (key,) = [k for k, s in by_first_line.items() if fragment in s]
+        return results[key][0]
+
+    assert len(rows_of("IN ('secret:twilio-credentials', 'twilio-credentials')")) == 6  # alice x2, carol's rotation
+    assert len(rows_of("enduser_id = 'alice@example.com'")) == 4
+    assert [r[2] for r in rows_of(f"trace_id = '{EXAMPLE_TRACE}'")] == ["redis", "gcp_secret_manager", "redis"]
+    assert [r[7] for r in rows_of("outcome IN ('denied', 'error')")] == ["not_found"]  # mallory's missing secret
+    assert rows_of("WHERE integrity <> 'ok'") == []
+    assert rows_of("FROM audit_findings") == []
+    assert rows_of("event_name = 'audit.query'")  # the demo's own query and verify were audited
+    hits = {r[0]: r for r in rows_of("hit_ratio")}
+    assert hits["secret:ses-credentials"][1] >= 2
+    assert hits["secret:ses-credentials"][2] == 1
+    assert {r[3] for r in rows_of("operation IN ('write', 'delete')")} == {"redis", "gcp_secret_manager"}
+    assert {r[0] for r in rows_of("client_address IS NOT NULL")} == {
+        "203.0.113.7", "198.51.100.23", "192.0.2.66", "203.0.113.9"}
+
+
+def test_every_secret_audit_query_example_runs_against_the_store(demo_run):
+    ran = dict(demo_run["cli"])
+    _, cli = queries_md()
+    assert len(ran) == len(cli) >= 8
+    for line, proc in ran.items():
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+    assert "secret:twilio-credentials" in ran["secret-audit query --secret secret:twilio-credentials"].stdout
+    trace_line = f"secret-audit query --trace-id {EXAMPLE_TRACE}"
+    assert "gcp_secret_manager" in ran[trace_line].stdout
+    assert "missing-secret" in ran["secret-audit query --outcome not_found --source gcp_secret_manager"].stdout
+    assert '"client_address":"203.0.113.7"' in ran["secret-audit query --client-address 203.0.113.7 --json"].stdout
+    assert "OK" in ran["secret-audit verify"].stdout
+
+
+@pytest.mark.slow
+def test_demo_sh_as_a_user_runs_it(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=300,
+                          check=False, env={**demo._clean_env(), "SECRET_AUDIT_DEMO_DIR": str(tmp_path)})
+    took = time.monotonic() - started
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "LOCAL STAND-IN" in out
+    assert "OK, every chain verifies" in out
+    assert re.search(r"Audit trail in the store \((\d+) secret.access records", out)
+    assert re.search(r"^  [0-9a-f]{32}  \d+ spans", out, re.M)
+    assert str(tmp_path / "audit-trail.jsonl") in out
+    assert (tmp_path / "audit-trail.jsonl").stat().st_size > 0
+    assert took < 60, f"demo.sh took {took:.1f}s"
+    print(f"scripts/demo.sh took {took:.1f}s")
