@@ -178,3 +178,23 @@ def test_retention_archives_and_drops_old_partitions(client, tokens, owner, tmp_
     assert owner.execute("SELECT partition_name, rows FROM audit_retention_log").fetchall() == [
         ("audit_events_p202001", 4)]
     assert apply_retention(owner, 365, tmp_path) == []
+
+
+def test_stream_resumes_after_last_event_id(server_url, tokens):
+    hdr = {**PB, **tokens.header("ingest")}
+    httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(4, secret="resume")), headers=hdr)
+    page = httpx.get(f"{server_url}/api/audit-logs", params={"secret": "resume", "order": "asc"},
+                     headers=tokens.header("auditor")).json()["events"]
+    second_id = page[1]["id"]
+    got = []
+    with httpx.stream("GET", f"{server_url}/api/audit-logs/stream",
+                      params={"secret": "resume", "max_events": 2},
+                      headers={**tokens.header("auditor"), "Last-Event-ID": second_id}, timeout=30) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("id: "):
+                got.append(line[4:])
+    assert got == [page[2]["id"], page[3]["id"]]
+    bad = httpx.get(f"{server_url}/api/audit-logs/stream", headers={**tokens.header("auditor"),
+                                                                     "Last-Event-ID": "x"})
+    assert bad.status_code == 400

@@ -21,7 +21,7 @@ from secret_audit.store import _events
 from secret_audit.store._body import BodyError, read_body
 from secret_audit.store._ingest import IngestResult
 from secret_audit.store._otlp import BadPayload, Record, decode_json, decode_protobuf
-from secret_audit.store._query import BadFilter, Filters, and_all, search
+from secret_audit.store._query import BadFilter, Filters, and_all, search, since
 from secret_audit.store.service import Store
 from secret_audit.store.tokens import Principal, authenticate
 from secret_audit.store.verify import verify
@@ -232,27 +232,47 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
         principal: F = None, enduser: F = None, client_address: F = None, trace_id: F = None,
         event_name: F = None, stream_id: F = None, tenant: F = None,
         max_events: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+        after: Annotated[int | None, Query(ge=0, description="replay rows after this id first")] = None,
     ) -> StreamingResponse:
         filters = _filters(secret, source, operation, outcome, principal, enduser, client_address,
                            trace_id, event_name, stream_id, tenant, None, None)
+        resume = after
+        last_id = request.headers.get("last-event-id")
+        if resume is None and last_id is not None:
+            if not last_id.isdigit() or len(last_id) > 19:
+                raise HTTPException(400, "Last-Event-ID must be an event id this stream sent")
+            resume = int(last_id)
         sub = store.hub.subscribe(filters, caller.tenant)
 
-        def audit_open() -> None:
+        def audit_open() -> list[dict[str, Any]]:
             with store.connection() as conn:
+                missed = [] if resume is None else since(conn, filters, caller.tenant, resume)
                 _audit(conn, caller, request, "GET /api/audit-logs/stream", "success",
                        f"Live audit stream opened by {caller.name}",
-                       {"audit.query.filters": filters.describe()})
+                       {"audit.query.filters": filters.describe(), "audit.query.replayed": len(missed)})
+            return missed
 
         try:
-            await run_in_threadpool(audit_open)
+            backlog = await run_in_threadpool(audit_open)
         except BaseException:
             store.hub.unsubscribe(sub)
             raise
 
+        def frame(event: dict[str, Any]) -> bytes:
+            head = b"id: " + str(event["id"]).encode() + b"\nevent: audit\ndata: "
+            return head + orjson.dumps(event) + b"\n\n"
+
         async def events() -> AsyncIterator[bytes]:
             sent = 0
+            replayed = 0
             try:
                 yield b": connected\n\n"
+                for old in backlog:
+                    if max_events is not None and sent >= max_events:
+                        return
+                    replayed = max(replayed, int(old["id"]))
+                    sent += 1
+                    yield frame(old)
                 while max_events is None or sent < max_events:
                     try:
                         event = await asyncio.wait_for(sub.queue.get(), 15)
@@ -264,9 +284,10 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
                     if event is None:
                         yield b"event: overflow\ndata: {\"error\": \"client too slow; reconnect\"}\n\n"
                         return
+                    if int(event["id"]) <= replayed:
+                        continue  # already sent from the backlog
                     sent += 1
-                    data = orjson.dumps(event)
-                    yield b"id: " + event["id"].encode() + b"\nevent: audit\ndata: " + data + b"\n\n"
+                    yield frame(event)
             finally:
                 store.hub.unsubscribe(sub)
 
