@@ -122,6 +122,25 @@ def test_cluster_pipeline_raise_on_error_false(audit, rc, tagged):
     ]
 
 
+def test_cluster_pipeline_exception_blames_only_the_failing_command(audit, rc, tagged):
+    rc.hset(tagged + ":h", "f", "v")
+    audit.clear()
+    with rc.pipeline() as pipe:
+        pipe.set(tagged, "v")
+        pipe.get(tagged + ":h")  # WRONGTYPE
+        pipe.get(tagged)
+        pipe.get(tagged + ":missing")
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            pipe.execute()
+    recs = audit.attrs()
+    assert [pick(r, "secret.name", "audit.outcome", "audit.result", "audit.error") for r in recs] == [
+        (tagged, "success", None, None),
+        (tagged + ":h", "error", None, "WRONGTYPE Operation against a key holding the wrong kind of value"),
+        (tagged, "success", "found", None),
+        (tagged + ":missing", "not_found", None, None),
+    ]
+
+
 def test_cluster_transaction_with_watch(audit, rc, tagged):
     rc.set(tagged, "1")
     audit.clear()
@@ -173,6 +192,23 @@ async def test_async_cluster_pipeline(audit, arc, tagged, cluster_address):
         (tagged, "SET", "success"),
         (tagged, "GET", "success"),
         (tagged + ":missing", "GET", "not_found"),
+    ]
+
+
+async def test_async_cluster_pipeline_exception_blames_only_the_failing_command(audit, arc, tagged):
+    await arc.hset(tagged + ":h", "f", "v")
+    audit.clear()
+    async with arc.pipeline() as pipe:
+        pipe.set(tagged, "v")
+        pipe.get(tagged + ":h")  # WRONGTYPE
+        pipe.get(tagged)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await pipe.execute()
+    recs = audit.attrs()
+    assert [pick(r, "secret.name", "audit.outcome", "audit.result", "audit.error") for r in recs] == [
+        (tagged, "success", None, None),
+        (tagged + ":h", "error", None, "WRONGTYPE Operation against a key holding the wrong kind of value"),
+        (tagged, "success", "found", None),
     ]
 
 

@@ -114,6 +114,8 @@ class RedisSource:
             if note is None:
                 break
             text = text[note.end() :]
+            if text[:2] in ("('", '("'):  # redis.asyncio.cluster quotes the args tuple
+                text = text[2:]
         code = getattr(error, "status_code", None)  # redis-py strips the codes it maps to classes
         if not (isinstance(code, str) and code in _KNOWN_CODES):
             code = None
@@ -347,6 +349,8 @@ class Wrappers:
     ) -> None:
         """execute() raised: per-command outcomes when redis-py had all the replies, else all failed."""
         replies = _take_replies(instance)
+        if replies is None:
+            replies = _cluster_results(instance, stack, error)
         if replies is not None and len(replies) == len(stack):
             self._pipeline_done(instance, stack, start, ctx, replies, None)
         else:
@@ -436,6 +440,25 @@ def _key_name(key: Any) -> str | bytes:
 
 
 _REPLIES = "_secret_audit_replies"
+
+
+def _cluster_results(instance: Any, stack: list[Any], error: BaseException) -> list[Any] | None:
+    """A non-transactional cluster pipeline that raised its first error had read every reply.
+
+    redis-py keeps each reply on its PipelineCommand (``result``), in the objects our snapshot
+    holds; its "Command # N ... of pipeline caused error" note is only added once all are in.
+    """
+    try:
+        strategy = getattr(instance, "_execution_strategy", None)
+        if type(strategy).__name__ != "PipelineStrategy":
+            return None
+        if not str(error).startswith("Command # "):
+            return None
+        if not all(hasattr(cmd, "result") and hasattr(cmd, "position") for cmd in stack):
+            return None
+        return [cmd.result for cmd in stack]
+    except Exception:
+        return None
 
 
 def _take_replies(instance: Any) -> list[Any] | None:
