@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--end", help="ISO time, exclusive")
     verify.add_argument("--tenant", help="only this service.namespace")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--archive", nargs="+", metavar="FILE",
+                        help="check retention archives (.jsonl.gz) instead of the database")
 
     retention = sub.add_parser("retention", help="archive and drop partitions past the retention period")
     rsub = retention.add_subparsers(dest="retention_command", required=True)

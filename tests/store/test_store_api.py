@@ -175,6 +175,17 @@ def test_retention_archives_and_drops_old_partitions(client, tokens, owner, tmp_
     assert owner.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 2
     assert verify(owner).ok, verify(owner).as_dict()  # the link into the archive still checks
     assert verify_archives([tmp_path / "audit_events_p202001.jsonl.gz"]).ok
+    from secret_audit.cli import main
+
+    assert main(["verify", "--archive", str(tmp_path / "audit_events_p202001.jsonl.gz")]) == 0
+    import gzip
+
+    lines = gzip.decompress((tmp_path / "audit_events_p202001.jsonl.gz").read_bytes()).splitlines()
+    forged = orjson.loads(lines[1])
+    forged["attributes"]["secret.name"] = "innocent"
+    lines[1] = orjson.dumps(forged)
+    (tmp_path / "forged.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines)))
+    assert main(["verify", "--archive", str(tmp_path / "forged.jsonl.gz")]) == 1
     assert owner.execute("SELECT partition_name, rows FROM audit_retention_log").fetchall() == [
         ("audit_events_p202001", 4)]
     assert apply_retention(owner, 365, tmp_path) == []

@@ -70,3 +70,29 @@ def test_query_without_token_names_the_variable(monkeypatch, capsys):
     monkeypatch.delenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", raising=False)
     assert main(["query"]) == 2
     assert "OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN" in capsys.readouterr().err
+
+
+def test_retention_apply_cli(env, owner, tmp_path, capsys):
+    from secret_audit.store._ingest import Ingestor
+    from secret_audit.store._otlp import decode_protobuf
+
+    from .records import rehash
+
+    old = chained(3)
+    prev = "0" * 64
+    for i, r in enumerate(old):
+        r["time_unix_nano"] = 1_500_000_000_000_000_000 + i  # July 2017
+        r["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(r)
+    assert Ingestor().ingest(owner, decode_protobuf(to_protobuf(old))).accepted == 3
+    archive = tmp_path / "arch"
+    assert main(["retention", "apply", "--days", "30", "--archive-dir", str(archive), "--dry-run"]) == 0
+    assert "would archive and drop audit_events_p201707" in capsys.readouterr().out
+    assert owner.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 3
+    assert main(["retention", "apply", "--days", "30", "--archive-dir", str(archive)]) == 0
+    assert "archived and dropped audit_events_p201707" in capsys.readouterr().out
+    assert owner.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 0
+    assert main(["verify", "--archive", str(archive / "audit_events_p201707.jsonl.gz")]) == 0
+    assert main(["verify"]) == 0  # the stream's rows all went to the archive: nothing is missing
+    assert main(["retention", "apply", "--days", "30", "--archive-dir", str(archive)]) == 0
+    assert "nothing older than 30 days" in capsys.readouterr().out

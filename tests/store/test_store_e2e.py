@@ -123,3 +123,46 @@ def test_redis_audit_records_land_field_for_field(instrumented, redis_url, key, 
     from secret_audit.store.verify import verify
 
     assert verify(owner).ok
+
+
+def test_launcher_default_sender_lands_in_the_store(server_url, tokens, redis_url, owner):
+    """No code change: opentelemetry-instrument with the audit exporter pointed at the store."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    env.update(
+        OTEL_SERVICE_NAME="store-e2e",
+        OTEL_RESOURCE_ATTRIBUTES="service.namespace=acme",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=f"{server_url}/v1/logs",
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS=f"authorization=Bearer%20{tokens['acme-ingest']}",
+        REDIS_URL=redis_url,
+    )
+    key = "secret:store:" + secrets.token_hex(4)
+    value = "canary-" + secrets.token_hex(8)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable,
+         str(here / "apps" / "launcher_app.py"), key, value],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = owner.execute(
+        "SELECT action, outcome, tenant, service_name, integrity FROM audit_events "
+        "WHERE event_name = 'secret.access' ORDER BY sequence"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("SET", "success"), ("GET", "success"), ("GET", "not_found"),
+                                            ("DEL", "success")]
+    assert {r[2:] for r in rows} == {("acme", "store-e2e", "ok")}
+    from secret_audit.store.verify import verify
+
+    assert verify(owner).ok
+    dump = str(owner.execute("SELECT array_agg(t::text) FROM audit_events t").fetchone()[0])
+    assert value not in dump

@@ -143,6 +143,13 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
     from secret_audit.store._selfaudit import SelfAudit
     from secret_audit.store.verify import verify
 
+    if args.archive:
+        from secret_audit.store.retention import verify_archives
+
+        missing = [p for p in args.archive if not Path(p).is_file()]
+        if missing:
+            return _err(f"no such archive: {missing[0]}")
+        return _report(verify_archives([Path(p) for p in args.archive]), args.json)
     start, end = _when(args.start, "--start"), _when(args.end, "--end")
     with _owner(config) as conn:
         conds, params = where_clause(Filters(start=start, end=end), args.tenant)
