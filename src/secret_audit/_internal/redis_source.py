@@ -366,8 +366,9 @@ class Wrappers:
         """
         try:
             response = args[1] if len(args) > 1 else kwargs.get("response")
-            if isinstance(response, list):
-                instance.__dict__[_REPLIES] = list(response)
+            state = instance.__dict__
+            if isinstance(response, list) and _REPLIES in state:  # only inside our execute()
+                state[_REPLIES] = list(response)
         except Exception:
             _note_internal_error()
         return wrapped(*args, **kwargs)
@@ -383,7 +384,7 @@ class Wrappers:
         if closed is not None:
             failclosed.before_call(closed)
         ctx = get_current()
-        _take_replies(instance)
+        _arm_replies(instance)
         start = time_ns()
         try:
             replies = wrapped(*args, **kwargs)
@@ -409,7 +410,7 @@ class Wrappers:
             if closed is not None:
                 failclosed.before_call(closed)
             ctx = get_current()
-            _take_replies(instance)
+            _arm_replies(instance)
             start = time_ns()
             try:
                 replies = await wrapped(*args, **kwargs)
@@ -459,6 +460,14 @@ def _cluster_results(instance: Any, stack: list[Any], error: BaseException) -> l
         return [cmd.result for cmd in stack]
     except Exception:
         return None
+
+
+def _arm_replies(instance: Any) -> None:
+    """Let ``pipeline_first_error`` keep the replies of the execute() about to run (no stale ones)."""
+    try:
+        instance.__dict__[_REPLIES] = None
+    except Exception:
+        _note_internal_error()
 
 
 def _take_replies(instance: Any) -> list[Any] | None:
