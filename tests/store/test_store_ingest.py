@@ -180,3 +180,29 @@ def test_tenant_scoped_ingest_token(client, tokens, owner):
     resp = post_pb(client, tokens, mine + unnamed + theirs, label="acme-ingest")
     assert ExportLogsServiceResponse.FromString(resp.content).partial_success.rejected_log_records == 1
     assert owner.execute("SELECT tenant, count(*) FROM audit_events GROUP BY tenant").fetchall() == [("acme", 3)]
+
+
+def test_custom_event_body_over_the_limit_is_refused(client, tokens, owner):
+    huge = {"event_name": "audit.login", "body": "x" * (2 * 1024 * 1024)}
+    resp = client.post("/api/audit-events", json=huge, headers=tokens.header("ingest"))
+    assert resp.status_code == 413
+    assert count(owner) == 0
+
+
+def test_database_outage_is_a_retryable_503(client, tokens, store, monkeypatch):
+    import contextlib
+
+    import psycopg
+
+    @contextlib.contextmanager
+    def down():
+        raise psycopg.OperationalError("connection refused")
+        yield
+
+    monkeypatch.setattr(store, "connection", down)
+    resp = post_pb(client, tokens, chained(1))
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "1"
+    assert client.get("/api/audit-logs", headers=tokens.header("auditor")).status_code == 503
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from secret_audit.store import _events
 from secret_audit.store._body import BodyError, read_body
 from secret_audit.store._ingest import IngestResult
+from secret_audit.store._limit import BodyLimit
 from secret_audit.store._otlp import BadPayload, Record, decode_json, decode_protobuf
 from secret_audit.store._query import BadFilter, Filters, and_all, search, since
 from secret_audit.store.service import Store
@@ -81,6 +82,14 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
         redoc_url=None,
     )
     bearer = HTTPBearer(auto_error=False, description="A token made by `secret-audit tokens create`.")
+    app.add_middleware(BodyLimit, limit=store.config.max_body_bytes)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_unavailable(request: Request, exc: psycopg.OperationalError) -> Response:
+        # The database is down or the pool is exhausted: a retryable condition, never a bare 500.
+        store.counters.bump("failed_requests")
+        return _json({"detail": f"database unavailable ({type(exc).__name__}); retry"}, 503,
+                     {"Retry-After": "1"})
 
     def authorize(roles: tuple[str, ...], action: str) -> Callable[..., Principal]:
         def dependency(
