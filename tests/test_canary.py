@@ -168,11 +168,6 @@ def test_launcher_canary_never_reaches_the_wire_or_stderr(redis_url):
     assert_no_canary(proc.stderr, canary)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py summary() puts secret.name into the body and the [AUDIT] line unescaped, "
-    "so a key name holding a newline forges a second audit line (reported to the pipeline owner)",
-)
 def test_key_names_cannot_forge_audit_lines(audit, redis_url, caplog):
     caplog.set_level(logging.INFO, logger="secret_audit.audit")
     forged = "secret:x\n[AUDIT] Secret accessed: secret:admin from redis (0.01ms)"

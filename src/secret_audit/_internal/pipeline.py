@@ -89,10 +89,16 @@ def _fmt_ms(ms: float) -> str:
     return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.2f}ms"
 
 
+# Control characters in a key name must not let it forge a second line in a grep-able log.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
 def summary(attrs: dict[str, Any]) -> str:
     """Render the seed-000 one-line summary; it only ever names identifiers, never values."""
     op = attrs["audit.operation"]
-    name = attrs["secret.name"]
+    name = str(attrs["secret.name"]).translate(_ESCAPES)
     source = attrs["secret.source"]
     outcome = attrs["audit.outcome"]
     took = _fmt_ms(attrs["audit.duration_ms"])
