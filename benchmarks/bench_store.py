@@ -33,8 +33,9 @@ from psycopg.conninfo import make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from secret_audit.store._embedded import EmbeddedPostgres
-from secret_audit.store._ingest import Ingestor, finish, prepare
+from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import Record, decode_protobuf
+from secret_audit.store._prepare import finish, prepare
 from secret_audit.store._rows import COLUMNS
 from secret_audit.store.migrations import ensure_partitions, migrate
 from store.records import chained, to_protobuf

@@ -1,0 +1,166 @@
+"""One received record to one table row: contract checks first, then hash and row while COPY streams."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from secret_audit._internal import chain
+from secret_audit.store._otlp import Record
+from secret_audit.store._rows import COLUMNS, TYPED, time_of
+
+__all__ = ["INTEGRITY", "Prepared", "finish", "prepare"]
+
+_BIGINT_MAX = (1 << 63) - 1
+
+@dataclass(slots=True)
+class Prepared:
+    """A record that passed the cheap checks; its hash and row are made while the COPY streams."""
+
+    index: int
+    stream_id: str
+    sequence: int
+    prev: str
+    claimed: str
+    tenant: str | None
+    time: Any
+    service_name: str | None
+    rec: Record
+    computed: str = ""
+    row: list[Any] = field(default_factory=list)
+
+
+_TIME = COLUMNS.index("time")
+_SERVICE = COLUMNS.index("service_name")
+INTEGRITY = COLUMNS.index("integrity")
+_TYPED_ITEMS = tuple((key, kind) for key, (_, kind) in TYPED.items())
+_TYPED_SET = frozenset(TYPED)
+_STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
+_STR_OR_NONE = frozenset({str, type(None)})
+assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_hash(v: str) -> bool:
+    return _HASH_RE.fullmatch(v) is not None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def prepare(
+    index: int, rec: Record, scope_tenant: str | None, resources: dict[int, bool] | None = None
+) -> Prepared | str:
+    """Check one audit record against the contract; return its row or the reason it is refused."""
+    attrs = rec.attributes
+    stream = attrs.get("audit.stream.id")
+    seq = attrs.get("audit.sequence")
+    prev = attrs.get("audit.chain.prev")
+    claimed = attrs.get("audit.chain.hash")
+    if not isinstance(stream, str) or not stream:
+        return "missing audit.stream.id"
+    if type(seq) is not int or not 1 <= seq <= _BIGINT_MAX:
+        return "audit.sequence must be an integer >= 1"
+    if attrs.get("audit.event.id") != f"{stream}:{seq}":
+        return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
+    if not isinstance(prev, str) or not _is_hash(prev):
+        return "audit.chain.prev must be 64 lowercase hex digits"
+    if not isinstance(claimed, str) or not _is_hash(claimed):
+        return "audit.chain.hash must be 64 lowercase hex digits"
+    body = rec.body
+    if body is not None and not isinstance(body, str):
+        return "body must be a string"
+    if not 0 <= rec.time_unix_nano <= _BIGINT_MAX or not 0 <= rec.observed_unix_nano <= _BIGINT_MAX:
+        return "timestamp out of range"
+    if not 0 <= rec.severity_number <= 24:
+        return "severity_number must be 0..24"
+    resource = rec.resource
+    key = id(resource)
+    if resources is None or key not in resources:
+        ok = not _has_nul(resource)
+        if resources is not None:
+            resources[key] = ok
+    else:
+        ok = resources[key]
+    if not ok:
+        return "NUL characters cannot be stored"
+    namespace = resource.get("service.namespace")
+    tenant = namespace if isinstance(namespace, str) and namespace else None
+    if scope_tenant is not None:
+        if tenant not in (None, scope_tenant):
+            return f"tenant {tenant!r} is outside this token's scope"
+        tenant = scope_tenant
+    service = resource.get("service.name")
+    moment = time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
+    return Prepared(index, stream, seq, prev, claimed, tenant, moment,
+                    service if isinstance(service, str) else None, rec)
+
+
+def finish(p: Prepared) -> str | None:
+    """Recompute the record's hash and build its row; returns the reason when it cannot be stored."""
+    rec = p.rec
+    attrs = rec.attributes
+    try:
+        canonical = chain.canonical_bytes(
+            time_unix_nano=rec.time_unix_nano,
+            event_name=rec.event_name,
+            severity_number=rec.severity_number,
+            body=rec.body,
+            trace_id=rec.trace_id,
+            span_id=rec.span_id,
+            attributes=attrs,
+        )
+    except (TypeError, ValueError) as exc:
+        return f"attributes cannot be canonicalised: {exc}"
+    # orjson writes NUL as \u0000; only then is the exact (slower) check needed.
+    if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)):
+        return "NUL characters cannot be stored"
+    p.computed = chain.chain_hash(canonical)
+    typed = [attrs.get(name) for name in _STR_NAMES]
+    duration = attrs.get("audit.duration_ms")
+    fits = set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float)
+    typed.append(duration)
+    typed.append(p.sequence)
+    if fits:
+        rest = {k: v for k, v in attrs.items() if k not in _TYPED_SET}
+    else:
+        # a contract field with an unexpected type stays in JSONB, exactly as sent
+        rest = dict(attrs)
+        for i, (name, kind) in enumerate(_TYPED_ITEMS):
+            v = typed[i]
+            if v is not None and type(v) is kind:
+                del rest[name]
+            else:
+                typed[i] = None
+    resource = rec.resource
+    instance = resource.get("service.instance.id")
+    p.row = [
+        p.time,
+        rec.time_unix_nano,
+        rec.observed_unix_nano,
+        rec.event_name,
+        rec.severity_number,
+        rec.severity_text,
+        rec.body,
+        rec.trace_id,
+        rec.span_id,
+        p.tenant,
+        p.service_name,
+        instance if isinstance(instance, str) else None,
+        rec.scope_name,
+        rec.scope_version,
+        *typed,
+        rest,
+        resource,
+        "ok",
+    ]
+    return None
