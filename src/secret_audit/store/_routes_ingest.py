@@ -1,0 +1,90 @@
+"""``POST /v1/logs``: OTLP/HTTP logs in, OTLP partial success out."""
+
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from starlette.concurrency import run_in_threadpool
+
+from secret_audit.store._body import BodyError, read_body
+from secret_audit.store._ingest import IngestResult
+from secret_audit.store._otlp import BadPayload, Record, decode_json, decode_protobuf
+from secret_audit.store._web import INGEST, Api, json_response
+from secret_audit.store.tokens import Principal
+
+__all__ = ["mount"]
+
+_PROTOBUF = ("application/x-protobuf", "application/protobuf")
+_JSON = "application/json"
+_OTLP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+def mount(app: FastAPI, api: Api) -> None:
+    """Add the OTLP logs route."""
+    store = api.store
+    authorize = api.authorize
+    _json = json_response
+
+    def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
+        with store.connection() as conn:
+            result = store.ingestor.ingest(conn, records, tenant)
+        store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
+        store.hub.publish(result.events)
+        return result
+
+    @app.post("/v1/logs", openapi_extra=_OTLP_BODY, tags=["ingest"],
+              summary="OTLP/HTTP logs export (protobuf or JSON, optionally gzip)")
+    async def otlp_logs(
+        request: Request, principal: Annotated[Principal, Depends(authorize(INGEST, "ingest audit records"))]
+    ) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        is_pb = ctype in _PROTOBUF
+        if not is_pb and ctype != _JSON:
+            return _otlp_error(415, "content-type must be application/x-protobuf or application/json", False)
+        try:
+            body = await read_body(request, store.config.max_body_bytes)
+            records = decode_protobuf(body) if is_pb else decode_json(body)
+        except BodyError as exc:
+            return _otlp_error(exc.status, exc.message, is_pb)
+        except BadPayload as exc:
+            return _otlp_error(400, str(exc), is_pb)
+        store.counters.bump("in_flight")
+        try:
+            result = await run_in_threadpool(_ingest, records, principal.tenant)
+        except psycopg.Error as exc:
+            store.counters.bump("failed_requests")
+            return _otlp_error(503, f"the database refused the batch ({type(exc).__name__}); retry",
+                               is_pb, {"Retry-After": "1"})
+        finally:
+            store.counters.bump("in_flight", -1)
+        message = "; ".join(result.errors)
+        if result.rejected > len(result.errors):
+            message += f" (and {result.rejected - len(result.errors)} more)"
+        if is_pb:
+            resp = ExportLogsServiceResponse()
+            if result.rejected or message:
+                resp.partial_success.rejected_log_records = result.rejected
+                resp.partial_success.error_message = message
+            return Response(resp.SerializeToString(), media_type="application/x-protobuf")
+        doc: dict[str, Any] = {}
+        if result.rejected:
+            doc["partialSuccess"] = {"rejectedLogRecords": str(result.rejected), "errorMessage": message}
+        return _json(doc)
+
+
+def _otlp_error(status: int, message: str, protobuf: bool, headers: dict[str, str] | None = None) -> Response:
+    if protobuf:
+        body = status_pb2.Status(code=3 if status < 500 else 14, message=message).SerializeToString()
+        return Response(body, status_code=status, media_type="application/x-protobuf", headers=headers)
+    return JSONResponse({"code": 3 if status < 500 else 14, "message": message}, status, headers)

@@ -1,0 +1,62 @@
+"""Operations: statistics for auditors, and liveness and readiness probes that need no token."""
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import Response
+from psycopg import sql
+
+from secret_audit.store._web import READ, Api, json_response
+from secret_audit.store.tokens import Principal
+
+__all__ = ["mount"]
+
+
+def mount(app: FastAPI, api: Api) -> None:
+    """Add /stats, /healthz and /readyz."""
+    store = api.store
+    authorize = api.authorize
+    _json = json_response
+
+    @app.get("/stats", tags=["operations"], summary="Ingest rate, queue depth, findings, stream heads")
+    def stats(caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]) -> Response:
+        scope = sql.SQL("WHERE tenant = %s" if caller.tenant else "")
+        params = [caller.tenant] if caller.tenant else []
+        with store.connection() as conn:
+            kinds = conn.execute(
+                sql.SQL("SELECT kind, count(*) FROM audit_findings {} GROUP BY kind").format(scope), params
+            ).fetchall()
+            streams = conn.execute(
+                sql.SQL(
+                    "SELECT stream_id, tenant, service_name, last_sequence, record_count, findings, "
+                    "last_seen FROM audit_streams {} ORDER BY last_seen DESC LIMIT 1000"
+                ).format(scope),
+                params,
+            ).fetchall()
+        out = store.counters.snapshot()
+        pool = store.pool.get_stats() if store.pool is not None else {}
+        out["queue_depth"] += int(pool.get("requests_waiting", 0))
+        out["live_streams"] = store.hub.active
+        out["integrity_findings"] = {str(k): int(n) for k, n in kinds}
+        out["streams"] = [
+            {
+                "stream_id": s[0], "tenant": s[1], "service_name": s[2], "last_sequence": s[3],
+                "records": s[4], "missing": max(0, int(s[3]) - int(s[4])), "findings": s[5],
+                "last_seen": s[6],
+            }
+            for s in streams
+        ]
+        return _json(out)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: the database answers")
+    def readyz() -> Response:
+        try:
+            with store.connection() as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            return _json({"status": "unavailable", "reason": type(exc).__name__}, 503)
+        return _json({"status": "ready"})
