@@ -38,3 +38,22 @@ def test_parallel_overlapping_batches_and_reads(server_url, tokens, owner):
     assert owner.execute("SELECT count(*) FROM audit_events WHERE event_name = 'audit.query'").fetchone()[0] == 20
     report = verify(owner)
     assert report.ok, report.as_dict()
+
+
+def test_new_month_partition_created_by_concurrent_requests(server_url, tokens, owner):
+    from .records import rehash
+
+    def month_batch(_):
+        recs = chained(5)
+        prev = "0" * 64
+        for i, r in enumerate(recs):  # March 2031: a partition nobody has made yet
+            r["time_unix_nano"] = 1_930_000_000_000_000_000 + i
+            r["attributes"]["audit.chain.prev"] = prev
+            prev = rehash(r)
+        return httpx.post(f"{server_url}/v1/logs", content=to_protobuf(recs), headers={**PB, **tokens.header("ingest")},
+                          timeout=60)
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = {r.status_code for r in pool.map(month_batch, range(6))}
+    assert codes == {200}
+    assert owner.execute("SELECT count(*) FROM audit_events WHERE time >= '2031-01-01'").fetchone()[0] == 30

@@ -131,6 +131,8 @@ BEGIN
     IF p_name !~ '^audit_events_p[0-9]{6}$' THEN
         RAISE EXCEPTION 'bad partition name %', p_name;
     END IF;
+    -- concurrent ingests may need the same new month: one creates it, the others wait and see it
+    PERFORM pg_advisory_xact_lock(7461627);
     IF to_regclass(p_name) IS NULL THEN
         EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
                        p_name, p_from, p_to);
