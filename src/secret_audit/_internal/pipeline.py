@@ -167,6 +167,8 @@ class AuditPipeline:
         self._next_replay = 0.0
         self._replay_delay = 0.2
         self.degraded = False
+        self._next_probe = 0.0
+        self._probe_delay = 0.2
         self.spooled = 0
         self.replayed = 0
         self._tracer: trace.Tracer | None = None
@@ -176,6 +178,9 @@ class AuditPipeline:
         self.internal_errors = 0
         self._unreported_drops = 0
         self._lost_ranges: list[tuple[int, int]] = []
+        # audit.dropped records not yet durable, by sequence: what each reported (a lost range, or
+        # a queue-full count). If their batch is lost too, that is reported again, not forgotten.
+        self._open_reports: dict[int, tuple[int, int] | int] = {}
         self._waiting = 0
 
     def stats(self) -> dict[str, Any]:
@@ -316,6 +321,8 @@ class AuditPipeline:
             self._drain(force=stopping or not woken)
             if self._spool is not None and time.monotonic() >= self._next_replay:
                 self._replay()
+            if self.degraded and not self._dq and not stopping and time.monotonic() >= self._next_probe:
+                self._probe()
             if stopping and not self._dq:
                 return
 
@@ -556,7 +563,7 @@ class AuditPipeline:
         with self._lock:
             dropped = self._unreported_drops
             self._unreported_drops = 0
-            ranges = self._lost_ranges
+            ranges = _merge(self._lost_ranges)
             self._lost_ranges = []
         if not dropped and not ranges:
             return
@@ -570,6 +577,7 @@ class AuditPipeline:
                 "audit.dropped.reason": "queue_full",
             }
             self._emit(EVENT_DROPPED, attrs, now, f"Audit records dropped: {dropped} (queue full)", invalid)
+            self._open_reports[self._sequence] = dropped
         for first, last in ranges:
             attrs = {
                 "audit.outcome": "error",
@@ -580,6 +588,7 @@ class AuditPipeline:
             }
             text = f"Audit records lost: sequence {first}..{last} (export failed)"
             self._emit(EVENT_DROPPED, attrs, now, text, invalid)
+            self._open_reports[self._sequence] = (first, last)
 
     def _export_batch(self) -> None:
         sink = self._sink
@@ -599,11 +608,28 @@ class AuditPipeline:
             if durable:
                 self.exported += len(seqs)
         self.degraded = not durable
+        if not durable:
+            self._next_probe = time.monotonic() + 0.2
+            self._probe_delay = 0.2
         for ticket in tickets:
             ticket.complete(durable)
+        if seqs and self._open_reports:
+            self._settle_reports(seqs[0], seqs[-1], durable)
         if durable or not seqs:
             return
         self._count_lost(seqs[0], seqs[-1], len(seqs))
+
+    def _settle_reports(self, first: int, last: int, durable: bool) -> None:
+        """Loss reports in a batch that was itself lost are made again, so they reach the sink."""
+        for seq in [s for s in self._open_reports if first <= s <= last]:
+            what = self._open_reports.pop(seq)
+            if durable:
+                continue
+            with self._lock:
+                if isinstance(what, tuple):
+                    self._lost_ranges.append(what)
+                else:
+                    self._unreported_drops += what
 
     def _count_lost(self, first: int, last: int, count: int) -> None:
         with self._lock:
@@ -644,7 +670,7 @@ class AuditPipeline:
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
         delay = 0.2
         while True:
-            result = _safe_send(sink, body)
+            result = self._send_after_spool(sink, body)
             if result == SendResult.OK:
                 self.exported += len(seqs)
                 return True
@@ -652,6 +678,34 @@ class AuditPipeline:
                 return False
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
+
+    def _probe(self) -> None:
+        """While degraded, fail-closed calls are refused before they run, so no batch would ever
+        tell us the endpoint is back: ask it with an empty request, at least once a second."""
+        sink = self._sink
+        if sink is None or sink.pending():
+            return
+        if isinstance(sink, FastSink):
+            result = self._send_after_spool(sink, b"")  # an empty ExportLogsServiceRequest
+        else:
+            try:
+                result = str(sink.deliver())
+            except Exception:
+                result = SendResult.RETRY
+        if result == SendResult.OK:
+            self.degraded = False
+            return
+        self._probe_delay = min(self._probe_delay * 2, 1.0)
+        self._next_probe = time.monotonic() + self._probe_delay
+
+    def _send_after_spool(self, sink: FastSink, body: bytes) -> str:
+        """Send only once nothing older waits in the spool, so the endpoint sees the stream in order."""
+        spool = self._spool
+        if spool is not None and spool.pending():
+            self._replay()
+            if spool.pending():
+                return SendResult.RETRY
+        return _safe_send(sink, body)
 
     def _replay(self) -> None:
         """Send spooled requests oldest first; stop at the first failure and back off."""
@@ -727,6 +781,17 @@ def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
         else:
             group[1] += 1
     return [(g[0], g[1]) for g in groups.values()]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and join overlapping or adjacent sequence ranges."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
 
 
 _RANK = {"success": 0, "not_found": 1, "denied": 2, "error": 3}

@@ -59,6 +59,10 @@ class Spool:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(_SCHEMA)
         self._pid = os.getpid()
+        # The last request this process replayed. Forgetting it needs a write (a DELETE goes
+        # through the WAL too), which a full disk refuses: then the replay moves on anyway, and
+        # the rows are deleted later, or replayed again by a later process (the store deduplicates).
+        self._done = 0
 
     def _bytes(self) -> int:
         row = self._conn.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM batches").fetchone()
@@ -67,7 +71,9 @@ class Spool:
     def stats(self) -> dict[str, int]:
         """Batches, records and bytes waiting, for health checks and reports."""
         row = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(records), 0), COALESCE(SUM(LENGTH(body)), 0) FROM batches"
+            "SELECT COUNT(*), COALESCE(SUM(records), 0), COALESCE(SUM(LENGTH(body)), 0) FROM batches "
+            "WHERE id > ?",
+            (self._done,),
         ).fetchone()
         return {"batches": int(row[0]), "records": int(row[1]), "bytes": int(row[2])}
 
@@ -89,22 +95,30 @@ class Spool:
     def pending(self) -> bool:
         """True when anything waits to be replayed."""
         try:
-            return self._conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is not None
+            row = self._conn.execute("SELECT 1 FROM batches WHERE id > ? LIMIT 1", (self._done,)).fetchone()
+            return row is not None
         except sqlite3.Error:
             return False
 
     def oldest(self) -> SpooledBatch | None:
         """The next request to replay, in the order it was spooled."""
         row = self._conn.execute(
-            "SELECT id, stream, first_seq, last_seq, records, body FROM batches ORDER BY id LIMIT 1"
+            "SELECT id, stream, first_seq, last_seq, records, body FROM batches "
+            "WHERE id > ? ORDER BY id LIMIT 1",
+            (self._done,),
         ).fetchone()
         if row is None:
             return None
         return SpooledBatch(int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]), bytes(row[5]))
 
     def remove(self, batch_id: int) -> None:
-        """Forget a request the endpoint acknowledged."""
-        self._conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+        """Forget a request the endpoint acknowledged (and any earlier one a full disk kept)."""
+        self._done = max(self._done, batch_id)
+        try:
+            self._conn.execute("DELETE FROM batches WHERE id <= ?", (self._done,))
+        except sqlite3.Error as exc:
+            _log.warning("secret-audit: cannot delete replayed requests from the audit spool %s: %s",
+                         self.path, exc)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
