@@ -55,6 +55,23 @@ def _pb_value(v: AnyValue) -> Any:
     return None
 
 
+def _pb_attributes(kvs: Any) -> dict[str, Any]:
+    # The common kinds inline: this loop runs for every attribute of every record.
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = v.string_value
+        elif kind == "int_value":
+            out[kv.key] = v.int_value
+        elif kind == "double_value":
+            out[kv.key] = v.double_value
+        else:
+            out[kv.key] = _pb_value(v)
+    return out
+
+
 def decode_protobuf(body: bytes) -> list[Record]:
     """Parse an ``ExportLogsServiceRequest`` in binary protobuf form."""
     try:
@@ -62,23 +79,26 @@ def decode_protobuf(body: bytes) -> list[Record]:
     except Exception as exc:  # protobuf raises DecodeError (or RuntimeError on deep nesting)
         raise BadPayload(f"malformed protobuf: {exc}") from None
     out: list[Record] = []
+    append = out.append
     for rl in req.resource_logs:
-        resource = {kv.key: _pb_value(kv.value) for kv in rl.resource.attributes}
+        resource = _pb_attributes(rl.resource.attributes)
         for sl in rl.scope_logs:
             scope_name = sl.scope.name
             scope_version = sl.scope.version
             for lr in sl.log_records:
-                out.append(
+                body_value = lr.body
+                kind = body_value.WhichOneof("value")
+                append(
                     Record(
                         lr.time_unix_nano,
                         lr.observed_time_unix_nano,
                         lr.severity_number,
                         lr.severity_text,
-                        _pb_value(lr.body) if lr.HasField("body") else None,
+                        body_value.string_value if kind == "string_value" else _pb_value(body_value),
                         lr.event_name,
                         lr.trace_id.hex(),
                         lr.span_id.hex(),
-                        {kv.key: _pb_value(kv.value) for kv in lr.attributes},
+                        _pb_attributes(lr.attributes),
                         resource,
                         scope_name,
                         scope_version,
