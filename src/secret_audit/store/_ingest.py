@@ -49,14 +49,15 @@ class IngestResult:
     dropped_non_audit: int = 0
     errors: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    rows: list[Any] = field(default_factory=list)
+    rows: list[tuple[int, list[Any]]] = field(default_factory=list)
     received_at: Any = None
 
     def events(self) -> list[dict[str, Any]]:
         """The stored rows in the API's JSON form, built on demand for live subscribers."""
         out = []
-        for row in self.rows:
-            values = dict(zip(("id", *COLUMNS), row, strict=True))
+        for row_id, row in self.rows:
+            values = dict(zip(COLUMNS, row, strict=True))
+            values["id"] = row_id
             values["received_at"] = self.received_at
             out.append(event_json(values))
         return out
@@ -146,18 +147,20 @@ class Ingestor:
         ).fetchall()
         result.received_at = ids[0][1]
         next_id = iter(ids)
-        rows: list[list[Any]] = []
+        rows: list[tuple[int, list[Any]]] = []
         resources: dict[int, Jsonb] = {}
+        empty = Jsonb({}, _dumps)
         # Hashing and row building happen while the server already digests the rows sent so far.
         with conn.cursor() as cur, cur.copy(_COPY) as copy:
             copy.set_types(_TYPES)
             for walk in walks:
                 for p in walk.run():
-                    full = [next(next_id)[0], *p.row]
-                    rows.append(full)
-                    out = full.copy()
-                    out[_ATTRS] = Jsonb(full[_ATTRS], _dumps)
-                    res = full[_RESOURCE]
+                    row_id = next(next_id)[0]
+                    rows.append((row_id, p.row))
+                    out = [row_id, *p.row]
+                    attrs = out[_ATTRS]
+                    out[_ATTRS] = Jsonb(attrs, _dumps) if attrs else empty
+                    res = out[_RESOURCE]
                     wrapped = resources.get(id(res))
                     if wrapped is None:
                         wrapped = resources[id(res)] = Jsonb(res, _dumps)
