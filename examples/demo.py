@@ -75,6 +75,29 @@ def _wait_http(url: str, proc: subprocess.Popen[Any], timeout: float, log: Path)
     raise RuntimeError(f"{url} not ready within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def _serve(cmd: list[str], env: dict[str, str], port_var: str, log: Path, health: str,
+           timeout: float) -> tuple[subprocess.Popen[Any], str]:
+    """Start an HTTP server on a free loopback port and wait until ``health`` answers 200.
+
+    A port picked as free can be taken by another process before the server binds it (tests run in
+    parallel here): then the server exits with "address already in use" and another port is tried.
+    """
+    for attempt in range(3):
+        port = free_port()
+        with open(log, "a") as out:
+            proc = subprocess.Popen(cmd, env={**env, port_var: str(port)}, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(url + health, proc, timeout, log)
+            return proc, url
+        except RuntimeError:
+            _stop(proc)
+            if attempt == 2 or "address already in use" not in log.read_text(errors="replace"):
+                raise
+    raise AssertionError("unreachable")
+
+
 def _stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -132,21 +155,18 @@ def _stop_postgres(pgdata: Path) -> None:
 @contextlib.contextmanager
 def audit_store(workdir: Path, *, non_audit: str = "reject") -> Iterator[Store]:
     """``secret-audit store serve`` on an embedded PostgreSQL in ``workdir``; stopped and deleted on exit."""
-    port = free_port()
     pgdata = workdir / "pgdata"
     env = _clean_env(
         OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR=str(pgdata),
         OTEL_PYTHON_SECRET_AUDIT_STORE_HOST="127.0.0.1",
-        OTEL_PYTHON_SECRET_AUDIT_STORE_PORT=str(port),
         OTEL_PYTHON_SECRET_AUDIT_STORE_NON_AUDIT=non_audit,
     )
     log = workdir / "store.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "secret-audit"), "store", "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    log.write_text("")
+    proc: subprocess.Popen[Any] | None = None
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/readyz", proc, 90, log)
+        proc, url = _serve([str(BIN / "secret-audit"), "store", "serve"], env, "OTEL_PYTHON_SECRET_AUDIT_STORE_PORT",
+                           log, "/readyz", 90)
         tokens = []
         for name, role in (("demo-app", "ingest"), ("demo-auditor", "auditor")):
             made = subprocess.run([str(BIN / "secret-audit"), "tokens", "create", "--name", name, "--role", role],
@@ -154,7 +174,8 @@ def audit_store(workdir: Path, *, non_audit: str = "reject") -> Iterator[Store]:
             tokens.append(made.stdout.strip().splitlines()[-1])
         yield Store(url, tokens[0], tokens[1], env, log)
     finally:
-        _stop(proc)
+        if proc is not None:
+            _stop(proc)
         _stop_postgres(pgdata)
         shutil.rmtree(pgdata, ignore_errors=True)
 
@@ -263,8 +284,6 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         jaeger = stack.enter_context(otlp_receiver())
         say(f"OTLP traces receiver (stand-in for Jaeger) {jaeger.url}")
 
-        app_port = free_port()
-        app_url = f"http://127.0.0.1:{app_port}"
         env = _clean_env(
             OTEL_SERVICE_NAME="secret-service",
             OTEL_RESOURCE_ATTRIBUTES="deployment.environment=demo",
@@ -284,22 +303,20 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
             GCP_PROJECT=vault.project,
             STARTUP_SECRETS=",".join(vault.names[:2]),
             REFRESH_SECRETS=vault.names[0],
-            REFRESH_INTERVAL="0.5",
+            REFRESH_INTERVAL="0.3",
             TRUSTED_PROXIES="127.0.0.1",
             HOST="127.0.0.1",
-            PORT=str(app_port),
         )
         if vault.grpc_target:
             env["SECRET_MANAGER_GRPC_TARGET"] = vault.grpc_target
         say("\n$ opentelemetry-instrument python examples/secret_service/app.py")
-        with open(echo_file, "w") as out:
-            app = subprocess.Popen(
-                [str(BIN / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples/secret_service/app.py")],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        echo_file.write_text("")
+        app, app_url = _serve(
+            [str(BIN / "opentelemetry-instrument"), sys.executable, str(ROOT / "examples/secret_service/app.py")],
+            env, "PORT", echo_file, "/healthz", 60)
         try:
-            _wait_http(f"{app_url}/healthz", app, 60, echo_file)
             requests = _drive(app_url, vault)
-            time.sleep(1.2)  # let the background refresher make its internal reads
+            time.sleep(0.8)  # let the background refresher make a couple of internal reads
         finally:
             _stop(app)
         for line, status in requests:
@@ -368,8 +385,14 @@ def main() -> int:
     print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
     print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "
           "have been stopped.")
-    ok = result.verify_rc == 0 and bool(events) and all(status < 500 for _, status in result.requests)
-    return 0 if ok else 1
+    problems = [text for failed, text in [
+        (result.verify_rc != 0, f"`secret-audit verify` exited {result.verify_rc}"),
+        (not events, "no audit record reached the store"),
+        (any(status >= 500 for _, status in result.requests), "a request failed with a server error"),
+    ] if failed]
+    for text in problems:
+        print(f"demo FAILED: {text} (logs: {out})", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

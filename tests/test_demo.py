@@ -190,7 +190,8 @@ def test_demo_sh_as_a_user_runs_it(tmp_path):
                           check=False, env={**demo._clean_env(), "SECRET_AUDIT_DEMO_DIR": str(tmp_path)})
     took = time.monotonic() - started
     out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    logs = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(tmp_path.glob("*.log")))
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr[-5000:]}{logs}"
     assert "LOCAL STAND-IN" in out
     assert "OK, every chain verifies" in out
     assert re.search(r"Audit trail in the store \((\d+) secret.access records", out)
@@ -199,3 +200,20 @@ def test_demo_sh_as_a_user_runs_it(tmp_path):
     assert (tmp_path / "audit-trail.jsonl").stat().st_size > 0
     assert took < 60, f"demo.sh took {took:.1f}s"
     print(f"scripts/demo.sh took {took:.1f}s")
+
+
+def test_a_port_taken_between_pick_and_bind_is_retried(tmp_path, monkeypatch):
+    """Parallel tests can grab a port the demo picked as free; the server then fails to bind and another is tried."""
+    from servers import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy])
+        monkeypatch.setattr(demo, "free_port", lambda: next(ports, None) or free_port())
+        with demo.audit_store(tmp_path) as store:
+            assert not store.url.endswith(f":{busy}")
+            assert store.cli("verify").returncode == 0
+    assert "address already in use" in (tmp_path / "store.log").read_text()
+    assert not (tmp_path / "pgdata").exists()
