@@ -217,3 +217,40 @@ def test_a_port_taken_between_pick_and_bind_is_retried(tmp_path, monkeypatch):
             assert store.cli("verify").returncode == 0
     assert "address already in use" in (tmp_path / "store.log").read_text()
     assert not (tmp_path / "pgdata").exists()
+
+
+def test_real_gcp_only_with_a_project_and_usable_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    assert demo._real_gcp() is None
+    # a project but credentials that cannot be loaded (a missing key file: no network is tried)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "some-project")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    assert demo._real_gcp() is None
+    with demo.secret_manager() as vault:
+        assert vault.mode == "stand-in"
+        assert vault.grpc_target is not None
+        assert vault.names == list(demo.SEED)
+
+
+def test_real_gcp_is_chosen_with_a_project_and_loadable_credentials(monkeypatch, tmp_path):
+    """Loading a service-account key needs no network; the demo then reads real GCP (not run here)."""
+    import json as _json
+
+    rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
+    from cryptography.hazmat.primitives import serialization
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    info = {"type": "service_account", "project_id": "some-project", "private_key_id": "0" * 40,
+            "private_key": pem, "client_email": "demo@some-project.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}
+    path = tmp_path / "key.json"
+    path.write_text(_json.dumps(info))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "some-project")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    monkeypatch.setenv("SECRET_AUDIT_DEMO_SECRETS", "api-key,db-password")
+    assert demo._real_gcp() == "some-project"
+    with demo.secret_manager() as vault:
+        assert (vault.mode, vault.project, vault.grpc_target, vault.names) == (
+            "gcp", "some-project", None, ["api-key", "db-password"])
