@@ -637,3 +637,49 @@ def test_file_copy_replays_into_the_store_with_every_contract_field(store, real_
     verify = store.cli("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "OK" in verify.stdout
+
+
+def resolve_like_the_collector(node: Any, env: dict[str, str]) -> Any:
+    """${env:NAME} and ${env:NAME:-default}; a value that is one whole reference is read as YAML."""
+    if isinstance(node, dict):
+        return {k: resolve_like_the_collector(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_like_the_collector(v, env) for v in node]
+    if not isinstance(node, str) or "${env:" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        return env.get(m.group(1)) or (m.group(2) or "")
+
+    whole = ENV_REF.fullmatch(node)
+    text = ENV_REF.sub(sub, node)
+    if whole:
+        return yaml.safe_load(text) if text else None
+    return text
+
+
+def blank_is_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: blank_is_none(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [blank_is_none(v) for v in node]
+    return None if node == "" else node
+
+
+@pytest.mark.parametrize("files", [[c] for c in CONFIGS] + [list(GATEWAY)], ids=lambda f: "+".join(f))
+def test_the_real_collector_reads_our_yaml_as_these_tests_do(files):
+    """Anchors, quoting, regex escapes and ${env:...} defaults: otelcol-contrib's own loader agrees with PyYAML."""
+    binary = collector_binary()
+    env = dummy_env()
+    args = [f"--config={CONFIG_DIR / f}" for f in files]
+    proc = subprocess.run([binary, "print-initial-config", "--feature-gates=otelcol.printInitialConfig", *args],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    theirs = yaml.safe_load(proc.stdout)
+    ours = load(files[0])
+    for extra in files[1:]:
+        ours = merge(ours, load(extra))
+    ours = resolve_like_the_collector(ours, env)
+    assert theirs["service"]["pipelines"]
+    assert theirs["exporters"]
+    assert blank_is_none(theirs) == blank_is_none(ours)
