@@ -683,3 +683,21 @@ def test_the_real_collector_reads_our_yaml_as_these_tests_do(files):
     assert theirs["service"]["pipelines"]
     assert theirs["exporters"]
     assert blank_is_none(theirs) == blank_is_none(ours)
+
+
+def test_syslog_structured_data_is_valid_rfc_5424():
+    """SD-ID and PARAM-NAMEs: 1 to 32 printable US-ASCII characters, none of '=', ' ', ']', '"'."""
+    statements = load("otelcol-audit.yaml")["processors"]["transform/syslog"]["log_statements"][0]["statements"]
+    (sd,) = [s for s in statements if '"structured_data"' in s]
+    m = re.search(r'\{"([^"]+)": \{(.*)\}\}\)$', sd)
+    assert m, sd
+    sd_id, body = m.group(1), m.group(2)
+    names = re.findall(r'"([^"]+)": ', body)
+    assert len(names) == len(set(names)) >= 10
+    valid = re.compile(r'^[!#-<>-\\^-~]{1,32}$')  # printable ASCII minus space, '"', '=' and ']'
+    for name in [sd_id, *names]:
+        assert valid.match(name), name
+    assert re.fullmatch(r"[a-z]+@[0-9]+", sd_id)  # a private SD-ID needs @<enterprise number>
+    # the chain fields are in every message, so a SIEM can check gaps and hashes as the store does
+    for attr in ("audit.event.id", "audit.stream.id", "audit.sequence", "audit.chain.hash", "audit.chain.prev"):
+        assert f'log.attributes["{attr}"]' in body
