@@ -54,7 +54,8 @@ def mount(app: FastAPI, api: Api) -> None:
             return _otlp_error(415, "content-type must be application/x-protobuf or application/json", False)
         try:
             body = await read_body(request, store.config.max_body_bytes)
-            records = decode_protobuf(body) if is_pb else decode_json(body)
+            # decoding a large batch takes milliseconds: keep it off the event loop
+            records = await run_in_threadpool(decode_protobuf if is_pb else decode_json, body)
         except BodyError as exc:
             return _otlp_error(exc.status, exc.message, is_pb)
         except BadPayload as exc:
