@@ -138,6 +138,8 @@ class RedisSource:
 SOURCE = RedisSource()
 
 Submit = Callable[[Access], None]
+# Building the NamedTuple from a full field tuple skips its Python-level __new__ (hot path).
+_new_tuple = tuple.__new__
 Found = tuple[Command, list[tuple[Any, str]], list[int]]
 
 
@@ -171,22 +173,30 @@ class Wrappers:
             return None
         return (spec, keys, hits) if hits else None
 
-    def _items(
-        self, args: Sequence[Any], found: Found, reply: Any, error: BaseException | None
-    ) -> list[Item]:
-        """One Item per secret key of one command, with the result its reply tells."""
-        spec, keys, hits = found
+    @staticmethod
+    def _results(
+        args: Sequence[Any], found: Found, reply: Any, error: BaseException | None
+    ) -> Sequence[str | None]:
+        """What the reply tells about each key (found, created, ...); read now, the reply is not kept."""
+        if error is not None:
+            return ()
+        spec, keys, _ = found
+        try:
+            return spec.result(args, reply, len(keys))
+        except Exception:
+            return ()
+
+    @staticmethod
+    def _make_items(
+        args: Sequence[Any], found: Found, results: Sequence[str | None], error: BaseException | None
+    ) -> tuple[Item, ...]:
+        """One Item per secret key of one command."""
+        _, keys, hits = found
         action = args[0]
         if not isinstance(action, str):
             action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
         action = action.upper()
-        results: Sequence[str | None] = ()
-        if error is None:
-            try:
-                results = spec.result(args, reply, len(keys))
-            except Exception:
-                results = ()
-        return [
+        return tuple(
             Item(
                 name=_key_name(keys[i][0]),
                 operation=keys[i][1],
@@ -195,7 +205,17 @@ class Wrappers:
                 error=error,
             )
             for i in hits
-        ]
+        )
+
+    def _items(
+        self, args: Sequence[Any], found: Found, reply: Any, error: BaseException | None
+    ) -> tuple[Item, ...]:
+        return self._make_items(args, found, self._results(args, found, reply, error), error)
+
+    def _expand_single(self, pending: Any) -> tuple[Item, ...]:
+        """Build a single command's Items on the worker, from what the caller's path kept."""
+        args, found, results, error = pending
+        return self._make_items(args, found, results, error)
 
     def _access(
         self,
@@ -208,7 +228,7 @@ class Wrappers:
         reply: Any,
         error: BaseException | None,
     ) -> Access:
-        items = tuple(self._items(args, found, reply, error))
+        items = self._items(args, found, reply, error)
         return Access(SOURCE, start, end, ctx, target, items, "success", error)
 
     def _record(
@@ -222,9 +242,12 @@ class Wrappers:
         reply: Any,
         error: BaseException | None,
     ) -> None:
-        """Build and enqueue the access; any failure here is counted, never raised to the caller."""
+        """Enqueue the access with only what the worker needs; failures are counted, never raised."""
         try:
-            self.submit(self._access(target, args, found, start, end, ctx, reply, error))
+            pending = (args, found, self._results(args, found, reply, error), error)
+            expand = self._expand_single
+            fields = (SOURCE, start, end, ctx, target, None, "success", error, expand, pending, None)
+            self.submit(_new_tuple(Access, fields))
         except Exception:
             _note_internal_error()
 
