@@ -84,7 +84,9 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
         where = f"embedded PostgreSQL, data directory {store.embedded}"
     print(f"secret-audit store: listening on http://{host}:{port} ({where})", file=sys.stderr)
     try:
-        uvicorn.run(create_app(store, manage_store=False), host=host, port=port, log_level="info",
+        # The app closes the store (and an embedded PostgreSQL) during uvicorn's graceful shutdown:
+        # uvicorn re-raises SIGTERM/SIGINT afterwards, so the finally below may never run.
+        uvicorn.run(create_app(store, manage_store=True), host=host, port=port, log_level="info",
                     proxy_headers=False)
     finally:
         store.close()
