@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from _common import free_port
 
 TARGET = 50_000
+# audit.event.id's KeyValue: key, then AnyValue{string_value} = "<uuid4>:<sequence>".
+_EVENT_ID = re.compile(rb"audit\.event\.id\x12.\x0a(.)", re.S)
 
 
 def _receiver(port: int, conn) -> None:  # runs in a child process
@@ -44,19 +47,20 @@ def _receiver(port: int, conn) -> None:  # runs in a child process
             elif self.path != "/v1/logs":
                 payload = b""  # spans: accepted and discarded
             else:
+                # Parse with opentelemetry-proto (C) to count records and prove the body is valid,
+                # then read each record's event id ("<stream>:<sequence>") with one regex pass, so
+                # this receiver is never the bottleneck of what it measures.
                 req = ExportLogsServiceRequest.FromString(body)
+                n = sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs)
                 now = time.monotonic()
-                for rl in req.resource_logs:
-                    for sl in rl.scope_logs:
-                        for lr in sl.log_records:
-                            stream = seq = None
-                            for kv in lr.attributes:
-                                if kv.key == "audit.sequence":
-                                    seq = kv.value.int_value
-                                elif kv.key == "audit.stream.id":
-                                    stream = kv.value.string_value
-                            seqs.setdefault(stream, []).append(seq)
-                            state["count"] += 1
+                found = 0
+                for m in _EVENT_ID.finditer(body):
+                    stream, _, seq = body[m.end() : m.end() + m.group(1)[0]].partition(b":")
+                    seqs.setdefault(stream.decode(), []).append(int(seq))
+                    found += 1
+                if found != n:
+                    raise ValueError(f"{n} records but {found} event ids")
+                state["count"] += n
                 if state["first"] is None:
                     state["first"] = now
                 state["last"] = now
