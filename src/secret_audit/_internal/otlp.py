@@ -116,21 +116,61 @@ _FIELD_CACHE: dict[tuple[str, str], bytes] = {}
 _FIELD_CACHE_LIMIT = 8192
 
 
+_KEY_PREFIX: dict[str, bytes] = {}
+
+
+def _key_prefix(key: str) -> bytes:
+    """KeyValue's key field (tag, length, UTF-8), cached per attribute name."""
+    prefix = _KEY_PREFIX.get(key)
+    if prefix is None:
+        prefix = _ld(b"\x0a", key.encode("utf-8")) if key else b""
+        if len(_KEY_PREFIX) < 4096:
+            _KEY_PREFIX[key] = prefix
+    return prefix
+
+
 def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
-    """LogRecord attributes (field 6), reusing the bytes of low-cardinality string attributes."""
+    """LogRecord attributes (field 6): short strings, ints and floats written in one step each,
+    and the bytes of low-cardinality string attributes reused whole."""
     cache = _FIELD_CACHE
+    small = _SMALL
     parts = []
+    append = parts.append
     for k, v in attributes.items():
-        if k in _REPEATING and type(v) is str:
-            field = cache.get((k, v))
-            if field is None:
-                field = _ld(b"\x32", _kv(k, v))
-                if len(cache) >= _FIELD_CACHE_LIMIT:
-                    cache.clear()
-                cache[(k, v)] = field
-            parts.append(field)
-        else:
-            parts.append(_ld(b"\x32", _kv(k, v)))
+        t = type(v)
+        if t is str:
+            if k in _REPEATING:
+                field = cache.get((k, v))
+                if field is None:
+                    field = _ld(b"\x32", _kv(k, v))
+                    if len(cache) >= _FIELD_CACHE_LIMIT:
+                        cache.clear()
+                    cache[(k, v)] = field
+                append(field)
+                continue
+            prefix = _KEY_PREFIX.get(k) or _key_prefix(k)
+            raw = v.encode("utf-8")
+            n = len(raw)
+            kv_len = len(prefix) + n + 4
+            if kv_len < 128:
+                head = (b"\x32", small[kv_len], prefix, b"\x12", small[n + 2], b"\x0a", small[n], raw)
+                append(b"".join(head))
+                continue
+        elif t is float:
+            prefix = _KEY_PREFIX.get(k) or _key_prefix(k)
+            kv_len = len(prefix) + 11
+            if kv_len < 128:
+                append(b"".join((b"\x32", small[kv_len], prefix, b"\x12\x09\x21", _pack_d(v))))
+                continue
+        elif t is int:
+            prefix = _KEY_PREFIX.get(k) or _key_prefix(k)
+            value = _varint(v)
+            kv_len = len(prefix) + len(value) + 3
+            if kv_len < 128:
+                head = (b"\x32", small[kv_len], prefix, b"\x12", small[len(value) + 1], b"\x18", value)
+                append(b"".join(head))
+                continue
+        append(_ld(b"\x32", _kv(k, v)))
     return b"".join(parts)
 
 
