@@ -134,7 +134,7 @@ def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
     and the bytes of low-cardinality string attributes reused whole."""
     cache = _FIELD_CACHE
     small = _SMALL
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     for k, v in attributes.items():
         t = type(v)
@@ -167,8 +167,8 @@ def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
             value = _varint(v)
             kv_len = len(prefix) + len(value) + 3
             if kv_len < 128:
-                head = (b"\x32", small[kv_len], prefix, b"\x12", small[len(value) + 1], b"\x18", value)
-                append(b"".join(head))
+                append(b"".join((b"\x32", small[kv_len], prefix, b"\x12", small[len(value) + 1])))
+                append(b"\x18" + value)
                 continue
         append(_ld(b"\x32", _kv(k, v)))
     return b"".join(parts)
