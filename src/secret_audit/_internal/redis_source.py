@@ -138,6 +138,7 @@ class RedisSource:
 SOURCE = RedisSource()
 
 Submit = Callable[[Access], None]
+_PLAIN_KEYS = (str, bytes)
 # Building the NamedTuple from a full field tuple skips its Python-level __new__ (hot path).
 _new_tuple = tuple.__new__
 Found = tuple[Command, list[tuple[Any, str]], list[int]]
@@ -244,6 +245,13 @@ class Wrappers:
     ) -> None:
         """Enqueue the access with only what the worker needs; failures are counted, never raised."""
         try:
+            keys = found[1]
+            for i in found[2]:
+                if type(keys[i][0]) not in _PLAIN_KEYS:
+                    # A memoryview or bytearray key may be reused by the caller before the worker
+                    # reads it: keep the name it had at call time.
+                    found = (found[0], [(_key_name(k), op) for k, op in keys], found[2])
+                    break
             pending = (args, found, self._results(args, found, reply, error), error)
             expand = self._expand_single
             fields = (SOURCE, start, end, ctx, target, None, "success", error, expand, pending, None)
