@@ -108,7 +108,7 @@ def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
         for p in prepared:
             finish(p)  # type: ignore[arg-type]
         rows.append([
-            tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v for v in p.row)  # type: ignore[union-attr]
+            tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v for v in p.row[1:])  # type: ignore[union-attr]
             for p in prepared
         ])
     with psycopg.connect(conninfo) as conn:

@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.adapt import Buffer, Dumper
+from psycopg.pq import Format
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
-from secret_audit.store._prepare import INTEGRITY, Prepared, finish, prepare
+from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finish, prepare
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event
 from secret_audit.store.migrations import ensure_partitions
 
@@ -22,8 +23,35 @@ __all__ = ["Finding", "IngestResult", "Ingestor"]
 
 _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
 _TYPES = ("int8", *COLUMN_TYPES)
-_ATTRS = COLUMNS.index("attributes") + 1
-_RESOURCE = COLUMNS.index("resource") + 1
+_ROW_COLUMNS = ("id", *COLUMNS)
+_JSONB_OID = 3802
+
+
+class _JsonbMarker:
+    """Never instantiated: registers _JsonbRowDumper for the jsonb oid on an ingest cursor only."""
+
+
+class _JsonbRowDumper(Dumper):
+    """Binary jsonb for COPY straight from a row's dict, caching the few resource maps of a request."""
+
+    format = Format.BINARY
+    oid = _JSONB_OID
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        self._cache: dict[int, bytes] = {}
+
+    def dump(self, obj: Any) -> Buffer | None:
+        if not obj:
+            return b"\x01{}"
+        key = id(obj)
+        data = self._cache.get(key)
+        if data is None:
+            data = b"\x01" + orjson.dumps(obj)
+            # the request's rows hold every mapping until the COPY ends, so ids are not reused meanwhile
+            if len(self._cache) < 64:
+                self._cache[key] = data
+        return data
 
 
 @dataclass(slots=True)
@@ -49,15 +77,14 @@ class IngestResult:
     dropped_non_audit: int = 0
     errors: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    rows: list[tuple[int, list[Any]]] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as stored
     received_at: Any = None
 
     def events(self) -> list[dict[str, Any]]:
         """The stored rows in the API's JSON form, built on demand for live subscribers."""
         out = []
-        for row_id, row in self.rows:
-            values = dict(zip(COLUMNS, row, strict=True))
-            values["id"] = row_id
+        for row in self.rows:
+            values = dict(zip(_ROW_COLUMNS, row, strict=True))
             values["received_at"] = self.received_at
             out.append(event_json(values))
         return out
@@ -85,7 +112,8 @@ class Ingestor:
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, bool] = {}
         for i, rec in enumerate(records):
-            if not is_audit_event(rec.event_name):
+            name = rec.event_name
+            if name != "secret.access" and not is_audit_event(name):
                 if self.non_audit == "drop":
                     result.dropped_non_audit += 1
                 else:
@@ -147,25 +175,20 @@ class Ingestor:
         ).fetchall()
         result.received_at = ids[0][1]
         next_id = iter(ids)
-        rows: list[tuple[int, list[Any]]] = []
-        resources: dict[int, Jsonb] = {}
-        empty = Jsonb({}, _dumps)
+        rows: list[list[Any]] = []
+        append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
-        with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            copy.set_types(_TYPES)
-            for walk in walks:
-                for p in walk.run():
-                    row_id = next(next_id)[0]
-                    rows.append((row_id, p.row))
-                    out = [row_id, *p.row]
-                    attrs = out[_ATTRS]
-                    out[_ATTRS] = Jsonb(attrs, _dumps) if attrs else empty
-                    res = out[_RESOURCE]
-                    wrapped = resources.get(id(res))
-                    if wrapped is None:
-                        wrapped = resources[id(res)] = Jsonb(res, _dumps)
-                    out[_RESOURCE] = wrapped
-                    copy.write_row(out)
+        with conn.cursor() as cur:
+            cur.adapters.register_dumper(_JsonbMarker, _JsonbRowDumper)
+            with cur.copy(_COPY) as copy:
+                copy.set_types(_TYPES)
+                write_row = copy.write_row
+                for walk in walks:
+                    for p in walk.run():
+                        row = p.row
+                        row[ROW_ID] = next(next_id)[0]
+                        append(row)
+                        write_row(row)
         if result.findings:
             _insert_findings(conn, result.findings)
         per_stream: dict[str, int] = defaultdict(int)
@@ -283,10 +306,6 @@ class _Walk:
                 self.head_seq, self.head_hash = seq, p.claimed
             self.stored += 1
             yield p
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
 
 
 def _insert_findings(conn: psycopg.Connection[Any], findings: list[Finding]) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import COLUMNS, TYPED, time_of
 
-__all__ = ["INTEGRITY", "Prepared", "finish", "prepare"]
+__all__ = ["EMPTY", "INTEGRITY", "ROW_ID", "Prepared", "finish", "prepare"]
 
 _BIGINT_MAX = (1 << 63) - 1
 
@@ -32,19 +31,23 @@ class Prepared:
     row: list[Any] = field(default_factory=list)
 
 
-_TIME = COLUMNS.index("time")
-_SERVICE = COLUMNS.index("service_name")
-INTEGRITY = COLUMNS.index("integrity")
+# A row is ("id", *COLUMNS): the id slot is filled when ids are drawn, just before COPY.
+ROW_ID = 0
+INTEGRITY = 1 + COLUMNS.index("integrity")
 _TYPED_ITEMS = tuple((key, kind) for key, (_, kind) in TYPED.items())
 _TYPED_SET = frozenset(TYPED)
 _STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
 _STR_OR_NONE = frozenset({str, type(None)})
 assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
-_HASH_RE = re.compile(r"[0-9a-f]{64}")
+_HEX = "0123456789abcdef"
+_HASH_KEY = chain.HASH_ATTRIBUTE
+# The attribute map of a record whose attributes are all typed columns; shared, never mutated.
+EMPTY: dict[str, Any] = {}
 
 
-def _is_hash(v: str) -> bool:
-    return _HASH_RE.fullmatch(v) is not None
+def _is_hash(v: Any) -> TypeGuard[str]:
+    # 64 characters, all lowercase hex (strip removes every hex digit from both ends)
+    return type(v) is str and len(v) == 64 and not v.strip(_HEX)
 
 
 def _has_nul(value: Any) -> bool:
@@ -65,16 +68,16 @@ def prepare(
     stream = attrs.get("audit.stream.id")
     seq = attrs.get("audit.sequence")
     prev = attrs.get("audit.chain.prev")
-    claimed = attrs.get("audit.chain.hash")
+    claimed = attrs.get(_HASH_KEY)
     if not isinstance(stream, str) or not stream:
         return "missing audit.stream.id"
     if type(seq) is not int or not 1 <= seq <= _BIGINT_MAX:
         return "audit.sequence must be an integer >= 1"
     if attrs.get("audit.event.id") != f"{stream}:{seq}":
         return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
-    if not isinstance(prev, str) or not _is_hash(prev):
+    if not _is_hash(prev):
         return "audit.chain.prev must be 64 lowercase hex digits"
-    if not isinstance(claimed, str) or not _is_hash(claimed):
+    if not _is_hash(claimed):
         return "audit.chain.hash must be 64 lowercase hex digits"
     body = rec.body
     if body is not None and not isinstance(body, str):
@@ -109,6 +112,10 @@ def finish(p: Prepared) -> str | None:
     """Recompute the record's hash and build its row; returns the reason when it cannot be stored."""
     rec = p.rec
     attrs = rec.attributes
+    # the producer's canonical form hashes every attribute but the hash itself; a plain copy without it
+    # is cheaper than the filtering the producer's function would otherwise do
+    hashed = attrs.copy()
+    del hashed[_HASH_KEY]
     try:
         canonical = chain.canonical_bytes(
             time_unix_nano=rec.time_unix_nano,
@@ -117,7 +124,7 @@ def finish(p: Prepared) -> str | None:
             body=rec.body,
             trace_id=rec.trace_id,
             span_id=rec.span_id,
-            attributes=attrs,
+            attributes=hashed,
         )
     except (TypeError, ValueError) as exc:
         return f"attributes cannot be canonicalised: {exc}"
@@ -125,15 +132,20 @@ def finish(p: Prepared) -> str | None:
     if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)):
         return "NUL characters cannot be stored"
     p.computed = chain.chain_hash(canonical)
-    typed = [attrs.get(name) for name in _STR_NAMES]
+    typed = list(map(attrs.get, _STR_NAMES))
     duration = attrs.get("audit.duration_ms")
-    fits = set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float)
-    typed.append(duration)
-    typed.append(p.sequence)
-    if fits:
-        rest = {k: v for k, v in attrs.items() if k not in _TYPED_SET}
+    present = len(_STR_NAMES) + 1 - typed.count(None)  # + audit.sequence, always there
+    if set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float):
+        if duration is not None:
+            present += 1
+        # the common case: every attribute has its column, so nothing is left for JSONB
+        rest = EMPTY if len(attrs) == present else {k: v for k, v in attrs.items() if k not in _TYPED_SET}
+        typed.append(duration)
+        typed.append(p.sequence)
     else:
         # a contract field with an unexpected type stays in JSONB, exactly as sent
+        typed.append(duration)
+        typed.append(p.sequence)
         rest = dict(attrs)
         for i, (name, kind) in enumerate(_TYPED_ITEMS):
             v = typed[i]
@@ -144,6 +156,7 @@ def finish(p: Prepared) -> str | None:
     resource = rec.resource
     instance = resource.get("service.instance.id")
     p.row = [
+        None,
         p.time,
         rec.time_unix_nano,
         rec.observed_unix_nano,
