@@ -110,7 +110,7 @@ class Ingestor:
         """Store every acceptable record of one request atomically and report what happened."""
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
-        resources: dict[int, bool] = {}
+        resources: dict[int, Any] = {}
         for i, rec in enumerate(records):
             name = rec.event_name
             if name != "secret.access" and not is_audit_event(name):
@@ -170,11 +170,13 @@ class Ingestor:
         total = sum(len(w.batch) for w in walks)
         if not total:
             return
-        ids = conn.execute(
-            "SELECT nextval('audit_events_id_seq'), now() FROM generate_series(1, %s)", (total,)
-        ).fetchall()
-        result.received_at = ids[0][1]
-        next_id = iter(ids)
+        drawn = conn.execute(
+            "SELECT now(), array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, %s))",
+            (total,), binary=True,
+        ).fetchone()
+        assert drawn is not None
+        result.received_at = drawn[0]
+        next_id = iter(drawn[1])
         rows: list[list[Any]] = []
         append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
@@ -186,7 +188,7 @@ class Ingestor:
                 for walk in walks:
                     for p in walk.run():
                         row = p.row
-                        row[ROW_ID] = next(next_id)[0]
+                        row[ROW_ID] = next(next_id)
                         append(row)
                         write_row(row)
         if result.findings:

@@ -26,6 +26,7 @@ class Prepared:
     tenant: str | None
     time: Any
     service_name: str | None
+    instance: str | None
     rec: Record
     computed: str = ""
     row: list[Any] = field(default_factory=list)
@@ -39,15 +40,19 @@ _TYPED_SET = frozenset(TYPED)
 _STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
 _STR_OR_NONE = frozenset({str, type(None)})
 assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
-_HEX = "0123456789abcdef"
 _HASH_KEY = chain.HASH_ATTRIBUTE
 # The attribute map of a record whose attributes are all typed columns; shared, never mutated.
 EMPTY: dict[str, Any] = {}
 
 
 def _is_hash(v: Any) -> TypeGuard[str]:
-    # 64 characters, all lowercase hex (strip removes every hex digit from both ends)
-    return type(v) is str and len(v) == 64 and not v.strip(_HEX)
+    # 64 lowercase hex digits: fromhex also takes upper case and spaces, which the round trip refuses
+    if type(v) is not str or len(v) != 64:
+        return False
+    try:
+        return bytes.fromhex(v).hex() == v
+    except ValueError:
+        return False
 
 
 def _has_nul(value: Any) -> bool:
@@ -61,7 +66,7 @@ def _has_nul(value: Any) -> bool:
 
 
 def prepare(
-    index: int, rec: Record, scope_tenant: str | None, resources: dict[int, bool] | None = None
+    index: int, rec: Record, scope_tenant: str | None, resources: dict[int, Any] | None = None
 ) -> Prepared | str:
     """Check one audit record against the contract; return its row or the reason it is refused."""
     attrs = rec.attributes
@@ -87,25 +92,35 @@ def prepare(
     if not 0 <= rec.severity_number <= 24:
         return "severity_number must be 0..24"
     resource = rec.resource
+    # a request's records share a few resources: read each once
     key = id(resource)
-    if resources is None or key not in resources:
-        ok = not _has_nul(resource)
+    facts = resources.get(key) if resources is not None else None
+    if facts is None:
+        facts = _resource_facts(resource)
         if resources is not None:
-            resources[key] = ok
-    else:
-        ok = resources[key]
+            resources[key] = facts
+    ok, tenant, service, instance = facts
     if not ok:
         return "NUL characters cannot be stored"
-    namespace = resource.get("service.namespace")
-    tenant = namespace if isinstance(namespace, str) and namespace else None
     if scope_tenant is not None:
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
-    service = resource.get("service.name")
     moment = time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
-    return Prepared(index, stream, seq, prev, claimed, tenant, moment,
-                    service if isinstance(service, str) else None, rec)
+    return Prepared(index, stream, seq, prev, claimed, tenant, moment, service, instance, rec)
+
+
+def _resource_facts(resource: dict[str, Any]) -> tuple[bool, str | None, str | None, str | None]:
+    """Whether a resource can be stored, and its tenant, service name and instance id."""
+    namespace = resource.get("service.namespace")
+    service = resource.get("service.name")
+    instance = resource.get("service.instance.id")
+    return (
+        not _has_nul(resource),
+        namespace if isinstance(namespace, str) and namespace else None,
+        service if isinstance(service, str) else None,
+        instance if isinstance(instance, str) else None,
+    )
 
 
 def finish(p: Prepared) -> str | None:
@@ -128,14 +143,17 @@ def finish(p: Prepared) -> str | None:
         )
     except (TypeError, ValueError) as exc:
         return f"attributes cannot be canonicalised: {exc}"
-    # orjson writes NUL as \u0000; only then is the exact (slower) check needed.
-    if b"\\u0000" in canonical and (_has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)):
+    # orjson writes NUL as \u0000; only then is the exact (slower) check needed. Most records have no
+    # backslash at all, which one memchr finds out.
+    if b"\\" in canonical and b"\\u0000" in canonical and (
+        _has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)
+    ):
         return "NUL characters cannot be stored"
     p.computed = chain.chain_hash(canonical)
     typed = list(map(attrs.get, _STR_NAMES))
     duration = attrs.get("audit.duration_ms")
     present = len(_STR_NAMES) + 1 - typed.count(None)  # + audit.sequence, always there
-    if set(map(type, typed)) <= _STR_OR_NONE and (duration is None or type(duration) is float):
+    if _STR_OR_NONE.issuperset(map(type, typed)) and (duration is None or type(duration) is float):
         if duration is not None:
             present += 1
         # the common case: every attribute has its column, so nothing is left for JSONB
@@ -153,8 +171,6 @@ def finish(p: Prepared) -> str | None:
                 del rest[name]
             else:
                 typed[i] = None
-    resource = rec.resource
-    instance = resource.get("service.instance.id")
     p.row = [
         None,
         p.time,
@@ -168,12 +184,12 @@ def finish(p: Prepared) -> str | None:
         rec.span_id,
         p.tenant,
         p.service_name,
-        instance if isinstance(instance, str) else None,
+        p.instance,
         rec.scope_name,
         rec.scope_version,
         *typed,
         rest,
-        resource,
+        rec.resource,
         "ok",
     ]
     return None

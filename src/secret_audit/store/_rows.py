@@ -80,6 +80,7 @@ COLUMN_TYPES = (
 assert len(COLUMN_TYPES) == len(COLUMNS)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_DELTA = dt.timedelta
 
 
 def is_audit_event(event_name: str) -> bool:
@@ -89,7 +90,8 @@ def is_audit_event(event_name: str) -> bool:
 
 def time_of(time_unix_nano: int) -> dt.datetime:
     """The partition key for a record timestamp, to the microsecond."""
-    return _EPOCH + dt.timedelta(microseconds=time_unix_nano // 1000)
+    # timedelta(days, seconds, microseconds): positional arguments are cheaper than keywords
+    return _EPOCH + _DELTA(0, 0, time_unix_nano // 1000)
 
 
 def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
