@@ -110,3 +110,25 @@ def test_bad_spool_directory_is_a_configuration_error(tmp_path):
     target.write_text("x")
     with pytest.raises(ConfigurationError, match="OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR"):
         load_settings({"OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(target)})
+
+
+def test_a_leftover_spool_is_replayed_even_by_a_process_that_audits_nothing(tmp_path, redis_url):
+    prefix = "secret:leftover:" + secrets.token_hex(4)
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+        "OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS": "0",
+    }
+    first = launch(
+        dead, redis_url, str(HERE / "apps" / "spool_app.py"), prefix, "7",
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=dead + "/v1/logs", **env,
+    )
+    assert first.returncode == 0, first.stderr
+    assert spool_rows(tmp_path) >= 1
+    with otlp_receiver() as rx:
+        second = launch(rx.url, redis_url, str(HERE / "apps" / "spool_app.py"), prefix + ":none", "0", **env)
+        assert second.returncode == 0, second.stderr
+        records = rx.audit_records()
+    assert [r["attributes"]["secret.name"] for r in records] == [f"{prefix}:{i}" for i in range(7)]
+    assert spool_rows(tmp_path) == 0

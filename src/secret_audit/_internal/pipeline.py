@@ -145,6 +145,12 @@ class AuditPipeline:
         atexit.register(_at_exit, ref)
         if settings.handle_sigterm:
             _install_sigterm()
+        if settings.spool_dir:
+            from secret_audit._internal.spool import Spool
+
+            if os.path.exists(os.path.join(settings.spool_dir, Spool.FILENAME)):
+                # Records an earlier process spooled are replayed now, not at this one's first access.
+                self._start()
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -313,6 +319,11 @@ class AuditPipeline:
         # Our own exports must never be traced or audited by other instrumentations.
         otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         delay = self.settings.schedule_delay_ms / 1000
+        if self.settings.spool_dir:
+            try:
+                self._ensure_sdk()  # opens the spool, so a leftover one is replayed right away
+            except Exception:
+                _log.exception("secret-audit: cannot prepare the audit exporter")
         while True:
             woken = self._wake.wait(delay)
             self._wake.clear()
