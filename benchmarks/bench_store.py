@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -108,7 +107,7 @@ def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
         for p in prepared:
             finish(p)  # type: ignore[arg-type]
         rows.append([
-            tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v for v in p.row[1:])  # type: ignore[union-attr]
+            tuple(v[1:].decode() if isinstance(v, bytes) else v for v in p.row[1:])  # type: ignore[union-attr]
             for p in prepared
         ])
     with psycopg.connect(conninfo) as conn:

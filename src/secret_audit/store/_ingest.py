@@ -10,8 +10,6 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.adapt import Buffer, Dumper
-from psycopg.pq import Format
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
@@ -22,36 +20,11 @@ from secret_audit.store.migrations import ensure_partitions
 __all__ = ["Finding", "IngestResult", "Ingestor"]
 
 _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
-_TYPES = ("int8", *COLUMN_TYPES)
+# jsonb columns arrive already in jsonb's binary form: sent as bytea they pass through psycopg untouched
+# (binary COPY carries no type oids; the server reads them with jsonb's own receive function)
+_TYPES = ("int8", *("bytea" if t == "jsonb" else t for t in COLUMN_TYPES))
+_JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
 _ROW_COLUMNS = ("id", *COLUMNS)
-_JSONB_OID = 3802
-
-
-class _JsonbMarker:
-    """Never instantiated: registers _JsonbRowDumper for the jsonb oid on an ingest cursor only."""
-
-
-class _JsonbRowDumper(Dumper):
-    """Binary jsonb for COPY straight from a row's dict, caching the few resource maps of a request."""
-
-    format = Format.BINARY
-    oid = _JSONB_OID
-
-    def __init__(self, cls: type, context: Any = None) -> None:
-        super().__init__(cls, context)
-        self._cache: dict[int, bytes] = {}
-
-    def dump(self, obj: Any) -> Buffer | None:
-        if not obj:
-            return b"\x01{}"
-        key = id(obj)
-        data = self._cache.get(key)
-        if data is None:
-            data = b"\x01" + orjson.dumps(obj)
-            # the request's rows hold every mapping until the COPY ends, so ids are not reused meanwhile
-            if len(self._cache) < 64:
-                self._cache[key] = data
-        return data
 
 
 @dataclass(slots=True)
@@ -77,7 +50,7 @@ class IngestResult:
     dropped_non_audit: int = 0
     errors: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as stored
+    rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as sent to COPY
     received_at: Any = None
 
     def events(self) -> list[dict[str, Any]]:
@@ -85,6 +58,8 @@ class IngestResult:
         out = []
         for row in self.rows:
             values = dict(zip(_ROW_COLUMNS, row, strict=True))
+            for i in _JSON_SLOTS:
+                values[_ROW_COLUMNS[i]] = orjson.loads(row[i][1:])
             values["received_at"] = self.received_at
             out.append(event_json(values))
         return out
@@ -180,17 +155,15 @@ class Ingestor:
         rows: list[list[Any]] = []
         append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
-        with conn.cursor() as cur:
-            cur.adapters.register_dumper(_JsonbMarker, _JsonbRowDumper)
-            with cur.copy(_COPY) as copy:
-                copy.set_types(_TYPES)
-                write_row = copy.write_row
-                for walk in walks:
-                    for p in walk.run():
-                        row = p.row
-                        row[ROW_ID] = next(next_id)
-                        append(row)
-                        write_row(row)
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_TYPES)
+            write_row = copy.write_row
+            for walk in walks:
+                for p in walk.run():
+                    row = p.row
+                    row[ROW_ID] = next(next_id)
+                    append(row)
+                    write_row(row)
         if result.findings:
             _insert_findings(conn, result.findings)
         per_stream: dict[str, int] = defaultdict(int)

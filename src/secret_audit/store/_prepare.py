@@ -6,11 +6,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+import orjson
+
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import COLUMNS, TYPED, time_of
 
-__all__ = ["EMPTY", "INTEGRITY", "ROW_ID", "Prepared", "finish", "prepare"]
+__all__ = ["INTEGRITY", "JSONB_EMPTY", "ROW_ID", "Prepared", "finish", "jsonb", "prepare"]
 
 _BIGINT_MAX = (1 << 63) - 1
 
@@ -27,6 +29,7 @@ class Prepared:
     time: Any
     service_name: str | None
     instance: str | None
+    resource_jsonb: bytes
     rec: Record
     computed: str = ""
     row: list[Any] = field(default_factory=list)
@@ -41,8 +44,14 @@ _STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
 _STR_OR_NONE = frozenset({str, type(None)})
 assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
 _HASH_KEY = chain.HASH_ATTRIBUTE
-# The attribute map of a record whose attributes are all typed columns; shared, never mutated.
-EMPTY: dict[str, Any] = {}
+# JSONB columns travel as jsonb's binary wire form (a version byte, then the JSON text), built here
+# once: a request's few resources once each, the empty remainder of a fully typed record never.
+JSONB_EMPTY = b"\x01{}"
+
+
+def jsonb(value: Any) -> bytes:
+    """A map in jsonb's binary COPY form."""
+    return b"\x01" + orjson.dumps(value) if value else JSONB_EMPTY
 
 
 def _is_hash(v: Any) -> TypeGuard[str]:
@@ -51,6 +60,17 @@ def _is_hash(v: Any) -> TypeGuard[str]:
         return False
     try:
         return bytes.fromhex(v).hex() == v
+    except ValueError:
+        return False
+
+
+def _are_hashes(prev: Any, claimed: Any) -> bool:
+    # both at once, the common case: one round trip over the 128 characters
+    if type(prev) is not str or type(claimed) is not str or len(prev) != 64 or len(claimed) != 64:
+        return False
+    both = prev + claimed
+    try:
+        return bytes.fromhex(both).hex() == both
     except ValueError:
         return False
 
@@ -72,17 +92,17 @@ def prepare(
     attrs = rec.attributes
     stream = attrs.get("audit.stream.id")
     seq = attrs.get("audit.sequence")
-    prev = attrs.get("audit.chain.prev")
-    claimed = attrs.get(_HASH_KEY)
+    prev: Any = attrs.get("audit.chain.prev")  # both checked by _are_hashes
+    claimed: Any = attrs.get(_HASH_KEY)
     if not isinstance(stream, str) or not stream:
         return "missing audit.stream.id"
     if type(seq) is not int or not 1 <= seq <= _BIGINT_MAX:
         return "audit.sequence must be an integer >= 1"
     if attrs.get("audit.event.id") != f"{stream}:{seq}":
         return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
-    if not _is_hash(prev):
-        return "audit.chain.prev must be 64 lowercase hex digits"
-    if not _is_hash(claimed):
+    if not _are_hashes(prev, claimed):
+        if not _is_hash(prev):
+            return "audit.chain.prev must be 64 lowercase hex digits"
         return "audit.chain.hash must be 64 lowercase hex digits"
     body = rec.body
     if body is not None and not isinstance(body, str):
@@ -99,27 +119,35 @@ def prepare(
         facts = _resource_facts(resource)
         if resources is not None:
             resources[key] = facts
-    ok, tenant, service, instance = facts
-    if not ok:
-        return "NUL characters cannot be stored"
+    problem, tenant, service, instance, resource_jsonb = facts
+    if problem:
+        return problem
     if scope_tenant is not None:
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
     moment = time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
-    return Prepared(index, stream, seq, prev, claimed, tenant, moment, service, instance, rec)
+    return Prepared(index, stream, seq, prev, claimed, tenant, moment, service, instance, resource_jsonb, rec)
 
 
-def _resource_facts(resource: dict[str, Any]) -> tuple[bool, str | None, str | None, str | None]:
-    """Whether a resource can be stored, and its tenant, service name and instance id."""
+def _resource_facts(
+    resource: dict[str, Any],
+) -> tuple[str | None, str | None, str | None, str | None, bytes]:
+    """Why a resource cannot be stored (or None), its tenant, service name, instance id and jsonb form."""
     namespace = resource.get("service.namespace")
     service = resource.get("service.name")
     instance = resource.get("service.instance.id")
+    problem = "NUL characters cannot be stored" if _has_nul(resource) else None
+    try:
+        encoded = jsonb(resource)
+    except TypeError as exc:  # orjson's JSONEncodeError is a TypeError
+        problem, encoded = problem or f"resource cannot be stored as JSON: {exc}", JSONB_EMPTY
     return (
-        not _has_nul(resource),
+        problem,
         namespace if isinstance(namespace, str) and namespace else None,
         service if isinstance(service, str) else None,
         instance if isinstance(instance, str) else None,
+        encoded,
     )
 
 
@@ -157,20 +185,22 @@ def finish(p: Prepared) -> str | None:
         if duration is not None:
             present += 1
         # the common case: every attribute has its column, so nothing is left for JSONB
-        rest = EMPTY if len(attrs) == present else {k: v for k, v in attrs.items() if k not in _TYPED_SET}
+        rest = (JSONB_EMPTY if len(attrs) == present
+                else jsonb({k: v for k, v in attrs.items() if k not in _TYPED_SET}))
         typed.append(duration)
         typed.append(p.sequence)
     else:
         # a contract field with an unexpected type stays in JSONB, exactly as sent
         typed.append(duration)
         typed.append(p.sequence)
-        rest = dict(attrs)
+        remainder = dict(attrs)
         for i, (name, kind) in enumerate(_TYPED_ITEMS):
             v = typed[i]
             if v is not None and type(v) is kind:
-                del rest[name]
+                del remainder[name]
             else:
                 typed[i] = None
+        rest = jsonb(remainder)
     p.row = [
         None,
         p.time,
@@ -189,7 +219,7 @@ def finish(p: Prepared) -> str | None:
         rec.scope_version,
         *typed,
         rest,
-        rec.resource,
+        p.resource_jsonb,
         "ok",
     ]
     return None
