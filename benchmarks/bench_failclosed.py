@@ -23,7 +23,7 @@ def main() -> int:
     from secret_audit.redis import RedisSecretAuditInstrumentor
 
     rounds = int(os.environ.get("BENCH_ROUNDS", "4"))
-    per_round = int(os.environ.get("BENCH_OPS", "500"))
+    per_round = int(os.environ.get("BENCH_OPS", "2000"))
     spool = tempfile.mkdtemp(prefix="sa-bench-spool-")
     dead = f"http://127.0.0.1:{free_port()}/v1/logs"
     with valkey_server() as (host, port), otlp_sink() as sink:

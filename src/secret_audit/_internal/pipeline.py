@@ -145,6 +145,10 @@ class AuditPipeline:
         atexit.register(_at_exit, ref)
         if settings.handle_sigterm:
             _install_sigterm()
+        if exporter is None and settings.exporter == "otlp" and settings.encoder == "fast":
+            from secret_audit._internal.senders import preload
+
+            preload(settings.otlp_protocol)
         if settings.spool_dir:
             from secret_audit._internal.spool import Spool
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from secret_audit.version import __version__
 
-__all__ = ["GrpcSender", "HttpSender", "SendResult", "Sender", "build_sender"]
+__all__ = ["GrpcSender", "HttpSender", "SendResult", "Sender", "build_sender", "preload"]
 
 _log = logging.getLogger("secret_audit")
 
@@ -160,6 +160,18 @@ class GrpcSender:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def preload(protocol: str) -> None:
+    """Import the transport at start-up, so the first secret access does not wait for it.
+
+    The worker builds its sender lazily; importing ``requests`` or ``grpc`` there would hold the
+    GIL for tens of milliseconds right when the application starts touching secrets.
+    """
+    if protocol == "grpc":
+        import grpc  # noqa: F401
+    else:
+        import requests  # noqa: F401
 
 
 def build_sender(
