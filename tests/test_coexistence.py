@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,9 +20,9 @@ from secret_audit._internal import pipeline as pipeline_mod
 from secret_audit._internal.pipeline import set_pipeline
 from secret_audit._internal.redis_source import RedisSource
 from secret_audit.redis import RedisSecretAuditInstrumentor
+from test_launcher_e2e import launch as launch_app
 
 HERE = Path(__file__).parent
-BIN = Path(sys.executable).parent
 
 TARGETS = [
     (redis.client.Redis, "execute_command"),
@@ -242,22 +239,10 @@ def test_failure_inside_key_matching_never_changes_the_result(env, r, key, monke
 
 
 def launch(receiver_url, redis_url, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-    env.update(
-        OTEL_SERVICE_NAME="coexist",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver_url,
-        OTEL_BSP_SCHEDULE_DELAY="100",
-        REDIS_URL=redis_url,
-    )
-    env.update(extra)
-    return subprocess.run(
-        [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "launcher_app.py"),
-         "secret:coexist:" + secrets.token_hex(4), "value"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+    """The launcher app under opentelemetry-instrument, as in test_launcher_e2e."""
+    return launch_app(
+        receiver_url, redis_url, str(HERE / "apps" / "launcher_app.py"),
+        "secret:coexist:" + secrets.token_hex(4), "value", OTEL_SERVICE_NAME="coexist", **extra,
     )
 
 
