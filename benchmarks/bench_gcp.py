@@ -18,22 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from _common import otlp_sink
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.05
-
-_SINK = r"""
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-s = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"""
 
 
 @contextlib.contextmanager
@@ -119,11 +107,10 @@ def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "8"))
     per_round = int(os.environ.get("BENCH_OPS", "1000"))
     fake = [sys.executable, str(ROOT / "tests" / "gcp_fake.py")]
-    with _process(fake) as endpoints, _process([sys.executable, "-c", _SINK]) as sink_port:
+    with _process(fake) as endpoints, otlp_sink() as sink:
         target = endpoints.split()[0]
         host, port = target.rsplit(":", 1)
         _wait_port(host, int(port))
-        sink = f"http://127.0.0.1:{sink_port}"
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink + "/v1/traces")))
         trace.set_tracer_provider(provider)
