@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -89,12 +90,10 @@ def audit_env() -> dict[str, str]:
     return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
 
 
-@pytest.fixture
-def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
-    from secret_audit.redis import RedisSecretAuditInstrumentor
-
-    helper = Audit(audit_env)
-    instrumentor = RedisSecretAuditInstrumentor()
+@contextlib.contextmanager
+def instrumented(instrumentor: Any, env: dict[str, str]) -> Iterator[Audit]:
+    """Instrument with in-memory exporters; uninstrument and retire the pipeline afterwards."""
+    helper = Audit(env)
     instrumentor.instrument(**helper.kwargs())
     try:
         yield helper
@@ -103,6 +102,14 @@ def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
         old = set_pipeline(None)
         if old is not None:
             old.shutdown(5)
+
+
+@pytest.fixture
+def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    with instrumented(RedisSecretAuditInstrumentor(), audit_env) as helper:
+        yield helper
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import grpc
 import pytest
 
 from gcp_fake import FakeEndpoints, fake_secret_manager
-from secret_audit._internal.pipeline import set_pipeline
 
 TRANSPORTS = ("grpc", "grpc_asyncio", "rest")
 
@@ -96,16 +95,8 @@ def gcp_caller(gcp_server: FakeEndpoints) -> Iterator[Callable[..., Caller]]:
 
 @pytest.fixture
 def gcp_audit(audit_env: dict[str, str]) -> Iterator[Any]:
-    from conftest import Audit
+    from conftest import instrumented
     from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
 
-    helper = Audit(audit_env)
-    instrumentor = GcpSecretManagerSecretAuditInstrumentor()
-    instrumentor.instrument(**helper.kwargs())
-    try:
+    with instrumented(GcpSecretManagerSecretAuditInstrumentor(), audit_env) as helper:
         yield helper
-    finally:
-        instrumentor.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)

