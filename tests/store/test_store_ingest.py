@@ -128,7 +128,8 @@ def test_gap_chain_break_and_hash_mismatch_become_findings(client, tokens, owner
     assert post_pb(client, tokens, [recs[4]]).status_code == 200
     assert owner.execute("SELECT integrity FROM audit_events WHERE sequence = 5").fetchone() == ("ok",)
     stats = client.get("/stats", headers=tokens.header("auditor")).json()
-    assert stats["integrity_findings"] == {"hash_mismatch": 1, "gap": 1}
+    assert stats["integrity_findings"] == {"hash_mismatch": 1}  # the gap is filled: no longer a problem
+    assert stats["findings_recorded"] == {"hash_mismatch": 1, "gap": 1, "gap_filled": 1}
     stream = next(s for s in stats["streams"] if s["stream_id"] == recs[0]["attributes"]["audit.stream.id"])
     assert stream["last_sequence"] == 6
     assert stream["missing"] == 0

@@ -140,6 +140,7 @@ def _stderr_console() -> Any:
 
 
 def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
+    from secret_audit.store._gaps import open_gaps
     from secret_audit.store._ingest import Ingestor
     from secret_audit.store._query import Filters, and_all, where_clause
     from secret_audit.store._selfaudit import SelfAudit
@@ -162,17 +163,24 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
             task = bar.add_task("verify", total=total)
             report = verify(conn, start=start, end=end, tenant=args.tenant,
                             progress=lambda n: bar.advance(task, n))
+        gaps = [
+            {"finding_id": g.finding_id, "stream_id": g.stream_id, "missing": g.missing,
+             "ranges": [list(r) for r in g.ranges]}
+            for g in open_gaps(conn, args.tenant)
+        ]
         SelfAudit(Ingestor()).record(
             conn, event_name="audit.query", action="secret-audit verify",
             outcome="success", principal=f"os-user:{getpass.getuser()}", client_address=None,
             body=f"Audit log verified offline: {report.total_breaks} breaks in {report.rows} rows",
             extra={"audit.verify.rows": report.rows, "audit.verify.breaks": report.total_breaks},
         )
-    return _report(report, args.json)
+    return _report(report, args.json, gaps)
 
 
-def _report(report: Any, as_json: bool) -> int:
+def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None) -> int:
     doc = report.as_dict()
+    if gaps is not None:
+        doc["open_gaps"] = gaps  # found on ingest and not (wholly) filled by late records since
     if as_json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -185,6 +193,14 @@ def _report(report: Any, as_json: bool) -> int:
             print("first break:")
             for k, v in first.items():
                 print(f"  {k}: {v}")
+        if gaps:
+            missing = sum(g["missing"] for g in gaps)
+            print(f"open gaps found on ingest: {len(gaps)} ({missing} records missing)")
+            for g in gaps[:20]:
+                ranges = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in g["ranges"])
+                print(f"  {g['stream_id']}: {ranges}")
+            if len(gaps) > 20:
+                print(f"  ... and {len(gaps) - 20} more (--json lists them all)")
     return 0 if doc["ok"] else 1
 
 

@@ -38,6 +38,8 @@ class Finding:
     tenant: str | None = None
     expected: str | None = None
     actual: str | None = None
+    range_first: int | None = None  # gap: the missing sequences; gap_filled: the ones that arrived late
+    range_last: int | None = None
 
 
 @dataclass
@@ -168,7 +170,8 @@ class Ingestor:
             _insert_findings(conn, result.findings)
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
-            per_stream[f.stream_id] += 1
+            if f.kind != "gap_filled":  # a fill is good news, not a problem
+                per_stream[f.stream_id] += 1
         updates = [
             (w.head_seq, w.head_seq, w.head_hash, w.stored, per_stream[w.stream], w.stream)
             for w in walks
@@ -225,8 +228,14 @@ class _Walk:
                 self.known_prev[int(seq)] = prev
 
     def _finding(self, kind: str, seq: int, detail: str, expected: str | None = None,
-                 actual: str | None = None) -> None:
-        self.result.findings.append(Finding(self.stream, kind, seq, detail, self.tenant, expected, actual))
+                 actual: str | None = None, first: int | None = None, last: int | None = None) -> None:
+        self.result.findings.append(
+            Finding(self.stream, kind, seq, detail, self.tenant, expected, actual, first, last)
+        )
+
+    def _filled(self, first: int, last: int) -> None:
+        self._finding("gap_filled", first, f"late records {first}..{last} arrived: no longer missing",
+                      first=first, last=last)
 
     def run(self) -> Iterator[Prepared]:
         """Yield each record to store, with its integrity set; count duplicates and refusals."""
@@ -234,6 +243,8 @@ class _Walk:
         existing = set(self.known_prev)
         known_hash = self.known_hash
         seen: dict[int, str] = {}
+        start_seq = self.start_seq
+        run_first = run_last = 0  # the current run of late records stored (sequences at or below the head)
         for p in self.batch:
             seq = p.sequence
             if seq in existing or seq in seen:
@@ -265,8 +276,9 @@ class _Walk:
                                   expected_prev, p.prev)
             elif seq > self.head_seq + 1:
                 integrity = "gap_before" if integrity == "ok" else integrity
-                self._finding("gap", seq,
-                              f"sequence {self.head_seq + 1}..{seq - 1} missing before this record")
+                first, last = self.head_seq + 1, seq - 1
+                self._finding("gap", seq, f"sequence {first}..{last} missing before this record",
+                              first=first, last=last)
             else:
                 integrity = "unverified" if integrity == "ok" else integrity
             successor_prev = self.known_prev.get(seq + 1)
@@ -279,14 +291,25 @@ class _Walk:
             seen[seq] = p.claimed
             if seq > self.head_seq:
                 self.head_seq, self.head_hash = seq, p.claimed
+            elif seq <= start_seq:  # a late record: it fills (part of) a gap found earlier
+                if run_last and seq == run_last + 1:
+                    run_last = seq
+                else:
+                    if run_last:
+                        self._filled(run_first, run_last)
+                    run_first = run_last = seq
             self.stored += 1
             yield p
+        if run_last:
+            self._filled(run_first, run_last)
 
 
 def _insert_findings(conn: psycopg.Connection[Any], findings: list[Finding]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO audit_findings (tenant, stream_id, kind, sequence, detail, expected, actual) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(f.tenant, f.stream_id, f.kind, f.sequence, f.detail, f.expected, f.actual) for f in findings],
+            "INSERT INTO audit_findings "
+            "(tenant, stream_id, kind, sequence, detail, expected, actual, range_first, range_last) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(f.tenant, f.stream_id, f.kind, f.sequence, f.detail, f.expected, f.actual, f.range_first,
+              f.range_last) for f in findings],
         )

@@ -6,6 +6,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from psycopg import sql
 
+from secret_audit.store._gaps import open_gaps
 from secret_audit.store._web import READ, Api, json_response
 from secret_audit.store.tokens import Principal
 
@@ -26,6 +27,7 @@ def mount(app: FastAPI, api: Api) -> None:
             kinds = conn.execute(
                 sql.SQL("SELECT kind, count(*) FROM audit_findings {} GROUP BY kind").format(scope), params
             ).fetchall()
+            gaps = open_gaps(conn, caller.tenant)
             streams = conn.execute(
                 sql.SQL(
                     "SELECT stream_id, tenant, service_name, last_sequence, record_count, findings, "
@@ -37,12 +39,22 @@ def mount(app: FastAPI, api: Api) -> None:
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
         out["live_streams"] = store.hub.active
-        out["integrity_findings"] = {str(k): int(n) for k, n in kinds}
+        recorded = {str(k): int(n) for k, n in kinds}
+        # open problems: a gap counts while any of its sequences is still missing; fills are not problems
+        problems = {k: n for k, n in recorded.items() if k not in ("gap", "gap_filled")}
+        if gaps:
+            problems["gap"] = len(gaps)
+        by_stream: dict[str, list[list[int]]] = {}
+        for g in gaps:
+            by_stream.setdefault(g.stream_id, []).extend([a, b] for a, b in g.ranges)
+        out["integrity_findings"] = problems
+        out["findings_recorded"] = recorded
+        out["open_gaps"] = {"gaps": len(gaps), "missing": sum(g.missing for g in gaps)}
         out["streams"] = [
             {
                 "stream_id": s[0], "tenant": s[1], "service_name": s[2], "last_sequence": s[3],
                 "records": s[4], "missing": max(0, int(s[3]) - int(s[4])), "findings": s[5],
-                "last_seen": s[6],
+                "open_gaps": by_stream.get(s[0], [])[:100], "last_seen": s[6],
             }
             for s in streams
         ]

@@ -11,6 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from psycopg import sql
 from starlette.concurrency import run_in_threadpool
 
+from secret_audit.store._gaps import open_gaps
 from secret_audit.store._query import BadFilter, Filters, and_all, search, since
 from secret_audit.store._web import READ, Api, json_response, no_nul
 from secret_audit.store.tokens import Principal
@@ -145,6 +146,10 @@ def mount(app: FastAPI, api: Api) -> None:
         caller: Annotated[Principal, Depends(authorize(READ, "read integrity findings"))],
         stream_id: F = None,
         kind: F = None,
+        still_open: Annotated[bool | None, Query(
+            alias="open",
+            description="true: only findings that are still a problem (a gap counts until every missing "
+                        "sequence has arrived; gap_filled never does); false: only the others")] = None,
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
@@ -155,16 +160,35 @@ def mount(app: FastAPI, api: Api) -> None:
             if value is not None:
                 conds.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
                 params.append(value)
+        if still_open is not None:
+            closed = sql.SQL(
+                "(kind = 'gap_filled' OR id IN (SELECT id FROM audit_gaps WHERE filled >= size))"
+            )
+            conds.append(sql.SQL("NOT {}").format(closed) if still_open else closed)
         query = sql.SQL(
-            "SELECT id, found_at, tenant, stream_id, kind, sequence, detail, expected, actual "
-            "FROM audit_findings WHERE {} ORDER BY id LIMIT %s"
+            "SELECT id, found_at, tenant, stream_id, kind, sequence, detail, expected, actual, "
+            "range_first, range_last FROM audit_findings WHERE {} ORDER BY id LIMIT %s"
         ).format(and_all(conds))
         with store.connection() as conn:
             rows = conn.execute(query, [*params, limit]).fetchall()
+            gap_ids = [r[0] for r in rows if r[4] == "gap"]
+            still = ({g.finding_id: g.ranges for g in open_gaps(conn, caller.tenant, ids=gap_ids)}
+                     if gap_ids else {})
             _audit(conn, caller, request, "GET /api/integrity-findings", "success",
                    f"Integrity findings read by {caller.name}: {len(rows)}")
-        keys = ("id", "found_at", "tenant", "stream_id", "kind", "sequence", "detail", "expected", "actual")
-        items = [dict(zip(keys, r, strict=True)) for r in rows]
+        keys = ("id", "found_at", "tenant", "stream_id", "kind", "sequence", "detail", "expected", "actual",
+                "range_first", "range_last")
+        items = []
+        for r in rows:
+            item = dict(zip(keys, r, strict=True))
+            if item["kind"] == "gap":
+                ranges = still.get(item["id"], [])
+                item["open"] = bool(ranges)
+                item["open_ranges"] = [list(x) for x in ranges]
+            else:
+                item["open"] = item["kind"] != "gap_filled"
+                item["open_ranges"] = None
+            items.append(item)
         return _json({"findings": items, "next_after": items[-1]["id"] if len(items) == limit else None})
 
     @app.post("/api/verify", tags=["integrity"], summary="Re-verify stored chains (whole store or a window)")

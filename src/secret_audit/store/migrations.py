@@ -155,11 +155,58 @@ GRANT SELECT, INSERT ON audit_events, audit_findings TO {role};
 GRANT USAGE ON SEQUENCE audit_events_id_seq, audit_findings_id_seq TO {role};
 GRANT SELECT, INSERT, UPDATE ON audit_streams TO {role};
 GRANT SELECT ON audit_tokens, audit_retention_log TO {role};
+DO $$
+BEGIN
+    IF to_regclass('audit_gaps') IS NOT NULL THEN  -- from schema 2
+        REVOKE ALL ON audit_gaps FROM PUBLIC;
+        GRANT SELECT ON audit_gaps TO {role};
+    END IF;
+END $$;
 REVOKE ALL ON FUNCTION audit_ensure_partition(timestamptz, timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_ensure_partition(timestamptz, timestamptz, text) TO {role};
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _CORE),)
+# 2: gap findings get their missing range as numbers (range_first..range_last), and late records that
+# fill a gap are recorded as gap_filled findings with the range they filled. audit_findings stays
+# append-only, so older gap rows keep their range only in `detail`: audit_gaps reads it from there.
+# Gaps already filled before this migration get their gap_filled findings here, once.
+_GAP_RANGES = r"""
+ALTER TABLE audit_findings ADD COLUMN range_first bigint, ADD COLUMN range_last bigint;
+CREATE INDEX audit_findings_kind ON audit_findings (kind, stream_id);
+
+CREATE VIEW audit_gaps AS
+SELECT g.id, g.found_at, g.tenant, g.stream_id, g.sequence, g.first, g.last,
+       g.last - g.first + 1 AS size,
+       -- (least and greatest skip NULLs: without the filter a gap with no fill would count as filled)
+       coalesce(sum(least(f.range_last, g.last) - greatest(f.range_first, g.first) + 1)
+                FILTER (WHERE f.id IS NOT NULL), 0)::bigint AS filled
+FROM (
+    SELECT id, found_at, tenant, stream_id, sequence,
+           coalesce(range_first, substring(detail FROM '^sequence ([0-9]+)\.\.')::bigint) AS first,
+           coalesce(range_last, substring(detail FROM '^sequence [0-9]+\.\.([0-9]+) ')::bigint) AS last
+    FROM audit_findings WHERE kind = 'gap'
+) g
+LEFT JOIN audit_findings f
+    ON f.kind = 'gap_filled' AND f.stream_id = g.stream_id
+   AND f.range_first <= g.last AND f.range_last >= g.first
+GROUP BY g.id, g.found_at, g.tenant, g.stream_id, g.sequence, g.first, g.last;
+
+INSERT INTO audit_findings (tenant, stream_id, kind, sequence, detail, range_first, range_last)
+SELECT tenant, stream_id, 'gap_filled', min(sequence),
+       format('late records %s..%s filled this part of the gap (found on upgrade to schema 2)',
+              min(sequence), max(sequence)),
+       min(sequence), max(sequence)
+FROM (
+    SELECT g.tenant, e.stream_id, e.sequence,
+           e.sequence - row_number() OVER (PARTITION BY g.id ORDER BY e.sequence) AS run, g.id AS gap
+    FROM audit_gaps g
+    JOIN audit_events e ON e.stream_id = g.stream_id AND e.sequence BETWEEN g.first AND g.last
+) present
+GROUP BY tenant, stream_id, gap, run
+ORDER BY stream_id, min(sequence);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _CORE), (2, _GAP_RANGES))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
