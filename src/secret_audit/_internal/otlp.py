@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import Any, NamedTuple
 
-__all__ = ["RecordData", "encode_any", "encode_log_record", "encode_request"]
+__all__ = [
+    "AuditTail",
+    "RecordData",
+    "encode_any",
+    "encode_attributes",
+    "encode_log_record",
+    "encode_request",
+]
 
 _pack_d = struct.Struct("<d").pack
 _pack_q = struct.Struct("<Q").pack
@@ -129,14 +137,19 @@ def _key_prefix(key: str) -> bytes:
     return prefix
 
 
-def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
+def encode_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A LogRecord's attribute fields, for callers that reuse them across records (see ``prefix``)."""
+    return _record_attributes(attributes.items())
+
+
+def _record_attributes(attributes: Iterable[tuple[str, Any]]) -> bytes:
     """LogRecord attributes (field 6): short strings, ints and floats written in one step each,
     and the bytes of low-cardinality string attributes reused whole."""
     cache = _FIELD_CACHE
     small = _SMALL
     parts: list[bytes] = []
     append = parts.append
-    for k, v in attributes.items():
+    for k, v in attributes:
         t = type(v)
         if t is str:
             if k in _REPEATING:
@@ -174,17 +187,94 @@ def _record_attributes(attributes: Mapping[str, Any]) -> bytes:
     return b"".join(parts)
 
 
-def encode_log_record(rec: RecordData) -> bytes:
-    """Encode one LogRecord message (without its field tag)."""
+class AuditTail:
+    """The attributes every audit record ends with, written from pre-encoded pieces of one stream.
+
+    In this order: ``audit.duration_ms``, ``audit.event.id``, ``audit.stream.id``,
+    ``audit.sequence``, ``audit.chain.prev``, ``audit.chain.hash``; a test holds the bytes to
+    ``encode_attributes`` of the same items.
+    """
+
+    KEYS = (
+        "audit.duration_ms",
+        "audit.event.id",
+        "audit.stream.id",
+        "audit.sequence",
+        "audit.chain.prev",
+        "audit.chain.hash",
+    )
+
+    def __init__(self, stream_id: str) -> None:
+        self._duration = b"".join((b"\x32", _SMALL[len(_key_prefix(self.KEYS[0])) + 11],
+                                   _key_prefix(self.KEYS[0]), b"\x12\x09\x21"))
+        self._event_key = _key_prefix(self.KEYS[1])
+        self._event_prefix = f"{stream_id}:".encode()
+        self._stream = _ld(b"\x32", _kv(self.KEYS[2], stream_id))
+        self._sequence_key = _key_prefix(self.KEYS[3])
+        self._prev = self._digest_head(self.KEYS[4])
+        self._hash = self._digest_head(self.KEYS[5])
+
+    @staticmethod
+    def _digest_head(key: str) -> bytes:
+        prefix = _key_prefix(key)
+        return b"".join((b"\x32", _varint(len(prefix) + 68), prefix, b"\x12\x42\x0a\x40"))
+
+    def encode(self, duration_ms: float, sequence: int, prev: str, digest: str) -> bytes | None:
+        """The six attribute fields, or None when a value falls outside the fast layout."""
+        raw_event = self._event_prefix + str(sequence).encode()
+        n = len(raw_event)
+        event_len = len(self._event_key) + n + 4
+        seq = _varint(sequence)
+        if event_len >= 128 or len(prev) != 64 or len(digest) != 64:
+            return None
+        small = _SMALL
+        return b"".join((
+            self._duration, _pack_d(duration_ms),
+            b"\x32", small[event_len], self._event_key, b"\x12", small[n + 2], b"\x0a", small[n], raw_event,
+            self._stream,
+            b"\x32", small[len(self._sequence_key) + len(seq) + 3], self._sequence_key,
+            b"\x12", small[len(seq) + 1], b"\x18", seq,
+            self._prev, prev.encode(),
+            self._hash, digest.encode(),
+        ))
+
+
+_SEVERITY_FIELDS: dict[tuple[int, str], bytes] = {}
+_EVENT_NAME_FIELDS: dict[str, bytes] = {}
+
+
+def encode_log_record(
+    rec: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None
+) -> bytes:
+    """Encode one LogRecord message (without its field tag).
+
+    ``prefix`` is ``encode_attributes`` of the record's first ``skip`` attributes, made earlier:
+    an audit record's attributes that repeat from record to record are encoded once. ``tail``,
+    when given, is the encoding of all the attributes after those (an ``AuditTail``).
+    """
     parts = []
     if rec.time_unix_nano:
         parts.append(b"\x09" + _pack_q(rec.time_unix_nano))
-    if rec.severity_number:
-        parts.append(b"\x10" + _varint(rec.severity_number))
-    if rec.severity_text:
-        parts.append(_ld(b"\x1a", rec.severity_text.encode("utf-8")))
+    severity = (rec.severity_number, rec.severity_text)
+    field = _SEVERITY_FIELDS.get(severity)
+    if field is None:
+        field = b""
+        if rec.severity_number:
+            field += b"\x10" + _varint(rec.severity_number)
+        if rec.severity_text:
+            field += _ld(b"\x1a", rec.severity_text.encode("utf-8"))
+        if len(_SEVERITY_FIELDS) < 64:
+            _SEVERITY_FIELDS[severity] = field
+    parts.append(field)
     parts.append(_ld(b"\x2a", encode_any(rec.body)))
-    parts.append(_record_attributes(rec.attributes))
+    if skip:
+        parts.append(prefix)
+        if tail is not None:
+            parts.append(tail)
+        else:
+            parts.append(_record_attributes(islice(rec.attributes.items(), skip, None)))
+    else:
+        parts.append(_record_attributes(rec.attributes.items()))
     if rec.flags:
         parts.append(b"\x45" + _pack_i(rec.flags))
     if rec.trace_id:
@@ -194,7 +284,12 @@ def encode_log_record(rec: RecordData) -> bytes:
     if rec.observed_time_unix_nano:
         parts.append(b"\x59" + _pack_q(rec.observed_time_unix_nano))
     if rec.event_name:
-        parts.append(_ld(b"\x62", rec.event_name.encode("utf-8")))
+        field = _EVENT_NAME_FIELDS.get(rec.event_name)
+        if field is None:
+            field = _ld(b"\x62", rec.event_name.encode("utf-8"))
+            if len(_EVENT_NAME_FIELDS) < 64:
+                _EVENT_NAME_FIELDS[rec.event_name] = field
+        parts.append(field)
     return b"".join(parts)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from time import time_ns
 from typing import Any
@@ -62,8 +63,34 @@ class RedisSource:
 
     name = "redis"
 
+    def __init__(self) -> None:
+        # A client's address and user name are read once: by id, checked against a weak reference
+        # so that a new client reusing a collected one's id is described afresh.
+        self._memo: dict[int, tuple[weakref.ref[Any], str | None, str | None]] = {}
+
+    def _describe(self, target: Any) -> tuple[str | None, str | None]:
+        entry = self._memo.get(id(target))
+        if entry is not None and entry[0]() is target:
+            return entry[1], entry[2]
+        resource, principal = self._resource(target), self._principal(target)
+        try:
+            ref = weakref.ref(target)
+        except TypeError:
+            return resource, principal
+        if len(self._memo) >= 256:
+            self._memo.clear()
+        self._memo[id(target)] = (ref, resource, principal)
+        return resource, principal
+
     def resource(self, target: Any) -> str | None:
         """Build ``redis://host:port/db`` from the client's connection settings (never its password)."""
+        return self._describe(target)[0]
+
+    def principal(self, target: Any) -> str | None:
+        """The Redis ACL user name the client logs in as, if it names one."""
+        return self._describe(target)[1]
+
+    def _resource(self, target: Any) -> str | None:
         pool = getattr(target, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", None)
         if isinstance(kwargs, dict):
@@ -85,8 +112,7 @@ class RedisSource:
             return f"redis://{host}:{port}/0"
         return None
 
-    def principal(self, target: Any) -> str | None:
-        """The Redis ACL user name the client logs in as, if it names one."""
+    def _principal(self, target: Any) -> str | None:
         pool = getattr(target, "connection_pool", None)
         kwargs = getattr(pool, "connection_kwargs", None)
         if not isinstance(kwargs, dict):  # cluster clients: sync keeps them on the nodes manager

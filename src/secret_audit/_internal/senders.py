@@ -57,7 +57,12 @@ def _headers(raw: str | None) -> dict[str, str]:
 
 
 class HttpSender:
-    """OTLP/HTTP with protobuf bodies, via a pooled requests session."""
+    """OTLP/HTTP with protobuf bodies, through a urllib3 connection pool.
+
+    urllib3 (what requests is built on) directly: requests' per-call merging of proxy, netrc and
+    session settings cost about 0.45 ms of CPU per request here, as much as sending 360 kB.
+    Proxies from the standard environment variables are resolved once, at start.
+    """
 
     def __init__(
         self,
@@ -69,10 +74,9 @@ class HttpSender:
         verify: str | bool,
         cert: tuple[str, str] | str | None,
     ) -> None:
-        import requests
+        import urllib3
 
         self.endpoint = endpoint
-        self._session = requests.Session()
         self._headers = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"otel-secret-audit/{__version__}",
@@ -81,35 +85,64 @@ class HttpSender:
         if gzip_body:
             self._headers["Content-Encoding"] = "gzip"
         self._gzip = gzip_body
-        self._timeout = timeout
-        self._verify = verify
-        self._cert = cert
+        self._timeout = urllib3.Timeout(total=timeout)
+        tls: dict[str, Any] = {}
+        if endpoint.lower().startswith("https://"):
+            tls["cert_reqs"] = "CERT_REQUIRED" if verify else "CERT_NONE"
+            tls["ca_certs"] = verify if isinstance(verify, str) else _default_ca_bundle()
+            if isinstance(cert, tuple):
+                tls["cert_file"], tls["key_file"] = cert
+            elif cert:
+                tls["cert_file"] = cert
+        proxy = _proxy_for(endpoint)
+        self._pool: urllib3.PoolManager
+        if proxy:
+            self._pool = urllib3.ProxyManager(proxy, num_pools=1, **tls)
+        else:
+            self._pool = urllib3.PoolManager(num_pools=1, **tls)
 
     def send(self, body: bytes) -> str:
-        import requests
+        import urllib3
 
         data = gzip.compress(body, 5) if self._gzip else body
         try:
-            resp = self._session.post(
-                self.endpoint,
-                data=data,
-                headers=self._headers,
-                timeout=self._timeout,
-                verify=self._verify,
-                cert=self._cert,
+            resp = self._pool.request(
+                "POST", self.endpoint, body=data, headers=self._headers, timeout=self._timeout, retries=False
             )
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             _log.debug("audit export to %s failed: %s", self.endpoint, type(exc).__name__)
             return SendResult.RETRY
-        if 200 <= resp.status_code < 300:
+        if 200 <= resp.status < 300:
             return SendResult.OK
-        if resp.status_code in _RETRYABLE_HTTP:
+        if resp.status in _RETRYABLE_HTTP:
             return SendResult.RETRY
-        _log.error("audit export refused by %s: HTTP %d", self.endpoint, resp.status_code)
+        _log.error("audit export refused by %s: HTTP %d", self.endpoint, resp.status)
         return SendResult.REFUSED
 
     def close(self) -> None:
-        self._session.close()
+        self._pool.clear()
+
+
+def _default_ca_bundle() -> str | None:
+    """The CA bundle requests (and so the SDK's exporter) would use; else the system's."""
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
+def _proxy_for(endpoint: str) -> str | None:
+    """The proxy the standard ``*_proxy`` / ``no_proxy`` variables give for the endpoint, if any."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(endpoint)
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme.lower()) or proxies.get("all")
+    if not proxy or proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 class GrpcSender:
@@ -165,13 +198,13 @@ class GrpcSender:
 def preload(protocol: str) -> None:
     """Import the transport at start-up, so the first secret access does not wait for it.
 
-    The worker builds its sender lazily; importing ``requests`` or ``grpc`` there would hold the
+    The worker builds its sender lazily; importing ``urllib3`` or ``grpc`` there would hold the
     GIL for tens of milliseconds right when the application starts touching secrets.
     """
     if protocol == "grpc":
         import grpc  # noqa: F401
     else:
-        import requests  # noqa: F401
+        import urllib3  # noqa: F401
 
 
 def build_sender(

@@ -43,6 +43,11 @@ class FastSink(Sink):
     def add(self, record: RecordData) -> None:
         self._batch.append(encode_log_record(record))
 
+    def add_encoded(self, record: RecordData, prefix: bytes, skip: int, tail: bytes | None) -> None:
+        """Add a record whose first ``skip`` attributes are already encoded as ``prefix`` (and the
+        rest as ``tail``, when given)."""
+        self._batch.append(encode_log_record(record, prefix, skip, tail))
+
     def pending(self) -> int:
         return len(self._batch)
 
