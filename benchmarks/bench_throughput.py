@@ -150,7 +150,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     results = []
     try:
-        for encoder, count in (("fast", n), ("sdk", max(n // 5, 1000)), ("fast", n)):
+        for encoder, count in (("fast", n), ("sdk", max(n // 5, 1000)), ("fast", n), ("fast", n)):
             results.append(run(count, encoder, url))
         results.append(run(max(n // 5, 1000), "fast", url, spans=True))
     finally:
@@ -166,12 +166,14 @@ def main() -> int:
             f"= {r['rate']:>8,.0f} records/s; received {r['received']}, "
             f"{'contiguous, 0 lost, 0 duplicated' if lossless else 'LOSS OR GAP: ' + json.dumps(r['streams'])}"
         )
-    fast = max(r["rate"] for r in results if r["encoder"] == "fast")
+    fast_rates = sorted(r["rate"] for r in results if r["encoder"] == "fast")
+    fast = fast_rates[len(fast_rates) // 2]  # the median of the fast rounds
     sdk = max(r["rate"] for r in results if r["encoder"] == "sdk")
     with_spans = next(r["rate"] for r in results if r["encoder"] == "fast+spans")
     span_cost_us = 1e6 / with_spans - 1e6 / fast
     print(
-        f"throughput: {fast:,.0f} records/s with zero loss (target >= {TARGET:,}/s); "
+        f"throughput: {fast:,.0f} records/s with zero loss, median of {len(fast_rates)} rounds "
+        f"({fast_rates[0]:,.0f}-{fast_rates[-1]:,.0f}) (target >= {TARGET:,}/s); "
         f"stock SDK encoder {sdk:,.0f} records/s; ratio {fast / sdk:.1f}x"
     )
     print(
