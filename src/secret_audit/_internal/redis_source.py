@@ -58,6 +58,13 @@ _KNOWN_MESSAGES = (
 )
 
 
+def _tls(connection_class: Any) -> bool:
+    """True for redis-py's TLS connection classes (sync and asyncio), and subclasses of them."""
+    return isinstance(connection_class, type) and any(
+        c.__name__ == "SSLConnection" for c in connection_class.__mro__
+    )
+
+
 class RedisSource:
     """Describes redis-py clients to the audit worker."""
 
@@ -100,7 +107,8 @@ class RedisSource:
                 return f"redis+sentinel://{service}/{db}"
             if kwargs.get("path"):
                 return f"redis+unix://{kwargs['path']}?db={db}"
-            return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+            scheme = "rediss" if _tls(getattr(pool, "connection_class", None)) else "redis"
+            return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
         nodes = getattr(target, "nodes_manager", None)
         node = getattr(nodes, "default_node", None) or (
             next(iter(getattr(nodes, "startup_nodes", {}).values()), None) if nodes else None
@@ -109,7 +117,11 @@ class RedisSource:
             node = getattr(target, "node", None)
         host, port = getattr(node, "host", None), getattr(node, "port", None)
         if host is not None:
-            return f"redis://{host}:{port}/0"
+            settings = getattr(nodes, "connection_kwargs", None) or getattr(target, "connection_kwargs", None)
+            tls = isinstance(settings, dict) and (
+                bool(settings.get("ssl")) or _tls(settings.get("connection_class"))
+            )
+            return f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
         return None
 
     def _principal(self, target: Any) -> str | None:
