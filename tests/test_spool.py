@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otlp_receiver import otlp_receiver
 from secret_audit._internal.config import load_settings
@@ -132,3 +133,79 @@ def test_a_leftover_spool_is_replayed_even_by_a_process_that_audits_nothing(tmp_
         records = rx.audit_records()
     assert [r["attributes"]["secret.name"] for r in records] == [f"{prefix}:{i}" for i in range(7)]
     assert spool_rows(tmp_path) == 0
+
+
+def _spool_35_records(tmp_path, redis_url, key, instrument, rx):
+    rx.status = 503
+    pipeline = instrument(
+        {
+            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
+            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+            "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "10",
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    for i in range(35):
+        client.set(f"{key}:{i}", "v")
+    assert pipeline.flush(10)
+    assert spool_rows(tmp_path) == 4
+    return pipeline
+
+
+def _replay_all(pipeline):
+    for _ in range(150):  # replay backs off up to 5 s between attempts
+        pipeline.flush(5)
+        if pipeline.stats()["spool"]["records"] == 0:
+            break
+        time.sleep(0.1)
+    assert pipeline.stats()["spool"]["records"] == 0
+
+
+def test_spooled_requests_are_replayed_together(tmp_path, redis_url, key, instrument):
+    with otlp_receiver() as rx:
+        pipeline = _spool_35_records(tmp_path, redis_url, key, instrument, rx)
+        refused = len(rx.raw)
+        rx.status = 200
+        _replay_all(pipeline)
+        replay_requests = rx.raw[refused:]
+        seqs = [r["attributes"]["audit.sequence"] for r in rx.audit_records()]
+    assert seqs == list(range(1, 36))
+    # four spooled requests went out as one combined request (several resource_logs)
+    assert len(replay_requests) == 1
+    assert pipeline.stats()["replayed"] == 35
+
+
+def test_a_refused_combined_replay_isolates_the_refused_request(tmp_path, redis_url, key, instrument):
+    poisoned = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20}  # the second spooled request
+
+    with otlp_receiver() as rx:
+        pipeline = _spool_35_records(tmp_path, redis_url, key, instrument, rx)
+        plain = rx.handle
+
+        def handle(path, body, headers):
+            if path.endswith("/v1/logs"):
+                req = ExportLogsServiceRequest.FromString(body)
+                seqs = {
+                    kv.value.int_value
+                    for rl in req.resource_logs
+                    for sl in rl.scope_logs
+                    for lr in sl.log_records
+                    for kv in lr.attributes
+                    if kv.key == "audit.sequence"
+                }
+                if seqs & poisoned:
+                    return 400, b""
+            return plain(path, body, headers)
+
+        rx.handle = handle
+        rx.status = 200
+        _replay_all(pipeline)
+        redis.Redis.from_url(redis_url).get(key)
+        assert pipeline.flush(10)
+        stored = [r["attributes"]["audit.sequence"] for r in rx.audit_records()]
+        [report] = [r["attributes"] for r in rx.logs if r["event_name"] == "audit.dropped"]
+    assert stored == [s for s in range(1, 36) if s not in poisoned] + [37]
+    assert pipeline.stats()["lost_export"] == 10
+    assert (report["audit.dropped.first_sequence"], report["audit.dropped.last_sequence"]) == (11, 20)
+    assert report["audit.sequence"] == 36

@@ -35,7 +35,7 @@ from secret_audit.version import __version__
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
-    from secret_audit._internal.spool import Spool
+    from secret_audit._internal.spool import Spool, SpooledBatch
 
 __all__ = ["AuditPipeline", "get_pipeline", "peek_pipeline", "set_pipeline"]
 
@@ -829,36 +829,55 @@ class AuditPipeline:
         return _safe_send(sink, body)
 
     def _replay(self) -> None:
-        """Send spooled requests oldest first; stop at the first failure and back off."""
+        """Send spooled requests oldest first, several per request; stop at the first failure."""
         spool, sink = self._spool, self._sink
         if spool is None or not isinstance(sink, FastSink):
             return
         try:
             while True:
-                batch = spool.oldest()
-                if batch is None:
+                batches = spool.oldest(_REPLAY_BYTES)
+                if not batches:
                     self._replay_delay = 0.2
                     return
-                result = _safe_send(sink, batch.body)
+                # Serialised protobuf messages concatenate into one: their resource_logs add up.
+                result = _safe_send(sink, b"".join(b.body for b in batches))
+                if result == SendResult.REFUSED and len(batches) > 1:
+                    result = self._replay_one_by_one(spool, sink, batches)
+                    if result == SendResult.OK:
+                        continue
                 if result == SendResult.RETRY:
                     self._next_replay = time.monotonic() + self._replay_delay
                     self._replay_delay = min(self._replay_delay * 2, 5.0)
                     return
-                spool.remove(batch.id)
-                if result == SendResult.OK:
-                    self.replayed += batch.records
-                elif batch.stream == self.stream_id:
-                    self._count_lost(batch.first_seq, batch.last_seq, batch.records)
-                else:
-                    _log.error(
-                        "secret-audit: the endpoint refused spooled records %s:%d..%d",
-                        batch.stream,
-                        batch.first_seq,
-                        batch.last_seq,
-                    )
+                spool.remove(batches[-1].id)
+                for batch in batches:
+                    self._replayed(batch, result)
         except Exception:
             _log.exception("secret-audit: replaying the audit spool failed")
             self._next_replay = time.monotonic() + self._replay_delay
+
+    def _replay_one_by_one(self, spool: Spool, sink: FastSink, batches: list[SpooledBatch]) -> str:
+        """A refused combined request: find which spooled requests the endpoint refuses."""
+        for batch in batches:
+            result = _safe_send(sink, batch.body)
+            if result == SendResult.RETRY:
+                return result
+            spool.remove(batch.id)
+            self._replayed(batch, result)
+        return SendResult.OK
+
+    def _replayed(self, batch: SpooledBatch, result: str) -> None:
+        if result == SendResult.OK:
+            self.replayed += batch.records
+        elif batch.stream == self.stream_id:
+            self._count_lost(batch.first_seq, batch.last_seq, batch.records)
+        else:
+            _log.error(
+                "secret-audit: the endpoint refused spooled records %s:%d..%d",
+                batch.stream,
+                batch.first_seq,
+                batch.last_seq,
+            )
 
     def _deliver_with_retry(self, sink: Sink) -> bool:
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
@@ -954,6 +973,8 @@ def _worst(records: list[dict[str, Any]]) -> str:
 
 
 _SLICE = 64
+# Spooled requests replayed together in one request, up to this size (the store takes 16 MiB).
+_REPLAY_BYTES = 4 * 1024 * 1024
 
 _PIPELINE: AuditPipeline | None = None
 _PIPELINE_LOCK = threading.Lock()

@@ -100,16 +100,23 @@ class Spool:
         except sqlite3.Error:
             return False
 
-    def oldest(self) -> SpooledBatch | None:
-        """The next request to replay, in the order it was spooled."""
-        row = self._conn.execute(
+    def oldest(self, max_bytes: int = 0) -> list[SpooledBatch]:
+        """The next requests to replay, in the order they were spooled: as many as fit in
+        ``max_bytes`` together, and always at least one if any waits."""
+        rows = self._conn.execute(
             "SELECT id, stream, first_seq, last_seq, records, body FROM batches "
-            "WHERE id > ? ORDER BY id LIMIT 1",
+            "WHERE id > ? ORDER BY id LIMIT 256",
             (self._done,),
-        ).fetchone()
-        if row is None:
-            return None
-        return SpooledBatch(int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]), bytes(row[5]))
+        )
+        out: list[SpooledBatch] = []
+        size = 0
+        for row in rows:
+            body = bytes(row[5])
+            if out and size + len(body) > max_bytes:
+                break
+            size += len(body)
+            out.append(SpooledBatch(int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]), body))
+        return out
 
     def remove(self, batch_id: int) -> None:
         """Forget a request the endpoint acknowledged (and any earlier one a full disk kept)."""
