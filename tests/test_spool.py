@@ -209,3 +209,94 @@ def test_a_refused_combined_replay_isolates_the_refused_request(tmp_path, redis_
     assert pipeline.stats()["lost_export"] == 10
     assert (report["audit.dropped.first_sequence"], report["audit.dropped.last_sequence"]) == (11, 20)
     assert report["audit.sequence"] == 36
+
+
+def _dropped(body: bytes) -> list[dict]:
+    req = ExportLogsServiceRequest.FromString(body)
+    return [
+        {kv.key: kv.value for kv in lr.attributes}
+        for rl in req.resource_logs
+        for sl in rl.scope_logs
+        for lr in sl.log_records
+        if lr.event_name == "audit.dropped"
+    ]
+
+
+def test_a_refused_spooled_loss_report_is_made_again(tmp_path, redis_url, instrument):
+    with otlp_receiver() as rx:
+        rx.status = 503
+        pipeline = instrument(
+            {
+                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
+                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+                "OTEL_PYTHON_SECRET_AUDIT_QUEUE_SIZE": "64",
+                "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "64",
+                "OTEL_PYTHON_SECRET_AUDIT_QUEUE_FULL_TIMEOUT_MS": "0",
+            }
+        )
+        from opentelemetry.context import get_current
+
+        from secret_audit._internal.event import Access, Item
+        from secret_audit._internal.redis_source import SOURCE
+
+        target = redis.Redis.from_url(redis_url)
+        item = (Item("secret:burst", "read", "GET", "found"),)
+        for _ in range(5000):  # far faster than records are built and spooled: the queue overflows
+            now = time.time_ns()
+            pipeline.submit(Access(SOURCE, now, now, get_current(), target, item, "success"))
+        assert pipeline.flush(30)
+        dropped = pipeline.stats()["dropped_queue_full"]
+        assert dropped > 0
+        last_spooled = pipeline.stats()["sequence"]
+        refused: list[dict] = []
+        plain = rx.handle
+
+        def handle(path, body, headers):
+            # refuse, for good, every request that carries one of the original loss reports
+            if path.endswith("/v1/logs"):
+                originals = [d for d in _dropped(body) if d["audit.sequence"].int_value <= last_spooled]
+                if originals:
+                    refused.extend(originals)
+                    return 400, b""
+            return plain(path, body, headers)
+
+        rx.handle = handle
+        rx.status = 200
+        _replay_all(pipeline)
+        pipeline.submit(Access(SOURCE, now, now, get_current(), target, item, "success"))
+        assert pipeline.flush(10)
+        reports = [r["attributes"] for r in rx.logs if r["event_name"] == "audit.dropped"]
+    # a combined replay and then its parts one by one: each original report was refused twice
+    unique = {d["audit.sequence"].int_value: d for d in refused}
+    refused_counts = sum(d["audit.dropped.count"].int_value for d in unique.values())
+    assert refused_counts == dropped  # every original queue-full report went down with its request
+    again = [r for r in reports if r["audit.dropped.reason"] == "queue_full"]
+    assert sum(r["audit.dropped.count"] for r in again) == dropped
+    assert all(r["audit.sequence"] > last_spooled for r in again)
+    lost = [r for r in reports if r["audit.dropped.reason"] == "export_failed"]
+    assert lost, "the refused requests themselves are reported lost too"
+    assert sum(r["audit.dropped.count"] for r in lost) == pipeline.stats()["lost_export"]
+
+
+def test_a_spool_written_before_loss_reports_were_noted_is_upgraded_in_place(tmp_path):
+    from secret_audit._internal.spool import Spool
+
+    path = tmp_path / Spool.FILENAME
+    with sqlite3.connect(str(path)) as conn:  # the 0.1.0 schema, with one request waiting
+        conn.execute(
+            "CREATE TABLE batches (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, "
+            "first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, records INTEGER NOT NULL, "
+            "body BLOB NOT NULL, created_ns INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO batches VALUES (1, 's', 1, 3, 3, x'0a00', 0)")
+    spool = Spool(str(tmp_path), 1 << 20)
+    second = Spool(str(tmp_path), 1 << 20)  # a second process opening it too
+    try:
+        [old] = spool.oldest(1 << 20)
+        assert (old.stream, old.first_seq, old.last_seq, old.body, old.reports) == ("s", 1, 3, b"\n\x00", None)
+        assert second.append("s", 4, 4, 1, b"\n\x00", '{"4": 7}')
+        assert [b.reports for b in spool.oldest(1 << 20)] == [None, '{"4": 7}']
+    finally:
+        spool.close()
+        second.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
@@ -771,7 +772,9 @@ class AuditPipeline:
         """While the endpoint is down (or older records wait), append to the spool instead."""
         spool = self._spool
         first, last = (seqs[0], seqs[-1]) if seqs else (0, 0)
-        if spool is None or not spool.append(self.stream_id, first, last, len(seqs), body):
+        reports = {s: what for s, what in self._open_reports.items() if first <= s <= last}
+        noted = json.dumps(reports) if reports else None
+        if spool is None or not spool.append(self.stream_id, first, last, len(seqs), body, noted):
             # Spool full, unwritable or missing: the records stay in memory only if retried now.
             if self._stop.is_set():
                 return False
@@ -869,15 +872,30 @@ class AuditPipeline:
     def _replayed(self, batch: SpooledBatch, result: str) -> None:
         if result == SendResult.OK:
             self.replayed += batch.records
-        elif batch.stream == self.stream_id:
+            return
+        reports: dict[str, Any] = {}
+        if batch.reports:
+            try:
+                reports = dict(json.loads(batch.reports))
+            except (ValueError, TypeError):
+                _log.error("secret-audit: unreadable loss reports in spooled batch %d", batch.id)
+        if batch.stream == self.stream_id:
             self._count_lost(batch.first_seq, batch.last_seq, batch.records)
-        else:
-            _log.error(
-                "secret-audit: the endpoint refused spooled records %s:%d..%d",
-                batch.stream,
-                batch.first_seq,
-                batch.last_seq,
-            )
+            # What the refused request's own loss reports said is reported again, not lost with it.
+            with self._lock:
+                for what in reports.values():
+                    if isinstance(what, list) and len(what) == 2:
+                        self._lost_ranges.append((int(what[0]), int(what[1])))
+                    elif isinstance(what, int):
+                        self._unreported_drops += what
+            return
+        _log.error(
+            "secret-audit: the endpoint refused spooled records %s:%d..%d%s",
+            batch.stream,
+            batch.first_seq,
+            batch.last_seq,
+            f", which reported earlier losses {sorted(reports.values(), key=str)}" if reports else "",
+        )
 
     def _deliver_with_retry(self, sink: Sink) -> bool:
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000

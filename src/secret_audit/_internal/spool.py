@@ -40,6 +40,9 @@ class SpooledBatch(NamedTuple):
     last_seq: int
     records: int
     body: bytes
+    # Loss reports (``audit.dropped`` records) inside ``body``, as JSON: {"<sequence>": what they
+    # report}, so a refused request's reports can be made again rather than lost with it.
+    reports: str | None = None
 
 
 class Spool:
@@ -58,6 +61,10 @@ class Spool:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(batches)")}
+        if "reports" not in columns:  # a spool written by version 0.1.0
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                self._conn.execute("ALTER TABLE batches ADD COLUMN reports TEXT")
         self._pid = os.getpid()
         # The last request this process replayed. Forgetting it needs a write (a DELETE goes
         # through the WAL too), which a full disk refuses: then the replay moves on anyway, and
@@ -77,15 +84,23 @@ class Spool:
         ).fetchone()
         return {"batches": int(row[0]), "records": int(row[1]), "bytes": int(row[2])}
 
-    def append(self, stream: str, first_seq: int, last_seq: int, records: int, body: bytes) -> bool:
+    def append(
+        self,
+        stream: str,
+        first_seq: int,
+        last_seq: int,
+        records: int,
+        body: bytes,
+        reports: str | None = None,
+    ) -> bool:
         """Durably append one request; False when the bound would be exceeded or the disk refuses."""
         try:
             if self._bytes() + len(body) > self.max_bytes:
                 return False
             self._conn.execute(
-                "INSERT INTO batches (stream, first_seq, last_seq, records, body, created_ns) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (stream, first_seq, last_seq, records, body, time.time_ns()),
+                "INSERT INTO batches (stream, first_seq, last_seq, records, body, created_ns, reports) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (stream, first_seq, last_seq, records, body, time.time_ns(), reports),
             )
             return True
         except sqlite3.Error as exc:
@@ -104,7 +119,7 @@ class Spool:
         """The next requests to replay, in the order they were spooled: as many as fit in
         ``max_bytes`` together, and always at least one if any waits."""
         rows = self._conn.execute(
-            "SELECT id, stream, first_seq, last_seq, records, body FROM batches "
+            "SELECT id, stream, first_seq, last_seq, records, body, reports FROM batches "
             "WHERE id > ? ORDER BY id LIMIT 256",
             (self._done,),
         )
@@ -115,7 +130,8 @@ class Spool:
             if out and size + len(body) > max_bytes:
                 break
             size += len(body)
-            out.append(SpooledBatch(int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]), body))
+            ids = (int(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]))
+            out.append(SpooledBatch(*ids, body, row[6]))
         return out
 
     def remove(self, batch_id: int) -> None:
