@@ -162,6 +162,42 @@ def test_cluster_transaction_with_watch(audit, rc, tagged):
     ]
 
 
+def test_cluster_transaction_error_blames_only_the_failing_command(audit, rc, tagged):
+    rc.hset(tagged + ":h", "f", "v")
+    audit.clear()
+    with rc.pipeline(transaction=True) as pipe:
+        pipe.set(tagged, "v")
+        pipe.get(tagged + ":h")  # WRONGTYPE at EXEC time: the other commands still ran
+        pipe.get(tagged)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            pipe.execute()
+    recs = audit.attrs()
+    assert rc.get(tagged) == b"v"
+    assert [pick(r, "secret.name", "audit.action", "audit.outcome", "audit.result") for r in recs] == [
+        (tagged, "SET", "success", None),
+        (tagged + ":h", "GET", "error", None),
+        (tagged, "GET", "success", "found"),
+    ]
+
+
+async def test_async_cluster_transaction_error_blames_only_the_failing_command(audit, arc, tagged):
+    await arc.hset(tagged + ":h", "f", "v")
+    audit.clear()
+    async with arc.pipeline(transaction=True) as pipe:
+        pipe.set(tagged, "v")
+        pipe.get(tagged + ":h")
+        pipe.get(tagged)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await pipe.execute()
+    recs = audit.attrs()
+    assert await arc.get(tagged) == b"v"
+    assert [pick(r, "secret.name", "audit.action", "audit.outcome", "audit.result") for r in recs] == [
+        (tagged, "SET", "success", None),
+        (tagged + ":h", "GET", "error", None),
+        (tagged, "GET", "success", "found"),
+    ]
+
+
 async def test_async_cluster_exact_records(audit, arc, tagged, cluster_address):
     host, port = cluster_address
     assert await arc.set(tagged, "v")

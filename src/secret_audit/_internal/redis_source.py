@@ -442,6 +442,21 @@ class Wrappers:
             _note_internal_error()
         return wrapped(*args, **kwargs)
 
+    def strategy_first_error(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """Wrap a cluster ``TransactionStrategy._raise_first_error`` (sync, or async returning a
+        coroutine): keep the EXEC replies on the cluster pipeline, as ``pipeline_first_error`` does."""
+        try:
+            responses = args[0] if args else kwargs.get("responses")
+            pipe = getattr(instance, "_pipe", None)
+            state = getattr(pipe, "__dict__", None)
+            if isinstance(responses, list) and isinstance(state, dict) and _REPLIES in state:
+                state[_REPLIES] = list(responses)
+        except Exception:
+            _note_internal_error()
+        return wrapped(*args, **kwargs)
+
     def pipeline_execute(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:

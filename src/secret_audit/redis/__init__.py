@@ -48,6 +48,8 @@ def _targets() -> list[tuple[Any, str, str]]:
         strategy = getattr(redis.cluster, "TransactionStrategy", None)
         if strategy is not None and hasattr(strategy, "_immediate_execute_command"):
             targets.append((strategy, "_immediate_execute_command", "strategy_execute_command"))
+        if strategy is not None and hasattr(strategy, "_raise_first_error"):
+            targets.append((strategy, "_raise_first_error", "strategy_first_error"))
     except ImportError:  # pragma: no cover - old redis-py
         pass
     try:
@@ -80,6 +82,8 @@ def _targets() -> list[tuple[Any, str, str]]:
             targets.append(
                 (strategy, "_immediate_execute_command", "async_strategy_execute_command")
             )
+        if strategy is not None and hasattr(strategy, "_raise_first_error"):
+            targets.append((strategy, "_raise_first_error", "strategy_first_error"))
     except ImportError:  # pragma: no cover
         pass
     return targets
