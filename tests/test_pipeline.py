@@ -202,26 +202,28 @@ def test_fast_http_sender_with_gzip_and_headers(redis_url, key, cleanup, monkeyp
     assert headers["user-agent"].startswith("otel-secret-audit/")
 
 
+def _send_empty(endpoint):
+    from secret_audit._internal.senders import build_sender
+
+    sender = build_sender("http/protobuf", endpoint, None)
+    try:
+        return sender.send(b"")
+    finally:
+        sender.close()
+
+
 def test_fast_http_sender_goes_through_the_environment_proxy(cleanup, monkeypatch):
-    from secret_audit._internal.senders import SendResult, build_sender
+    from secret_audit._internal.senders import SendResult
 
     with otlp_receiver() as proxy:  # a plain-HTTP proxy gets absolute-URI requests; it answers them
         monkeypatch.setenv("http_proxy", proxy.url)
         monkeypatch.delenv("no_proxy", raising=False)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        sender = build_sender("http/protobuf", "http://collector.invalid:4318/v1/logs", None)
-        try:
-            assert sender.send(b"") == SendResult.OK
-        finally:
-            sender.close()
+        assert _send_empty("http://collector.invalid:4318/v1/logs") == SendResult.OK
         assert len(proxy.raw) == 1
         # no_proxy wins: the same endpoint is then tried directly, and does not resolve
         monkeypatch.setenv("no_proxy", "collector.invalid")
-        direct = build_sender("http/protobuf", "http://collector.invalid:4318/v1/logs", None)
-        try:
-            assert direct.send(b"") == SendResult.RETRY
-        finally:
-            direct.close()
+        assert _send_empty("http://collector.invalid:4318/v1/logs") == SendResult.RETRY
         assert len(proxy.raw) == 1
 
 

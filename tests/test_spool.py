@@ -44,31 +44,14 @@ def spool_rows(directory) -> int:
 
 def test_unavailable_endpoint_spools_then_replays_in_order(tmp_path, redis_url, key, instrument):
     with otlp_receiver() as rx:
-        rx.status = 503
-        pipeline = instrument(
-            {
-                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
-                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
-                "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "10",
-            }
-        )
-        client = redis.Redis.from_url(redis_url)
-        for i in range(35):
-            client.set(f"{key}:{i}", "v")
-        assert pipeline.flush(10)
+        pipeline = _spool_35_records(tmp_path, redis_url, key, instrument, rx)
         stats = pipeline.stats()
         assert stats["spooled"] == 35
         assert stats["spool"]["records"] == 35
         assert rx.audit_records() == []
         rx.status = 200
-        client.get(key)  # new records queue behind the spooled ones
-        for _ in range(150):  # replay backs off up to 5 s between attempts
-            pipeline.flush(5)
-            if pipeline.stats()["spool"]["records"] == 0:
-                break
-            time.sleep(0.1)
-        assert pipeline.stats()["spool"]["records"] == 0
+        redis.Redis.from_url(redis_url).get(key)  # new records queue behind the spooled ones
+        _replay_all(pipeline)
         seqs = [r["attributes"]["audit.sequence"] for r in rx.audit_records()]
     assert seqs == list(range(1, 37))
 
@@ -135,16 +118,19 @@ def test_a_leftover_spool_is_replayed_even_by_a_process_that_audits_nothing(tmp_
     assert spool_rows(tmp_path) == 0
 
 
-def _spool_35_records(tmp_path, redis_url, key, instrument, rx):
+def _spooling(instrument, rx, tmp_path, **extra):
+    """A pipeline exporting to ``rx`` (answering 503 for now) with a spool in ``tmp_path``."""
     rx.status = 503
-    pipeline = instrument(
-        {
-            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
-            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
-            "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "10",
-        }
-    )
+    env = {
+        "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
+        "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
+    }
+    return instrument(env | {f"OTEL_PYTHON_SECRET_AUDIT_{k}": v for k, v in extra.items()})
+
+
+def _spool_35_records(tmp_path, redis_url, key, instrument, rx):
+    pipeline = _spooling(instrument, rx, tmp_path, BATCH_SIZE="10")
     client = redis.Redis.from_url(redis_url)
     for i in range(35):
         client.set(f"{key}:{i}", "v")
@@ -224,17 +210,7 @@ def _dropped(body: bytes) -> list[dict]:
 
 def test_a_refused_spooled_loss_report_is_made_again(tmp_path, redis_url, instrument):
     with otlp_receiver() as rx:
-        rx.status = 503
-        pipeline = instrument(
-            {
-                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
-                "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": str(tmp_path),
-                "OTEL_PYTHON_SECRET_AUDIT_QUEUE_SIZE": "64",
-                "OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE": "64",
-                "OTEL_PYTHON_SECRET_AUDIT_QUEUE_FULL_TIMEOUT_MS": "0",
-            }
-        )
+        pipeline = _spooling(instrument, rx, tmp_path, QUEUE_SIZE="64", BATCH_SIZE="64", QUEUE_FULL_TIMEOUT_MS="0")
         from opentelemetry.context import get_current
 
         from secret_audit._internal.event import Access, Item
