@@ -13,13 +13,18 @@ one transaction per batch, as one OTLP request would be.
 - naive executemany: the same rows, no checks, ``executemany`` of INSERTs, commit per batch.
 - full path: OTLP protobuf decoding plus store ingest, the work of one ``POST /v1/logs`` minus HTTP.
 
-Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 4]``.
+With ``--processes N`` (N > 1) the store variant is also run by N processes with ``--workers / N``
+threads each, the same batches split between them, as N ``store serve`` processes sharing one
+PostgreSQL would (each process keeps its own GIL); reported on a line of its own.
+
+Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 4] [--processes 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -100,6 +105,55 @@ def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float
     return sum(len(b) for b in decoded[1:]) / took
 
 
+def _ingest_part(conninfo: str, pbs: list[bytes], threads: int, ready: Any, go: Any, out: Any) -> None:
+    """One store process: decode its share first, then ingest it with its threads when told to."""
+    decoded = [decode_protobuf(b) for b in pbs]
+    ingestor = Ingestor()
+    todo = list(reversed(decoded))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    batch = todo.pop()
+                result = ingestor.ingest(conn, batch)
+                assert result.accepted == len(batch), result.errors
+
+    gc.collect()
+    ready.put(True)
+    go.wait()
+    started = time.perf_counter()
+    threads_ = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    out.put((started, time.perf_counter(), sum(map(len, decoded))))
+
+
+def run_processes(conninfo: str, pbs: list[bytes], processes: int, workers: int) -> float:
+    """The store variant in several processes (spawned, so no connection is shared), one clock for all."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        Ingestor().ingest(conn, decode_protobuf(pbs[0]))  # creates the partition outside the timing
+    parts = [pbs[1 + i::processes] for i in range(processes)]
+    procs = [ctx.Process(target=_ingest_part, args=(conninfo, part, max(1, workers // processes), ready, go, out))
+             for part in parts]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get()
+    go.set()
+    done = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(d[2] for d in done) / (max(d[1] for d in done) - min(d[0] for d in done))
+
+
 def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
     cols = ", ".join(COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
@@ -133,11 +187,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="also run the store variant in this many processes (workers split between them)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
     url = server.start()
-    store_rates, naive_rates, full_rates, decode_rates = [], [], [], []
+    store_rates, naive_rates, full_rates, decode_rates, proc_rates = [], [], [], [], []
     try:
         with psycopg.connect(url, autocommit=True) as admin:
             settings = {k: admin.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
@@ -152,11 +208,14 @@ def main() -> None:
                 decode_rates.append(sum(map(len, decoded)) / (time.perf_counter() - started))
                 naive_rates.append(run_naive(fresh_db(admin, url), decoded))
                 store_rates.append(run_store(fresh_db(admin, url), decoded, args.workers))
+                if args.processes > 1:
+                    proc_rates.append(run_processes(fresh_db(admin, url), pbs, args.processes, args.workers))
                 # full path: decode inside the timed loop, fresh streams
                 pbs = make_batches(args.events)
                 full_rates.append(run_full(fresh_db(admin, url), pbs, args.workers))
+                procs = f", store in {args.processes} processes {proc_rates[-1]:,.0f}/s" if proc_rates else ""
                 print(f"round {rnd + 1}: store {store_rates[-1]:,.0f}/s, naive {naive_rates[-1]:,.0f}/s, "
-                      f"full path {full_rates[-1]:,.0f}/s, decode {decode_rates[-1]:,.0f}/s")
+                      f"full path {full_rates[-1]:,.0f}/s, decode {decode_rates[-1]:,.0f}/s{procs}")
     finally:
         server.stop()
     store = statistics.median(store_rates)
@@ -165,6 +224,10 @@ def main() -> None:
           f"full path (decode + ingest): {statistics.median(full_rates):,.0f} events/s")
     print(f"store ingest: {store:.0f} events/s (naive executemany {naive:.0f} events/s, "
           f"ratio {store / naive:.2f}) (target >= 50000/s)")
+    if proc_rates:
+        multi = statistics.median(proc_rates)
+        print(f"store ingest in {args.processes} processes x {max(1, args.workers // args.processes)} threads: "
+              f"{multi:.0f} events/s (ratio to naive {multi / naive:.2f})")
 
 
 def run_full(conninfo: str, pbs: list[bytes], workers: int) -> float:
