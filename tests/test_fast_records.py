@@ -136,3 +136,20 @@ def test_pre_encoded_records_equal_a_full_encode(pipeline, accesses, sequence):
     assert encode_request(resource.attributes, "secret_audit", "0.1.0", [ours]) == sdk_bytes(
         resource, scope, [seen[0][0]]
     )
+
+
+def test_an_unhashable_value_from_a_source_is_still_recorded(pipeline):
+    sink = pipeline._sink
+    seen = []
+    sink.add_encoded = lambda record, prefix, skip, tail: seen.append(
+        (encode_log_record(record, prefix, skip, tail), encode_log_record(record), record)
+    )
+    try:
+        item = Item("secret:odd", "read", "GET", "found", version=["1", "2"])  # a list: not hashable
+        start = 1_700_000_000_000_000_000
+        assert pipeline._build(Access(SOURCE, start, start + 1, otel_context.Context(), None, (item,), "success")) == 1
+    finally:
+        del sink.add_encoded
+    [(fast, full, record)] = seen
+    assert fast == full
+    assert record.attributes["secret.version"] == ["1", "2"]

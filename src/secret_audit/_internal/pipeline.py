@@ -127,7 +127,8 @@ class _Shape(NamedTuple):
     encoded: bytes  # ``attrs`` as OTLP LogRecord attribute fields
 
 
-_SHAPES_LIMIT = 4096
+# Bounded so that high-cardinality key names cost at most about 2 MB of cached shapes.
+_SHAPES_LIMIT = 1024
 _new_record = tuple.__new__
 
 
@@ -473,15 +474,20 @@ class AuditPipeline:
         for item, count in _coalesce(items) if len(items) > 1 else ((items[0], 1),):
             error = item.error or access.error
             if error is None:
-                key = (source.name, item, count, access.outcome, principal, base_resource,
-                       who.enduser, who.client_address, who.access_path)
-                shape = shapes.get(key)
-                if shape is None:
-                    shape = self._shape(source, item, count, access.outcome, None, principal,
-                                        base_resource, who)
-                    if len(shapes) >= _SHAPES_LIMIT:
-                        shapes.clear()
-                    shapes[key] = shape
+                key: tuple[Any, ...] = (source.name, item, count, access.outcome, principal,
+                                        base_resource, who.enduser, who.client_address, who.access_path)
+                try:
+                    cached = shapes.get(key)
+                except TypeError:  # an unhashable value from a source: built every time
+                    cached, key = None, ()
+                if cached is None:
+                    cached = self._shape(source, item, count, access.outcome, None, principal,
+                                         base_resource, who)
+                    if key:
+                        if len(shapes) >= _SHAPES_LIMIT:
+                            shapes.clear()
+                        shapes[key] = cached
+                shape = cached
             else:
                 shape = self._shape(source, item, count, access.outcome, error, principal, base_resource, who)
             attrs = shape.attrs.copy()
