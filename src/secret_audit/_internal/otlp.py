@@ -45,6 +45,10 @@ class RecordData(NamedTuple):
 def _varint(n: int) -> bytes:
     if 0 <= n < 128:
         return _SMALL[n]
+    if 0 < n < 16384:  # lengths of records and batches, sequences: two bytes, written directly
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if 0 < n < 2097152:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -243,6 +247,28 @@ _SEVERITY_FIELDS: dict[tuple[int, str], bytes] = {}
 _EVENT_NAME_FIELDS: dict[str, bytes] = {}
 
 
+def _severity_field(number: int, text: str) -> bytes:
+    field = _SEVERITY_FIELDS.get((number, text))
+    if field is None:
+        field = b""
+        if number:
+            field += b"\x10" + _varint(number)
+        if text:
+            field += _ld(b"\x1a", text.encode("utf-8"))
+        if len(_SEVERITY_FIELDS) < 64:
+            _SEVERITY_FIELDS[(number, text)] = field
+    return field
+
+
+def _event_name_field(name: str) -> bytes:
+    field = _EVENT_NAME_FIELDS.get(name)
+    if field is None:
+        field = _ld(b"\x62", name.encode("utf-8")) if name else b""
+        if len(_EVENT_NAME_FIELDS) < 64:
+            _EVENT_NAME_FIELDS[name] = field
+    return field
+
+
 def encode_log_record(
     rec: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None
 ) -> bytes:
@@ -252,45 +278,34 @@ def encode_log_record(
     an audit record's attributes that repeat from record to record are encoded once. ``tail``,
     when given, is the encoding of all the attributes after those (an ``AuditTail``).
     """
-    parts = []
-    if rec.time_unix_nano:
-        parts.append(b"\x09" + _pack_q(rec.time_unix_nano))
-    severity = (rec.severity_number, rec.severity_text)
-    field = _SEVERITY_FIELDS.get(severity)
-    if field is None:
-        field = b""
-        if rec.severity_number:
-            field += b"\x10" + _varint(rec.severity_number)
-        if rec.severity_text:
-            field += _ld(b"\x1a", rec.severity_text.encode("utf-8"))
-        if len(_SEVERITY_FIELDS) < 64:
-            _SEVERITY_FIELDS[severity] = field
-    parts.append(field)
-    parts.append(_ld(b"\x2a", encode_any(rec.body)))
-    if skip:
-        parts.append(prefix)
-        if tail is not None:
-            parts.append(tail)
+    body = rec.body
+    if type(body) is str:
+        raw = body.encode("utf-8")
+        n = len(raw)
+        if n < 126:
+            body_field = b"".join((b"\x2a", _SMALL[n + 2], b"\x0a", _SMALL[n], raw))
         else:
-            parts.append(_record_attributes(islice(rec.attributes.items(), skip, None)))
+            body_field = _ld(b"\x2a", _ld(b"\x0a", raw))
     else:
-        parts.append(_record_attributes(rec.attributes.items()))
-    if rec.flags:
-        parts.append(b"\x45" + _pack_i(rec.flags))
-    if rec.trace_id:
-        parts.append(b"\x4a\x10" + rec.trace_id.to_bytes(16, "big"))
-    if rec.span_id:
-        parts.append(b"\x52\x08" + rec.span_id.to_bytes(8, "big"))
-    if rec.observed_time_unix_nano:
-        parts.append(b"\x59" + _pack_q(rec.observed_time_unix_nano))
-    if rec.event_name:
-        field = _EVENT_NAME_FIELDS.get(rec.event_name)
-        if field is None:
-            field = _ld(b"\x62", rec.event_name.encode("utf-8"))
-            if len(_EVENT_NAME_FIELDS) < 64:
-                _EVENT_NAME_FIELDS[rec.event_name] = field
-        parts.append(field)
-    return b"".join(parts)
+        body_field = _ld(b"\x2a", encode_any(body))
+    if not skip:
+        attributes = _record_attributes(rec.attributes.items())
+    elif tail is not None:
+        attributes = prefix + tail
+    else:
+        attributes = prefix + _record_attributes(islice(rec.attributes.items(), skip, None))
+    t, observed = rec.time_unix_nano, rec.observed_time_unix_nano
+    return b"".join((
+        b"\x09" + _pack_q(t) if t else b"",
+        _severity_field(rec.severity_number, rec.severity_text),
+        body_field,
+        attributes,
+        b"\x45" + _pack_i(rec.flags) if rec.flags else b"",
+        b"\x4a\x10" + rec.trace_id.to_bytes(16, "big") if rec.trace_id else b"",
+        b"\x52\x08" + rec.span_id.to_bytes(8, "big") if rec.span_id else b"",
+        b"\x59" + _pack_q(observed) if observed else b"",
+        _event_name_field(rec.event_name),
+    ))
 
 
 def encode_request(

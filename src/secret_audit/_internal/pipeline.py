@@ -264,7 +264,8 @@ class AuditPipeline:
         dq.append(access)
         if self._thread is None:
             self._start()
-        if access.ticket is not None or len(dq) >= self._wake_at:
+        if (access.ticket is not None or len(dq) >= self._wake_at) and not self._wake.is_set():
+            # is_set() first: set() takes a lock, and while the worker is behind every call gets here
             self._wake.set()
 
     def accepting(self) -> bool:
