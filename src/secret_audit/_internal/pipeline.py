@@ -129,6 +129,17 @@ class _Shape(NamedTuple):
 
 # Bounded so that high-cardinality key names cost at most about 2 MB of cached shapes.
 _SHAPES_LIMIT = 1024
+
+# A record's trace fields: trace id, span id, flags, and the two ids in hex for the chain hash.
+_Ids = tuple[int, int, int, str, str]
+_NO_IDS: _Ids = (0, 0, 0, "", "")
+
+
+def _ids(span_context: trace.SpanContext) -> _Ids:
+    if not span_context.is_valid:
+        return _NO_IDS
+    trace_id, span_id = span_context.trace_id, span_context.span_id
+    return trace_id, span_id, int(span_context.trace_flags), f"{trace_id:032x}", f"{span_id:016x}"
 _new_record = tuple.__new__
 
 
@@ -193,7 +204,7 @@ class AuditPipeline:
         self._batch_seqs: list[int] = []
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
         self._last_context: Context | None = None
-        self._last_who: tuple[Any, trace.SpanContext] = (None, trace.INVALID_SPAN_CONTEXT)
+        self._last_who: tuple[Any, trace.SpanContext, _Ids] = (None, trace.INVALID_SPAN_CONTEXT, _NO_IDS)
         self._batch_tickets: list[Ticket] = []
         # The batch whose send is in flight on the courier while the worker builds the next one.
         self._inflight: tuple[bytes, list[int], list[Ticket]] | None = None
@@ -449,7 +460,9 @@ class AuditPipeline:
 
     def _build(self, access: Access) -> int:
         """Turn one access into its span (if wanted) and one record per distinct secret touched."""
-        tracer, sink = self._ensure_sdk()
+        tracer, sink = self._tracer, self._sink
+        if tracer is None or sink is None:
+            tracer, sink = self._ensure_sdk()
         settings = self.settings
         source = access.source
         ctx = access.context
@@ -459,16 +472,17 @@ class AuditPipeline:
         if not items:
             return 0
         if ctx is self._last_context:
-            who, parent = self._last_who
+            who, parent, parent_ids = self._last_who
         else:
             # Accesses made in one request share its context: resolved once for all of them.
             who = resolve(ctx, settings.default_access_path)
             parent = trace.get_current_span(ctx).get_span_context()
-            self._last_context, self._last_who = ctx, (who, parent)
+            parent_ids = _ids(parent)
+            self._last_context, self._last_who = ctx, (who, parent, parent_ids)
         principal = who.principal or settings.principal or source.principal(access.target)
         base_resource = source.resource(access.target)
         duration_ms = (access.end_ns - access.start_ns) / 1e6
-        took = _fmt_ms(duration_ms)
+        took = None
         shapes = self._shapes
         records: list[dict[str, Any]] = []
         bodies: list[_Shape] = []
@@ -495,12 +509,21 @@ class AuditPipeline:
             attrs["audit.duration_ms"] = duration_ms
             records.append(attrs)
             bodies.append(shape)
-        span = self._start_span(tracer, ctx, parent, records, access.start_ns)
-        span_context = span.get_span_context() if span is not None else parent
+        mode = settings.spans
+        if mode == "off" or (mode == "in_trace" and not parent.is_valid):
+            span, ids = None, parent_ids
+        else:
+            span = self._start_span(tracer, ctx, parent, records, access.start_ns)
+            ids = _ids(span.get_span_context()) if span is not None else parent_ids
         fast = sink if isinstance(sink, FastSink) else None
         for attrs, shape in zip(records, bodies, strict=True):
-            body = shape.body if shape.tail is None else f"{shape.body}{took}{shape.tail}"
-            self._emit(EVENT_ACCESS, attrs, access.start_ns, body, span_context, shape, fast)
+            if shape.tail is None:
+                body = shape.body
+            else:
+                if took is None:
+                    took = _fmt_ms(duration_ms)
+                body = f"{shape.body}{took}{shape.tail}"
+            self._emit(EVENT_ACCESS, attrs, access.start_ns, body, ids, shape, fast)
         if span is not None:
             if len(records) == 1:
                 span.set_attributes(records[0])
@@ -602,7 +625,7 @@ class AuditPipeline:
         attrs: dict[str, Any],
         start_ns: int,
         body: str,
-        span_context: trace.SpanContext,
+        ids: _Ids,
         shape: _Shape | None = None,
         fast: FastSink | None = None,
     ) -> None:
@@ -618,13 +641,7 @@ class AuditPipeline:
         else:
             sev, severity_text = _SEVERITY.get(attrs.get("audit.outcome", "error"), _SEVERITY["error"])
             severity = sev.value
-        if span_context.is_valid:
-            trace_id, span_id = span_context.trace_id, span_context.span_id
-            flags = int(span_context.trace_flags)
-            trace_hex, span_hex = f"{trace_id:032x}", f"{span_id:016x}"
-        else:
-            trace_id = span_id = flags = 0
-            trace_hex = span_hex = ""
+        trace_id, span_id, flags, trace_hex, span_hex = ids
         digest = chain.chain_hash(
             chain.canonical_bytes(
                 time_unix_nano=start_ns,
@@ -664,7 +681,7 @@ class AuditPipeline:
             return
         self._ensure_sdk()
         now = time.time_ns()
-        invalid = trace.INVALID_SPAN_CONTEXT
+        invalid = _NO_IDS
         if dropped:
             attrs: dict[str, Any] = {
                 "audit.outcome": "error",
