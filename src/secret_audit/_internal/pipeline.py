@@ -714,9 +714,9 @@ class AuditPipeline:
         seqs = self._batch_seqs
         self._batch_seqs = []
         if isinstance(sink, FastSink):
+            self._settle()  # first: the request in flight is released before this one is made
             body = sink.encode()
             sink.discard()
-            self._settle()
             spool = self._spool
             if spool is None or not spool.pending():
                 # Sent on the courier thread: the next batch is built while this one is on the wire.
