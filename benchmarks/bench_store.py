@@ -72,11 +72,10 @@ def fresh_db(admin: psycopg.Connection[Any], url: str) -> str:
     return conninfo
 
 
-def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float:
+def _ingest_threads(conninfo: str, batches: list[list[Record]], threads: int) -> tuple[float, float]:
+    """Ingest the batches with ``threads`` request threads, a connection each; (start, end) clock."""
     ingestor = Ingestor()
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        ingestor.ingest(conn, decoded[0])  # creates the partition outside the timing
-    todo = list(reversed(decoded[1:]))
+    todo = list(reversed(batches))
     lock = threading.Lock()
     failures: list[BaseException] = []
 
@@ -93,45 +92,32 @@ def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
     started = time.perf_counter()
-    for t in threads:
+    running = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in running:
         t.start()
-    for t in threads:
+    for t in running:
         t.join()
-    took = time.perf_counter() - started
     if failures:
         raise failures[0]
-    return sum(len(b) for b in decoded[1:]) / took
+    return started, time.perf_counter()
+
+
+def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        Ingestor().ingest(conn, decoded[0])  # creates the partition outside the timing
+    started, ended = _ingest_threads(conninfo, decoded[1:], workers)
+    return sum(len(b) for b in decoded[1:]) / (ended - started)
 
 
 def _ingest_part(conninfo: str, pbs: list[bytes], threads: int, ready: Any, go: Any, out: Any) -> None:
     """One store process: decode its share first, then ingest it with its threads when told to."""
     decoded = [decode_protobuf(b) for b in pbs]
-    ingestor = Ingestor()
-    todo = list(reversed(decoded))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    batch = todo.pop()
-                result = ingestor.ingest(conn, batch)
-                assert result.accepted == len(batch), result.errors
-
     gc.collect()
     ready.put(True)
     go.wait()
-    started = time.perf_counter()
-    threads_ = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in threads_:
-        t.start()
-    for t in threads_:
-        t.join()
-    out.put((started, time.perf_counter(), sum(map(len, decoded))))
+    started, ended = _ingest_threads(conninfo, decoded, threads)
+    out.put((started, ended, sum(map(len, decoded))))
 
 
 def run_processes(conninfo: str, pbs: list[bytes], processes: int, workers: int) -> float:

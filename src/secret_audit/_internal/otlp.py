@@ -131,14 +131,19 @@ _FIELD_CACHE_LIMIT = 8192
 _KEY_PREFIX: dict[str, bytes] = {}
 
 
+def _string_field(cache: dict[str, bytes], tag: bytes, text: str, limit: int) -> bytes:
+    """A string field (tag, length, UTF-8; nothing for an empty string), cached up to ``limit``."""
+    field = cache.get(text)
+    if field is None:
+        field = _ld(tag, text.encode("utf-8")) if text else b""
+        if len(cache) < limit:
+            cache[text] = field
+    return field
+
+
 def _key_prefix(key: str) -> bytes:
-    """KeyValue's key field (tag, length, UTF-8), cached per attribute name."""
-    prefix = _KEY_PREFIX.get(key)
-    if prefix is None:
-        prefix = _ld(b"\x0a", key.encode("utf-8")) if key else b""
-        if len(_KEY_PREFIX) < 4096:
-            _KEY_PREFIX[key] = prefix
-    return prefix
+    """KeyValue's key field, cached per attribute name."""
+    return _KEY_PREFIX.get(key) or _string_field(_KEY_PREFIX, b"\x0a", key, 4096)
 
 
 def encode_attributes(attributes: Mapping[str, Any]) -> bytes:
@@ -261,12 +266,7 @@ def _severity_field(number: int, text: str) -> bytes:
 
 
 def _event_name_field(name: str) -> bytes:
-    field = _EVENT_NAME_FIELDS.get(name)
-    if field is None:
-        field = _ld(b"\x62", name.encode("utf-8")) if name else b""
-        if len(_EVENT_NAME_FIELDS) < 64:
-            _EVENT_NAME_FIELDS[name] = field
-    return field
+    return _EVENT_NAME_FIELDS.get(name) or _string_field(_EVENT_NAME_FIELDS, b"\x62", name, 64)
 
 
 def encode_log_record(
