@@ -251,3 +251,26 @@ def test_memoryview_and_bytearray_keys_are_audited_by_value(audit, redis_url, ke
     finally:
         r.close()
     assert [(x["audit.action"], x["secret.name"]) for x in audit.attrs()] == [("SET", key), ("GET", key)]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "raw", "expected", "good"),
+    [
+        ("PORT", "70000", "an integer from 0 to 65535", " 4319 "),
+        ("PORT", "eighty", "an integer from 0 to 65535", "0"),
+        ("POOL_SIZE", "0", "an integer from 1 to 256", "16"),
+        ("MAX_BODY_BYTES", "10", "an integer from 1024 to", "2048"),
+        ("RETENTION_DAYS", "0", "an integer from 1 to 36500", "30"),
+    ],
+)
+def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, good):
+    from secret_audit.store.config import load_store_config
+
+    name = "OTEL_PYTHON_SECRET_AUDIT_STORE_" + suffix
+    with pytest.raises(ConfigurationError) as info:
+        load_store_config({name: raw})
+    assert name in str(info.value)
+    assert expected in str(info.value)
+    config = load_store_config({name: good})
+    field = {"PORT": "port", "POOL_SIZE": "pool_size", "MAX_BODY_BYTES": "max_body_bytes"}.get(suffix, "retention_days")
+    assert getattr(config, field) == int(good)

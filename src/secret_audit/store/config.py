@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secret_audit._internal.config import PREFIX, ConfigurationError
+from secret_audit._internal.config import PREFIX, ConfigurationError, _int_range, _read
 
 __all__ = ["NON_AUDIT_MODES", "StoreConfig", "default_data_dir", "load_store_config"]
 
@@ -38,17 +38,7 @@ class StoreConfig:
 
 
 def _int(env: Mapping[str, str], suffix: str, default: int, low: int, high: int) -> int:
-    name = STORE + suffix
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigurationError(name, raw, f"an integer from {low} to {high}") from None
-    if not low <= value <= high:
-        raise ConfigurationError(name, raw, f"an integer from {low} to {high}")
-    return value
+    return _read(env, "STORE_" + suffix, _int_range(low, high), default)
 
 
 def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
