@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import free_port, valkey_server  # noqa: E402
 
-__all__ = ["free_port", "interleave", "otlp_sink", "report", "valkey_server"]
+__all__ = ["free_port", "interleave", "otlp_sink", "report", "valkey_server", "wait_port"]
 
 _SINK = r"""
 import sys
@@ -31,18 +31,23 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
+def wait_port(host: str, port: int) -> None:
+    """Wait (up to 10 s) until something accepts connections on ``host:port``."""
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def otlp_sink() -> Iterator[str]:
     """An OTLP/HTTP endpoint in another process that accepts and discards, so it costs us no CPU."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)])
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        time.sleep(0.02)
+    wait_port("127.0.0.1", port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from _common import otlp_sink
+from _common import interleave, otlp_sink, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.05
@@ -37,43 +35,6 @@ def _process(argv: list[str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _wait_port(host: str, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
-            return
-        time.sleep(0.02)
-
-
-def interleave(
-    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
-    op: Callable[[], object],
-    rounds: int,
-    per_round: int,
-    settle: Callable[[], None],
-) -> dict[str, list[float]]:
-    """Time ``op`` per call under each variant, rotating which goes first; returns µs samples."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    clock = time.perf_counter_ns
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            enter, leave = variants[name]
-            enter()
-            try:
-                for _ in range(per_round // 10):
-                    op()
-                out = samples[name]
-                for _ in range(per_round):
-                    t0 = clock()
-                    op()
-                    out.append((clock() - t0) / 1000)
-            finally:
-                settle()
-                leave()
-    return samples
 
 
 def _report(label: str, samples: dict[str, list[float]]) -> tuple[float, float]:
@@ -110,7 +71,7 @@ def main() -> int:
     with _process(fake) as endpoints, otlp_sink() as sink:
         target = endpoints.split()[0]
         host, port = target.rsplit(":", 1)
-        _wait_port(host, int(port))
+        wait_port(host, int(port))
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink + "/v1/traces")))
         trace.set_tracer_provider(provider)
@@ -150,7 +111,7 @@ def main() -> int:
             ("no caller span: audit record only", lambda: access(name=name)),
             ("inside a request span: audit span + record", in_request),
         ):
-            samples = interleave(variants, op, rounds, per_round, settle)
+            samples = interleave(variants, op, rounds=rounds, per_round=per_round, settle=settle)
             results[label] = _report(label, samples)
         stats = secret_audit.stats()
         print(f"\naudit pipeline (last audited round): {stats}")
