@@ -5,12 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Ask a child process to stop (SIGTERM by default), and kill it if it has not within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def free_port() -> int:
@@ -58,12 +72,7 @@ def valkey_server(*extra: str, workdir: Path | None = None) -> Iterator[tuple[st
             raise RuntimeError(f"{exc}; valkey log:\n{tail}") from None
         yield "127.0.0.1", port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -132,12 +141,7 @@ def valkey_sentinel(master: tuple[str, int], service: str = "mymaster") -> Itera
         _wait_port(port, proc)
         yield "127.0.0.1", port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from servers import stop_process
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -534,12 +536,7 @@ def run_collector(binary: str, config: Path, env: dict[str, str], done: Any, tim
             assert time.monotonic() < deadline, "collector did not deliver in time:\n" + log.read_text()
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
     return log.read_text()
 
 

@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from otlp_receiver import any_value
 from secret_audit.store.migrations import migrate
 from secret_audit.store.tokens import create_token
-from servers import free_port, postgres_url
+from servers import free_port, postgres_url, stop_process
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -91,15 +91,8 @@ class StoreProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server (gracefully by default, or with SIGKILL) and wait for it to be gone."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 30, sig)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
