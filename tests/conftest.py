@@ -113,6 +113,16 @@ def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
 
 
 @pytest.fixture
+def r(audit: Audit, redis_url: str) -> Iterator[Any]:
+    """A sync redis-py client on the test server, made after instrumentation so it is audited."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def key() -> str:
     """A fresh secret-looking key per test, so tests never see each other's data."""
     return f"secret:{uuid.uuid4().hex[:12]}"

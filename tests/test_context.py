@@ -13,18 +13,6 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from secret_audit import audit_context, current_audit_context
 
 
-@pytest.fixture
-def audit_env():
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
-
-
-@pytest.fixture
-def r(audit, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def who(rec):
     return (rec.get("enduser.id"), rec.get("client.address"), rec.get("audit.access_path"), rec.get("audit.principal"))
 

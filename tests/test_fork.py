@@ -6,22 +6,7 @@ import json
 import os
 import threading
 
-import pytest
-import redis
-
 from secret_audit._internal import chain
-
-
-@pytest.fixture
-def audit_env():
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
-
-
-@pytest.fixture
-def r(audit, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def stream(recs):

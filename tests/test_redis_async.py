@@ -40,11 +40,6 @@ def slow_loops(redis_address):
 
 
 @pytest.fixture
-def audit_env():
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
-
-
-@pytest.fixture
 async def ar(audit, redis_url):
     client = aredis.Redis.from_url(redis_url)
     yield client

@@ -21,11 +21,6 @@ def cluster_address():
 
 
 @pytest.fixture
-def audit_env():
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
-
-
-@pytest.fixture
 def rc(audit, cluster_address):
     host, port = cluster_address
     client = RedisCluster(host=host, port=port)

@@ -8,13 +8,6 @@ import redis
 from servers import valkey_server
 
 
-@pytest.fixture
-def r(audit, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def recs(audit):
     return [
         (x["secret.name"], x["audit.operation"], x["audit.action"], x["audit.outcome"], x.get("audit.result"))

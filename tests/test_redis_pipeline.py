@@ -9,18 +9,6 @@ import redis.exceptions
 FIELDS = ("secret.name", "audit.operation", "audit.action", "audit.outcome", "audit.result")
 
 
-@pytest.fixture
-def audit_env():
-    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
-
-
-@pytest.fixture
-def r(audit, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def pick(rec, *names):
     return tuple(rec.get(n) for n in names)
 

@@ -10,13 +10,6 @@ from opentelemetry.trace import format_span_id, format_trace_id
 from secret_audit._internal import chain
 
 
-@pytest.fixture
-def r(audit, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def one(audit):
     recs = audit.attrs()
     assert len(recs) == 1, recs
