@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import redis.asyncio as aredis
 
 from canary_ops import async_exercise, sync_exercise
 from otlp_receiver import otlp_receiver
+from test_launcher_e2e import launch
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -128,30 +128,17 @@ def test_error_messages_keep_only_known_codes_and_phrases(audit, redis_url, key)
 
 def test_launcher_canary_never_reaches_the_wire_or_stderr(redis_url):
     """Under opentelemetry-instrument: the raw OTLP bytes and the [AUDIT] lines carry no value."""
-    import os
-
     key = "secret:canary:" + secrets.token_hex(4)
     canary = new_canary()
     with otlp_receiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-        env.update(
+        proc = launch(
+            rx.url, redis_url, str(HERE / "apps" / "sa_canary_app.py"), key, canary,
+            timeout=120,
             OTEL_SERVICE_NAME="canary",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_LOGS_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="none",
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.url,
-            OTEL_BSP_SCHEDULE_DELAY="100",
             OTEL_PYTHON_SECRET_AUDIT_ECHO="true",
             # the official redis instrumentation records exception messages verbatim (its
             # choice, not ours): keep it out so the raw bytes are only what we produce
             OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="redis",
-            REDIS_URL=redis_url,
-        )
-        proc = subprocess.run(
-            [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "sa_canary_app.py"),
-             key, canary],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "done"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+import test_launcher_e2e as launcher
 from conftest import Audit
 from gcp_fixtures import make_client
 from otlp_receiver import otlp_receiver
@@ -104,24 +103,13 @@ def test_get_secret_gives_one_trail_across_cache_and_vault(trail, gcp_server, re
 
 
 def launch(rx_url: str, endpoints: Any, redis_url: str, project: str, name: str, **extra: str) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-    env.update(
+    return launcher.launch(
+        rx_url, redis_url, str(ROOT / "examples" / "get_secret.py"), name,
+        timeout=300,
         OTEL_SERVICE_NAME="seed-000",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=rx_url,
-        OTEL_BSP_SCHEDULE_DELAY="100",
-        REDIS_URL=redis_url,
         GCP_PROJECT=project,
         SECRET_MANAGER_GRPC_TARGET=endpoints.grpc_target,
         **extra,
-    )
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable,
-         str(ROOT / "examples" / "get_secret.py"), name],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
     )
 
 

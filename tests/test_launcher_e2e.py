@@ -33,10 +33,9 @@ CONTRACT = {
 }
 
 
-def launch(receiver_url: str, redis_url: str, *argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))
-    }
+def launcher_env(receiver_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an app run under opentelemetry-instrument, exporting OTLP/HTTP to the receiver."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
     env.update(
         OTEL_SERVICE_NAME="launcher-e2e",
         OTEL_TRACES_EXPORTER="otlp",
@@ -48,12 +47,19 @@ def launch(receiver_url: str, redis_url: str, *argv: str, **extra: str) -> subpr
         REDIS_URL=redis_url,
     )
     env.update(extra)
+    return env
+
+
+def launch(
+    receiver_url: str, redis_url: str, *argv: str, timeout: float = 600, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *argv`` under opentelemetry-instrument with ``launcher_env``."""
     return subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, *argv],
-        env=env,
+        env=launcher_env(receiver_url, redis_url, **extra),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
 

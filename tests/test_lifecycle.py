@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
 import sys
 
 from otlp_receiver import otlp_receiver
-from test_launcher_e2e import BIN, HERE
+from test_launcher_e2e import BIN, HERE, launcher_env
 
 
 def test_sigterm_flushes_queued_records_then_terminates(redis_url):
     key = "secret:term:" + secrets.token_hex(4)
     with otlp_receiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-        env.update(
+        env = launcher_env(
+            rx.url, redis_url,
             OTEL_SERVICE_NAME="sigterm",
             OTEL_TRACES_EXPORTER="none",
             OTEL_LOGS_EXPORTER="none",
-            OTEL_METRICS_EXPORTER="none",
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.url,
             # a long schedule: without the SIGTERM flush nothing would have been exported yet
             OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS="60000",
             OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE="100000",
             OTEL_PYTHON_SECRET_AUDIT_QUEUE_SIZE="200000",
-            REDIS_URL=redis_url,
         )
         proc = subprocess.Popen(
             [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "sigterm_app.py"), key, "500"],

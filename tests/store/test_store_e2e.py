@@ -127,31 +127,21 @@ def test_redis_audit_records_land_field_for_field(instrumented, redis_url, key, 
 
 def test_launcher_default_sender_lands_in_the_store(server_url, tokens, redis_url, owner):
     """No code change: opentelemetry-instrument with the audit exporter pointed at the store."""
-    import os
     import secrets
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    here = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-    env.update(
+    from test_launcher_e2e import HERE, launch
+
+    key = "secret:store:" + secrets.token_hex(4)
+    value = "canary-" + secrets.token_hex(8)
+    proc = launch(
+        server_url, redis_url, str(HERE / "apps" / "launcher_app.py"), key, value,
+        timeout=120,
         OTEL_SERVICE_NAME="store-e2e",
         OTEL_RESOURCE_ATTRIBUTES="service.namespace=acme",
         OTEL_TRACES_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=f"{server_url}/v1/logs",
         OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS=f"authorization=Bearer%20{tokens['acme-ingest']}",
-        REDIS_URL=redis_url,
-    )
-    key = "secret:store:" + secrets.token_hex(4)
-    value = "canary-" + secrets.token_hex(8)
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable,
-         str(here / "apps" / "launcher_app.py"), key, value],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     rows = owner.execute(
