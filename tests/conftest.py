@@ -91,14 +91,23 @@ def audit_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def instrumented(instrumentor: Any, env: dict[str, str]) -> Iterator[Audit]:
-    """Instrument with in-memory exporters; uninstrument and retire the pipeline afterwards."""
-    helper = Audit(env)
-    instrumentor.instrument(**helper.kwargs())
+def instrumented(env: dict[str, str] | Audit, *instrumentors: Any) -> Iterator[Audit]:
+    """Instrument with in-memory exporters; uninstrument and retire the pipeline afterwards.
+
+    The first instrumentor gets the exporters; the others are instrumented after it, without
+    arguments, and so join its pipeline, as under the launcher.
+    """
+    helper = env if isinstance(env, Audit) else Audit(env)
+    first, *joining = instrumentors
+    first.instrument(**helper.kwargs())
+    for other in joining:
+        other.instrument()
     try:
         yield helper
     finally:
-        instrumentor.uninstrument()
+        for other in reversed(joining):
+            other.uninstrument()
+        first.uninstrument()
         old = set_pipeline(None)
         if old is not None:
             old.shutdown(5)
@@ -108,7 +117,7 @@ def instrumented(instrumentor: Any, env: dict[str, str]) -> Iterator[Audit]:
 def audit(audit_env: dict[str, str]) -> Iterator[Audit]:
     from secret_audit.redis import RedisSecretAuditInstrumentor
 
-    with instrumented(RedisSecretAuditInstrumentor(), audit_env) as helper:
+    with instrumented(audit_env, RedisSecretAuditInstrumentor()) as helper:
         yield helper
 
 

@@ -98,5 +98,5 @@ def gcp_audit(audit_env: dict[str, str]) -> Iterator[Any]:
     from conftest import instrumented
     from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
 
-    with instrumented(GcpSecretManagerSecretAuditInstrumentor(), audit_env) as helper:
+    with instrumented(audit_env, GcpSecretManagerSecretAuditInstrumentor()) as helper:
         yield helper

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Audit
+from conftest import Audit, instrumented
 from gcp_fixtures import make_client
-from secret_audit._internal.pipeline import set_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -54,17 +53,8 @@ def trail(audit_env: dict[str, str], monkeypatch) -> Iterator[Audit]:
     tracer = helper.tracer_provider.get_tracer("examples")
     monkeypatch.setattr(service, "_tracer", tracer)
     monkeypatch.setattr(fetcher_module, "_tracer", tracer)
-    redis_inst, gcp_inst = RedisSecretAuditInstrumentor(), GcpSecretManagerSecretAuditInstrumentor()
-    redis_inst.instrument(**helper.kwargs())
-    gcp_inst.instrument()
-    try:
+    with instrumented(helper, RedisSecretAuditInstrumentor(), GcpSecretManagerSecretAuditInstrumentor()):
         yield helper
-    finally:
-        gcp_inst.uninstrument()
-        redis_inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
 
 
 def row(rec: Any) -> tuple[Any, ...]:

@@ -12,10 +12,9 @@ import pytest
 import redis
 
 import test_launcher_e2e as launcher
-from conftest import Audit
+from conftest import Audit, instrumented
 from gcp_fixtures import make_client
 from otlp_receiver import otlp_receiver
-from secret_audit._internal.pipeline import set_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -46,18 +45,8 @@ def trail(audit_env: dict[str, str]) -> Iterator[Audit]:
     from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
     from secret_audit.redis import RedisSecretAuditInstrumentor
 
-    helper = Audit(audit_env)
-    redis_inst, gcp_inst = RedisSecretAuditInstrumentor(), GcpSecretManagerSecretAuditInstrumentor()
-    redis_inst.instrument(**helper.kwargs())
-    gcp_inst.instrument()
-    try:
+    with instrumented(audit_env, RedisSecretAuditInstrumentor(), GcpSecretManagerSecretAuditInstrumentor()) as helper:
         yield helper
-    finally:
-        gcp_inst.uninstrument()
-        redis_inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
 
 
 def seed(endpoints: Any, project: str, name: str, value: bytes) -> None:
