@@ -90,6 +90,13 @@ def audit_env() -> dict[str, str]:
     return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
 
 
+def retire_pipeline() -> None:
+    """Drop the process pipeline, flushing and stopping it, so that the next test starts afresh."""
+    old = set_pipeline(None)
+    if old is not None:
+        old.shutdown(5)
+
+
 @contextlib.contextmanager
 def instrumented(env: dict[str, str] | Audit, *instrumentors: Any) -> Iterator[Audit]:
     """Instrument with in-memory exporters; uninstrument and retire the pipeline afterwards.
@@ -108,9 +115,7 @@ def instrumented(env: dict[str, str] | Audit, *instrumentors: Any) -> Iterator[A
         for other in reversed(joining):
             other.uninstrument()
         first.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ import redis.client
 import redis.cluster
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-from conftest import Audit
+from conftest import Audit, retire_pipeline
 from otlp_receiver import otlp_receiver
 from secret_audit._internal import pipeline as pipeline_mod
-from secret_audit._internal.pipeline import set_pipeline
 from secret_audit._internal.redis_source import RedisSource
 from secret_audit.redis import RedisSecretAuditInstrumentor
 from test_launcher_e2e import launch as launch_app
@@ -58,9 +57,7 @@ def env():
     finally:
         official.uninstrument()
         ours.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
         assert current() == originals
 
 

@@ -8,10 +8,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from conftest import retire_pipeline
 from otlp_receiver import otlp_receiver
 from secret_audit import AuditUnavailableError
 from secret_audit._internal.config import load_settings
-from secret_audit._internal.pipeline import peek_pipeline, set_pipeline
+from secret_audit._internal.pipeline import peek_pipeline
 from secret_audit.redis import RedisSecretAuditInstrumentor
 
 
@@ -34,9 +35,7 @@ def closed(tmp_path):
 
     yield make
     RedisSecretAuditInstrumentor().uninstrument()
-    old = set_pipeline(None)
-    if old is not None:
-        old.shutdown(5)
+    retire_pipeline()
 
 
 def test_value_returned_only_once_its_record_is_acknowledged(closed, redis_url, key):

@@ -13,8 +13,7 @@ from google.cloud.secretmanager_v1.services.secret_manager_service import async_
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
 
-from conftest import Audit
-from secret_audit._internal.pipeline import set_pipeline
+from conftest import Audit, retire_pipeline
 from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
 
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
@@ -64,9 +63,7 @@ def test_both_instrumentations_in_either_order(gcp_caller, audit_env, monkeypatc
     finally:
         off[first_off]()
         off[second_off]()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
     assert [(r["audit.action"], r["audit.outcome"]) for r in records] == [
         ("AccessSecretVersion", "not_found"),
     ] * 2

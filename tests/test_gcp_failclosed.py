@@ -10,9 +10,8 @@ import google.api_core.exceptions as gexc
 import pytest
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult
 
-from conftest import Audit
+from conftest import Audit, instrumented
 from secret_audit import AuditUnavailableError
-from secret_audit._internal.pipeline import set_pipeline
 from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
 
 
@@ -40,15 +39,8 @@ def closed_audit(audit_env: dict[str, str]) -> Iterator[Audit]:
         }
     )
     helper.log_exporter = Switchable()
-    inst = GcpSecretManagerSecretAuditInstrumentor()
-    inst.instrument(**helper.kwargs())
-    try:
+    with instrumented(helper, GcpSecretManagerSecretAuditInstrumentor()):
         yield helper
-    finally:
-        inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
 
 
 def _seed(call: Any) -> str:

@@ -12,7 +12,6 @@ from google.cloud import secretmanager_v1
 from opentelemetry import trace
 
 from gcp_fixtures import TRANSPORTS
-from secret_audit._internal.pipeline import set_pipeline
 
 FIELDS = (
     "audit.action",
@@ -365,7 +364,7 @@ def test_async_concurrent_accesses_each_get_a_record(gcp_audit, gcp_caller):
 
 
 def test_hashed_names_hide_the_secret_id_in_name_and_resource(gcp_caller, audit_env):
-    from conftest import Audit
+    from conftest import Audit, retire_pipeline
     from secret_audit.gcp import GcpSecretManagerSecretAuditInstrumentor
     from secret_audit.hashing import hash_name
 
@@ -381,9 +380,7 @@ def test_hashed_names_hide_the_secret_id_in_name_and_resource(gcp_caller, audit_
         [attrs] = helper.attrs()
     finally:
         inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
     hashed = hash_name("stripe-live-key", key)
     assert attrs["secret.name"] == hashed
     assert attrs["secret.resource"] == f"projects/p/secrets/{hashed}/versions/latest"
@@ -420,7 +417,7 @@ def test_uninstrument_restores_the_original_methods(gcp_server):
         for m in ("access_secret_version", "set_iam_policy", "list_secrets")
     }
     inst = GcpSecretManagerSecretAuditInstrumentor()
-    from conftest import Audit
+    from conftest import Audit, retire_pipeline
 
     helper = Audit({})
     inst.instrument(**helper.kwargs())
@@ -430,9 +427,7 @@ def test_uninstrument_restores_the_original_methods(gcp_server):
             assert getattr(cls.__dict__[m], "__wrapped__", None) is fn
     finally:
         inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
     for (cls, m), fn in originals.items():
         assert cls.__dict__[m] is fn
     from google.cloud import secretmanager

@@ -15,9 +15,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult
 
+from conftest import retire_pipeline
 from otlp_receiver import any_value, otlp_receiver
 from secret_audit._internal.config import load_settings
-from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
+from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline
 from secret_audit.redis import RedisSecretAuditInstrumentor
 
 
@@ -38,9 +39,7 @@ def _instrument(env, exporter=None, tracer_provider=None):
 def cleanup():
     yield
     RedisSecretAuditInstrumentor().uninstrument()
-    old = set_pipeline(None)
-    if old is not None:
-        old.shutdown(5)
+    retire_pipeline()
 
 
 @pytest.mark.parametrize("audit_env", [{"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20"}])

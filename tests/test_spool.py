@@ -10,9 +10,10 @@ import pytest
 import redis
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from conftest import retire_pipeline
 from otlp_receiver import otlp_receiver
 from secret_audit._internal.config import load_settings
-from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
+from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline
 from secret_audit.redis import RedisSecretAuditInstrumentor
 from servers import free_port
 from test_launcher_e2e import HERE, launch
@@ -32,9 +33,7 @@ def instrument():
 
     yield make
     RedisSecretAuditInstrumentor().uninstrument()
-    old = set_pipeline(None)
-    if old is not None:
-        old.shutdown(5)
+    retire_pipeline()
 
 
 def spool_rows(directory) -> int:

@@ -15,9 +15,9 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import format_span_id, format_trace_id
 
+from conftest import retire_pipeline
 from secret_audit import audit_context
 from secret_audit._internal.config import load_settings
-from secret_audit._internal.pipeline import set_pipeline
 from secret_audit.store._rows import attributes_of
 
 
@@ -60,9 +60,7 @@ def instrumented(server_url, tokens):
         yield exporter
     finally:
         inst.uninstrument()
-        old = set_pipeline(None)
-        if old is not None:
-            old.shutdown(5)
+        retire_pipeline()
 
 
 def test_redis_audit_records_land_field_for_field(instrumented, redis_url, key, owner, server_url, tokens):
