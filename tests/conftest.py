@@ -90,6 +90,21 @@ def audit_env() -> dict[str, str]:
     return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all"}
 
 
+@contextlib.contextmanager
+def acl_user(admin: Any, prefix: str, keys: str) -> Iterator[tuple[str, str]]:
+    """A real ACL user made through ``admin`` (a redis-py client), allowed on ``keys``, removed afterwards."""
+    import secrets
+
+    name = prefix + secrets.token_hex(4)
+    password = secrets.token_hex(16)
+    admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=[keys], commands=["+@all"])
+    try:
+        yield name, password
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
 def retire_pipeline() -> None:
     """Drop the process pipeline, flushing and stopping it, so that the next test starts afresh."""
     old = set_pipeline(None)

@@ -10,6 +10,7 @@ from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
+from conftest import acl_user as temporary_acl_user
 from secret_audit import audit_context, current_audit_context
 
 
@@ -148,15 +149,8 @@ class TestConfiguredPrincipal:
 @pytest.fixture
 def acl_user(redis_url):
     """A real ACL user on the server, allowed on secret:* keys only, removed afterwards."""
-    admin = redis.Redis.from_url(redis_url)
-    name = "sa-user-" + secrets.token_hex(4)
-    password = secrets.token_hex(16)
-    admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["secret:*"], commands=["+@all"])
-    try:
-        yield name, password
-    finally:
-        admin.acl_deluser(name)
-        admin.close()
+    with temporary_acl_user(redis.Redis.from_url(redis_url), "sa-user-", "secret:*") as user:
+        yield user
 
 
 def test_redis_acl_username_becomes_the_principal(audit, redis_url, acl_user, key):

@@ -7,6 +7,7 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from conftest import acl_user
 from servers import valkey_cluster
 
 pytestmark = pytest.mark.cluster
@@ -271,18 +272,9 @@ async def test_async_cluster_error(audit, arc, tagged):
 
 @pytest.fixture
 def cluster_acl_user(cluster_address):
-    import secrets
-
     host, port = cluster_address
-    admin = RedisCluster(host=host, port=port)
-    name = "sa-cluster-" + secrets.token_hex(4)
-    password = secrets.token_hex(16)
-    admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])
-    try:
-        yield name, password
-    finally:
-        admin.acl_deluser(name)
-        admin.close()
+    with acl_user(RedisCluster(host=host, port=port), "sa-cluster-", "*") as user:
+        yield user
 
 
 def test_cluster_acl_user_is_the_principal(audit, cluster_address, cluster_acl_user, tagged):
