@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,16 @@ def fresh_db(admin: psycopg.Connection[Any], url: str) -> str:
     return conninfo
 
 
-def _ingest_threads(conninfo: str, batches: list[list[Record]], threads: int) -> tuple[float, float]:
-    """Ingest the batches with ``threads`` request threads, a connection each; (start, end) clock."""
+def _ingest_threads(
+    conninfo: str, batches: list[Any], threads: int, decode: Callable[[Any], list[Record]] | None = None
+) -> tuple[float, float, int]:
+    """Ingest the batches (each decoded by ``decode`` inside the timing) with ``threads`` request
+    threads, a connection each; returns the clock at start and end and the events stored."""
     ingestor = Ingestor()
     todo = list(reversed(batches))
     lock = threading.Lock()
     failures: list[BaseException] = []
+    stored = [0]
 
     def worker() -> None:
         try:
@@ -87,8 +92,11 @@ def _ingest_threads(conninfo: str, batches: list[list[Record]], threads: int) ->
                         if not todo:
                             return
                         batch = todo.pop()
-                    result = ingestor.ingest(conn, batch)
-                    assert result.accepted == len(batch), result.errors
+                    records = batch if decode is None else decode(batch)
+                    result = ingestor.ingest(conn, records)
+                    assert result.accepted == len(records), result.errors
+                    with lock:
+                        stored[0] += result.accepted
         except BaseException as exc:
             failures.append(exc)
 
@@ -100,14 +108,14 @@ def _ingest_threads(conninfo: str, batches: list[list[Record]], threads: int) ->
         t.join()
     if failures:
         raise failures[0]
-    return started, time.perf_counter()
+    return started, time.perf_counter(), stored[0]
 
 
 def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         Ingestor().ingest(conn, decoded[0])  # creates the partition outside the timing
-    started, ended = _ingest_threads(conninfo, decoded[1:], workers)
-    return sum(len(b) for b in decoded[1:]) / (ended - started)
+    started, ended, stored = _ingest_threads(conninfo, decoded[1:], workers)
+    return stored / (ended - started)
 
 
 def _ingest_part(conninfo: str, pbs: list[bytes], threads: int, ready: Any, go: Any, out: Any) -> None:
@@ -116,8 +124,7 @@ def _ingest_part(conninfo: str, pbs: list[bytes], threads: int, ready: Any, go: 
     gc.collect()
     ready.put(True)
     go.wait()
-    started, ended = _ingest_threads(conninfo, decoded, threads)
-    out.put((started, ended, sum(map(len, decoded))))
+    out.put(_ingest_threads(conninfo, decoded, threads))
 
 
 def run_processes(conninfo: str, pbs: list[bytes], processes: int, workers: int) -> float:
@@ -217,31 +224,10 @@ def main() -> None:
 
 
 def run_full(conninfo: str, pbs: list[bytes], workers: int) -> float:
-    ingestor = Ingestor()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        ingestor.ingest(conn, decode_protobuf(pbs[0]))
-    todo = list(reversed(pbs[1:]))
-    lock = threading.Lock()
-    count = [0]
-
-    def worker() -> None:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    body = todo.pop()
-                result = ingestor.ingest(conn, decode_protobuf(body))
-                with lock:
-                    count[0] += result.accepted
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return count[0] / (time.perf_counter() - started)
+        Ingestor().ingest(conn, decode_protobuf(pbs[0]))
+    started, ended, stored = _ingest_threads(conninfo, pbs[1:], workers, decode_protobuf)
+    return stored / (ended - started)
 
 
 if __name__ == "__main__":
