@@ -17,7 +17,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from secret_audit._internal import chain
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.otlp import AuditTail, RecordData, encode_attributes, encode_log_record
+from secret_audit._internal.otlp import (
+    AuditTail,
+    RecordData,
+    encode_attributes,
+    encode_log_record,
+    encode_request,
+)
 from secret_audit._internal.pipeline import AuditPipeline, summary
 from secret_audit._internal.redis_source import SOURCE
 from secret_audit._internal.sinks import FastSink
@@ -130,12 +136,8 @@ def test_pre_encoded_records_equal_a_full_encode(pipeline, accesses, sequence):
         assert chain.chain_hash(canonical) == digest
     resource = Resource({"service.name": "svc"})
     scope = InstrumentationScope("secret_audit", "0.1.0")
-    ours = b"".join(fast for _, fast in seen[:1])
-    from secret_audit._internal.otlp import encode_request
-
-    assert encode_request(resource.attributes, "secret_audit", "0.1.0", [ours]) == sdk_bytes(
-        resource, scope, [seen[0][0]]
-    )
+    first, ours = seen[0]
+    assert encode_request(resource.attributes, "secret_audit", "0.1.0", [ours]) == sdk_bytes(resource, scope, [first])
 
 
 def test_an_unhashable_value_from_a_source_is_still_recorded(pipeline):
