@@ -509,12 +509,17 @@ class AuditPipeline:
             attrs["audit.duration_ms"] = duration_ms
             records.append(attrs)
             bodies.append(shape)
+        # One audit span per instrumented call, following the span mode (and then the sampler).
         mode = settings.spans
-        if mode == "off" or (mode == "in_trace" and not parent.is_valid):
+        if (
+            mode == "off"
+            or (mode == "in_trace" and not parent.is_valid)
+            or (mode == "errors" and _worst(records) not in ("error", "denied"))
+        ):
             span, ids = None, parent_ids
         else:
-            span = self._start_span(tracer, ctx, parent, records, access.start_ns)
-            ids = _ids(span.get_span_context()) if span is not None else parent_ids
+            span = self._start_span(tracer, ctx, records, access.start_ns)
+            ids = _ids(span.get_span_context())
         fast = sink if isinstance(sink, FastSink) else None
         for attrs, shape in zip(records, bodies, strict=True):
             if shape.tail is None:
@@ -589,21 +594,9 @@ class AuditPipeline:
                       encode_attributes(attrs))
 
     def _start_span(
-        self,
-        tracer: trace.Tracer,
-        ctx: Context,
-        parent: trace.SpanContext,
-        records: list[dict[str, Any]],
-        start_ns: int,
-    ) -> Span | None:
-        """One audit span per instrumented call, following the sampler and the span mode."""
-        mode = self.settings.spans
-        if mode == "off":
-            return None
-        if mode == "errors" and _worst(records) not in ("error", "denied"):
-            return None
-        if mode == "in_trace" and not parent.is_valid:
-            return None
+        self, tracer: trace.Tracer, ctx: Context, records: list[dict[str, Any]], start_ns: int
+    ) -> Span:
+        """The audit span of one call: named by its operation, with its records' common facts."""
         first = records[0]
         ops = {r["audit.operation"] for r in records}
         name = f"secret.{first['audit.operation']}" if len(ops) == 1 else "secret.access"
