@@ -13,6 +13,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -805,20 +806,25 @@ class AuditPipeline:
         self, sink: FastSink, body: bytes, seqs: list[int], first: str | None = None
     ) -> bool:
         """Retry one encoded batch until the retry timeout; ``first`` is an attempt already made."""
+        delivered = self._retry(lambda: self._send_after_spool(sink, body), first)
+        if delivered:
+            self.exported += len(seqs)
+        return delivered
+
+    def _retry(self, attempt: Callable[[], str], first: str | None = None) -> bool:
+        """Repeat ``attempt`` with backoff until it succeeds, is refused, the retry timeout passes
+        or the pipeline stops; ``first`` is the result of an attempt already made."""
         deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
         delay = 0.2
-        result = first
+        result = attempt() if first is None else first
         while True:
-            if result is None:
-                result = self._send_after_spool(sink, body)
             if result == SendResult.OK:
-                self.exported += len(seqs)
                 return True
             if result == SendResult.REFUSED or self._stop.is_set() or time.monotonic() + delay > deadline:
                 return False
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
-            result = None
+            result = attempt()
 
     def _probe(self) -> None:
         """While degraded, fail-closed calls are refused before they run, so no batch would ever
@@ -826,13 +832,8 @@ class AuditPipeline:
         sink = self._sink
         if sink is None or sink.pending():
             return
-        if isinstance(sink, FastSink):
-            result = self._send_after_spool(sink, b"")  # an empty ExportLogsServiceRequest
-        else:
-            try:
-                result = str(sink.deliver())
-            except Exception:
-                result = SendResult.RETRY
+        # FastSink: an empty ExportLogsServiceRequest
+        result = self._send_after_spool(sink, b"") if isinstance(sink, FastSink) else _safe_deliver(sink)
         if result == SendResult.OK:
             self.degraded = False
             return
@@ -915,23 +916,7 @@ class AuditPipeline:
         )
 
     def _deliver_with_retry(self, sink: Sink) -> bool:
-        deadline = time.monotonic() + self.settings.export_retry_timeout_ms / 1000
-        delay = 0.2
-        while True:
-            result: str
-            try:
-                result = str(sink.deliver())
-            except Exception:  # exporter bugs are retried, then counted
-                _log.debug("audit export raised", exc_info=True)
-                result = SendResult.RETRY
-            if result == SendResult.OK:
-                return True
-            if result == SendResult.REFUSED:
-                return False
-            if self._stop.is_set() or time.monotonic() + delay > deadline:
-                return False
-            self._stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+        return self._retry(lambda: _safe_deliver(sink))
 
 
 class _Courier:
@@ -963,6 +948,14 @@ class _Courier:
             if body is None:
                 return
             self._results.put(_safe_send(self._sink, body))
+
+
+def _safe_deliver(sink: Sink) -> str:
+    try:
+        return str(sink.deliver())
+    except Exception:  # exporter bugs are retried, then counted
+        _log.debug("audit export raised", exc_info=True)
+        return SendResult.RETRY
 
 
 def _safe_send(sink: FastSink, body: bytes) -> str:
