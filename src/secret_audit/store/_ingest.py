@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.string import BytesBinaryDumper
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
@@ -25,6 +26,28 @@ _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join
 _TYPES = ("int8", *("bytea" if t == "jsonb" else t for t in COLUMN_TYPES))
 _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
 _ROW_COLUMNS = ("id", *COLUMNS)
+# The request's streams: registered if new, locked, their heads read; plus the commit's clock and ids.
+_HEADS = """
+WITH heads AS (
+    INSERT INTO audit_streams (stream_id, tenant, service_name)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
+    ON CONFLICT (stream_id) DO UPDATE SET stream_id = EXCLUDED.stream_id
+    RETURNING stream_id, tenant, last_sequence::text, last_hash
+)
+SELECT now(),
+       array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, %s)),
+       (SELECT array_agg(ARRAY[stream_id, tenant, last_sequence, last_hash]) FROM heads)
+"""
+# Each stream's head moves forward (never back: late records fill gaps below it) and its counts grow.
+_ADVANCE = """
+UPDATE audit_streams AS a
+SET last_sequence = greatest(a.last_sequence, u.seq),
+    last_hash = CASE WHEN u.seq >= a.last_sequence THEN u.hash ELSE a.last_hash END,
+    record_count = a.record_count + u.stored, findings = a.findings + u.findings, last_seen = now()
+FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
+    AS u(stream_id, seq, hash, stored, findings)
+WHERE a.stream_id = u.stream_id
+"""
 
 
 @dataclass(slots=True)
@@ -120,19 +143,18 @@ class Ingestor:
         self, conn: psycopg.Connection[Any], by_stream: dict[str, list[Prepared]], result: IngestResult
     ) -> None:
         streams = sorted(by_stream)
-        first = {s: by_stream[s][0] for s in streams}
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO audit_streams (stream_id, tenant, service_name) VALUES (%s, %s, %s) "
-                "ON CONFLICT (stream_id) DO NOTHING",
-                [(s, first[s].tenant, first[s].service_name) for s in streams],
-            )
-            cur.execute(
-                "SELECT stream_id, tenant, last_sequence, last_hash FROM audit_streams "
-                "WHERE stream_id = ANY(%s) ORDER BY stream_id FOR UPDATE",
-                (streams,),
-            )
-            state = {r[0]: (r[1], int(r[2]), r[3]) for r in cur.fetchall()}
+        first = [by_stream[s][0] for s in streams]
+        # One round trip registers new streams, locks every stream of the request (in stream order, so
+        # concurrent requests cannot deadlock), reads their heads, and draws row ids for every record
+        # that may be kept (a duplicate's id is simply never used).
+        drawn = conn.execute(
+            _HEADS,
+            (streams, [p.tenant for p in first], [p.service_name for p in first],
+             sum(len(ps) for ps in by_stream.values())),
+            binary=True,
+        ).fetchone()
+        assert drawn is not None
+        state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[2]}
         walks: list[_Walk] = []
         for s in streams:
             tenant, head_seq, head_hash = state[s]
@@ -144,28 +166,25 @@ class Ingestor:
                     kept.append(p)
             if kept:
                 walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result))
-        total = sum(len(w.batch) for w in walks)
-        if not total:
+        if not walks:
             return
-        drawn = conn.execute(
-            "SELECT now(), array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, %s))",
-            (total,), binary=True,
-        ).fetchone()
-        assert drawn is not None
         result.received_at = drawn[0]
         next_id = iter(drawn[1])
         rows: list[list[Any]] = []
         append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
-        with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            copy.set_types(_TYPES)
-            write_row = copy.write_row
-            for walk in walks:
-                for p in walk.run():
-                    row = p.row
-                    row[ROW_ID] = next(next_id)
-                    append(row)
-                    write_row(row)
+        with conn.cursor() as cur:
+            # psycopg's default bytea dumper (it also unwraps DB-API Binary objects) runs in Python
+            cur.adapters.register_dumper(None, BytesBinaryDumper)
+            with cur.copy(_COPY) as copy:
+                copy.set_types(_TYPES)
+                write_row = copy.write_row
+                for walk in walks:
+                    for p in walk.run():
+                        row = p.row
+                        row[ROW_ID] = next(next_id)
+                        append(row)
+                        write_row(row)
         if result.findings:
             _insert_findings(conn, result.findings)
         per_stream: dict[str, int] = defaultdict(int)
@@ -173,19 +192,12 @@ class Ingestor:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
                 per_stream[f.stream_id] += 1
         updates = [
-            (w.head_seq, w.head_seq, w.head_hash, w.stored, per_stream[w.stream], w.stream)
+            (w.stream, w.head_seq, w.head_hash, w.stored, per_stream[w.stream])
             for w in walks
             if w.stored or w.head_seq != w.start_seq
         ]
         if updates:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE audit_streams SET last_sequence = greatest(last_sequence, %s), "
-                    "last_hash = CASE WHEN %s::bigint >= last_sequence THEN %s ELSE last_hash END, "
-                    "record_count = record_count + %s, findings = findings + %s, last_seen = now() "
-                    "WHERE stream_id = %s",
-                    updates,
-                )
+            conn.execute(_ADVANCE, [list(column) for column in zip(*updates, strict=True)])
         result.accepted = len(rows)
         result.rows = rows
 
