@@ -41,18 +41,27 @@ class Hub:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
+        # told when the first subscriber arrives or the last one leaves (the live bus announces it)
+        self.on_presence: Callable[[], None] | None = None
 
     def subscribe(self, filters: Filters, tenant: str | None) -> Subscription:
         """Register a subscriber in the running event loop."""
         sub = Subscription(filters, tenant, asyncio.get_running_loop())
         with self._lock:
             self._subs.add(sub)
+            first = len(self._subs) == 1
+        if first and self.on_presence is not None:
+            self.on_presence()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a subscriber once its client is gone."""
         with self._lock:
+            gone = sub in self._subs
             self._subs.discard(sub)
+            last = gone and not self._subs
+        if last and self.on_presence is not None:
+            self.on_presence()
 
     @property
     def active(self) -> int:

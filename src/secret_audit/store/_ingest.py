@@ -13,6 +13,7 @@ import psycopg
 from psycopg.types.string import BytesBinaryDumper
 
 from secret_audit._internal import chain
+from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
 from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finish, prepare
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event
@@ -26,6 +27,7 @@ _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join
 _TYPES = ("int8", *("bytea" if t == "jsonb" else t for t in COLUMN_TYPES))
 _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
 _ROW_COLUMNS = ("id", *COLUMNS)
+_ROW_TIME = 1 + COLUMNS.index("time")
 # The request's streams: registered if new, locked, their heads read; plus the commit's clock and ids.
 _HEADS = """
 WITH heads AS (
@@ -101,6 +103,7 @@ class Ingestor:
 
     def __init__(self, non_audit: str = "reject") -> None:
         self.non_audit = non_audit
+        self.live: LiveBus | None = None  # set by a serving store: commits announced to other processes
         self._months: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
@@ -187,6 +190,11 @@ class Ingestor:
                         write_row(row)
         if result.findings:
             _insert_findings(conn, result.findings)
+        live = self.live
+        if live is not None and live.wanted and rows:
+            # delivered with the commit, to the other store processes' live streams
+            for note in announcements(live.origin, [r[ROW_ID] for r in rows], [r[_ROW_TIME] for r in rows]):
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
             if f.kind != "gap_filled":  # a fill is good news, not a problem

@@ -10,11 +10,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._hub import Hub
 from secret_audit.store._ingest import Ingestor
+from secret_audit.store._live import Announcement, LiveBus
+from secret_audit.store._rows import event_json
 from secret_audit.store._selfaudit import SelfAudit
 from secret_audit.store._stats import Counters
 from secret_audit.store.config import StoreConfig
@@ -45,6 +48,7 @@ class Store:
         self.self_audit = SelfAudit(self.ingestor)
         self.counters = Counters()
         self.hub = Hub()
+        self.live: LiveBus | None = None
         self.role: str | None = None
 
     @property
@@ -78,6 +82,18 @@ class Store:
             name="secret-audit-store",
         )
         self.pool.wait(30)
+        self.live = LiveBus(self._url, self.hub, self._announced)
+        self.ingestor.live = self.live
+        self.live.start()
+
+    def _announced(self, note: Announcement) -> list[dict[str, Any]]:
+        """Another store process's committed rows, read back for this process's live streams."""
+        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT * FROM audit_events WHERE time BETWEEN %s AND %s AND id = ANY(%s) ORDER BY id",
+                (note.first, note.last, note.ids),
+            )
+            return [event_json(r) for r in cur.fetchall()]
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # The service itself runs without UPDATE or DELETE rights on the audit table.
@@ -93,7 +109,10 @@ class Store:
             yield conn
 
     def close(self) -> None:
-        """Close the pool and stop an embedded server we started."""
+        """Stop the live bus, close the pool and stop an embedded server we started."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = self.ingestor.live = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None
