@@ -261,6 +261,7 @@ def test_memoryview_and_bytearray_keys_are_audited_by_value(audit, redis_url, ke
         ("POOL_SIZE", "0", "an integer from 1 to 256", "16"),
         ("MAX_BODY_BYTES", "10", "an integer from 1024 to", "2048"),
         ("RETENTION_DAYS", "0", "an integer from 1 to 36500", "30"),
+        ("WORKERS", "0", "an integer from 1 to 64", "2"),
     ],
 )
 def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, good):
@@ -272,5 +273,6 @@ def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, goo
     assert name in str(info.value)
     assert expected in str(info.value)
     config = load_store_config({name: good})
-    field = {"PORT": "port", "POOL_SIZE": "pool_size", "MAX_BODY_BYTES": "max_body_bytes"}.get(suffix, "retention_days")
+    field = {"PORT": "port", "POOL_SIZE": "pool_size", "MAX_BODY_BYTES": "max_body_bytes",
+             "WORKERS": "workers"}.get(suffix, "retention_days")
     assert getattr(config, field) == int(good)

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = ssub.add_parser("serve", help="serve OTLP/HTTP ingest and the query API")
     serve.add_argument("--host", help="listen address (default $..._STORE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default $..._STORE_PORT or 4318)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes sharing the port (default $..._STORE_WORKERS or 1)")
     ssub.add_parser("migrate", help="create or upgrade the schema, then exit")
 
     tokens = sub.add_parser("tokens", help="manage bearer tokens for the store")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from secret_audit.cli import main
 
@@ -88,3 +89,53 @@ def test_tail_follows_the_live_stream(server_url, tokens, monkeypatch, capsys):
     assert codes == [0]
     out = capsys.readouterr().out
     assert out.count('"secret_name":"tailed"') == 2
+
+
+def test_serve_with_workers_spreads_ingest_and_streams_every_workers_events(db_url, tokens):
+    env = {**os.environ, "DATABASE_URL": db_url}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*CLI, "store", "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    received: list[dict] = []
+    total = 60
+    try:
+        wait_ready(url, proc)
+        ready = threading.Event()
+
+        def listen() -> None:
+            with httpx.stream("GET", f"{url}/api/audit-logs/stream", headers=tokens.header("auditor"),
+                              params={"secret": "spread", "max_events": total}, timeout=60) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith(": connected"):
+                        ready.set()
+                    if line.startswith("data: "):
+                        received.append(orjson.loads(line[6:]))
+
+        t = threading.Thread(target=listen, daemon=True)
+        t.start()
+        assert ready.wait(20)
+        time.sleep(2)  # the other worker hears of the new subscriber (one NOTIFY, read within 0.25 s)
+        sent = set()
+        for _ in range(total):  # a new connection each time, so both workers accept some
+            recs = chained(1, secret="spread")
+            sent.add(recs[0]["attributes"]["audit.stream.id"])
+            resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(recs),
+                              headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
+            assert resp.status_code == 200
+        t.join(30)
+        assert not t.is_alive(), f"{len(received)} of {total} events streamed"
+        assert {e["stream_id"] for e in received} == sent
+        accepted: dict[int, int] = {}
+        for _ in range(200):  # each worker counts its own ingest; ask until both have answered
+            stats = httpx.get(f"{url}/stats", headers=tokens.header("admin")).json()
+            accepted[stats["pid"]] = stats["accepted"]
+            if len(accepted) == 2:
+                break
+        assert len(accepted) == 2, accepted
+        assert all(accepted.values()), accepted  # both workers ingested: some events crossed processes
+        assert sum(accepted.values()) == total
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "with 2 worker processes (DATABASE_URL)" in err

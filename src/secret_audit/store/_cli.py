@@ -70,6 +70,13 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
         with _owner(config):
             print(f"schema at version {SCHEMA_VERSION}")
         return 0
+    host = args.host or config.host
+    port = config.port if args.port is None else args.port
+    workers = config.workers if args.workers is None else args.workers
+    if not 1 <= workers <= 64:
+        return _err(f"--workers must be between 1 and 64, got {workers}")
+    if workers > 1:
+        return _serve_workers(config, host, port, workers)
     import uvicorn
 
     from secret_audit.store.app import create_app
@@ -77,12 +84,8 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
 
     store = Store(config)
     store.open()
-    host = args.host or config.host
-    port = config.port if args.port is None else args.port
-    where = "DATABASE_URL"
-    if store.embedded is not None:
-        where = f"embedded PostgreSQL, data directory {store.embedded}"
-    print(f"secret-audit store: listening on http://{host}:{port} ({where})", file=sys.stderr)
+    print(f"secret-audit store: listening on http://{host}:{port} ({_where(store.embedded)})",
+          file=sys.stderr)
     try:
         # The app closes the store (and an embedded PostgreSQL) during uvicorn's graceful shutdown:
         # uvicorn re-raises SIGTERM/SIGINT afterwards, so the finally below may never run.
@@ -90,6 +93,36 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
                     proxy_headers=False)
     finally:
         store.close()
+    return 0
+
+
+def _where(data_dir: Path | None) -> str:
+    return "DATABASE_URL" if data_dir is None else f"embedded PostgreSQL, data directory {data_dir}"
+
+
+def _serve_workers(config: StoreConfig, host: str, port: int, workers: int) -> int:
+    """Several server processes on one port, so ingest uses more than one core despite the GIL.
+
+    This process starts the database if embedded and migrates it, then hands its URL to the workers
+    through DATABASE_URL; each worker has its own pool, and the live bus joins their live streams.
+    """
+    import uvicorn
+
+    from secret_audit.store.migrations import migrate
+    from secret_audit.store.service import resolve_database
+
+    url, embedded = resolve_database(config)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn, config.app_role)
+        os.environ["DATABASE_URL"] = url
+        print(f"secret-audit store: listening on http://{host}:{port} with {workers} worker processes "
+              f"({_where(None if embedded is None else embedded.data_dir)})", file=sys.stderr)
+        uvicorn.run("secret_audit.store.app:from_environment", factory=True, workers=workers, host=host,
+                    port=port, log_level="info", proxy_headers=False)
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 

@@ -1,5 +1,6 @@
 """Operations: statistics for auditors, and liveness and readiness probes that need no token."""
 
+import os
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
@@ -39,6 +40,7 @@ def mount(app: FastAPI, api: Api) -> None:
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
         out["live_streams"] = store.hub.active
+        out["pid"] = os.getpid()  # the counters above are this process's (store serve --workers N)
         recorded = {str(k): int(n) for k, n in kinds}
         # open problems: a gap counts while any of its sequences is still missing; fills are not problems
         problems = {k: n for k, n in recorded.items() if k not in ("gap", "gap_filled")}

@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from secret_audit.store import _events, _routes_ingest, _routes_ops, _routes_query
 from secret_audit.store._limit import BodyLimit
 from secret_audit.store._web import INGEST, Api, json_response
+from secret_audit.store.config import load_store_config
 from secret_audit.store.service import Store
 from secret_audit.version import __version__
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "from_environment"]
 
 
 def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
@@ -53,3 +54,9 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
     _routes_query.mount(app, api)
     _routes_ops.mount(app, api)
     return app
+
+
+def from_environment() -> FastAPI:
+    """The app of one worker process of ``store serve --workers N``: settings and database from the
+    environment the parent prepared."""
+    return create_app(Store(load_store_config()), manage_store=True)

@@ -33,6 +33,7 @@ class StoreConfig:
     non_audit: str = "reject"
     retention_days: int = 365
     pool_size: int = 8
+    workers: int = 1
     app_role: str = "secret_audit_app"
     archive_dir: Path = Path("audit-archive")
 
@@ -61,6 +62,7 @@ def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
         non_audit=non_audit,
         retention_days=_int(env, "RETENTION_DAYS", 365, 1, 36500),
         pool_size=_int(env, "POOL_SIZE", 8, 1, 256),
+        workers=_int(env, "WORKERS", 1, 1, 64),
         app_role=role,
         archive_dir=Path(archive).expanduser() if archive else Path("audit-archive"),
     )
