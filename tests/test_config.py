@@ -262,6 +262,7 @@ def test_memoryview_and_bytearray_keys_are_audited_by_value(audit, redis_url, ke
         ("MAX_BODY_BYTES", "10", "an integer from 1024 to", "2048"),
         ("RETENTION_DAYS", "0", "an integer from 1 to 36500", "30"),
         ("WORKERS", "0", "an integer from 1 to 64", "2"),
+        ("INGEST_CONCURRENCY", "-1", "an integer from 0 to 256", "0"),
     ],
 )
 def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, good):
@@ -274,5 +275,5 @@ def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, goo
     assert expected in str(info.value)
     config = load_store_config({name: good})
     field = {"PORT": "port", "POOL_SIZE": "pool_size", "MAX_BODY_BYTES": "max_body_bytes",
-             "WORKERS": "workers"}.get(suffix, "retention_days")
+             "WORKERS": "workers", "INGEST_CONCURRENCY": "ingest_concurrency"}.get(suffix, "retention_days")
     assert getattr(config, field) == int(good)

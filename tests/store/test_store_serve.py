@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from secret_audit.cli import main
 
@@ -139,3 +140,47 @@ def test_serve_with_workers_spreads_ingest_and_streams_every_workers_events(db_u
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "with 2 worker processes (DATABASE_URL)" in err
+
+
+@pytest.mark.parametrize(("limit", "most"), [(1, 1), (2, 2)])
+def test_ingest_concurrency_bounds_requests_decoding_and_ingesting_at_once(db_url, tokens, limit, most):
+    from secret_audit.store.config import StoreConfig
+    from secret_audit.store.service import Store
+
+    from .conftest import serve
+
+    store = Store(StoreConfig(ingest_concurrency=limit, pool_size=8), db_url)
+    store.open()
+    running, peak, lock = [0], [0], threading.Lock()
+    real = store.ingestor.ingest
+
+    def counted(*args, **kwargs):  # our own code, wrapped to count how many run at once
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    store.ingestor.ingest = counted  # type: ignore[method-assign]
+    try:
+        with serve(store) as url:
+            codes: list[int] = []
+
+            def send() -> None:
+                resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(chained(2)), timeout=30,
+                                  headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
+                codes.append(resp.status_code)
+
+            senders = [threading.Thread(target=send) for _ in range(6)]
+            for t in senders:
+                t.start()
+            for t in senders:
+                t.join(30)
+    finally:
+        store.close()
+    assert codes == [200] * 6
+    assert peak[0] == most

@@ -1,5 +1,7 @@
 """``POST /v1/logs``: OTLP/HTTP logs in, OTLP partial success out."""
 
+import asyncio
+import contextlib
 from typing import Annotated, Any
 
 import psycopg
@@ -35,6 +37,11 @@ def mount(app: FastAPI, api: Api) -> None:
     store = api.store
     authorize = api.authorize
     _json = json_response
+    # Decoding and checking hold the GIL: past a few at once, more threads only trade the GIL around.
+    limit = store.config.ingest_concurrency
+    slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+        asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+    )
 
     def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
         with store.connection() as conn:
@@ -54,15 +61,16 @@ def mount(app: FastAPI, api: Api) -> None:
             return _otlp_error(415, "content-type must be application/x-protobuf or application/json", False)
         try:
             body = await read_body(request, store.config.max_body_bytes)
-            # decoding a large batch takes milliseconds: keep it off the event loop
-            records = await run_in_threadpool(decode_protobuf if is_pb else decode_json, body)
         except BodyError as exc:
             return _otlp_error(exc.status, exc.message, is_pb)
-        except BadPayload as exc:
-            return _otlp_error(400, str(exc), is_pb)
         store.counters.bump("in_flight")
         try:
-            result = await run_in_threadpool(_ingest, records, principal.tenant)
+            async with slots:
+                # decoding a large batch takes milliseconds: keep it off the event loop
+                records = await run_in_threadpool(decode_protobuf if is_pb else decode_json, body)
+                result = await run_in_threadpool(_ingest, records, principal.tenant)
+        except BadPayload as exc:
+            return _otlp_error(400, str(exc), is_pb)
         except psycopg.Error as exc:
             store.counters.bump("failed_requests")
             return _otlp_error(503, f"the database refused the batch ({type(exc).__name__}); retry",

@@ -34,6 +34,7 @@ class StoreConfig:
     retention_days: int = 365
     pool_size: int = 8
     workers: int = 1
+    ingest_concurrency: int = 4
     app_role: str = "secret_audit_app"
     archive_dir: Path = Path("audit-archive")
 
@@ -63,6 +64,7 @@ def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
         retention_days=_int(env, "RETENTION_DAYS", 365, 1, 36500),
         pool_size=_int(env, "POOL_SIZE", 8, 1, 256),
         workers=_int(env, "WORKERS", 1, 1, 64),
+        ingest_concurrency=_int(env, "INGEST_CONCURRENCY", 4, 0, 256),
         app_role=role,
         archive_dir=Path(archive).expanduser() if archive else Path("audit-archive"),
     )
