@@ -59,14 +59,50 @@ def store_config() -> StoreConfig:
     return StoreConfig(max_body_bytes=1024 * 1024, pool_size=4)
 
 
-@pytest.fixture
-def store(db_url: str, store_config: StoreConfig) -> Iterator[Store]:
-    s = Store(store_config, db_url)
+@contextlib.contextmanager
+def opened_store(config: StoreConfig, url: str) -> Iterator[Store]:
+    """A store process's state on a database, open for the block."""
+    s = Store(config, url)
     s.open()
     try:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def store(db_url: str, store_config: StoreConfig) -> Iterator[Store]:
+    with opened_store(store_config, db_url) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def live_stream(url: str, header: dict[str, str], timeout: float = 20,
+                **params: Any) -> Iterator[list[dict[str, Any]]]:
+    """Read /api/audit-logs/stream on a thread; yields the list it fills once the stream is connected,
+    and on leaving waits for the stream to end (give max_events)."""
+    import httpx
+    import orjson
+
+    received: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{url}/api/audit-logs/stream", params=params, headers=header,
+                          timeout=60) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith(": connected"):
+                    ready.set()
+                if line.startswith("data: "):
+                    received.append(orjson.loads(line[6:]))
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    assert ready.wait(20)
+    yield received
+    t.join(timeout)
+    assert not t.is_alive(), f"the stream ended with {len(received)} events"
 
 
 @pytest.fixture

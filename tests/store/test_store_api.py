@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from secret_audit.store.retention import apply_retention, verify_archives
 from secret_audit.store.verify import verify
 
+from .conftest import live_stream
 from .records import chained, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -124,29 +124,11 @@ def test_custom_events_are_chained_and_queryable(client, tokens, owner):
 
 
 def test_live_stream_delivers_matching_events(server_url, tokens):
-    received: list[dict] = []
-    ready = threading.Event()
-
-    def listen():
-        with httpx.stream("GET", f"{server_url}/api/audit-logs/stream",
-                          params={"secret": "live", "max_events": 3}, headers=tokens.header("auditor"),
-                          timeout=30) as resp:
-            assert resp.status_code == 200
-            for line in resp.iter_lines():
-                if line.startswith(": connected"):
-                    ready.set()
-                if line.startswith("data: "):
-                    received.append(orjson.loads(line[6:]))
-
-    t = threading.Thread(target=listen)
-    t.start()
-    assert ready.wait(10)
-    time.sleep(0.1)
-    hdr = {**PB, **tokens.header("ingest")}
-    httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(2, secret="other")), headers=hdr)
-    httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(3, secret="live")), headers=hdr)
-    t.join(15)
-    assert not t.is_alive()
+    with live_stream(server_url, tokens.header("auditor"), timeout=15, secret="live", max_events=3) as received:
+        time.sleep(0.1)
+        hdr = {**PB, **tokens.header("ingest")}
+        httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(2, secret="other")), headers=hdr)
+        httpx.post(f"{server_url}/v1/logs", content=to_protobuf(chained(3, secret="live")), headers=hdr)
     assert [e["secret_name"] for e in received] == ["live"] * 3
     assert [e["sequence"] for e in received] == [1, 2, 3]
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import orjson
 import psycopg
 import pytest
 
 from secret_audit.store._live import CHANNEL, Announcement, announcements
 from secret_audit.store.service import Store
 
-from .conftest import serve
+from .conftest import live_stream, opened_store, serve
 from .records import chained, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -27,12 +24,8 @@ PB = {"Content-Type": "application/x-protobuf"}
 @pytest.fixture
 def other(db_url, store_config) -> Iterator[Store]:
     """A second store process on the same database (its own pool, bus and origin)."""
-    s = Store(store_config, db_url)
-    s.open()
-    try:
+    with opened_store(store_config, db_url) as s:
         yield s
-    finally:
-        s.close()
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
@@ -42,30 +35,6 @@ def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-@contextlib.contextmanager
-def stream(url: str, token_header: dict[str, str], **params: Any) -> Iterator[list[dict[str, Any]]]:
-    """Read a live stream on a thread until max_events arrive; yields the list it fills."""
-    received: list[dict[str, Any]] = []
-    ready = threading.Event()
-
-    def listen() -> None:
-        with httpx.stream("GET", f"{url}/api/audit-logs/stream", params=params, headers=token_header,
-                          timeout=30) as resp:
-            assert resp.status_code == 200
-            for line in resp.iter_lines():
-                if line.startswith(": connected"):
-                    ready.set()
-                if line.startswith("data: "):
-                    received.append(orjson.loads(line[6:]))
-
-    t = threading.Thread(target=listen, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield received
-    t.join(20)
-    assert not t.is_alive(), received
-
-
 def post(url: str, header: dict[str, str], records: list[dict[str, Any]]) -> None:
     assert httpx.post(f"{url}/v1/logs", content=to_protobuf(records), headers={**PB, **header}).status_code == 200
 
@@ -73,7 +42,7 @@ def post(url: str, header: dict[str, str], records: list[dict[str, Any]]) -> Non
 def test_a_stream_on_one_process_sees_what_every_process_ingests(store, other, tokens):
     with serve(store) as url_a, serve(other) as url_b:
         first, second = chained(2, secret="shared"), chained(2, secret="shared")
-        with stream(url_b, tokens.header("auditor"), secret="shared", max_events=4) as got:
+        with live_stream(url_b, tokens.header("auditor"), secret="shared", max_events=4) as got:
             wait_for(lambda: store.live is not None and store.live.wanted)
             post(url_a, tokens.header("ingest"), first)  # the other process
             post(url_b, tokens.header("ingest"), second)  # this one
@@ -87,7 +56,7 @@ def test_a_stream_on_one_process_sees_what_every_process_ingests(store, other, t
 
 def test_a_tenant_stream_never_sees_another_tenants_rows_from_elsewhere(store, other, tokens):
     with serve(store) as url_a, serve(other) as url_b:
-        with stream(url_b, tokens.header("acme-auditor"), max_events=2) as got:
+        with live_stream(url_b, tokens.header("acme-auditor"), max_events=2) as got:
             wait_for(lambda: store.live is not None and store.live.wanted)
             post(url_a, tokens.header("ingest"), chained(3, secret="theirs", tenant="globex"))
             post(url_a, tokens.header("ingest"), chained(2, secret="ours", tenant="acme"))
@@ -101,7 +70,7 @@ def test_commits_are_announced_only_while_another_process_watches(store, other, 
         wait_for(lambda: store.live is not None and not store.live.wanted)
         post(url_a, tokens.header("ingest"), chained(2, secret="unwatched"))
         assert list(spy.notifies(timeout=0.5)) == []  # nobody watches: no NOTIFY, no commit lock
-        with stream(url_b, tokens.header("auditor"), secret="watched", max_events=3) as got:
+        with live_stream(url_b, tokens.header("auditor"), secret="watched", max_events=3) as got:
             wait_for(lambda: store.live.wanted)
             post(url_a, tokens.header("ingest"), chained(3, secret="watched"))
             notes = [Announcement(n.payload) for n in spy.notifies(timeout=5, stop_after=1)]

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from secret_audit.cli import main
 
+from .conftest import live_stream, serve
 from .records import chained, to_protobuf
 
 CLI = [sys.executable, "-m", "secret_audit.cli"]
@@ -98,35 +98,19 @@ def test_serve_with_workers_spreads_ingest_and_streams_every_workers_events(db_u
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*CLI, "store", "serve", "--port", str(port), "--workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    received: list[dict] = []
     total = 60
     try:
         wait_ready(url, proc)
-        ready = threading.Event()
-
-        def listen() -> None:
-            with httpx.stream("GET", f"{url}/api/audit-logs/stream", headers=tokens.header("auditor"),
-                              params={"secret": "spread", "max_events": total}, timeout=60) as resp:
-                for line in resp.iter_lines():
-                    if line.startswith(": connected"):
-                        ready.set()
-                    if line.startswith("data: "):
-                        received.append(orjson.loads(line[6:]))
-
-        t = threading.Thread(target=listen, daemon=True)
-        t.start()
-        assert ready.wait(20)
-        time.sleep(2)  # the other worker hears of the new subscriber (one NOTIFY, read within 0.25 s)
-        sent = set()
-        for _ in range(total):  # a new connection each time, so both workers accept some
-            recs = chained(1, secret="spread")
-            sent.add(recs[0]["attributes"]["audit.stream.id"])
-            resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(recs),
-                              headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
-            assert resp.status_code == 200
-        t.join(30)
-        assert not t.is_alive(), f"{len(received)} of {total} events streamed"
-        assert {e["stream_id"] for e in received} == sent
+        with live_stream(url, tokens.header("auditor"), timeout=30, secret="spread", max_events=total) as got:
+            time.sleep(2)  # the other worker hears of the new subscriber (one NOTIFY, read within 0.25 s)
+            sent = set()
+            for _ in range(total):  # a new connection each time, so both workers accept some
+                recs = chained(1, secret="spread")
+                sent.add(recs[0]["attributes"]["audit.stream.id"])
+                resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(recs),
+                                  headers={"Content-Type": "application/x-protobuf", **tokens.header("ingest")})
+                assert resp.status_code == 200
+        assert {e["stream_id"] for e in got} == sent
         accepted: dict[int, int] = {}
         for _ in range(200):  # each worker counts its own ingest; ask until both have answered
             stats = httpx.get(f"{url}/stats", headers=tokens.header("admin")).json()
@@ -146,8 +130,6 @@ def test_serve_with_workers_spreads_ingest_and_streams_every_workers_events(db_u
 def test_ingest_concurrency_bounds_requests_decoding_and_ingesting_at_once(db_url, tokens, limit, most):
     from secret_audit.store.config import StoreConfig
     from secret_audit.store.service import Store
-
-    from .conftest import serve
 
     store = Store(StoreConfig(ingest_concurrency=limit, pool_size=8), db_url)
     store.open()
