@@ -128,7 +128,11 @@ class LiveBus:
             return
         if note.origin == self.origin or not self._hub.active:
             return
-        events = self._fetch(note)
+        try:
+            events = self._fetch(note)
+        except psycopg.Error:  # the pool's database is briefly away: keep listening for the next ones
+            _log.warning("secret-audit store: could not read announced rows for live streams", exc_info=True)
+            return
         if events:
             self._hub.publish(lambda: events)
 
