@@ -93,3 +93,20 @@ def test_announcements_fit_notify_and_name_exactly_the_rows():
     read = [Announcement(n) for n in notes]
     assert sorted(i for a in read for i in a.ids) == sorted(ids)
     assert {(a.origin, a.first, a.last) for a in read} == {("me", min(times), max(times))}
+
+
+def test_the_bus_listens_again_after_losing_its_connection(store, other, tokens, owner):
+    with serve(store) as url_a, serve(other) as url_b:
+        wait_for(lambda: owner.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'secret-audit-%%'"
+        ).fetchone() == (2,))
+        # both listening connections die, as in a database restart or a dropped network path
+        owner.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name LIKE 'secret-audit-%%'")
+        with live_stream(url_b, tokens.header("auditor"), secret="after", max_events=2) as got:
+            wait_for(lambda: owner.execute(  # B's new connection announces its subscriber
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'secret-audit-live'"
+            ).fetchone() == (1,))
+            wait_for(lambda: store.live is not None and store.live.wanted)
+            post(url_a, tokens.header("ingest"), chained(2, secret="after"))
+    assert [e["sequence"] for e in got] == [1, 2]
