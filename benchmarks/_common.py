@@ -7,16 +7,20 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import free_port, valkey_server  # noqa: E402
 
-__all__ = ["free_port", "interleave", "otlp_sink", "report", "valkey_server", "wait_port"]
+__all__ = ["drain", "free_port", "interleave", "otlp_sink", "report", "valkey_server", "wait_port"]
+
+T = TypeVar("T")
 
 _SINK = r"""
 import sys
@@ -109,3 +113,36 @@ def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[s
 
 def env_flag(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def drain(
+    items: list[T], threads: int, session: Callable[[], contextlib.AbstractContextManager[Callable[[T], None]]]
+) -> tuple[float, float]:
+    """Work through the items in order with ``threads`` threads, each holding one ``session`` (a
+    connection, say) that yields the function handling one item; the first failure is raised.
+    Returns the clock at start and at end."""
+    todo = list(reversed(items))
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with session() as handle:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        item = todo.pop()
+                    handle(item)
+        except BaseException as exc:
+            failures.append(exc)
+
+    started = time.perf_counter()
+    running = [threading.Thread(target=run) for _ in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+    if failures:
+        raise failures[0]
+    return started, time.perf_counter()

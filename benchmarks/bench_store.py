@@ -25,6 +25,7 @@ Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--worker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing
 import statistics
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _common import drain
 
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._ingest import Ingestor
@@ -81,36 +84,23 @@ def _ingest_threads(
     """Ingest the batches (each decoded by ``decode`` inside the timing) with ``threads`` request
     threads, a connection each; returns the clock at start and end and the events stored."""
     ingestor = Ingestor()
-    todo = list(reversed(batches))
     lock = threading.Lock()
-    failures: list[BaseException] = []
     stored = [0]
 
-    def worker() -> None:
-        try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                while True:
-                    with lock:
-                        if not todo:
-                            return
-                        batch = todo.pop()
-                    records = batch if decode is None else decode(batch)
-                    result = ingestor.ingest(conn, records)
-                    assert result.accepted == len(records), result.errors
-                    with lock:
-                        stored[0] += result.accepted
-        except BaseException as exc:
-            failures.append(exc)
+    @contextlib.contextmanager
+    def session() -> Iterator[Callable[[Any], None]]:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            def ingest(batch: Any) -> None:
+                records = batch if decode is None else decode(batch)
+                result = ingestor.ingest(conn, records)
+                assert result.accepted == len(records), result.errors
+                with lock:
+                    stored[0] += result.accepted
 
-    started = time.perf_counter()
-    running = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in running:
-        t.start()
-    for t in running:
-        t.join()
-    if failures:
-        raise failures[0]
-    return started, time.perf_counter(), stored[0]
+            yield ingest
+
+    started, ended = drain(batches, threads, session)
+    return started, ended, stored[0]
 
 
 def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float:

@@ -12,14 +12,14 @@ Run: ``python benchmarks/bench_store_http.py [--events 40000] [--rounds 2] [--cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,55 +27,35 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import wait_port
+from _common import drain, free_port, wait_port
 from bench_store import fresh_db, make_batches
 
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store.tokens import create_token
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post_all(port: int, token: str, bodies: list[bytes], clients: int) -> float:
     """Send every body once over ``clients`` keep-alive connections; returns the seconds taken."""
-    todo = list(bodies)
-    lock = threading.Lock()
-    failures: list[BaseException] = []
+    headers = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {token}"}
 
-    def client() -> None:
+    @contextlib.contextmanager
+    def session() -> Iterator[Callable[[bytes], None]]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        headers = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {token}"}
+
+        def post(body: bytes) -> None:
+            conn.request("POST", "/v1/logs", body, headers)
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status != 200 or answer:  # a partial success would carry a message
+                raise AssertionError(f"ingest answered {resp.status} {answer[:200]!r}")
+
         try:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    body = todo.pop()
-                conn.request("POST", "/v1/logs", body, headers)
-                resp = conn.getresponse()
-                answer = resp.read()
-                if resp.status != 200 or answer:  # a partial success would carry a message
-                    raise AssertionError(f"ingest answered {resp.status} {answer[:200]!r}")
-        except BaseException as exc:
-            failures.append(exc)
+            yield post
         finally:
             conn.close()
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failures:
-        raise failures[0]
-    return time.perf_counter() - started
+    started, ended = drain(bodies, clients, session)
+    return ended - started
 
 
 def run_variant(admin: psycopg.Connection[Any], url: str, workers: int, events: int, clients: int) -> float:
@@ -83,7 +63,7 @@ def run_variant(admin: psycopg.Connection[Any], url: str, workers: int, events: 
     conninfo = fresh_db(admin, url)
     with psycopg.connect(conninfo, autocommit=True) as owner:
         token, _ = create_token(owner, "bench", "ingest", None)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": conninfo}
     server = subprocess.Popen(
         [sys.executable, "-m", "secret_audit.cli", "store", "serve", "--port", str(port),
