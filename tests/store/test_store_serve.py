@@ -15,7 +15,7 @@ import pytest
 
 from secret_audit.cli import main
 
-from .conftest import live_stream, serve
+from .conftest import live_stream, opened_store, serve
 from .records import chained, to_protobuf
 
 CLI = [sys.executable, "-m", "secret_audit.cli"]
@@ -129,28 +129,25 @@ def test_serve_with_workers_spreads_ingest_and_streams_every_workers_events(db_u
 @pytest.mark.parametrize(("limit", "most"), [(1, 1), (2, 2)])
 def test_ingest_concurrency_bounds_requests_decoding_and_ingesting_at_once(db_url, tokens, limit, most):
     from secret_audit.store.config import StoreConfig
-    from secret_audit.store.service import Store
 
-    store = Store(StoreConfig(ingest_concurrency=limit, pool_size=8), db_url)
-    store.open()
     running, peak, lock = [0], [0], threading.Lock()
-    real = store.ingestor.ingest
+    codes: list[int] = []
+    with opened_store(StoreConfig(ingest_concurrency=limit, pool_size=8), db_url) as store:
+        real = store.ingestor.ingest
 
-    def counted(*args, **kwargs):  # our own code, wrapped to count how many run at once
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            time.sleep(0.2)
-            return real(*args, **kwargs)
-        finally:
+        def counted(*args, **kwargs):  # our own code, wrapped to count how many run at once
             with lock:
-                running[0] -= 1
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            try:
+                time.sleep(0.2)
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
 
-    store.ingestor.ingest = counted  # type: ignore[method-assign]
-    try:
+        store.ingestor.ingest = counted  # type: ignore[method-assign]
         with serve(store) as url:
-            codes: list[int] = []
 
             def send() -> None:
                 resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(chained(2)), timeout=30,
@@ -162,7 +159,5 @@ def test_ingest_concurrency_bounds_requests_decoding_and_ingesting_at_once(db_ur
                 t.start()
             for t in senders:
                 t.join(30)
-    finally:
-        store.close()
     assert codes == [200] * 6
     assert peak[0] == most
