@@ -10,6 +10,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from secret_audit.store._query import and_all
+
 __all__ = ["OpenGap", "open_gaps"]
 
 
@@ -35,21 +37,19 @@ def open_gaps(
     tenant: str | None = None,
     *,
     ids: Sequence[int] | None = None,
-    streams: Sequence[str] | None = None,
 ) -> list[OpenGap]:
-    """Every gap finding not wholly filled (optionally only these finding ids or streams), oldest first."""
+    """Every gap finding not wholly filled (optionally only these finding ids), oldest first."""
     conds: list[sql.Composable] = [sql.SQL("filled < size")]
     params: list[Any] = []
-    for col, value in (("id", ids), ("stream_id", streams)):
-        if value is not None:
-            conds.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(col)))
-            params.append(list(value))
+    if ids is not None:
+        conds.append(sql.SQL("id = ANY(%s)"))
+        params.append(list(ids))
     if tenant is not None:
         conds.append(sql.SQL("tenant = %s"))
         params.append(tenant)
     gaps = conn.execute(
         sql.SQL("SELECT id, stream_id, tenant, first, last FROM audit_gaps WHERE {} ORDER BY id").format(
-            sql.SQL(" AND ").join(conds)
+            and_all(conds)
         ),
         params,
     ).fetchall()
