@@ -434,10 +434,7 @@ class Wrappers:
         failed; the exception only names the first failure. The replies say what happened to each.
         """
         try:
-            response = args[1] if len(args) > 1 else kwargs.get("response")
-            state = instance.__dict__
-            if isinstance(response, list) and _REPLIES in state:  # only inside our execute()
-                state[_REPLIES] = list(response)
+            _keep_replies(instance, args[1] if len(args) > 1 else kwargs.get("response"))
         except Exception:
             _note_internal_error()
         return wrapped(*args, **kwargs)
@@ -448,11 +445,7 @@ class Wrappers:
         """Wrap a cluster ``TransactionStrategy._raise_first_error`` (sync, or async returning a
         coroutine): keep the EXEC replies on the cluster pipeline, as ``pipeline_first_error`` does."""
         try:
-            responses = args[0] if args else kwargs.get("responses")
-            pipe = getattr(instance, "_pipe", None)
-            state = getattr(pipe, "__dict__", None)
-            if isinstance(responses, list) and isinstance(state, dict) and _REPLIES in state:
-                state[_REPLIES] = list(responses)
+            _keep_replies(getattr(instance, "_pipe", None), args[0] if args else kwargs.get("responses"))
         except Exception:
             _note_internal_error()
         return wrapped(*args, **kwargs)
@@ -525,6 +518,13 @@ def _key_name(key: Any) -> str | bytes:
 
 
 _REPLIES = "_secret_audit_replies"
+
+
+def _keep_replies(pipe: Any, replies: Any) -> None:
+    """Inside our execute() only: keep the reply list that redis-py drops once it raises the first error."""
+    state = getattr(pipe, "__dict__", None)
+    if isinstance(replies, list) and isinstance(state, dict) and _REPLIES in state:
+        state[_REPLIES] = list(replies)
 
 
 def _cluster_results(instance: Any, stack: list[Any], error: BaseException) -> list[Any] | None:
