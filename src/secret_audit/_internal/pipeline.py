@@ -141,6 +141,8 @@ def _ids(span_context: trace.SpanContext) -> _Ids:
         return _NO_IDS
     trace_id, span_id = span_context.trace_id, span_context.span_id
     return trace_id, span_id, int(span_context.trace_flags), f"{trace_id:032x}", f"{span_id:016x}"
+
+
 _new_record = tuple.__new__
 
 
@@ -697,18 +699,19 @@ class AuditPipeline:
             self._open_reports[self._sequence] = (first, last)
 
     def _export_batch(self) -> None:
+        # First the request in flight: a ticket is only complete once everything before it is, and
+        # the courier carries one request at a time.
+        self._settle()
         sink = self._sink
         tickets = self._batch_tickets
         self._batch_tickets = []
         if sink is None or not sink.pending():
-            self._settle()  # a ticket is only complete once everything before it is
             for ticket in tickets:
                 ticket.complete(True)
             return
         seqs = self._batch_seqs
         self._batch_seqs = []
         if isinstance(sink, FastSink):
-            self._settle()  # first: the request in flight is released before this one is made
             body = sink.encode()
             sink.discard()
             spool = self._spool
@@ -721,7 +724,6 @@ class AuditPipeline:
                 return
             durable = self._spool_or_retry(sink, body, seqs)
         else:
-            self._settle()
             durable = self._deliver_with_retry(sink)
             sink.discard()
             if durable:
@@ -767,13 +769,16 @@ class AuditPipeline:
         """Loss reports in a batch that was itself lost are made again, so they reach the sink."""
         for seq in [s for s in self._open_reports if first <= s <= last]:
             what = self._open_reports.pop(seq)
-            if durable:
-                continue
-            with self._lock:
-                if isinstance(what, tuple):
-                    self._lost_ranges.append(what)
-                else:
-                    self._unreported_drops += what
+            if not durable:
+                self._report_again(what)
+
+    def _report_again(self, what: Any) -> None:
+        """A loss report whose own request was lost: a range of sequences, or a count of drops."""
+        with self._lock:
+            if isinstance(what, (tuple, list)) and len(what) == 2:
+                self._lost_ranges.append((int(what[0]), int(what[1])))
+            elif isinstance(what, int):
+                self._unreported_drops += what
 
     def _count_lost(self, first: int, last: int, count: int) -> None:
         with self._lock:
@@ -900,12 +905,8 @@ class AuditPipeline:
         if batch.stream == self.stream_id:
             self._count_lost(batch.first_seq, batch.last_seq, batch.records)
             # What the refused request's own loss reports said is reported again, not lost with it.
-            with self._lock:
-                for what in reports.values():
-                    if isinstance(what, list) and len(what) == 2:
-                        self._lost_ranges.append((int(what[0]), int(what[1])))
-                    elif isinstance(what, int):
-                        self._unreported_drops += what
+            for what in reports.values():
+                self._report_again(what)
             return
         _log.error(
             "secret-audit: the endpoint refused spooled records %s:%d..%d%s",
