@@ -16,7 +16,7 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import free_port, valkey_server  # noqa: E402
+from servers import free_port, valkey_server, wait_port  # noqa: E402
 
 __all__ = ["drain", "free_port", "interleave", "otlp_sink", "report", "valkey_server", "wait_port"]
 
@@ -35,23 +35,12 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
-def wait_port(host: str, port: int) -> None:
-    """Wait (up to 10 s) until something accepts connections on ``host:port``."""
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
-            return
-        time.sleep(0.02)
-
-
 @contextlib.contextmanager
 def otlp_sink() -> Iterator[str]:
     """An OTLP/HTTP endpoint in another process that accepts and discards, so it costs us no CPU."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)])
-    wait_port("127.0.0.1", port)
+    wait_port(port, proc)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

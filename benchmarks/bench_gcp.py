@@ -71,7 +71,7 @@ def main() -> int:
     with _process(fake) as endpoints, otlp_sink() as sink:
         target = endpoints.split()[0]
         host, port = target.rsplit(":", 1)
-        wait_port(host, int(port))
+        wait_port(int(port), host=host)
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink + "/v1/traces")))
         trace.set_tracer_provider(provider)

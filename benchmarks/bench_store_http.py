@@ -71,7 +71,7 @@ def run_variant(admin: psycopg.Connection[Any], url: str, workers: int, events: 
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        wait_port("127.0.0.1", port)
+        wait_port(port, server)
         bodies = make_batches(events)
         took = _post_all(port, token, bodies, clients)
         with psycopg.connect(conninfo) as check:

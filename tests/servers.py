@@ -33,15 +33,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 10.0, host: str = "127.0.0.1"
+) -> None:
+    """Wait until something accepts connections on ``host:port``; raise if ``proc`` exits first or
+    the time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited early with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
             return
         time.sleep(0.02)
-    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
+    raise RuntimeError(f"server did not listen on {host}:{port} within {timeout}s")
 
 
 @contextlib.contextmanager
@@ -65,7 +69,7 @@ def valkey_server(*extra: str, workdir: Path | None = None) -> Iterator[tuple[st
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         try:
-            _wait_port(port, proc)
+            wait_port(port, proc)
         except RuntimeError as exc:
             log = workdir / "valkey.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
@@ -138,7 +142,7 @@ def valkey_sentinel(master: tuple[str, int], service: str = "mymaster") -> Itera
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
         yield "127.0.0.1", port
     finally:
         stop_process(proc)

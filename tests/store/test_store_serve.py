@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,17 +13,12 @@ import httpx
 import pytest
 
 from secret_audit.cli import main
+from servers import free_port
 
 from .conftest import live_stream, opened_store, serve
 from .records import chained, to_protobuf
 
 CLI = [sys.executable, "-m", "secret_audit.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
