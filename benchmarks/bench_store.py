@@ -18,6 +18,10 @@ request threads each (default 1), the same batches split between them, as ``stor
 does on this 2-core machine (each process keeps its own GIL); reported on a line of its own.
 ``--processes 1`` skips it.
 
+Every process settles its heap after decoding (``settle_heap``: freeze what exists, a higher young
+threshold), as a ``store serve`` process does once started: the pre-decoded batches stand for requests
+a server would hold only while ingesting them, and must not make every full collection walk them.
+
 Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 4] [--processes 2]
 [--process-threads 1]``.
 """
@@ -46,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import drain
 
 from secret_audit.store._embedded import EmbeddedPostgres
+from secret_audit.store._heap import settle_heap
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import Record, decode_protobuf
 from secret_audit.store._prepare import finish, prepare
@@ -113,7 +118,7 @@ def run_store(conninfo: str, decoded: list[list[Record]], workers: int) -> float
 def _ingest_part(conninfo: str, pbs: list[bytes], threads: int, ready: Any, go: Any, out: Any) -> None:
     """One store process: decode its share first, then ingest it with its threads when told to."""
     decoded = [decode_protobuf(b) for b in pbs]
-    gc.collect()
+    settle_heap()
     ready.put(True)
     go.wait()
     out.put(_ingest_threads(conninfo, decoded, threads))
@@ -192,6 +197,7 @@ def main() -> None:
                 started = time.perf_counter()
                 decoded = [decode_protobuf(b) for b in pbs]
                 decode_rates.append(sum(map(len, decoded)) / (time.perf_counter() - started))
+                settle_heap()
                 naive_rates.append(run_naive(fresh_db(admin, url), decoded))
                 store_rates.append(run_store(fresh_db(admin, url), decoded, args.workers))
                 if args.processes > 1:

@@ -79,6 +79,7 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
         return _serve_workers(config, host, port, workers)
     import uvicorn
 
+    from secret_audit.store._heap import settle_heap
     from secret_audit.store.app import create_app
     from secret_audit.store.service import Store
 
@@ -87,10 +88,11 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
     print(f"secret-audit store: listening on http://{host}:{port} ({_where(store.embedded)})",
           file=sys.stderr)
     try:
+        app = create_app(store, manage_store=True)
+        settle_heap()
         # The app closes the store (and an embedded PostgreSQL) during uvicorn's graceful shutdown:
         # uvicorn re-raises SIGTERM/SIGINT afterwards, so the finally below may never run.
-        uvicorn.run(create_app(store, manage_store=True), host=host, port=port, log_level="info",
-                    proxy_headers=False)
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
     finally:
         store.close()
     return 0

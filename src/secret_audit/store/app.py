@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from secret_audit.store import _events, _routes_ingest, _routes_ops, _routes_query
+from secret_audit.store._heap import settle_heap
 from secret_audit.store._limit import BodyLimit
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.config import load_store_config
@@ -59,4 +60,6 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
 def from_environment() -> FastAPI:
     """The app of one worker process of ``store serve --workers N``: settings and database from the
     environment the parent prepared."""
-    return create_app(Store(load_store_config()), manage_store=True)
+    app = create_app(Store(load_store_config()), manage_store=True)
+    settle_heap()
+    return app
