@@ -54,7 +54,7 @@ from secret_audit.store._heap import settle_heap
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import Record, decode_protobuf
 from secret_audit.store._prepare import finish, prepare
-from secret_audit.store._rows import COLUMNS
+from secret_audit.store._rows import COLUMNS, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions, migrate
 from store.records import chained, to_protobuf
 
@@ -153,7 +153,8 @@ def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
         for p in prepared:
             finish(p)  # type: ignore[arg-type]
         rows.append([
-            tuple(v[1:].decode() if isinstance(v, bytes) else v for v in p.row[1:])  # type: ignore[union-attr]
+            (time_of_stamp(p.row[1]),  # type: ignore[union-attr]
+             *(v[1:].decode() if isinstance(v, bytes) else v for v in p.row[2:]))  # type: ignore[union-attr]
             for p in prepared
         ])
     with psycopg.connect(conninfo) as conn:

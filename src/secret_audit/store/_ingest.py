@@ -16,7 +16,7 @@ from secret_audit._internal import chain
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
 from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finish, prepare
-from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event
+from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
 
 __all__ = ["Finding", "IngestResult", "Ingestor"]
@@ -24,10 +24,12 @@ __all__ = ["Finding", "IngestResult", "Ingestor"]
 _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
 # jsonb columns arrive already in jsonb's binary form: sent as bytea they pass through psycopg untouched
 # (binary COPY carries no type oids; the server reads them with jsonb's own receive function)
-_TYPES = ("int8", *("bytea" if t == "jsonb" else t for t in COLUMN_TYPES))
+# (the time column likewise arrives as its int8 microseconds: see _rows.stamp_of)
+_TYPES = ("int8", *("bytea" if t == "jsonb" else "int8" if t == "timestamptz" else t for t in COLUMN_TYPES))
 _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
 _ROW_COLUMNS = ("id", *COLUMNS)
 _ROW_TIME = 1 + COLUMNS.index("time")
+_DAY_US = 86_400_000_000
 # The request's streams: registered if new, locked, their heads read; plus the commit's clock and ids.
 _HEADS = """
 WITH heads AS (
@@ -87,6 +89,7 @@ class IngestResult:
             values = dict(zip(_ROW_COLUMNS, row, strict=True))
             for i in _JSON_SLOTS:
                 values[_ROW_COLUMNS[i]] = orjson.loads(row[i][1:])
+            values["time"] = time_of_stamp(row[_ROW_TIME])
             values["received_at"] = self.received_at
             out.append(event_json(values))
         return out
@@ -129,7 +132,8 @@ class Ingestor:
                 by_stream[p.stream_id].append(p)
         if not by_stream:
             return result
-        months = {(p.time.year, p.time.month) for ps in by_stream.values() for p in ps}
+        days = {p.stamp // _DAY_US for ps in by_stream.values() for p in ps}
+        months = {(t.year, t.month) for t in (time_of_stamp(d * _DAY_US) for d in days)}
         with self._lock:
             missing = months - self._months
         if missing:
@@ -193,7 +197,9 @@ class Ingestor:
         live = self.live
         if live is not None and live.wanted and rows:
             # delivered with the commit, to the other store processes' live streams
-            for note in announcements(live.origin, [r[ROW_ID] for r in rows], [r[_ROW_TIME] for r in rows]):
+            stamps = [r[_ROW_TIME] for r in rows]
+            bounds = [time_of_stamp(min(stamps)), time_of_stamp(max(stamps))]
+            for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:

@@ -10,7 +10,7 @@ import orjson
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
-from secret_audit.store._rows import COLUMNS, TYPED, time_of
+from secret_audit.store._rows import COLUMNS, TYPED, stamp_of
 
 __all__ = ["INTEGRITY", "JSONB_EMPTY", "ROW_ID", "Prepared", "finish", "jsonb", "prepare"]
 
@@ -26,7 +26,7 @@ class Prepared:
     prev: str
     claimed: str
     tenant: str | None
-    time: Any
+    stamp: int  # the row's time, as _rows.stamp_of gives it
     service_name: str | None
     instance: str | None
     resource_jsonb: bytes
@@ -126,8 +126,8 @@ def prepare(
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
-    moment = time_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
-    return Prepared(index, stream, seq, prev, claimed, tenant, moment, service, instance, resource_jsonb, rec)
+    stamp = stamp_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
+    return Prepared(index, stream, seq, prev, claimed, tenant, stamp, service, instance, resource_jsonb, rec)
 
 
 def _resource_facts(
@@ -203,7 +203,7 @@ def finish(p: Prepared) -> str | None:
         rest = jsonb(remainder)
     p.row = [
         None,
-        p.time,
+        p.stamp,
         rec.time_unix_nano,
         rec.observed_unix_nano,
         rec.event_name,

@@ -18,7 +18,8 @@ __all__ = [
     "canonical_of_row",
     "event_json",
     "is_audit_event",
-    "time_of",
+    "stamp_of",
+    "time_of_stamp",
 ]
 
 # attribute -> (column, python type): typed columns hold the contract's fields; the rest go to JSONB.
@@ -81,6 +82,8 @@ assert len(COLUMN_TYPES) == len(COLUMNS)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _DELTA = dt.timedelta
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+_PG_EPOCH_US = (_PG_EPOCH - _EPOCH) // _DELTA(microseconds=1)
 
 
 def is_audit_event(event_name: str) -> bool:
@@ -88,10 +91,16 @@ def is_audit_event(event_name: str) -> bool:
     return event_name == "secret.access" or event_name.startswith("audit.")
 
 
-def time_of(time_unix_nano: int) -> dt.datetime:
-    """The partition key for a record timestamp, to the microsecond."""
+def stamp_of(time_unix_nano: int) -> int:
+    """A record timestamp as timestamptz's binary form (microseconds since 2000), which COPY takes as is."""
+    # ingest sends the time column as int8: no datetime is made per row (binary COPY carries no type)
+    return time_unix_nano // 1000 - _PG_EPOCH_US
+
+
+def time_of_stamp(stamp: int) -> dt.datetime:
+    """The moment a stamp_of() value stands for."""
     # timedelta(days, seconds, microseconds): positional arguments are cheaper than keywords
-    return _EPOCH + _DELTA(0, 0, time_unix_nano // 1000)
+    return _PG_EPOCH + _DELTA(0, 0, stamp)
 
 
 def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
