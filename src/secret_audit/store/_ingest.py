@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,7 +31,9 @@ _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("at
 _ROW_COLUMNS = ("id", *COLUMNS)
 _ROW_TIME = 1 + COLUMNS.index("time")
 _DAY_US = 86_400_000_000
-# The request's streams: registered if new, locked, their heads read; plus the commit's clock and ids.
+# The request's streams: registered if new, locked, their heads read; plus the commit's clock and the
+# first id of each block of ids the request needs. The sequence steps by a block (schema version 4:
+# ID_BLOCK); its step is read with the ids, so any step gives unique ids.
 _HEADS = """
 WITH heads AS (
     INSERT INTO audit_streams (stream_id, tenant, service_name)
@@ -38,9 +41,10 @@ WITH heads AS (
     ON CONFLICT (stream_id) DO UPDATE SET stream_id = EXCLUDED.stream_id
     RETURNING stream_id, tenant, last_sequence::text, last_hash
 )
-SELECT now(),
-       array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, %s)),
+SELECT now(), step,
+       array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, (%s + step - 1) / step)),
        (SELECT array_agg(ARRAY[stream_id, tenant, last_sequence, last_hash]) FROM heads)
+FROM (SELECT seqincrement AS step FROM pg_sequence WHERE seqrelid = 'audit_events_id_seq'::regclass) s
 """
 # Each stream's head moves forward (never back: late records fill gaps below it) and its counts grow.
 _ADVANCE = """
@@ -161,7 +165,7 @@ class Ingestor:
             binary=True,
         ).fetchone()
         assert drawn is not None
-        state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[2]}
+        state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[3]}
         walks: list[_Walk] = []
         for s in streams:
             tenant, head_seq, head_hash = state[s]
@@ -176,7 +180,8 @@ class Ingestor:
         if not walks:
             return
         result.received_at = drawn[0]
-        next_id = iter(drawn[1])
+        step = drawn[1]
+        next_id = itertools.chain.from_iterable(range(first, first + step) for first in drawn[2])
         rows: list[list[Any]] = []
         append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.

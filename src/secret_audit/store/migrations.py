@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate", "partition_bounds"]
+__all__ = ["ID_BLOCK", "MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate", "partition_bounds"]
 
 _CORE = """
 CREATE TABLE audit_events (
@@ -213,7 +213,15 @@ DROP INDEX audit_events_trace;
 CREATE INDEX audit_events_trace ON audit_events USING hash (trace_id) WHERE trace_id <> '';
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH))
+# 4: ingest draws row ids a block at a time: one nextval() per ID_BLOCK records instead of one per
+# record (0.5 µs of server CPU per row). Ids stay unique and increasing within a request; between
+# requests they now skip the unused rest of a block.
+ID_BLOCK = 1000
+_ID_BLOCKS = f"ALTER TABLE audit_events ALTER COLUMN id SET INCREMENT BY {ID_BLOCK};"
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
