@@ -16,8 +16,9 @@ def settle_heap() -> None:
     """Exempt the startup heap from collection and collect the young generation less often.
 
     Called once a server process has built its app: what exists then (modules, app, pools) lives as
-    long as the process, so walking it again in every full collection is pure cost. Measured on
-    ingest: 2.4 µs of collection per row with the defaults, none with these settings.
+    long as the process, so walking it again in every full collection is pure cost. Measured with a
+    server's heap, decoding and ingesting 1000-record requests: 1.6-1.9 µs of collection per row with
+    the defaults, none with these settings.
     """
     gc.collect()
     gc.freeze()
