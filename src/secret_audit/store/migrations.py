@@ -219,8 +219,20 @@ CREATE INDEX audit_events_trace ON audit_events USING hash (trace_id) WHERE trac
 ID_BLOCK = 1000
 _ID_BLOCKS = f"ALTER TABLE audit_events ALTER COLUMN id SET INCREMENT BY {ID_BLOCK};"
 
+# 5: the indexed text columns compare bytewise. They are only ever matched for equality, which no
+# deterministic collation changes, but a B-tree insert compares keys on the way down, and a libc
+# collation (even C.UTF-8) goes through strcoll: 1.3 µs of server CPU per row with varied values.
+_BYTEWISE = """
+ALTER TABLE audit_events
+    ALTER COLUMN stream_id TYPE text COLLATE "C",
+    ALTER COLUMN secret_name TYPE text COLLATE "C",
+    ALTER COLUMN principal TYPE text COLLATE "C",
+    ALTER COLUMN enduser_id TYPE text COLLATE "C",
+    ALTER COLUMN client_address TYPE text COLLATE "C";
+"""
+
 MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS),
+    (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS), (5, _BYTEWISE),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
