@@ -22,8 +22,12 @@ Every process settles its heap after decoding (``settle_heap``: freeze what exis
 threshold), as a ``store serve`` process does once started: the pre-decoded batches stand for requests
 a server would hold only while ingesting them, and must not make every full collection walk them.
 
+The records' indexed columns (secret, principal, end user, client address) take varied values, as in
+a deployment; ``--same-values`` puts one value in every record, as this benchmark did before
+2026-11-25 evening (PostgreSQL's index upkeep is cheaper then).
+
 Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 4] [--processes 2]
-[--process-threads 1]``.
+[--process-threads 1] [--same-values]``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import contextlib
 import gc
 import multiprocessing
+import random
 import statistics
 import sys
 import tempfile
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _common import drain
 
+from secret_audit._internal import chain
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._heap import settle_heap
 from secret_audit.store._ingest import Ingestor
@@ -56,20 +62,46 @@ from secret_audit.store._otlp import Record, decode_protobuf
 from secret_audit.store._prepare import finish, prepare
 from secret_audit.store._rows import COLUMNS, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions, migrate
-from store.records import chained, to_protobuf
+from store.records import chained, rehash, to_protobuf
 
 BATCH = 1000
 STREAMS_PER_BATCH = 10
 
 
-def make_batches(events: int) -> list[bytes]:
+# What the indexed columns hold. With one value in every record (``--same-values``, the benchmark's
+# data before 2026-11-25 evening) each B-tree insert lands on one hot page and compares equal strings;
+# a deployment has many secrets, a principal per service, many end users and client addresses, and
+# PostgreSQL then spends about 4 µs more per row (17.9 against 13.8 µs in one measurement).
+SECRETS = [f"prod/payments/secret-{i}" for i in range(1000)]
+PRINCIPALS = [f"svc-{i}" for i in range(50)]
+USERS = [f"user{i}@example.com" for i in range(10_000)]
+CLIENTS = [f"10.0.{i // 256}.{i % 256}" for i in range(1000)]
+
+
+def vary(recs: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """Give one stream's records varied index keys, chained again so every hash covers them."""
+    prev = chain.GENESIS
+    principal = rng.choice(PRINCIPALS)
+    for rec in recs:
+        rec["attributes"].update({
+            "secret.name": rng.choice(SECRETS), "audit.principal": principal,
+            "enduser.id": rng.choice(USERS), "client.address": rng.choice(CLIENTS),
+            "audit.chain.prev": prev,
+        })
+        prev = rehash(rec)
+    return recs
+
+
+def make_batches(events: int, same_values: bool = False) -> list[bytes]:
     """OTLP requests of BATCH records, each mixing STREAMS_PER_BATCH chained streams."""
     per_stream = events // (events // BATCH * STREAMS_PER_BATCH)
+    rng = random.Random(events)
     out = []
     for _ in range(events // BATCH):
         recs: list[dict[str, Any]] = []
         for _ in range(STREAMS_PER_BATCH):
-            recs += chained(per_stream, stream=str(uuid.uuid4()))
+            stream = chained(per_stream, stream=str(uuid.uuid4()))
+            recs += stream if same_values else vary(stream, rng)
         out.append(to_protobuf(recs))
     return out
 
@@ -99,6 +131,7 @@ def _ingest_threads(
                 records = batch if decode is None else decode(batch)
                 result = ingestor.ingest(conn, records)
                 assert result.accepted == len(records), result.errors
+                assert not result.findings, result.findings[:3]  # every chain intact
                 with lock:
                     stored[0] += result.accepted
 
@@ -181,6 +214,8 @@ def main() -> None:
                         help="also run the store variant in this many processes (1: don't)")
     parser.add_argument("--process-threads", type=int, default=1,
                         help="request threads in each of those processes")
+    parser.add_argument("--same-values", action="store_true",
+                        help="one secret, principal, end user and client address in every record")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
@@ -191,9 +226,10 @@ def main() -> None:
             settings = {k: admin.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
                         for k in ("fsync", "synchronous_commit", "wal_sync_method")}
             print(f"PostgreSQL durability: {settings}; {args.events} events per variant per round, "
-                  f"batches of {BATCH}, {args.workers} ingest workers")
+                  f"batches of {BATCH}, {args.workers} ingest workers, "
+                  f"{'one value' if args.same_values else 'varied values'} in the indexed columns")
             for rnd in range(args.rounds):
-                pbs = make_batches(args.events)
+                pbs = make_batches(args.events, args.same_values)
                 gc.collect()
                 started = time.perf_counter()
                 decoded = [decode_protobuf(b) for b in pbs]
@@ -204,7 +240,7 @@ def main() -> None:
                 if args.processes > 1:
                     proc_rates.append(run_processes(fresh_db(admin, url), pbs, args.processes, args.process_threads))
                 # full path: decode inside the timed loop, fresh streams
-                pbs = make_batches(args.events)
+                pbs = make_batches(args.events, args.same_values)
                 full_rates.append(run_full(fresh_db(admin, url), pbs, args.workers))
                 procs = f", store in {args.processes} processes {proc_rates[-1]:,.0f}/s" if proc_rates else ""
                 print(f"round {rnd + 1}: store {store_rates[-1]:,.0f}/s, naive {naive_rates[-1]:,.0f}/s, "
