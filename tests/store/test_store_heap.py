@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 _PROBE = """
-import gc, json, sys
+import gc, json
 from secret_audit.store._heap import YOUNG_THRESHOLD, settle_heap
 {setup}
 print(json.dumps([gc.get_freeze_count(), gc.get_threshold()[0], gc.isenabled(), YOUNG_THRESHOLD]))
