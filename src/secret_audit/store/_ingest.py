@@ -181,7 +181,7 @@ class Ingestor:
             return
         result.received_at = drawn[0]
         step = drawn[1]
-        next_id = itertools.chain.from_iterable(range(first, first + step) for first in drawn[2])
+        next_id = itertools.chain.from_iterable(range(base, base + step) for base in drawn[2])
         rows: list[list[Any]] = []
         append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
