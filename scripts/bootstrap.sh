@@ -7,7 +7,8 @@ install() {
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  # the C extension is built by the install: a changed source means installing again
+  stamp=.venv/.installed-$(cat pyproject.toml setup.py src/secret_audit/store/_native.c | sha256sum | cut -c1-16)
   if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e '.[test]'

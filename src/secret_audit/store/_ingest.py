@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,14 @@ from psycopg.types.string import BytesBinaryDumper
 from secret_audit._internal import chain
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
-from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finish, prepare
+from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, prepare
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
+
+try:
+    from secret_audit.store import _native
+except ImportError:  # not built: psycopg formats the rows (_prepare says the same for finish)
+    _native = None  # type: ignore[assignment]
 
 __all__ = ["Finding", "IngestResult", "Ingestor"]
 
@@ -27,6 +32,14 @@ _COPY = "COPY audit_events (id, {}) FROM STDIN (FORMAT BINARY)".format(", ".join
 # (binary COPY carries no type oids; the server reads them with jsonb's own receive function)
 # (the time column likewise arrives as its int8 microseconds: see _rows.stamp_of)
 _TYPES = ("int8", *("bytea" if t == "jsonb" else "int8" if t == "timestamptz" else t for t in COLUMN_TYPES))
+# The same types as _native.encode_rows's codes, for its binary COPY without psycopg's row formatter.
+_CODES = bytes(
+    {"int8": ord("q"), "int2": ord("h"), "float8": ord("d"), "text": ord("t"), "bytea": ord("b")}[t]
+    for t in _TYPES
+)
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY's header: signature, flags, no extension
+_TRAILER = b"\xff\xff"
+_CHUNK = 64  # rows per write: about 40 kB, so the server digests the rows while the next are made
 _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
 _ROW_COLUMNS = ("id", *COLUMNS)
 _ROW_TIME = 1 + COLUMNS.index("time")
@@ -108,8 +121,11 @@ class IngestResult:
 class Ingestor:
     """Turns decoded requests into committed rows; one instance per store process, thread-safe."""
 
-    def __init__(self, non_audit: str = "reject") -> None:
+    def __init__(self, non_audit: str = "reject", native: bool = True) -> None:
         self.non_audit = non_audit
+        # the C row builder and COPY encoder when built (and not turned off), else their Python twins
+        self.native = native and _native is not None
+        self._finish = finisher(self.native)
         self.live: LiveBus | None = None  # set by a serving store: commits announced to other processes
         self._months: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
@@ -176,7 +192,7 @@ class Ingestor:
                 else:
                     kept.append(p)
             if kept:
-                walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result))
+                walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result, self._finish))
         if not walks:
             return
         result.received_at = drawn[0]
@@ -189,14 +205,29 @@ class Ingestor:
             # psycopg's default bytea dumper (it also unwraps DB-API Binary objects) runs in Python
             cur.adapters.register_dumper(None, BytesBinaryDumper)
             with cur.copy(_COPY) as copy:
-                copy.set_types(_TYPES)
-                write_row = copy.write_row
-                for walk in walks:
-                    for p in walk.run():
-                        row = p.row
-                        row[ROW_ID] = next(next_id)
-                        append(row)
-                        write_row(row)
+                if self.native:
+                    # the whole binary stream is ours: header, rows a chunk at a time, trailer
+                    write, encode = copy.write, _native.encode_rows
+                    write(_SIGNATURE)
+                    sent = 0
+                    for walk in walks:
+                        for p in walk.run():
+                            row = p.row
+                            row[ROW_ID] = next(next_id)
+                            append(row)
+                            if len(rows) - sent == _CHUNK:
+                                write(encode(rows[sent:], _CODES))
+                                sent = len(rows)
+                    write(encode(rows[sent:], _CODES) + _TRAILER)
+                else:
+                    copy.set_types(_TYPES)
+                    write_row = copy.write_row
+                    for walk in walks:
+                        for p in walk.run():
+                            row = p.row
+                            row[ROW_ID] = next(next_id)
+                            append(row)
+                            write_row(row)
         if result.findings:
             _insert_findings(conn, result.findings)
         live = self.live
@@ -233,8 +264,10 @@ class _Walk:
         head_hash: str,
         batch: list[Prepared],
         result: IngestResult,
+        finish: Callable[[Prepared], str | None],
     ) -> None:
         self.stream = stream
+        self.finish = finish
         self.tenant = tenant
         self.start_seq = self.head_seq = head_seq
         self.head_hash = head_hash
@@ -275,6 +308,7 @@ class _Walk:
         known_hash = self.known_hash
         seen: dict[int, str] = {}
         start_seq = self.start_seq
+        finish = self.finish
         run_first = run_last = 0  # the current run of late records stored (sequences at or below the head)
         for p in self.batch:
             seq = p.sequence

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -12,7 +14,15 @@ from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import COLUMNS, TYPED, stamp_of
 
-__all__ = ["INTEGRITY", "JSONB_EMPTY", "ROW_ID", "Prepared", "finish", "jsonb", "prepare"]
+try:
+    from secret_audit.store import _native
+except ImportError:  # not built (no C compiler at install time): the Python twins do the same work
+    _native = None  # type: ignore[assignment]
+
+__all__ = [
+    "INTEGRITY", "JSONB_EMPTY", "NATIVE", "ROW_ID", "Prepared", "finish", "finish_python", "finisher",
+    "jsonb", "prepare",
+]
 
 _BIGINT_MAX = (1 << 63) - 1
 
@@ -111,6 +121,9 @@ def prepare(
         return "timestamp out of range"
     if not 0 <= rec.severity_number <= 24:
         return "severity_number must be 0..24"
+    # the other texts that reach a column unhashed (the hashed ones are checked by finish)
+    if "\x00" in rec.severity_text or "\x00" in rec.scope_name or "\x00" in rec.scope_version:
+        return "NUL characters cannot be stored"
     resource = rec.resource
     # a request's records share a few resources: read each once
     key = id(resource)
@@ -151,7 +164,7 @@ def _resource_facts(
     )
 
 
-def finish(p: Prepared) -> str | None:
+def finish_python(p: Prepared) -> str | None:
     """Recompute the record's hash and build its row; returns the reason when it cannot be stored."""
     rec = p.rec
     attrs = rec.attributes
@@ -223,3 +236,22 @@ def finish(p: Prepared) -> str | None:
         "ok",
     ]
     return None
+
+
+# The C twin of finish_python (secret_audit/store/_native.c) calls the same orjson and hashlib functions
+# with the same arguments, and hands every record out of the ordinary back to finish_python.
+NATIVE = _native is not None
+if _native is not None:
+    _native.configure(
+        dumps=orjson.dumps, sort_keys=orjson.OPT_SORT_KEYS, sha256=hashlib.sha256, jsonb=jsonb,
+        fallback=finish_python, typed=_TYPED_SET, str_names=_STR_NAMES, empty=JSONB_EMPTY,
+        hash_key=_HASH_KEY, duration="audit.duration_ms",
+    )
+
+
+def finisher(native: bool = True) -> Callable[[Prepared], str | None]:
+    """The finish to use: the C one when it is built and wanted, else finish_python."""
+    return _native.finish if native and _native is not None else finish_python
+
+
+finish = finisher()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secret_audit._internal.config import PREFIX, ConfigurationError, _int_range, _read
+from secret_audit._internal.config import PREFIX, ConfigurationError, _bool, _int_range, _read
 
 __all__ = ["NON_AUDIT_MODES", "StoreConfig", "default_data_dir", "load_store_config"]
 
@@ -37,6 +37,7 @@ class StoreConfig:
     ingest_concurrency: int = 4
     app_role: str = "secret_audit_app"
     archive_dir: Path = Path("audit-archive")
+    native: bool = True  # the C row builder and COPY encoder, when built; false: their Python twins
 
 
 def _int(env: Mapping[str, str], suffix: str, default: int, low: int, high: int) -> int:
@@ -67,4 +68,5 @@ def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
         ingest_concurrency=_int(env, "INGEST_CONCURRENCY", 4, 0, 256),
         app_role=role,
         archive_dir=Path(archive).expanduser() if archive else Path("audit-archive"),
+        native=_read(env, "STORE_NATIVE", _bool, True),
     )

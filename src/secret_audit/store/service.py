@@ -44,7 +44,7 @@ class Store:
         self._url = database_url
         self._embedded: EmbeddedPostgres | None = None
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self.ingestor = Ingestor(config.non_audit)
+        self.ingestor = Ingestor(config.non_audit, config.native)
         self.self_audit = SelfAudit(self.ingestor)
         self.counters = Counters()
         self.hub = Hub()

@@ -1,0 +1,550 @@
+/* The store's per-row ingest work in C: a checked record's row, and rows in binary COPY form.
+ *
+ * Why: on two cores PostgreSQL's own index upkeep takes most of a row's CPU, and the interpreter's
+ * share of the rest (attribute lookups, type checks, list building, psycopg's per-row layers) is
+ * what stands between the store and 50k events/s. The byte-exact parts stay where they are: the
+ * canonical JSON is still orjson's, and the hash is still hashlib's; this module only calls them.
+ *
+ * Every function here has a pure-Python twin (secret_audit.store._prepare.finish_python and psycopg's
+ * own COPY), which is used when this module is not built, and which the tests compare it against.
+ * Anything out of the ordinary (an attribute of an unexpected type, an escape in the canonical form)
+ * goes to the Python twin, so only the common case lives here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Set once by configure(): the Python objects the fast path calls or compares against. */
+static PyObject *g_dumps;      /* orjson.dumps */
+static PyObject *g_sort_keys;  /* orjson.OPT_SORT_KEYS */
+static PyObject *g_sha256;     /* hashlib.sha256 */
+static PyObject *g_jsonb;      /* _prepare.jsonb, for the rare attributes without a column */
+static PyObject *g_fallback;   /* _prepare.finish_python */
+static PyObject *g_typed_set;  /* frozenset of the attributes that have a column */
+static PyObject *g_str_names;  /* tuple: the string-typed attributes, in column order */
+static PyObject *g_empty;      /* _prepare.JSONB_EMPTY */
+static PyObject *g_hash_key;   /* "audit.chain.hash" */
+static PyObject *g_duration;   /* "audit.duration_ms" */
+static PyObject *g_ok;         /* "ok" */
+static PyObject *g_option_kw;  /* ("option",) */
+
+/* Interned attribute names of Prepared and Record. */
+static PyObject *s_rec, *s_stamp, *s_tenant, *s_service_name, *s_instance, *s_resource_jsonb,
+    *s_sequence, *s_computed, *s_row, *s_time_unix_nano, *s_observed_unix_nano, *s_event_name,
+    *s_severity_number, *s_severity_text, *s_body, *s_trace_id, *s_span_id, *s_attributes,
+    *s_scope_name, *s_scope_version, *s_hexdigest;
+/* Keys of the canonical form, in the order chain.canonical_bytes writes them (orjson sorts anyway). */
+static PyObject *k_attributes, *k_body, *k_event_name, *k_severity_number, *k_span_id,
+    *k_time_unix_nano, *k_trace_id;
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+static int
+init_names(void)
+{
+    return intern(&s_rec, "rec") || intern(&s_stamp, "stamp") || intern(&s_tenant, "tenant")
+        || intern(&s_service_name, "service_name") || intern(&s_instance, "instance")
+        || intern(&s_resource_jsonb, "resource_jsonb") || intern(&s_sequence, "sequence")
+        || intern(&s_computed, "computed") || intern(&s_row, "row")
+        || intern(&s_time_unix_nano, "time_unix_nano")
+        || intern(&s_observed_unix_nano, "observed_unix_nano")
+        || intern(&s_event_name, "event_name") || intern(&s_severity_number, "severity_number")
+        || intern(&s_severity_text, "severity_text") || intern(&s_body, "body")
+        || intern(&s_trace_id, "trace_id") || intern(&s_span_id, "span_id")
+        || intern(&s_attributes, "attributes") || intern(&s_scope_name, "scope_name")
+        || intern(&s_scope_version, "scope_version") || intern(&s_hexdigest, "hexdigest")
+        || intern(&k_attributes, "attributes") || intern(&k_body, "body")
+        || intern(&k_event_name, "event_name") || intern(&k_severity_number, "severity_number")
+        || intern(&k_span_id, "span_id") || intern(&k_time_unix_nano, "time_unix_nano")
+        || intern(&k_trace_id, "trace_id") || intern(&g_ok, "ok");
+}
+
+static void
+replace(PyObject **slot, PyObject *value)
+{
+    Py_XINCREF(value);
+    Py_XSETREF(*slot, value);
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(*, dumps, sort_keys, sha256, jsonb, fallback, typed, str_names, empty, hash_key, duration)\n"
+"--\n\n"
+"Hand the fast path the Python objects it must agree with, so there is one definition of each.");
+
+static PyObject *
+configure(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *kwlist[] = {"dumps", "sort_keys", "sha256", "jsonb", "fallback", "typed", "str_names",
+                             "empty", "hash_key", "duration", NULL};
+    PyObject *dumps, *sort_keys, *sha256, *jsonb, *fallback, *typed, *str_names, *empty, *hash_key,
+        *duration;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOO!O!O!UU:configure", kwlist, &dumps,
+                                     &sort_keys, &sha256, &jsonb, &fallback, &PyFrozenSet_Type,
+                                     &typed, &PyTuple_Type, &str_names, &PyBytes_Type, &empty,
+                                     &hash_key, &duration)) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(str_names); i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(str_names, i))) {
+            PyErr_SetString(PyExc_TypeError, "str_names must hold str");
+            return NULL;
+        }
+    }
+    PyObject *option_kw = PyTuple_Pack(1, PyUnicode_InternFromString("option"));
+    if (option_kw == NULL) {
+        return NULL;
+    }
+    Py_DECREF(PyTuple_GET_ITEM(option_kw, 0)); /* PyTuple_Pack took its own reference */
+    Py_XSETREF(g_option_kw, option_kw);
+    replace(&g_dumps, dumps);
+    replace(&g_sort_keys, sort_keys);
+    replace(&g_sha256, sha256);
+    replace(&g_jsonb, jsonb);
+    replace(&g_fallback, fallback);
+    replace(&g_typed_set, typed);
+    replace(&g_str_names, str_names);
+    replace(&g_empty, empty);
+    replace(&g_hash_key, hash_key);
+    replace(&g_duration, duration);
+    Py_RETURN_NONE;
+}
+
+/* The canonical bytes of a record, exactly as chain.canonical_bytes makes them (the same call). */
+static PyObject *
+canonical(PyObject *rec, PyObject *attrs)
+{
+    PyObject *hashed = PyDict_Copy(attrs);
+    if (hashed == NULL) {
+        return NULL;
+    }
+    if (PyDict_DelItem(hashed, g_hash_key) < 0) {
+        Py_DECREF(hashed);
+        return NULL;
+    }
+    PyObject *doc = PyDict_New();
+    if (doc == NULL) {
+        Py_DECREF(hashed);
+        return NULL;
+    }
+    int failed = PyDict_SetItem(doc, k_attributes, hashed) < 0;
+    Py_DECREF(hashed);
+    PyObject *const names[] = {s_body, s_event_name, s_severity_number, s_span_id, s_time_unix_nano,
+                               s_trace_id};
+    PyObject *const keys[] = {k_body, k_event_name, k_severity_number, k_span_id, k_time_unix_nano,
+                              k_trace_id};
+    for (size_t i = 0; !failed && i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject *value = PyObject_GetAttr(rec, names[i]);
+        failed = value == NULL || PyDict_SetItem(doc, keys[i], value) < 0;
+        Py_XDECREF(value);
+    }
+    if (failed) {
+        Py_DECREF(doc);
+        return NULL;
+    }
+    PyObject *call[] = {doc, g_sort_keys};
+    PyObject *out = PyObject_Vectorcall(g_dumps, call, 1, g_option_kw);
+    Py_DECREF(doc);
+    return out;
+}
+
+static PyObject *
+hex_sha256(PyObject *data)
+{
+    PyObject *h = PyObject_CallOneArg(g_sha256, data);
+    if (h == NULL) {
+        return NULL;
+    }
+    PyObject *out = PyObject_CallMethodNoArgs(h, s_hexdigest);
+    Py_DECREF(h);
+    return out;
+}
+
+/* The JSONB remainder: the attributes without a column (none, in the common case). */
+static PyObject *
+untyped_rest(PyObject *attrs)
+{
+    PyObject *rest = PyDict_New();
+    if (rest == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attrs, &pos, &key, &value)) {
+        int typed = PySet_Contains(g_typed_set, key);
+        if (typed < 0 || (!typed && PyDict_SetItem(rest, key, value) < 0)) {
+            Py_DECREF(rest);
+            return NULL;
+        }
+    }
+    PyObject *out = PyObject_CallOneArg(g_jsonb, rest);
+    Py_DECREF(rest);
+    return out;
+}
+
+enum { N_HEAD = 15, N_TAIL = 3 };
+
+PyDoc_STRVAR(finish_doc,
+"finish(p, /)\n--\n\n"
+"Recompute a prepared record's hash and build its row, as _prepare.finish_python does.");
+
+static PyObject *
+finish(PyObject *self, PyObject *p)
+{
+    (void)self;
+    if (g_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_native.configure() was not called");
+        return NULL;
+    }
+    PyObject *rec = NULL, *attrs = NULL, *canon = NULL, *computed = NULL, *row = NULL, *rest = NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n_str = PyTuple_GET_SIZE(g_str_names);
+    rec = PyObject_GetAttr(p, s_rec);
+    if (rec == NULL) {
+        goto done;
+    }
+    attrs = PyObject_GetAttr(rec, s_attributes);
+    if (attrs == NULL) {
+        goto done;
+    }
+    if (!PyDict_CheckExact(attrs)) {
+        goto python;
+    }
+    canon = canonical(rec, attrs);
+    if (canon == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)) {
+            goto done;
+        }
+        PyErr_Clear(); /* the Python twin words the refusal */
+        goto python;
+    }
+    const char *bytes = PyBytes_AS_STRING(canon);
+    Py_ssize_t size = PyBytes_GET_SIZE(canon);
+    if (memchr(bytes, '\\', (size_t)size) != NULL) {
+        goto python; /* an escape: possibly a NUL, which the Python twin checks exactly */
+    }
+    /* the typed columns: strings (or absent), then the duration (a float or absent) */
+    row = PyList_New(N_HEAD + n_str + 2 + N_TAIL);
+    if (row == NULL) {
+        goto done;
+    }
+    Py_ssize_t present = 1; /* audit.sequence, always there */
+    for (Py_ssize_t i = 0; i < n_str; i++) {
+        PyObject *v = PyDict_GetItemWithError(attrs, PyTuple_GET_ITEM(g_str_names, i));
+        if (v == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            v = Py_None;
+        }
+        else if (!PyUnicode_CheckExact(v)) {
+            goto python; /* kept in JSONB exactly as sent: the Python twin sorts that out */
+        }
+        else {
+            present++;
+        }
+        Py_INCREF(v);
+        PyList_SET_ITEM(row, N_HEAD + i, v);
+    }
+    PyObject *duration = PyDict_GetItemWithError(attrs, g_duration);
+    if (duration == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        duration = Py_None;
+    }
+    else if (!PyFloat_CheckExact(duration)) {
+        goto python;
+    }
+    else {
+        present++;
+    }
+    computed = hex_sha256(canon);
+    if (computed == NULL) {
+        goto done;
+    }
+    if (PyDict_GET_SIZE(attrs) == present) {
+        rest = Py_NewRef(g_empty);
+    }
+    else if ((rest = untyped_rest(attrs)) == NULL) {
+        goto done;
+    }
+    Py_INCREF(duration);
+    PyList_SET_ITEM(row, N_HEAD + n_str, duration);
+    PyObject *const head[] = {NULL, s_stamp, s_time_unix_nano, s_observed_unix_nano, s_event_name,
+                              s_severity_number, s_severity_text, s_body, s_trace_id, s_span_id,
+                              s_tenant, s_service_name, s_instance, s_scope_name, s_scope_version};
+    for (Py_ssize_t i = 0; i < N_HEAD; i++) {
+        PyObject *v;
+        if (head[i] == NULL) {
+            v = Py_NewRef(Py_None); /* the id, drawn later */
+        }
+        else {
+            /* the first three after the id and the prepared facts come from p, the rest from rec */
+            int from_p = head[i] == s_stamp || head[i] == s_tenant || head[i] == s_service_name
+                || head[i] == s_instance;
+            v = PyObject_GetAttr(from_p ? p : rec, head[i]);
+            if (v == NULL) {
+                goto done;
+            }
+        }
+        PyList_SET_ITEM(row, i, v);
+    }
+    PyObject *seq = PyObject_GetAttr(p, s_sequence);
+    if (seq == NULL) {
+        goto done;
+    }
+    PyList_SET_ITEM(row, N_HEAD + n_str + 1, seq);
+    PyObject *resource = PyObject_GetAttr(p, s_resource_jsonb);
+    if (resource == NULL) {
+        goto done;
+    }
+    PyList_SET_ITEM(row, N_HEAD + n_str + 2, rest);
+    rest = NULL;
+    PyList_SET_ITEM(row, N_HEAD + n_str + 3, resource);
+    PyList_SET_ITEM(row, N_HEAD + n_str + 4, Py_NewRef(g_ok));
+    if (PyObject_SetAttr(p, s_computed, computed) < 0 || PyObject_SetAttr(p, s_row, row) < 0) {
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+    goto done;
+python:
+    result = PyObject_CallOneArg(g_fallback, p);
+done:
+    Py_XDECREF(rec);
+    Py_XDECREF(attrs);
+    Py_XDECREF(canon);
+    Py_XDECREF(computed);
+    Py_XDECREF(row); /* a half-filled list holds NULLs, which list_dealloc skips */
+    Py_XDECREF(rest);
+    return result;
+}
+
+/* ---- binary COPY ---------------------------------------------------------------------------- */
+
+static inline void
+put_u16(char *out, uint16_t v)
+{
+    out[0] = (char)(v >> 8);
+    out[1] = (char)v;
+}
+
+static inline void
+put_u32(char *out, uint32_t v)
+{
+    out[0] = (char)(v >> 24);
+    out[1] = (char)(v >> 16);
+    out[2] = (char)(v >> 8);
+    out[3] = (char)v;
+}
+
+static inline void
+put_u64(char *out, uint64_t v)
+{
+    put_u32(out, (uint32_t)(v >> 32));
+    put_u32(out + 4, (uint32_t)v);
+}
+
+/* The size of one value in binary COPY (length word included), or -1 with an exception set. */
+static Py_ssize_t
+field_size(PyObject *v, char code, Py_ssize_t column)
+{
+    if (v == Py_None) {
+        return 4;
+    }
+    switch (code) {
+    case 'q':
+    case 'h':
+        if (!PyLong_Check(v)) {
+            break;
+        }
+        return code == 'q' ? 12 : 6;
+    case 'd':
+        if (!PyFloat_Check(v)) {
+            break;
+        }
+        return 12;
+    case 't': {
+        if (!PyUnicode_Check(v)) {
+            break;
+        }
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(v, &n);
+        if (text == NULL) {
+            return -1;
+        }
+        if (memchr(text, 0, (size_t)n) != NULL) {
+            PyErr_Format(PyExc_ValueError, "column %zd: PostgreSQL text cannot contain NUL characters",
+                         column);
+            return -1;
+        }
+        if (n > INT32_MAX - 4) {
+            PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
+            return -1;
+        }
+        return 4 + n;
+    }
+    case 'b':
+        if (!PyBytes_Check(v)) {
+            break;
+        }
+        if (PyBytes_GET_SIZE(v) > INT32_MAX - 4) {
+            PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
+            return -1;
+        }
+        return 4 + PyBytes_GET_SIZE(v);
+    default:
+        PyErr_Format(PyExc_ValueError, "unknown type code %c", code);
+        return -1;
+    }
+    /* the type's name only: a value never goes into an error message */
+    PyErr_Format(PyExc_TypeError, "column %zd: type code %c cannot take %.100s", column, code,
+                 Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+/* Write one value (its size already checked by field_size); returns the bytes written or -1. */
+static Py_ssize_t
+put_field(char *out, PyObject *v, char code, Py_ssize_t column)
+{
+    if (v == Py_None) {
+        put_u32(out, 0xFFFFFFFFu);
+        return 4;
+    }
+    switch (code) {
+    case 'q': {
+        long long n = PyLong_AsLongLong(v);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        put_u32(out, 8);
+        put_u64(out + 4, (uint64_t)n);
+        return 12;
+    }
+    case 'h': {
+        long n = PyLong_AsLong(v);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (n < INT16_MIN || n > INT16_MAX) {
+            PyErr_Format(PyExc_OverflowError, "column %zd: out of the smallint range", column);
+            return -1;
+        }
+        put_u32(out, 2);
+        put_u16(out + 4, (uint16_t)(int16_t)n);
+        return 6;
+    }
+    case 'd': {
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof bits);
+        put_u32(out, 8);
+        put_u64(out + 4, bits);
+        return 12;
+    }
+    case 't': {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(v, &n); /* cached by field_size */
+        if (text == NULL) {
+            return -1;
+        }
+        put_u32(out, (uint32_t)n);
+        memcpy(out + 4, text, (size_t)n);
+        return 4 + n;
+    }
+    default: /* 'b' */
+        put_u32(out, (uint32_t)PyBytes_GET_SIZE(v));
+        memcpy(out + 4, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+        return 4 + PyBytes_GET_SIZE(v);
+    }
+}
+
+PyDoc_STRVAR(encode_rows_doc,
+"encode_rows(rows, types, /)\n--\n\n"
+"Rows (lists) as binary COPY tuples, one type code per column: q int8, h int2, d float8, t text,\n"
+"b bytes as they are; psycopg's row formatter does the same through several Python layers.");
+
+static PyObject *
+encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_rows(rows: list, types: bytes)");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    const char *codes = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t width = PyBytes_GET_SIZE(args[1]);
+    if (width > INT16_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many columns");
+        return NULL;
+    }
+    Py_ssize_t n_rows = PyList_GET_SIZE(rows);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        PyObject *row = PyList_GET_ITEM(rows, r);
+        if (!PyList_Check(row) || PyList_GET_SIZE(row) != width) {
+            PyErr_Format(PyExc_TypeError, "row %zd: expected a list of %zd values", r, width);
+            return NULL;
+        }
+        total += 2;
+        for (Py_ssize_t c = 0; c < width; c++) {
+            Py_ssize_t n = field_size(PyList_GET_ITEM(row, c), codes[c], c);
+            if (n < 0) {
+                return NULL;
+            }
+            total += n;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        return NULL;
+    }
+    /* no Python code runs from here on (no callbacks, no GIL release): the rows cannot change */
+    char *at = PyBytes_AS_STRING(out);
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        PyObject *row = PyList_GET_ITEM(rows, r);
+        put_u16(at, (uint16_t)width);
+        at += 2;
+        for (Py_ssize_t c = 0; c < width; c++) {
+            Py_ssize_t n = put_field(at, PyList_GET_ITEM(row, c), codes[c], c);
+            if (n < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            at += n;
+        }
+    }
+    assert(at == PyBytes_AS_STRING(out) + total);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS, configure_doc},
+    {"finish", finish, METH_O, finish_doc},
+    {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "secret_audit.store._native",
+    .m_doc = "The store's per-row ingest work in C, with a pure-Python twin for every function.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    if (init_names() < 0) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

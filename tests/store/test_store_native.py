@@ -1,0 +1,271 @@
+"""The C fast path (secret_audit.store._native) against its Python twins: same rows, same bytes, same table."""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+import shutil
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import postgres, pq
+from psycopg._copy_base import BinaryFormatter, _binary_signature, _binary_trailer
+from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.types.string import BytesBinaryDumper
+
+from secret_audit.store import _ingest, _prepare
+from secret_audit.store._ingest import Ingestor
+from secret_audit.store._otlp import Record, decode_protobuf
+from secret_audit.store._prepare import Prepared, finish_python, prepare
+from secret_audit.store.config import load_store_config
+
+from .conftest import opened_store
+from .records import chained, rehash, to_protobuf
+
+try:
+    from secret_audit.store import _native as native
+except ImportError:  # not built: only the Python twins run (and the tests below that need both skip)
+    native = None
+
+needs_native = pytest.mark.skipif(native is None, reason="the C extension is not built here")
+
+
+def test_the_extension_is_built_wherever_it_can_be():
+    # the build is optional (no compiler: the Python twins); where a compiler and Python's headers are
+    # present, a missing extension means the install silently lost the fast path
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which("cc") and headers.exists():
+        assert _prepare.NATIVE
+        assert _prepare.finisher() is native.finish
+        assert Ingestor().native
+
+
+# ---- finish: the row and the hash ----------------------------------------------------------------
+
+_text = st.text(st.characters(codec="utf-8"), max_size=12)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=6,
+)
+# the contract's fields that may take any value (the identity and chain fields are checked by prepare)
+_TYPED = [n for n in (*_prepare._STR_NAMES, "audit.duration_ms")
+          if not n.startswith(("audit.event.", "audit.stream.", "audit.chain."))]
+
+
+def _record(attrs: dict[str, Any], body: Any = "ok") -> Record:
+    # built directly, not through protobuf: nested maps, lists, None and bools reach finish as they are
+    [base] = chained(1)
+    base["attributes"].update(attrs)
+    base["body"] = body
+    rehash(base)
+    return Record(base["time_unix_nano"], base["observed_unix_nano"], base["severity_number"],
+                  base["severity_text"], body, base["event_name"], base["trace_id"], base["span_id"],
+                  base["attributes"], base["resource"], "secret_audit", "1.0")
+
+
+def _both(rec: Record) -> tuple[Prepared, Prepared, str | None, str | None]:
+    a = prepare(0, rec, None, {})
+    b = prepare(0, copy.deepcopy(rec), None, {})
+    assert isinstance(a, Prepared)
+    assert isinstance(b, Prepared)
+    return a, b, finish_python(a), native.finish(b)
+
+
+@needs_native
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    typed=st.dictionaries(st.sampled_from(_TYPED), _values | _text | st.floats(allow_nan=False)),
+    extra=st.dictionaries(_text.filter(lambda k: not k.startswith("audit.")), _values, max_size=3),
+    body=st.none() | _text,
+)
+def test_native_finish_builds_the_python_row(typed: dict[str, Any], extra: dict[str, Any], body: Any):
+    a, b, ra, rb = _both(_record({**typed, **extra}, body))
+    assert ra == rb
+    assert a.computed == b.computed
+    assert a.row == b.row
+    assert [type(v) for v in a.row] == [type(v) for v in b.row]
+
+
+@needs_native
+@pytest.mark.parametrize(("attrs", "body"), [
+    ({}, "plain"),  # every attribute has its column: no JSONB remainder
+    ({"custom.flag": True, "custom.n": 3}, "plain"),  # a remainder
+    ({"secret.name": 7}, "plain"),  # a contract field of the wrong type stays in JSONB
+    ({"audit.duration_ms": 3}, "plain"),  # an int duration: JSONB, exactly as sent
+    ({"note": 'quote " and \\ backslash'}, "tab\there"),  # escapes in the canonical form
+    ({"note": "nul \x00 inside"}, "plain"),  # refused, with the Python twin's words
+    ({}, "nul \x00 in the body"),
+    ({"secret.name": "ünïcødé ☃ 𝄞"}, "ünïcødé"),
+])
+def test_native_finish_agrees_on_every_branch(attrs: dict[str, Any], body: Any):
+    a, b, ra, rb = _both(_record(attrs, body))
+    assert ra == rb
+    assert (a.computed, a.row) == (b.computed, b.row)
+    if any("\x00" in str(v) for v in (*attrs.values(), body)):
+        assert ra == "NUL characters cannot be stored"
+    else:
+        assert ra is None
+        assert a.computed == a.claimed
+
+
+@needs_native
+def test_native_finish_recomputes_a_forged_hash():
+    rec = _record({})
+    rec.attributes["secret.name"] = "changed after hashing"
+    a, b, _, _ = _both(rec)
+    assert a.computed == b.computed != a.claimed
+
+
+# ---- encode_rows: binary COPY --------------------------------------------------------------------
+
+def _psycopg_copy(rows: list[list[Any]], types: tuple[str, ...]) -> bytes:
+    adapters = AdaptersMap(postgres.adapters)
+    adapters.register_dumper(bytes, BytesBinaryDumper)
+    tx = Transformer(adapters)
+    tx.set_dumper_types([postgres.types[t].oid for t in types], pq.Format.BINARY)
+    formatter = BinaryFormatter(tx)
+    out = b"".join(bytes(formatter.write_row(row)) for row in rows)
+    return out + bytes(formatter.end())
+
+
+_CODES = {"int8": "q", "int2": "h", "float8": "d", "text": "t", "bytea": "b"}
+_COLUMN = {
+    "int8": st.integers(-(2**63), 2**63 - 1),
+    "int2": st.integers(-(2**15), 2**15 - 1),
+    "float8": st.floats(allow_nan=False),
+    "text": st.text(st.characters(codec="utf-8", exclude_characters="\x00")),
+    "bytea": st.binary(),
+}
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list(_CODES)), min_size=1, max_size=8).flatmap(
+    lambda types: st.tuples(
+        st.just(tuple(types)),
+        st.lists(st.tuples(*(st.none() | _COLUMN[t] for t in types)).map(list), max_size=5),
+    )
+))
+def test_encode_rows_writes_psycopgs_bytes(case: tuple[tuple[str, ...], list[list[Any]]]):
+    types, rows = case
+    codes = "".join(_CODES[t] for t in types).encode()
+    expected = _psycopg_copy(rows, types)
+    assert _binary_signature + native.encode_rows(rows, codes) + _binary_trailer == expected
+
+
+@needs_native
+def test_encode_rows_keeps_floats_bit_for_bit():
+    rows = [[v] for v in (math.inf, -math.inf, -0.0, 5e-324, math.nan)]
+    got = native.encode_rows(rows, b"d")
+    assert got == _psycopg_copy(rows, ("float8",))[len(_binary_signature):-2]
+
+
+@needs_native
+def test_the_ingest_layout_matches_psycopgs():
+    # the ingest's own rows, codes and types: what the COPY would have been without the extension
+    rows = []
+    for i, rec in enumerate(decode_protobuf(to_protobuf(chained(20, note="x") + chained(3)))):
+        p = prepare(i, rec, None, {})
+        assert isinstance(p, Prepared)
+        assert finish_python(p) is None
+        p.row[0] = 1000 + i
+        rows.append(p.row)
+    assert (_ingest._SIGNATURE + native.encode_rows(rows, _ingest._CODES) + _ingest._TRAILER
+            == _psycopg_copy(rows, _ingest._TYPES))
+
+
+@needs_native
+@pytest.mark.parametrize(("value", "code", "error", "words"), [
+    ("1", b"q", TypeError, "column 0: type code q cannot take str"),
+    (1.5, b"t", TypeError, "column 0: type code t cannot take float"),
+    (2**63, b"q", OverflowError, "int too big to convert"),
+    (2**15, b"h", OverflowError, "out of the smallint range"),
+    ("a\x00b", b"t", ValueError, "cannot contain NUL"),
+    ("x", b"z", ValueError, "unknown type code z"),
+])
+def test_encode_rows_refuses_what_copy_cannot_take(value: Any, code: bytes, error: type, words: str):
+    with pytest.raises(error, match=words) as info:
+        native.encode_rows([[value]], code)
+    assert repr(value) not in str(info.value)  # never a value in an error message
+
+
+@needs_native
+def test_encode_rows_refuses_rows_of_the_wrong_width():
+    with pytest.raises(TypeError, match="row 1: expected a list of 2 values"):
+        native.encode_rows([[1, 2], [1]], b"qq")
+
+
+@needs_native
+def test_a_secret_value_never_reaches_an_encoding_error():
+    canary = "canary-" + secrets.token_hex(8)
+    with pytest.raises(TypeError) as info:
+        native.encode_rows([[canary.encode(), canary]], b"tt")
+    assert canary not in str(info.value)
+
+
+# ---- the whole ingest: both paths store the same table ---------------------------------------------
+
+_COMPARED = "time, time_unix_nano, event_name, body, trace_id, secret_name, duration_ms, sequence, " \
+            "chain_prev, chain_hash, attributes, resource, integrity, tenant, service_name"
+
+
+def _stored(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT {_COMPARED} FROM audit_events ORDER BY stream_id, sequence").fetchall()
+
+
+@needs_native
+def test_both_paths_store_the_same_rows(pg_url: str, db_url: str, template_db: str):
+    recs = chained(30, note="kept in JSONB") + chained(5, **{"secret.name": 42})  # a typed field as int
+    broken = chained(4)
+    broken[2]["attributes"]["audit.chain.prev"] = "f" * 64  # a chain break, found by both
+    rehash(broken[2])
+    body = to_protobuf(recs + broken)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        other = "native_twin_" + secrets.token_hex(4)
+        admin.execute(f'CREATE DATABASE "{other}" TEMPLATE "{template_db}"')
+    other_url = psycopg.conninfo.make_conninfo(db_url, dbname=other)
+    try:
+        results = []
+        for url, native_on in ((db_url, True), (other_url, False)):
+            ingestor = Ingestor(native=native_on)
+            assert ingestor.native is native_on
+            with psycopg.connect(url, autocommit=True) as conn:
+                results.append(ingestor.ingest(conn, decode_protobuf(body)))
+        fast, slow = results
+        assert (fast.accepted, fast.rejected) == (slow.accepted, slow.rejected) == (39, 0)
+        assert [(f.kind, f.sequence) for f in fast.findings] == [(f.kind, f.sequence) for f in slow.findings]
+        assert any(f.kind == "chain_break" for f in fast.findings)
+        assert _stored(db_url) == _stored(other_url)
+        assert len(_stored(db_url)) == 39
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+@pytest.mark.parametrize("field", ["severity_text", "scope_name", "scope_version"])
+def test_nul_in_an_unhashed_text_is_refused_per_record(owner, field: str, native_on: bool):
+    # before, it reached COPY and failed the whole request with 503: a batch retried for ever
+    records = decode_protobuf(to_protobuf(chained(3)))
+    setattr(records[1], field, "a\x00b")
+    result = Ingestor(native=native_on).ingest(owner, records)
+    assert (result.accepted, result.rejected) == (2, 1)
+    assert result.errors == ["record 1: NUL characters cannot be stored"]
+
+
+def test_the_store_can_be_told_to_use_the_python_twins(db_url: str):
+    assert load_store_config({}).native is True
+    config = load_store_config({"OTEL_PYTHON_SECRET_AUDIT_STORE_NATIVE": "false"})
+    assert config.native is False
+    with opened_store(config, db_url) as store:
+        assert store.ingestor.native is False
+        with store.connection() as conn:
+            assert store.ingestor.ingest(conn, decode_protobuf(to_protobuf(chained(3)))).accepted == 3
