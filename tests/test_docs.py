@@ -16,6 +16,7 @@ def code_variables() -> set[str]:
     store += (ROOT / "src/secret_audit/store/_cli.py").read_text()
     store_names = set(re.findall(r'STORE \+ "([A-Z_]+)"', store))
     store_names |= set(re.findall(r'_int\(env, "([A-Z_]+)"', store))
+    store_names |= set(re.findall(r'_read\(\s*env,\s*"STORE_([A-Z_]+)"', store))
     names |= {"STORE_" + n for n in store_names}
     names |= set(re.findall(r"OTEL_PYTHON_SECRET_AUDIT_(STORE_[A-Z_]+)", (ROOT / "src/secret_audit/cli.py").read_text()))
     return {"OTEL_PYTHON_SECRET_AUDIT_" + n for n in names}
