@@ -22,7 +22,7 @@ from psycopg.types.string import BytesBinaryDumper
 from secret_audit.store import _ingest, _prepare
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import Record, decode_protobuf
-from secret_audit.store._prepare import Prepared, finish_python, prepare
+from secret_audit.store._prepare import Prepared, finish_python, prepare, prepare_python
 from secret_audit.store.config import load_store_config
 
 from .conftest import opened_store
@@ -121,6 +121,98 @@ def test_native_finish_recomputes_a_forged_hash():
     rec.attributes["secret.name"] = "changed after hashing"
     a, b, _, _ = _both(rec)
     assert a.computed == b.computed != a.claimed
+
+
+# ---- prepare: the contract's checks --------------------------------------------------------------
+
+def _fields(p: Prepared | str) -> Any:
+    if isinstance(p, str):
+        return p
+    return (p.index, p.stream_id, p.sequence, p.prev, p.claimed, p.tenant, p.stamp, p.service_name,
+            p.instance, p.resource_jsonb, p.rec, p.computed, p.row)
+
+
+def _prepared_both(rec: Record, scope: str | None, cache: bool = True) -> tuple[Any, Any]:
+    a = prepare_python(3, rec, scope, {} if cache else None)
+    b = native.prepare(3, rec, scope, {} if cache else None)
+    if not cache:  # and without the argument at all, as the benchmark's baseline calls it
+        assert _fields(native.prepare(3, rec, scope)) == _fields(b)
+    return _fields(a), _fields(b)
+
+
+_BROKEN: list[tuple[str, Any]] = [
+    ("audit.stream.id", ""), ("audit.stream.id", 5), ("audit.stream.id", None),
+    ("audit.sequence", 0), ("audit.sequence", -1), ("audit.sequence", 2**63), ("audit.sequence", True),
+    ("audit.sequence", 1.0), ("audit.sequence", "1"), ("audit.event.id", "other:1"), ("audit.event.id", 7),
+    ("audit.chain.prev", "A" * 64), ("audit.chain.prev", "0" * 63), ("audit.chain.prev", " " + "0" * 63),
+    ("audit.chain.hash", "g" * 64), ("audit.chain.hash", b"0" * 64), ("audit.chain.hash", None),
+]
+
+
+@needs_native
+@pytest.mark.parametrize(("key", "value"), _BROKEN)
+def test_native_prepare_refuses_with_the_python_words(key: str, value: Any):
+    rec = _record({})
+    if value is None:
+        del rec.attributes[key]
+    else:
+        rec.attributes[key] = value
+    a, b = _prepared_both(rec, None)
+    assert isinstance(a, str)
+    assert a == b
+
+
+@needs_native
+@pytest.mark.parametrize(("field", "value"), [
+    ("body", 5), ("body", None), ("time_unix_nano", -1), ("time_unix_nano", 2**63), ("time_unix_nano", 0),
+    ("observed_unix_nano", 2**64 - 1), ("severity_number", 25), ("severity_number", -1),
+    ("severity_text", "a\x00"), ("scope_name", "\x00"), ("scope_version", "v\x00"),
+    ("resource", {"service.name": "x\x00"}), ("resource", {"service.namespace": "other"}),
+    ("resource", {"bad": object()}), ("resource", {"service.namespace": "acme"}),
+])
+@pytest.mark.parametrize("scope", [None, "acme"])
+def test_native_prepare_agrees_on_every_field(field: str, value: Any, scope: str | None):
+    rec = _record({})
+    setattr(rec, field, value)
+    for cache in (True, False):
+        a, b = _prepared_both(rec, scope, cache)
+        assert a == b
+
+
+def test_native_prepare_stamps_a_record_without_time_like_the_clock():
+    rec = _record({})
+    rec.time_unix_nano = rec.observed_unix_nano = 0
+    b = prepare(0, rec, None, {})
+    assert isinstance(b, Prepared)
+    a = prepare_python(0, rec, None, {})
+    assert isinstance(a, Prepared)
+    assert abs(a.stamp - b.stamp) < 60_000_000  # both from time.time_ns(), a moment apart
+
+
+@needs_native
+def test_native_prepare_reads_each_resource_once_per_request():
+    calls = []
+    recs = decode_protobuf(to_protobuf(chained(4) + chained(3, tenant="acme")))
+    resources: dict[int, Any] = {}
+    for i, rec in enumerate(recs):
+        calls.append(native.prepare(i, rec, None, resources))
+    assert len(resources) == 2
+    assert [p.tenant for p in calls] == [None] * 4 + ["acme"] * 3
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(
+    attrs=st.dictionaries(st.sampled_from(["audit.stream.id", "audit.sequence", "audit.event.id",
+                                           "audit.chain.prev", "audit.chain.hash", "other"]),
+                          _values | st.sampled_from(["0" * 64, "f" * 64, "s", "s:1"]) | st.integers(-3, 3)),
+    scope=st.none() | st.sampled_from(["acme", ""]),
+)
+def test_native_prepare_matches_on_random_identity_fields(attrs: dict[str, Any], scope: str | None):
+    rec = _record({})
+    rec.attributes.update(attrs)
+    a, b = _prepared_both(rec, scope)
+    assert a == b
 
 
 # ---- encode_rows: binary COPY --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from psycopg.types.string import BytesBinaryDumper
 from secret_audit._internal import chain
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
-from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, prepare
+from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, preparer
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
 
@@ -44,6 +45,7 @@ _JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("at
 _ROW_COLUMNS = ("id", *COLUMNS)
 _ROW_TIME = 1 + COLUMNS.index("time")
 _DAY_US = 86_400_000_000
+_BY_SEQUENCE = operator.attrgetter("sequence")
 # The request's streams: registered if new, locked, their heads read; plus the commit's clock and the
 # first id of each block of ids the request needs. The sequence steps by a block (schema version 4:
 # ID_BLOCK); its step is read with the ids, so any step gives unique ids.
@@ -125,6 +127,7 @@ class Ingestor:
         self.non_audit = non_audit
         # the C row builder and COPY encoder when built (and not turned off), else their Python twins
         self.native = native and _native is not None
+        self._prepare = preparer(self.native)
         self._finish = finisher(self.native)
         self.live: LiveBus | None = None  # set by a serving store: commits announced to other processes
         self._months: set[tuple[int, int]] = set()
@@ -137,6 +140,7 @@ class Ingestor:
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, Any] = {}
+        prepare = self._prepare
         for i, rec in enumerate(records):
             name = rec.event_name
             if name != "secret.access" and not is_audit_event(name):
@@ -186,7 +190,7 @@ class Ingestor:
         for s in streams:
             tenant, head_seq, head_hash = state[s]
             kept = []
-            for p in sorted(by_stream[s], key=lambda p: p.sequence):
+            for p in sorted(by_stream[s], key=_BY_SEQUENCE):
                 if p.tenant != tenant:
                     result.reject(p.index, "audit.stream.id belongs to another tenant")
                 else:
@@ -306,32 +310,36 @@ class _Walk:
         result = self.result
         existing = set(self.known_prev)
         known_hash = self.known_hash
+        known_prev = self.known_prev  # empty unless the batch overlaps stored rows
         seen: dict[int, str] = {}
         start_seq = self.start_seq
+        head_seq = self.head_seq
         finish = self.finish
+        stored = 0
         run_first = run_last = 0  # the current run of late records stored (sequences at or below the head)
         for p in self.batch:
             seq = p.sequence
+            claimed = p.claimed
             if seq in existing or seq in seen:
                 original = known_hash.get(seq) if seq in existing else seen[seq]
-                if original == p.claimed:
+                if original == claimed:
                     result.duplicates += 1
                 else:
                     result.reject(p.index, "audit.event.id already stored with different content")
                     self._finding("duplicate_conflict", seq,
                                   "a second, different record arrived with an event id already stored",
-                                  original, p.claimed)
+                                  original, claimed)
                 continue
             reason = finish(p)
             if reason is not None:
                 result.reject(p.index, reason)
                 continue
             integrity = "ok"
-            if p.computed != p.claimed:
+            if p.computed != claimed:
                 integrity = "hash_mismatch"
                 self._finding("hash_mismatch", seq,
                               "the record's content does not match its audit.chain.hash",
-                              p.computed, p.claimed)
+                              p.computed, claimed)
             expected_prev = chain.GENESIS if seq == 1 else known_hash.get(seq - 1)
             if expected_prev is not None:
                 if p.prev != expected_prev:
@@ -339,23 +347,26 @@ class _Walk:
                     self._finding("chain_break", seq,
                                   "audit.chain.prev does not match the previous record's hash",
                                   expected_prev, p.prev)
-            elif seq > self.head_seq + 1:
+            elif seq > head_seq + 1:
                 integrity = "gap_before" if integrity == "ok" else integrity
-                first, last = self.head_seq + 1, seq - 1
+                first, last = head_seq + 1, seq - 1
                 self._finding("gap", seq, f"sequence {first}..{last} missing before this record",
                               first=first, last=last)
             else:
                 integrity = "unverified" if integrity == "ok" else integrity
-            successor_prev = self.known_prev.get(seq + 1)
-            if successor_prev is not None and successor_prev != p.claimed:
-                self._finding("chain_break", seq + 1,
-                              "a late record's hash does not match its successor's audit.chain.prev",
-                              p.claimed, successor_prev)
-            p.row[INTEGRITY] = integrity
-            known_hash[seq] = p.claimed
-            seen[seq] = p.claimed
-            if seq > self.head_seq:
-                self.head_seq, self.head_hash = seq, p.claimed
+            if known_prev:
+                successor_prev = known_prev.get(seq + 1)
+                if successor_prev is not None and successor_prev != claimed:
+                    self._finding("chain_break", seq + 1,
+                                  "a late record's hash does not match its successor's audit.chain.prev",
+                                  claimed, successor_prev)
+            if integrity != "ok":  # finish built the row as "ok"
+                p.row[INTEGRITY] = integrity
+            known_hash[seq] = claimed
+            seen[seq] = claimed
+            if seq > head_seq:
+                head_seq = self.head_seq = seq
+                self.head_hash = claimed
             elif seq <= start_seq:  # a late record: it fills (part of) a gap found earlier
                 if run_last and seq == run_last + 1:
                     run_last = seq
@@ -363,7 +374,8 @@ class _Walk:
                     if run_last:
                         self._filled(run_first, run_last)
                     run_first = run_last = seq
-            self.stored += 1
+            stored += 1
+            self.stored = stored
             yield p
         if run_last:
             self._filled(run_first, run_last)

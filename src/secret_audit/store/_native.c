@@ -21,6 +21,11 @@ static PyObject *g_sort_keys;  /* orjson.OPT_SORT_KEYS */
 static PyObject *g_sha256;     /* hashlib.sha256 */
 static PyObject *g_jsonb;      /* _prepare.jsonb, for the rare attributes without a column */
 static PyObject *g_fallback;   /* _prepare.finish_python */
+static PyObject *g_prepare_py; /* _prepare.prepare_python: words every refusal */
+static PyObject *g_facts;      /* _prepare._resource_facts, once per resource and request */
+static PyObject *g_prepared;   /* the Prepared class */
+static long long g_epoch_us;   /* _rows._PG_EPOCH_US: PostgreSQL's epoch in Unix microseconds */
+static PyObject *g_stream_key, *g_sequence_key, *g_prev_key, *g_event_key;
 static PyObject *g_typed_set;  /* frozenset of the attributes that have a column */
 static PyObject *g_str_names;  /* tuple: the string-typed attributes, in column order */
 static PyObject *g_empty;      /* _prepare.JSONB_EMPTY */
@@ -33,7 +38,7 @@ static PyObject *g_option_kw;  /* ("option",) */
 static PyObject *s_rec, *s_stamp, *s_tenant, *s_service_name, *s_instance, *s_resource_jsonb,
     *s_sequence, *s_computed, *s_row, *s_time_unix_nano, *s_observed_unix_nano, *s_event_name,
     *s_severity_number, *s_severity_text, *s_body, *s_trace_id, *s_span_id, *s_attributes,
-    *s_scope_name, *s_scope_version, *s_hexdigest;
+    *s_scope_name, *s_scope_version, *s_hexdigest, *s_resource;
 /* Keys of the canonical form, in the order chain.canonical_bytes writes them (orjson sorts anyway). */
 static PyObject *k_attributes, *k_body, *k_event_name, *k_severity_number, *k_span_id,
     *k_time_unix_nano, *k_trace_id;
@@ -59,6 +64,7 @@ init_names(void)
         || intern(&s_trace_id, "trace_id") || intern(&s_span_id, "span_id")
         || intern(&s_attributes, "attributes") || intern(&s_scope_name, "scope_name")
         || intern(&s_scope_version, "scope_version") || intern(&s_hexdigest, "hexdigest")
+        || intern(&s_resource, "resource")
         || intern(&k_attributes, "attributes") || intern(&k_body, "body")
         || intern(&k_event_name, "event_name") || intern(&k_severity_number, "severity_number")
         || intern(&k_span_id, "span_id") || intern(&k_time_unix_nano, "time_unix_nano")
@@ -73,7 +79,8 @@ replace(PyObject **slot, PyObject *value)
 }
 
 PyDoc_STRVAR(configure_doc,
-"configure(*, dumps, sort_keys, sha256, jsonb, fallback, typed, str_names, empty, hash_key, duration)\n"
+"configure(*, dumps, sort_keys, sha256, jsonb, fallback, typed, str_names, empty, hash_key, duration,\n"
+"          prepare, facts, prepared, epoch_us, keys)\n"
 "--\n\n"
 "Hand the fast path the Python objects it must agree with, so there is one definition of each.");
 
@@ -82,15 +89,36 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
     static char *kwlist[] = {"dumps", "sort_keys", "sha256", "jsonb", "fallback", "typed", "str_names",
-                             "empty", "hash_key", "duration", NULL};
+                             "empty", "hash_key", "duration", "prepare", "facts", "prepared",
+                             "epoch_us", "keys", NULL};
     PyObject *dumps, *sort_keys, *sha256, *jsonb, *fallback, *typed, *str_names, *empty, *hash_key,
-        *duration;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOO!O!O!UU:configure", kwlist, &dumps,
+        *duration, *prepare, *facts, *prepared, *keys;
+    long long epoch_us;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOO!O!O!UUOOOLO!:configure", kwlist, &dumps,
                                      &sort_keys, &sha256, &jsonb, &fallback, &PyFrozenSet_Type,
                                      &typed, &PyTuple_Type, &str_names, &PyBytes_Type, &empty,
-                                     &hash_key, &duration)) {
+                                     &hash_key, &duration, &prepare, &facts, &prepared, &epoch_us,
+                                     &PyTuple_Type, &keys)) {
         return NULL;
     }
+    if (PyTuple_GET_SIZE(keys) != 4) {
+        PyErr_SetString(PyExc_ValueError, "keys: stream id, sequence, chain prev and event id names");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < 4; i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, i))) {
+            PyErr_SetString(PyExc_TypeError, "keys must hold str");
+            return NULL;
+        }
+    }
+    replace(&g_stream_key, PyTuple_GET_ITEM(keys, 0));
+    replace(&g_sequence_key, PyTuple_GET_ITEM(keys, 1));
+    replace(&g_prev_key, PyTuple_GET_ITEM(keys, 2));
+    replace(&g_event_key, PyTuple_GET_ITEM(keys, 3));
+    replace(&g_prepare_py, prepare);
+    replace(&g_facts, facts);
+    replace(&g_prepared, prepared);
+    g_epoch_us = epoch_us;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(str_names); i++) {
         if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(str_names, i))) {
             PyErr_SetString(PyExc_TypeError, "str_names must hold str");
@@ -187,6 +215,217 @@ untyped_rest(PyObject *attrs)
     Py_DECREF(rest);
     return out;
 }
+
+/* ---- prepare: the cheap checks ---------------------------------------------------------------- */
+
+/* 64 lowercase hex digits, as _prepare._is_hash wants. */
+static int
+is_hash(PyObject *v)
+{
+    if (!PyUnicode_CheckExact(v) || PyUnicode_GET_LENGTH(v) != 64 || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) {
+        return 0;
+    }
+    const Py_UCS1 *c = PyUnicode_1BYTE_DATA(v);
+    for (int i = 0; i < 64; i++) {
+        if (!((c[i] >= '0' && c[i] <= '9') || (c[i] >= 'a' && c[i] <= 'f'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A str without NUL: 1 yes, 0 no (or not a str), -1 error. */
+static int
+clean_text(PyObject *v)
+{
+    if (!PyUnicode_Check(v)) {
+        return 0;
+    }
+    Py_ssize_t at = PyUnicode_FindChar(v, 0, 0, PyUnicode_GET_LENGTH(v), 1);
+    return at == -2 ? -1 : at == -1;
+}
+
+/* An int in 0 .. 2**63-1: its value, or -1 when it is not one (no exception left set). */
+static long long
+bigint(PyObject *v)
+{
+    if (!PyLong_Check(v)) {
+        return -1;
+    }
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return overflow ? -1 : n;
+}
+
+/* Borrowed attributes of rec, read once: getattr by interned name. */
+static PyObject *
+get(PyObject *obj, PyObject *name, PyObject **keep, int *n_keep)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v != NULL) {
+        keep[(*n_keep)++] = v;
+    }
+    return v;
+}
+
+PyDoc_STRVAR(prepare_doc,
+"prepare(index, rec, scope_tenant, resources=None, /)\n--\n\n"
+"Check one audit record against the contract, as _prepare.prepare_python does; any refusal is\n"
+"worded by prepare_python itself.");
+
+static PyObject *
+prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "prepare(index, rec, scope_tenant, resources=None)");
+        return NULL;
+    }
+    if (g_prepare_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_native.configure() was not called");
+        return NULL;
+    }
+    PyObject *index = args[0], *rec = args[1], *scope_tenant = args[2];
+    PyObject *resources = nargs == 4 ? args[3] : Py_None;
+    PyObject *keep[12];
+    int n_keep = 0;
+    PyObject *result = NULL, *facts = NULL;
+    PyObject *attrs = get(rec, s_attributes, keep, &n_keep);
+    if (attrs == NULL) {
+        goto done;
+    }
+    if (!PyDict_CheckExact(attrs)) {
+        goto python;
+    }
+    PyObject *stream = PyDict_GetItemWithError(attrs, g_stream_key);
+    PyObject *seq = stream == NULL ? NULL : PyDict_GetItemWithError(attrs, g_sequence_key);
+    PyObject *prev = seq == NULL ? NULL : PyDict_GetItemWithError(attrs, g_prev_key);
+    PyObject *claimed = prev == NULL ? NULL : PyDict_GetItemWithError(attrs, g_hash_key);
+    PyObject *event = claimed == NULL ? NULL : PyDict_GetItemWithError(attrs, g_event_key);
+    if (event == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        goto python;
+    }
+    /* exact types only: the Python twin compares what a subclass might override */
+    if (!PyUnicode_CheckExact(stream) || PyUnicode_GET_LENGTH(stream) == 0 || !PyLong_CheckExact(seq)) {
+        goto python;
+    }
+    long long sequence = bigint(seq);
+    if (sequence < 1 || !PyUnicode_CheckExact(event) || !is_hash(prev) || !is_hash(claimed)) {
+        goto python;
+    }
+    /* audit.event.id must be "<stream>:<sequence>" */
+    PyObject *expected = PyUnicode_FromFormat("%U:%lld", stream, sequence);
+    if (expected == NULL) {
+        goto done;
+    }
+    int same = PyUnicode_Compare(expected, event) == 0;
+    Py_DECREF(expected);
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (!same) {
+        goto python;
+    }
+    PyObject *body = get(rec, s_body, keep, &n_keep);
+    PyObject *t = body == NULL ? NULL : get(rec, s_time_unix_nano, keep, &n_keep);
+    PyObject *observed = t == NULL ? NULL : get(rec, s_observed_unix_nano, keep, &n_keep);
+    PyObject *severity = observed == NULL ? NULL : get(rec, s_severity_number, keep, &n_keep);
+    PyObject *severity_text = severity == NULL ? NULL : get(rec, s_severity_text, keep, &n_keep);
+    PyObject *scope_name = severity_text == NULL ? NULL : get(rec, s_scope_name, keep, &n_keep);
+    PyObject *scope_version = scope_name == NULL ? NULL : get(rec, s_scope_version, keep, &n_keep);
+    PyObject *resource = scope_version == NULL ? NULL : get(rec, s_resource, keep, &n_keep);
+    if (resource == NULL) {
+        goto done;
+    }
+    if (body != Py_None && !PyUnicode_Check(body)) {
+        goto python;
+    }
+    long long time_ns = bigint(t), observed_ns = bigint(observed), level = bigint(severity);
+    if (time_ns < 0 || observed_ns < 0 || level < 0 || level > 24) {
+        goto python;
+    }
+    PyObject *const texts[] = {severity_text, scope_name, scope_version};
+    for (int i = 0; i < 3; i++) {
+        int clean = clean_text(texts[i]);
+        if (clean < 0) {
+            goto done;
+        }
+        if (!clean) {
+            goto python;
+        }
+    }
+    long long moment = time_ns ? time_ns : observed_ns;
+    if (moment == 0) {
+        goto python; /* no time at all: the Python twin stamps it with the clock */
+    }
+    /* a request's records share a few resources: read each once */
+    if (resources != Py_None) {
+        if (!PyDict_CheckExact(resources)) {
+            goto python;
+        }
+        PyObject *key = PyLong_FromVoidPtr(resource);
+        if (key == NULL) {
+            goto done;
+        }
+        facts = PyDict_GetItemWithError(resources, key);
+        if (facts != NULL) {
+            Py_INCREF(facts);
+        }
+        else if (!PyErr_Occurred() && (facts = PyObject_CallOneArg(g_facts, resource)) != NULL
+                 && PyDict_SetItem(resources, key, facts) < 0) {
+            Py_CLEAR(facts);
+        }
+        Py_DECREF(key);
+    }
+    else {
+        facts = PyObject_CallOneArg(g_facts, resource);
+    }
+    if (facts == NULL) {
+        goto done;
+    }
+    if (!PyTuple_CheckExact(facts) || PyTuple_GET_SIZE(facts) != 5 || PyTuple_GET_ITEM(facts, 0) != Py_None) {
+        goto python; /* a resource that cannot be stored */
+    }
+    PyObject *tenant = PyTuple_GET_ITEM(facts, 1);
+    if (scope_tenant != Py_None) {
+        if (tenant != Py_None) {
+            int same_tenant = PyObject_RichCompareBool(tenant, scope_tenant, Py_EQ);
+            if (same_tenant < 0) {
+                goto done;
+            }
+            if (!same_tenant) {
+                goto python;
+            }
+        }
+        tenant = scope_tenant;
+    }
+    PyObject *stamp = PyLong_FromLongLong(moment / 1000 - g_epoch_us);
+    if (stamp == NULL) {
+        goto done;
+    }
+    PyObject *fields[] = {index, stream, seq, prev, claimed, tenant, stamp,
+                          PyTuple_GET_ITEM(facts, 2), PyTuple_GET_ITEM(facts, 3),
+                          PyTuple_GET_ITEM(facts, 4), rec};
+    result = PyObject_Vectorcall(g_prepared, fields, sizeof(fields) / sizeof(fields[0]), NULL);
+    Py_DECREF(stamp);
+    goto done;
+python:
+    result = PyObject_Vectorcall(g_prepare_py, args, (size_t)nargs, NULL);
+done:
+    Py_XDECREF(facts);
+    for (int i = 0; i < n_keep; i++) {
+        Py_DECREF(keep[i]);
+    }
+    return result;
+}
+
 
 enum { N_HEAD = 15, N_TAIL = 3 };
 
@@ -527,6 +766,7 @@ encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS, configure_doc},
+    {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL, prepare_doc},
     {"finish", finish, METH_O, finish_doc},
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
     {NULL, NULL, 0, NULL},

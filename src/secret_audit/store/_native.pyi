@@ -13,6 +13,14 @@ def configure(
     empty: bytes,
     hash_key: str,
     duration: str,
+    prepare: Callable[..., Any],
+    facts: Callable[[dict[str, Any]], tuple[str | None, str | None, str | None, str | None, bytes]],
+    prepared: type,
+    epoch_us: int,
+    keys: tuple[str, str, str, str],
 ) -> None: ...
+def prepare(
+    index: int, rec: Any, scope_tenant: str | None, resources: dict[int, Any] | None = None, /
+) -> Any: ...
 def finish(p: Any, /) -> str | None: ...
 def encode_rows(rows: list[list[Any]], types: bytes, /) -> bytes: ...

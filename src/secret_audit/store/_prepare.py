@@ -12,7 +12,7 @@ import orjson
 
 from secret_audit._internal import chain
 from secret_audit.store._otlp import Record
-from secret_audit.store._rows import COLUMNS, TYPED, stamp_of
+from secret_audit.store._rows import _PG_EPOCH_US, COLUMNS, TYPED, stamp_of
 
 try:
     from secret_audit.store import _native
@@ -21,7 +21,7 @@ except ImportError:  # not built (no C compiler at install time): the Python twi
 
 __all__ = [
     "INTEGRITY", "JSONB_EMPTY", "NATIVE", "ROW_ID", "Prepared", "finish", "finish_python", "finisher",
-    "jsonb", "prepare",
+    "jsonb", "prepare", "prepare_python", "preparer",
 ]
 
 _BIGINT_MAX = (1 << 63) - 1
@@ -95,7 +95,7 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def prepare(
+def prepare_python(
     index: int, rec: Record, scope_tenant: str | None, resources: dict[int, Any] | None = None
 ) -> Prepared | str:
     """Check one audit record against the contract; return its row or the reason it is refused."""
@@ -238,15 +238,25 @@ def finish_python(p: Prepared) -> str | None:
     return None
 
 
-# The C twin of finish_python (secret_audit/store/_native.c) calls the same orjson and hashlib functions
-# with the same arguments, and hands every record out of the ordinary back to finish_python.
+# The C twins (secret_audit/store/_native.c) take only the common case: prepare hands every record it
+# would refuse to prepare_python, which words the refusal; finish calls the same orjson and hashlib
+# functions with the same arguments, and hands every record out of the ordinary to finish_python.
 NATIVE = _native is not None
 if _native is not None:
     _native.configure(
         dumps=orjson.dumps, sort_keys=orjson.OPT_SORT_KEYS, sha256=hashlib.sha256, jsonb=jsonb,
         fallback=finish_python, typed=_TYPED_SET, str_names=_STR_NAMES, empty=JSONB_EMPTY,
-        hash_key=_HASH_KEY, duration="audit.duration_ms",
+        hash_key=_HASH_KEY, duration="audit.duration_ms", prepare=prepare_python,
+        facts=_resource_facts, prepared=Prepared, epoch_us=_PG_EPOCH_US,
+        keys=("audit.stream.id", "audit.sequence", "audit.chain.prev", "audit.event.id"),
     )
+
+_Prepare = Callable[[int, Record, "str | None", "dict[int, Any] | None"], "Prepared | str"]
+
+
+def preparer(native: bool = True) -> _Prepare:
+    """The prepare to use: the C one when it is built and wanted, else prepare_python."""
+    return _native.prepare if native and _native is not None else prepare_python
 
 
 def finisher(native: bool = True) -> Callable[[Prepared], str | None]:
@@ -254,4 +264,5 @@ def finisher(native: bool = True) -> Callable[[Prepared], str | None]:
     return _native.finish if native and _native is not None else finish_python
 
 
+prepare = preparer()
 finish = finisher()
