@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,14 @@ import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-__all__ = ["BadPayload", "Record", "decode_json", "decode_protobuf"]
+try:
+    from secret_audit.store import _native
+except ImportError:  # not built: the generated protobuf classes decode every request
+    _native = None  # type: ignore[assignment]
+
+__all__ = [
+    "BadPayload", "Record", "decode_json", "decode_protobuf", "decode_protobuf_python", "protobuf_decoder",
+]
 
 
 class BadPayload(ValueError):
@@ -76,7 +84,7 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
     return out
 
 
-def decode_protobuf(body: bytes) -> list[Record]:
+def decode_protobuf_python(body: bytes) -> list[Record]:
     """Parse an ``ExportLogsServiceRequest`` in binary protobuf form."""
     try:
         req = ExportLogsServiceRequest.FromString(body)
@@ -240,3 +248,17 @@ def decode_json(body: bytes) -> list[Record]:
                     )
                 )
     return out
+
+
+def _decode_protobuf_native(body: bytes) -> list[Record]:
+    # the C reader takes the plain form; whatever it is unsure of, the generated classes decode or refuse
+    records: list[Record] | None = _native.decode_logs(body, Record, base64.b64encode)
+    return decode_protobuf_python(body) if records is None else records
+
+
+def protobuf_decoder(native: bool = True) -> Callable[[bytes], list[Record]]:
+    """The protobuf decoder to use: the C reader when it is built and wanted, else the generated classes."""
+    return _decode_protobuf_native if native and _native is not None else decode_protobuf_python
+
+
+decode_protobuf = protobuf_decoder()

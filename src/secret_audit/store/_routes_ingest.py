@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from secret_audit.store._body import BodyError, read_body
 from secret_audit.store._ingest import IngestResult
-from secret_audit.store._otlp import BadPayload, Record, decode_json, decode_protobuf
+from secret_audit.store._otlp import BadPayload, Record, decode_json, protobuf_decoder
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.tokens import Principal
 
@@ -37,6 +37,7 @@ def mount(app: FastAPI, api: Api) -> None:
     store = api.store
     authorize = api.authorize
     _json = json_response
+    decode_protobuf = protobuf_decoder(store.config.native)
     # Decoding and checking hold the GIL: past a few at once, more threads only trade the GIL around.
     limit = store.config.ingest_concurrency
     slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
