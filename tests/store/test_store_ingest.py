@@ -242,3 +242,33 @@ def test_row_ids_stay_unique_whatever_the_sequence_steps_by(owner):
         assert ingestor.ingest(owner, decode_protobuf(to_protobuf(chained(n)))).accepted == n
     ids = _ids(owner)
     assert ids == list(range(ids[0], ids[0] + 8))
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_failed_write_leaves_nothing_and_the_connection_usable(owner, db_url, own: bool):
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    from secret_audit.store._ingest import Ingestor
+    from secret_audit.store._otlp import decode_protobuf
+
+    # the database refuses one row in the middle of the COPY
+    owner.execute("ALTER TABLE audit_events ADD CONSTRAINT no_boom CHECK (secret_name <> 'boom')")
+    bad = chained(3) + chained(2, secret="boom")
+    ingestor = Ingestor()
+    with psycopg.connect(db_url, autocommit=own) as conn:
+        if not own:
+            conn.execute("SELECT 1")  # a transaction of the caller's is open
+        with pytest.raises(psycopg.errors.CheckViolation):
+            ingestor.ingest(conn, decode_protobuf(to_protobuf(bad)))
+        if not own:  # the caller's transaction: only our savepoint was rolled back
+            assert conn.info.transaction_status == TransactionStatus.INTRANS
+            conn.rollback()
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert count(owner) == 0
+        assert owner.execute("SELECT count(*) FROM audit_streams").fetchone()[0] == 0
+        good = chained(4)
+        assert ingestor.ingest(conn, decode_protobuf(to_protobuf(good))).accepted == 4
+        if not own:
+            conn.commit()
+    assert count(owner) == 4

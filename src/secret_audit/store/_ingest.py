@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
 from secret_audit._internal import chain
@@ -166,24 +168,42 @@ class Ingestor:
             if conn.autocommit:  # committed for good only outside a caller's transaction
                 with self._lock:
                     self._months |= missing
-        with conn.transaction():
-            self._write(conn, by_stream, result)
+        if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            # our own transaction, begun and committed in the round trips that carry the first and
+            # last statements (psycopg's transaction() would take one more round trip for each)
+            try:
+                self._write(conn, by_stream, result, own=True)
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        else:  # inside a caller's transaction: a savepoint
+            with conn.transaction():
+                self._write(conn, by_stream, result, own=False)
         return result
 
     def _write(
-        self, conn: psycopg.Connection[Any], by_stream: dict[str, list[Prepared]], result: IngestResult
+        self,
+        conn: psycopg.Connection[Any],
+        by_stream: dict[str, list[Prepared]],
+        result: IngestResult,
+        own: bool,
     ) -> None:
         streams = sorted(by_stream)
         first = [by_stream[s][0] for s in streams]
         # One round trip registers new streams, locks every stream of the request (in stream order, so
         # concurrent requests cannot deadlock), reads their heads, and draws row ids for every record
         # that may be kept (a duplicate's id is simply never used).
-        drawn = conn.execute(
-            _HEADS,
-            (streams, [p.tenant for p in first], [p.service_name for p in first],
-             sum(len(ps) for ps in by_stream.values())),
-            binary=True,
-        ).fetchone()
+        with conn.pipeline() if own else contextlib.nullcontext():
+            if own:
+                conn.execute("BEGIN")
+            drawn = conn.execute(
+                _HEADS,
+                (streams, [p.tenant for p in first], [p.service_name for p in first],
+                 sum(len(ps) for ps in by_stream.values())),
+                binary=True,
+            ).fetchone()
         assert drawn is not None
         state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[3]}
         walks: list[_Walk] = []
@@ -198,6 +218,8 @@ class Ingestor:
             if kept:
                 walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result, self._finish))
         if not walks:
+            if own:
+                conn.execute("COMMIT")  # the streams registered above
             return
         result.received_at = drawn[0]
         step = drawn[1]
@@ -232,15 +254,6 @@ class Ingestor:
                             row[ROW_ID] = next(next_id)
                             append(row)
                             write_row(row)
-        if result.findings:
-            _insert_findings(conn, result.findings)
-        live = self.live
-        if live is not None and live.wanted and rows:
-            # delivered with the commit, to the other store processes' live streams
-            stamps = [r[_ROW_TIME] for r in rows]
-            bounds = [time_of_stamp(min(stamps)), time_of_stamp(max(stamps))]
-            for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
@@ -250,8 +263,20 @@ class Ingestor:
             for w in walks
             if w.stored or w.head_seq != w.start_seq
         ]
-        if updates:
-            conn.execute(_ADVANCE, [list(column) for column in zip(*updates, strict=True)])
+        live = self.live
+        with conn.pipeline() if own else contextlib.nullcontext():
+            if result.findings:
+                _insert_findings(conn, result.findings)
+            if live is not None and live.wanted and rows:
+                # delivered with the commit, to the other store processes' live streams
+                stamps = [r[_ROW_TIME] for r in rows]
+                bounds = [time_of_stamp(min(stamps)), time_of_stamp(max(stamps))]
+                for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
+            if updates:
+                conn.execute(_ADVANCE, [list(column) for column in zip(*updates, strict=True)])
+            if own:
+                conn.execute("COMMIT")
         result.accepted = len(rows)
         result.rows = rows
 
