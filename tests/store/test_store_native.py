@@ -494,6 +494,18 @@ def _field(number: int, wire: int, payload: bytes) -> bytes:
     ("an 11-byte varint", _field(1, 2, _field(2, 2, _field(2, 2, b"\x10" + b"\xff" * 10 + b"\x01"))), False),
     ("severity above int32", _field(1, 2, _field(2, 2, _field(2, 2, b"\x10\xff\xff\xff\xff\x0f"))), True),
     ("empty", b"", True),
+    ("bad UTF-8 in a schema URL the records do not keep", _field(1, 2, _field(3, 2, b"\xc3\x28")), False),
+    ("a schema URL", _field(1, 2, _field(3, 2, b"https://x") + _field(2, 2, _field(3, 2, b"s"))), True),
+    ("a value overridden (the first one is still checked)", _field(1, 2, _field(2, 2, _field(2, 2, _field(
+        6, 2, _field(1, 2, b"k") + _field(2, 2, _field(1, 2, b"\xff") + _field(3, 0, b"\x01")))))), False),
+    ("a string-table index as the value", _field(1, 2, _field(2, 2, _field(2, 2, _field(
+        6, 2, _field(1, 2, b"k") + _field(2, 2, _field(8, 0, b"\x03")))))), True),
+    ("a key sent twice", _field(1, 2, _field(2, 2, _field(2, 2, _field(
+        6, 2, _field(1, 2, b"a") + _field(1, 2, b"b"))))), False),
+    ("the scope's attributes", _field(1, 2, _field(2, 2, _field(1, 2, _field(3, 2, _field(1, 2, b"k"))))), False),
+    ("the resource's entity references", _field(1, 2, _field(1, 2, _field(3, 2, _field(2, 2, b"t")))), False),
+    ("an event name sent twice", _field(1, 2, _field(2, 2, _field(2, 2, _field(12, 2, b"a")
+                                                                    + _field(12, 2, b"b")))), False),
 ])
 def test_decode_logs_edge_cases(case: str, body: bytes, plain: bool):
     got = _agrees(body)

@@ -1,12 +1,14 @@
-/* The store's per-row ingest work in C: a checked record's row, and rows in binary COPY form.
+/* The store's per-row ingest work in C: OTLP protobuf to records, the contract's checks, a checked
+ * record's row, and rows in binary COPY form.
  *
  * Why: on two cores PostgreSQL's own index upkeep takes most of a row's CPU, and the interpreter's
  * share of the rest (attribute lookups, type checks, list building, psycopg's per-row layers) is
  * what stands between the store and 50k events/s. The byte-exact parts stay where they are: the
  * canonical JSON is still orjson's, and the hash is still hashlib's; this module only calls them.
  *
- * Every function here has a pure-Python twin (secret_audit.store._prepare.finish_python and psycopg's
- * own COPY), which is used when this module is not built, and which the tests compare it against.
+ * Every function here has a pure-Python twin (_otlp.decode_protobuf_python, _prepare.prepare_python
+ * and finish_python, psycopg's own COPY), which is used when this module is not built, and which the
+ * tests compare it against.
  * Anything out of the ordinary (an attribute of an unexpected type, an escape in the canonical form)
  * goes to the Python twin, so only the common case lives here.
  */
@@ -111,6 +113,12 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(str_names); i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(str_names, i))) {
+            PyErr_SetString(PyExc_TypeError, "str_names must hold str");
+            return NULL;
+        }
+    }
     replace(&g_stream_key, PyTuple_GET_ITEM(keys, 0));
     replace(&g_sequence_key, PyTuple_GET_ITEM(keys, 1));
     replace(&g_prev_key, PyTuple_GET_ITEM(keys, 2));
@@ -119,17 +127,12 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     replace(&g_facts, facts);
     replace(&g_prepared, prepared);
     g_epoch_us = epoch_us;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(str_names); i++) {
-        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(str_names, i))) {
-            PyErr_SetString(PyExc_TypeError, "str_names must hold str");
-            return NULL;
-        }
-    }
-    PyObject *option_kw = PyTuple_Pack(1, PyUnicode_InternFromString("option"));
+    PyObject *option = PyUnicode_InternFromString("option");
+    PyObject *option_kw = option == NULL ? NULL : PyTuple_Pack(1, option);
+    Py_XDECREF(option);
     if (option_kw == NULL) {
         return NULL;
     }
-    Py_DECREF(PyTuple_GET_ITEM(option_kw, 0)); /* PyTuple_Pack took its own reference */
     Py_XSETREF(g_option_kw, option_kw);
     replace(&g_dumps, dumps);
     replace(&g_sort_keys, sort_keys);
@@ -291,7 +294,7 @@ prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *index = args[0], *rec = args[1], *scope_tenant = args[2];
     PyObject *resources = nargs == 4 ? args[3] : Py_None;
-    PyObject *keep[12];
+    PyObject *keep[16];
     int n_keep = 0;
     PyObject *result = NULL, *facts = NULL;
     PyObject *attrs = get(rec, s_attributes, keep, &n_keep);
@@ -311,6 +314,11 @@ prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         goto python;
+    }
+    /* owned from here on, whatever the code called below does to the dict */
+    PyObject *const owned[] = {stream, seq, prev, claimed, event};
+    for (int i = 0; i < 5; i++) {
+        keep[n_keep++] = Py_NewRef(owned[i]);
     }
     /* exact types only: the Python twin compares what a subclass might override */
     if (!PyUnicode_CheckExact(stream) || PyUnicode_GET_LENGTH(stream) == 0 || !PyLong_CheckExact(seq)) {
@@ -504,6 +512,8 @@ finish(PyObject *self, PyObject *p)
     else {
         present++;
     }
+    Py_INCREF(duration);
+    PyList_SET_ITEM(row, N_HEAD + n_str, duration);
     computed = hex_sha256(canon);
     if (computed == NULL) {
         goto done;
@@ -514,8 +524,6 @@ finish(PyObject *self, PyObject *p)
     else if ((rest = untyped_rest(attrs)) == NULL) {
         goto done;
     }
-    Py_INCREF(duration);
-    PyList_SET_ITEM(row, N_HEAD + n_str, duration);
     PyObject *const head[] = {NULL, s_stamp, s_time_unix_nano, s_observed_unix_nano, s_event_name,
                               s_severity_number, s_severity_text, s_body, s_trace_id, s_span_id,
                               s_tenant, s_service_name, s_instance, s_scope_name, s_scope_version};
@@ -525,7 +533,7 @@ finish(PyObject *self, PyObject *p)
             v = Py_NewRef(Py_None); /* the id, drawn later */
         }
         else {
-            /* the first three after the id and the prepared facts come from p, the rest from rec */
+            /* the prepared facts (stamp, tenant, service, instance) come from p, the rest from rec */
             int from_p = head[i] == s_stamp || head[i] == s_tenant || head[i] == s_service_name
                 || head[i] == s_instance;
             v = PyObject_GetAttr(from_p ? p : rec, head[i]);
@@ -771,9 +779,10 @@ encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * before _otlp copies them into dicts: 13 to 17 µs per audit record, more than the rest of ingest.
  * This reads the wire format once and makes only the dicts and strings the records keep.
  *
- * Only the plain form is read here. Anything else (a message field sent twice, which protobuf
- * merges; a known field with another wire type; groups; nesting deeper than MAX_DEPTH; invalid
- * UTF-8; a truncated or malformed message) returns None, and _otlp decodes the request with the
+ * Only the plain form is read here. Anything else (a field sent twice, which protobuf merges or
+ * overrides after checking the first; a known field with another wire type; groups; nesting deeper
+ * than MAX_DEPTH; invalid UTF-8; the scope's attributes or the resource's entity references, whose
+ * strings this does not read; a truncated or malformed message) returns None, and _otlp decodes the request with the
  * generated classes instead, which either read it the same way or refuse it with their own words.
  * Every read is bounds-checked against the end of its enclosing message.
  */
@@ -885,6 +894,49 @@ text(span v)
     return out;
 }
 
+/* Strict UTF-8, as the generated classes check every string field they read (even one the records
+ * do not keep): 1 valid, 0 not. */
+static int
+valid_utf8(span v)
+{
+    const unsigned char *p = v.p, *end = v.end;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        int n;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+        }
+        else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            lo = c == 0xE0 ? 0xA0 : 0x80;
+            hi = c == 0xED ? 0x9F : 0xBF;
+        }
+        else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            lo = c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xF4 ? 0x8F : 0xBF;
+        }
+        else {
+            return 0;
+        }
+        if (end - p <= n || p[1] < lo || p[1] > hi) {
+            return 0;
+        }
+        for (int i = 2; i <= n; i++) {
+            if ((p[i] & 0xC0) != 0x80) {
+                return 0;
+            }
+        }
+        p += n + 1;
+    }
+    return 1;
+}
+
 static PyObject *g_b64encode; /* base64.b64encode, for bytes_value as _otlp._pb_value gives it */
 
 static PyObject *any_value(span v, int depth);
@@ -945,17 +997,19 @@ any_value(span v, int depth)
         if (!tag(&v, &field, &wire)) {
             return Py_NewRef(UNSURE);
         }
+        if (field >= 1 && field <= 8 && kind != 0) {
+            /* a second value: the oneof keeps the last (merging a repeated sub-message), and the
+             * generated classes still checked the first one. Not the plain form. */
+            return Py_NewRef(UNSURE);
+        }
         switch (field) {
         case 1: case 5: case 6: case 7: /* string, array, kvlist, bytes */
-            if (wire != 2 || ((field == 5 || field == 6) && kind == (int)field)) {
-                return Py_NewRef(UNSURE); /* a repeated sub-message is merged: not ours */
-            }
-            if (!delimited(&v, &body)) {
+            if (wire != 2 || !delimited(&v, &body)) {
                 return Py_NewRef(UNSURE);
             }
             kind = (int)field;
             break;
-        case 2: case 3: /* bool, int */
+        case 2: case 3: case 8: /* bool, int, an index into a string table (read as no value) */
             if (wire != 0 || !varint(&v, &scalar)) {
                 return Py_NewRef(UNSURE);
             }
@@ -1022,7 +1076,8 @@ key_value(PyObject *into, span kv, int depth)
         }
         if (field == 1 || field == 2) {
             span inner;
-            if (wire != 2 || !delimited(&kv, &inner) || (field == 2 && has_value)) {
+            if (wire != 2 || !delimited(&kv, &inner) || (field == 2 && has_value)
+                || (field == 1 && key.p != NULL)) {
                 return 0;
             }
             if (field == 1) {
@@ -1054,16 +1109,17 @@ key_value(PyObject *into, span kv, int depth)
     return failed ? -1 : 1;
 }
 
-/* A message's repeated KeyValue field (number `number`) as a dict; other fields are skipped. */
+/* A message's repeated KeyValue field (number `number`) as a dict; other fields are skipped, but
+ * `refuse` (a field with strings this does not read and check, 0: none) makes it unsure. */
 static PyObject *
-attributes(span m, uint32_t number, int depth)
+attributes(span m, uint32_t number, uint32_t refuse, int depth)
 {
     PyObject *out = PyDict_New();
     while (out != NULL && m.p < m.end) {
         uint32_t field;
         int wire;
         span inner;
-        if (!tag(&m, &field, &wire)) {
+        if (!tag(&m, &field, &wire) || (refuse && field == refuse)) {
             goto unsure;
         }
         if (field != number) {
@@ -1092,7 +1148,7 @@ unsure:
 static PyObject *
 kv_map(span m, int depth)
 {
-    return attributes(m, 1, depth + 1);
+    return attributes(m, 1, 0, depth + 1);
 }
 
 /* Bytes as lowercase hex, as bytes.hex() gives them. */
@@ -1166,7 +1222,9 @@ log_record(PyObject *out, span m, PyObject *resource, PyObject *scope_name, PyOb
             ok = wire == 0 && varint(&m, &severity);
             break;
         case 3: case 5: case 6: case 9: case 10: case 12:
-            ok = wire == 2 && delimited(&m, &inner) && !(field == 5 && has_body);
+            ok = wire == 2 && delimited(&m, &inner)
+                && !(field == 5 && has_body) && !(field == 3 && severity_text.p)
+                && !(field == 9 && trace.p) && !(field == 10 && span_id.p) && !(field == 12 && event_name.p);
             if (ok) {
                 switch (field) {
                 case 3: severity_text = inner; break;
@@ -1195,7 +1253,7 @@ log_record(PyObject *out, span m, PyObject *resource, PyObject *scope_name, PyOb
     f[5] = event_name.p ? text(event_name) : PyUnicode_New(0, 0);
     f[6] = trace.p ? hex_of(trace) : PyUnicode_New(0, 0);
     f[7] = span_id.p ? hex_of(span_id) : PyUnicode_New(0, 0);
-    f[8] = attributes(attrs_at, 6, 1);
+    f[8] = attributes(attrs_at, 6, 0, 1);
     f[9] = Py_NewRef(resource);
     f[10] = Py_NewRef(scope_name);
     f[11] = Py_NewRef(scope_version);
@@ -1239,14 +1297,14 @@ scope_logs(PyObject *out, span m, PyObject *resource)
             return 0;
         }
         if ((field == 1 || field == 2) && wire == 2) {
-            if (!delimited(&scope, &inner)) {
+            if (!delimited(&scope, &inner) || (field == 1 ? has_name : has_version)) {
                 return 0;
             }
             *(field == 1 ? &name : &version) = inner;
             *(field == 1 ? &has_name : &has_version) = 1;
         }
-        else if (field == 1 || field == 2 || !skip(&scope, wire)) {
-            return 0;
+        else if (field == 1 || field == 2 || field == 3 || !skip(&scope, wire)) {
+            return 0; /* 3: the scope's attributes, which this does not read and check */
         }
     }
     PyObject *scope_name = has_name ? text(name) : PyUnicode_New(0, 0);
@@ -1271,6 +1329,9 @@ scope_logs(PyObject *out, span m, PyObject *resource)
             result = wire != 2 || !delimited(&m, &inner) ? 0
                 : log_record(out, inner, resource, scope_name, scope_version);
         }
+        else if (field == 3) { /* schema_url: not kept, but checked as the generated classes do */
+            result = wire == 2 && delimited(&m, &inner) && valid_utf8(inner);
+        }
         else if (!skip(&m, wire)) {
             result = 0;
         }
@@ -1289,7 +1350,8 @@ resource_logs(PyObject *out, span m)
     if (!singular(m, 1, &res, &found)) {
         return 0;
     }
-    PyObject *resource = found ? attributes(res, 1, 0) : PyDict_New();
+    /* 3: entity references, strings this does not read */
+    PyObject *resource = found ? attributes(res, 1, 3, 0) : PyDict_New();
     if (resource == NULL || resource == UNSURE) {
         Py_XDECREF(resource);
         return resource == NULL ? -1 : 0;
@@ -1304,6 +1366,9 @@ resource_logs(PyObject *out, span m)
         }
         else if (field == 2) {
             result = wire != 2 || !delimited(&m, &inner) ? 0 : scope_logs(out, inner, resource);
+        }
+        else if (field == 3) { /* schema_url */
+            result = wire == 2 && delimited(&m, &inner) && valid_utf8(inner);
         }
         else if (!skip(&m, wire)) {
             result = 0;
