@@ -566,3 +566,31 @@ def test_decode_logs_under_mutation_fuzzing():
             taken += 1
             assert got == _python_decode(bytes(body)), bytes(body).hex()
     assert taken > 1000  # the fuzzing reached the reader's accepting paths, not only its refusals
+
+
+@needs_native
+def test_decode_logs_calls_a_class_that_is_not_plain_slots():
+    # the records are allocated straight into Record's slots; any other class gets its constructor
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Loose:  # has a __dict__: no slot layout
+        time_unix_nano: int
+        observed_unix_nano: int
+        severity_number: int
+        severity_text: str
+        body: Any
+        event_name: str
+        trace_id: str
+        span_id: str
+        attributes: dict[str, Any]
+        resource: dict[str, Any]
+        scope_name: str
+        scope_version: str
+
+    body = to_protobuf(chained(3))
+    loose = native.decode_logs(body, Loose, base64.b64encode)
+    plain = native.decode_logs(body, Record, base64.b64encode)
+    assert [type(r) for r in loose] == [Loose] * 3
+    assert [dataclasses.astuple(r) for r in loose] == [dataclasses.astuple(r) for r in plain]
+    assert plain == decode_protobuf_python(body)

@@ -14,8 +14,69 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+
+/* ---- plain slots classes made without their generated __init__ ------------------------------
+ *
+ * Record and Prepared are dataclasses with __slots__ whose __init__ only assigns its arguments;
+ * running it costs more than the rest of a record's checks. A layout holds each field's slot
+ * offset, read from the class's member descriptors, so an instance is allocated and filled
+ * directly. A class that is not such a plain slots class keeps its constructor.
+ */
+enum { MAX_FIELDS = 16 };
+
+typedef struct {
+    PyTypeObject *type; /* NULL: not a plain slots class, call it */
+    Py_ssize_t offset[MAX_FIELDS];
+    int n;
+} layout;
+
+static int
+layout_of(PyObject *cls, const char *const *names, int n, layout *out)
+{
+    Py_CLEAR(out->type);
+    if (!PyType_Check(cls) || n > MAX_FIELDS || ((PyTypeObject *)cls)->tp_dictoffset != 0) {
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyObject_GetAttrString(cls, names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+            && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
+            && !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+        if (plain) {
+            out->offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!plain) {
+            return 0;
+        }
+    }
+    out->type = (PyTypeObject *)Py_NewRef(cls);
+    out->n = n;
+    return 0;
+}
+
+/* An instance with these field values (borrowed; the instance takes its own references). */
+static PyObject *
+make(const layout *l, PyObject *cls, PyObject *const *values, int n)
+{
+    if (l->type == NULL || l->n != n) {
+        return PyObject_Vectorcall(cls, values, (size_t)n, NULL);
+    }
+    PyObject *obj = l->type->tp_alloc(l->type, 0);
+    if (obj == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        *(PyObject **)((char *)obj + l->offset[i]) = Py_NewRef(values[i]);
+    }
+    return obj;
+}
 
 /* Set once by configure(): the Python objects the fast path calls or compares against. */
 static PyObject *g_dumps;      /* orjson.dumps */
@@ -26,6 +87,10 @@ static PyObject *g_fallback;   /* _prepare.finish_python */
 static PyObject *g_prepare_py; /* _prepare.prepare_python: words every refusal */
 static PyObject *g_facts;      /* _prepare._resource_facts, once per resource and request */
 static PyObject *g_prepared;   /* the Prepared class */
+static layout g_prepared_layout;
+static const char *const PREPARED_FIELDS[] = {"index", "stream_id", "sequence", "prev", "claimed",
+                                              "tenant", "stamp", "service_name", "instance",
+                                              "resource_jsonb", "rec", "computed", "row"};
 static long long g_epoch_us;   /* _rows._PG_EPOCH_US: PostgreSQL's epoch in Unix microseconds */
 static PyObject *g_stream_key, *g_sequence_key, *g_prev_key, *g_event_key;
 static PyObject *g_typed_set;  /* frozenset of the attributes that have a column */
@@ -126,6 +191,9 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     replace(&g_prepare_py, prepare);
     replace(&g_facts, facts);
     replace(&g_prepared, prepared);
+    if (layout_of(prepared, PREPARED_FIELDS, 13, &g_prepared_layout) < 0) {
+        return NULL;
+    }
     g_epoch_us = epoch_us;
     PyObject *option = PyUnicode_InternFromString("option");
     PyObject *option_kw = option == NULL ? NULL : PyTuple_Pack(1, option);
@@ -418,10 +486,18 @@ prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (stamp == NULL) {
         goto done;
     }
-    PyObject *fields[] = {index, stream, seq, prev, claimed, tenant, stamp,
-                          PyTuple_GET_ITEM(facts, 2), PyTuple_GET_ITEM(facts, 3),
-                          PyTuple_GET_ITEM(facts, 4), rec};
-    result = PyObject_Vectorcall(g_prepared, fields, sizeof(fields) / sizeof(fields[0]), NULL);
+    PyObject *row = PyList_New(0);
+    PyObject *computed = PyUnicode_New(0, 0);
+    if (row != NULL && computed != NULL) {
+        PyObject *fields[] = {index, stream, seq, prev, claimed, tenant, stamp,
+                              PyTuple_GET_ITEM(facts, 2), PyTuple_GET_ITEM(facts, 3),
+                              PyTuple_GET_ITEM(facts, 4), rec, computed, row};
+        /* without the plain layout, the constructor takes the eleven without defaults */
+        result = g_prepared_layout.type != NULL ? make(&g_prepared_layout, g_prepared, fields, 13)
+                                                : PyObject_Vectorcall(g_prepared, fields, 11, NULL);
+    }
+    Py_XDECREF(row);
+    Py_XDECREF(computed);
     Py_DECREF(stamp);
     goto done;
 python:
@@ -1194,6 +1270,10 @@ singular(span m, uint32_t number, span *out, int *found)
 }
 
 static PyObject *g_record; /* _otlp.Record */
+static layout g_record_layout;
+static const char *const RECORD_FIELDS[] = {"time_unix_nano", "observed_unix_nano", "severity_number",
+                                            "severity_text", "body", "event_name", "trace_id", "span_id",
+                                            "attributes", "resource", "scope_name", "scope_version"};
 
 /* One LogRecord appended to `out` as a Record. 1 ok, 0 unsure, -1 error. */
 static int
@@ -1268,7 +1348,7 @@ log_record(PyObject *out, span m, PyObject *resource, PyObject *scope_name, PyOb
             goto done;
         }
     }
-    PyObject *rec = PyObject_Vectorcall(g_record, f, 12, NULL);
+    PyObject *rec = make(&g_record_layout, g_record, f, 12);
     if (rec != NULL) {
         result = PyList_Append(out, rec) < 0 ? -1 : 1;
         Py_DECREF(rec);
@@ -1395,7 +1475,14 @@ decode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    replace(&g_record, args[1]);
+    if (args[1] != g_record) {
+        replace(&g_record, args[1]);
+        if (layout_of(g_record, RECORD_FIELDS, 12, &g_record_layout) < 0) {
+            Py_CLEAR(g_record);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
     replace(&g_b64encode, args[2]);
     span m = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len};
     PyObject *out = PyList_New(0);
