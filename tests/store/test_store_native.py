@@ -529,6 +529,12 @@ def test_decode_logs_reads_the_benchmarks_records():
     records = _agrees(body)
     assert len(records) == 55
     assert records[0].resource is records[1].resource  # one dict per resource, as prepare expects
+    # the contract's attribute names arrive as the interned strings the store's lookups use
+    import sys
+
+    names = [k for k in records[0].attributes if k in _prepare._TYPED_SET]
+    assert len(names) >= 15
+    assert all(k is sys.intern(k) for k in names)
 
 
 @needs_native

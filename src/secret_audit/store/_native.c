@@ -138,6 +138,25 @@ init_names(void)
         || intern(&k_trace_id, "trace_id") || intern(&g_ok, "ok");
 }
 
+/* The attribute names the store looks up (the contract's, and the resource's service names), as
+ * the interned strings its lookups use: a key read from the wire that is one of them becomes that
+ * very object, so no new string is made per record and each later lookup matches by identity. */
+enum { MAX_KNOWN = 32 };
+static PyObject *g_known[MAX_KNOWN];
+static int g_n_known;
+
+static int
+learn(PyObject *name)
+{
+    if (g_n_known == MAX_KNOWN || !PyUnicode_CheckExact(name) || !PyUnicode_IS_ASCII(name)) {
+        return 0;
+    }
+    Py_INCREF(name);
+    PyUnicode_InternInPlace(&name);
+    g_known[g_n_known++] = name;
+    return 0;
+}
+
 static void
 replace(PyObject **slot, PyObject *value)
 {
@@ -209,6 +228,16 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     replace(&g_fallback, fallback);
     replace(&g_typed_set, typed);
     replace(&g_str_names, str_names);
+    for (int i = 0; i < g_n_known; i++) {
+        Py_CLEAR(g_known[i]);
+    }
+    g_n_known = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(str_names); i++) {
+        learn(PyTuple_GET_ITEM(str_names, i));
+    }
+    learn(duration);
+    learn(PyTuple_GET_ITEM(keys, 1)); /* audit.sequence */
+    learn(hash_key);
     replace(&g_empty, empty);
     replace(&g_hash_key, hash_key);
     replace(&g_duration, duration);
@@ -1013,6 +1042,19 @@ valid_utf8(span v)
     return 1;
 }
 
+static PyObject *
+key_text(span v)
+{
+    Py_ssize_t n = v.end - v.p;
+    for (int i = 0; i < g_n_known; i++) {
+        PyObject *k = g_known[i];
+        if (PyUnicode_GET_LENGTH(k) == n && memcmp(PyUnicode_1BYTE_DATA(k), v.p, (size_t)n) == 0) {
+            return Py_NewRef(k);
+        }
+    }
+    return text(v);
+}
+
 static PyObject *g_b64encode; /* base64.b64encode, for bytes_value as _otlp._pb_value gives it */
 
 static PyObject *any_value(span v, int depth);
@@ -1168,7 +1210,7 @@ key_value(PyObject *into, span kv, int depth)
             return 0;
         }
     }
-    PyObject *k = key.p == NULL ? PyUnicode_New(0, 0) : text(key);
+    PyObject *k = key.p == NULL ? PyUnicode_New(0, 0) : key_text(key);
     if (k == NULL || k == UNSURE) {
         Py_XDECREF(k);
         return k == NULL ? -1 : 0;
