@@ -1057,6 +1057,35 @@ key_text(span v)
 
 static PyObject *g_b64encode; /* base64.b64encode, for bytes_value as _otlp._pb_value gives it */
 
+/* The next occurrence of the length-delimited field `number` in m: 1 found (in *inner), 0 none left,
+ * -1 not the plain form. Other fields are skipped, except `checked` (a string field the records do
+ * not keep, whose UTF-8 is checked as the generated classes check it) and `refuse` (a field with
+ * strings this does not read); 0 means neither. */
+static int
+next_of(span *m, uint32_t number, uint32_t checked, uint32_t refuse, span *inner)
+{
+    while (m->p < m->end) {
+        uint32_t field;
+        int wire;
+        if (!tag(m, &field, &wire) || (refuse && field == refuse)) {
+            return -1;
+        }
+        if (field == number) {
+            return wire == 2 && delimited(m, inner) ? 1 : -1;
+        }
+        if (checked && field == checked) {
+            span text_field;
+            if (wire != 2 || !delimited(m, &text_field) || !valid_utf8(text_field)) {
+                return -1;
+            }
+        }
+        else if (!skip(m, wire)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *any_value(span v, int depth);
 
 /* KeyValueList / ArrayValue bodies: repeated field 1. */
@@ -1066,22 +1095,9 @@ static PyObject *
 array(span m, int depth)
 {
     PyObject *out = PyList_New(0);
-    while (out != NULL && m.p < m.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&m, &field, &wire)) {
-            goto unsure;
-        }
-        if (field != 1) {
-            if (!skip(&m, wire)) {
-                goto unsure;
-            }
-            continue;
-        }
-        if (wire != 2 || !delimited(&m, &inner)) {
-            goto unsure;
-        }
+    span inner;
+    int found = 0;
+    while (out != NULL && (found = next_of(&m, 1, 0, 0, &inner)) == 1) {
         PyObject *item = any_value(inner, depth + 1);
         if (item == NULL || item == UNSURE) {
             Py_DECREF(out);
@@ -1093,10 +1109,11 @@ array(span m, int depth)
             Py_CLEAR(out);
         }
     }
+    if (out != NULL && found < 0) {
+        Py_DECREF(out);
+        return Py_NewRef(UNSURE);
+    }
     return out;
-unsure:
-    Py_DECREF(out);
-    return Py_NewRef(UNSURE);
 }
 
 /* One AnyValue as _otlp._pb_value gives it (None when no value is set). */
@@ -1233,34 +1250,19 @@ static PyObject *
 attributes(span m, uint32_t number, uint32_t refuse, int depth)
 {
     PyObject *out = PyDict_New();
-    while (out != NULL && m.p < m.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&m, &field, &wire) || (refuse && field == refuse)) {
-            goto unsure;
-        }
-        if (field != number) {
-            if (!skip(&m, wire)) {
-                goto unsure;
-            }
-            continue;
-        }
-        if (wire != 2 || !delimited(&m, &inner)) {
-            goto unsure;
-        }
-        int done = key_value(out, inner, depth);
+    span inner;
+    int found = 0, done = 1;
+    while (out != NULL && done == 1 && (found = next_of(&m, number, 0, refuse, &inner)) == 1) {
+        done = key_value(out, inner, depth);
         if (done < 0) {
             Py_CLEAR(out);
         }
-        else if (done == 0) {
-            goto unsure;
-        }
+    }
+    if (out != NULL && (found < 0 || done == 0)) {
+        Py_DECREF(out);
+        return Py_NewRef(UNSURE);
     }
     return out;
-unsure:
-    Py_DECREF(out);
-    return Py_NewRef(UNSURE);
 }
 
 static PyObject *
@@ -1440,23 +1442,11 @@ scope_logs(PyObject *out, span m, PyObject *resource)
         goto done;
     }
     result = 1;
-    while (result == 1 && m.p < m.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&m, &field, &wire)) {
-            result = 0;
-        }
-        else if (field == 2) {
-            result = wire != 2 || !delimited(&m, &inner) ? 0
-                : log_record(out, inner, resource, scope_name, scope_version);
-        }
-        else if (field == 3) { /* schema_url: not kept, but checked as the generated classes do */
-            result = wire == 2 && delimited(&m, &inner) && valid_utf8(inner);
-        }
-        else if (!skip(&m, wire)) {
-            result = 0;
-        }
+    span inner;
+    int more;
+    /* 2: the records; 3: the schema URL, checked */
+    while (result == 1 && (more = next_of(&m, 2, 3, 0, &inner)) != 0) {
+        result = more < 0 ? 0 : log_record(out, inner, resource, scope_name, scope_version);
     }
 done:
     Py_XDECREF(scope_name);
@@ -1478,23 +1468,11 @@ resource_logs(PyObject *out, span m)
         Py_XDECREF(resource);
         return resource == NULL ? -1 : 0;
     }
-    int result = 1;
-    while (result == 1 && m.p < m.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&m, &field, &wire)) {
-            result = 0;
-        }
-        else if (field == 2) {
-            result = wire != 2 || !delimited(&m, &inner) ? 0 : scope_logs(out, inner, resource);
-        }
-        else if (field == 3) { /* schema_url */
-            result = wire == 2 && delimited(&m, &inner) && valid_utf8(inner);
-        }
-        else if (!skip(&m, wire)) {
-            result = 0;
-        }
+    int result = 1, more;
+    span inner;
+    /* 2: the scopes' logs; 3: the schema URL, checked */
+    while (result == 1 && (more = next_of(&m, 2, 3, 0, &inner)) != 0) {
+        result = more < 0 ? 0 : scope_logs(out, inner, resource);
     }
     Py_DECREF(resource);
     return result;
@@ -1528,20 +1506,10 @@ decode_logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     replace(&g_b64encode, args[2]);
     span m = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len};
     PyObject *out = PyList_New(0);
-    int result = out == NULL ? -1 : 1;
-    while (result == 1 && m.p < m.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&m, &field, &wire)) {
-            result = 0;
-        }
-        else if (field == 1) {
-            result = wire != 2 || !delimited(&m, &inner) ? 0 : resource_logs(out, inner);
-        }
-        else if (!skip(&m, wire)) {
-            result = 0;
-        }
+    int result = out == NULL ? -1 : 1, more;
+    span inner;
+    while (result == 1 && (more = next_of(&m, 1, 0, 0, &inner)) != 0) {
+        result = more < 0 ? 0 : resource_logs(out, inner);
     }
     PyBuffer_Release(&view);
     if (result == 1) {
