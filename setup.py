@@ -4,8 +4,9 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        # optional: without a C compiler (or Python headers) the install goes on, and the store
-        # uses the pure-Python twins of these functions (secret_audit.store._prepare, psycopg's COPY)
+        # optional: without a C compiler (or Python headers) the install goes on, and the store uses
+        # the pure-Python twins of its functions (the generated protobuf classes in _otlp,
+        # _prepare's checks and rows, psycopg's COPY)
         Extension(
             "secret_audit.store._native",
             ["src/secret_audit/store/_native.c"],

@@ -127,7 +127,7 @@ class Ingestor:
 
     def __init__(self, non_audit: str = "reject", native: bool = True) -> None:
         self.non_audit = non_audit
-        # the C row builder and COPY encoder when built (and not turned off), else their Python twins
+        # the C checks, row builder and COPY encoder when built (and not turned off), else their twins
         self.native = native and _native is not None
         self._prepare = preparer(self.native)
         self._finish = finisher(self.native)
@@ -178,7 +178,7 @@ class Ingestor:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
-        else:  # inside a caller's transaction: a savepoint
+        else:  # a caller's transaction (our part is a savepoint in it), or a non-autocommit connection
             with conn.transaction():
                 self._write(conn, by_stream, result, own=False)
         return result

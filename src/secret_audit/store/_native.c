@@ -138,9 +138,9 @@ init_names(void)
         || intern(&k_trace_id, "trace_id") || intern(&g_ok, "ok");
 }
 
-/* The attribute names the store looks up (the contract's, and the resource's service names), as
- * the interned strings its lookups use: a key read from the wire that is one of them becomes that
- * very object, so no new string is made per record and each later lookup matches by identity. */
+/* The contract's attribute names, which the store looks up, as the interned strings its lookups
+ * use: a key read from the wire that is one of them becomes that very object, so no new string is
+ * made per record and each later lookup matches by identity. */
 enum { MAX_KNOWN = 32 };
 static PyObject *g_known[MAX_KNOWN];
 static int g_n_known;
@@ -322,7 +322,8 @@ untyped_rest(PyObject *attrs)
 static int
 is_hash(PyObject *v)
 {
-    if (!PyUnicode_CheckExact(v) || PyUnicode_GET_LENGTH(v) != 64 || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) {
+    if (!PyUnicode_CheckExact(v) || PyUnicode_GET_LENGTH(v) != 64
+        || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) {
         return 0;
     }
     const Py_UCS1 *c = PyUnicode_1BYTE_DATA(v);
@@ -361,7 +362,7 @@ bigint(PyObject *v)
     return overflow ? -1 : n;
 }
 
-/* Borrowed attributes of rec, read once: getattr by interned name. */
+/* An attribute of obj by interned name, owned by `keep` until the caller releases it. */
 static PyObject *
 get(PyObject *obj, PyObject *name, PyObject **keep, int *n_keep)
 {
@@ -887,8 +888,9 @@ encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * Only the plain form is read here. Anything else (a field sent twice, which protobuf merges or
  * overrides after checking the first; a known field with another wire type; groups; nesting deeper
  * than MAX_DEPTH; invalid UTF-8; the scope's attributes or the resource's entity references, whose
- * strings this does not read; a truncated or malformed message) returns None, and _otlp decodes the request with the
- * generated classes instead, which either read it the same way or refuse it with their own words.
+ * strings this does not read; a truncated or malformed message) returns None, and _otlp decodes
+ * the request with the generated classes instead, which either read it the same way or refuse it
+ * with their own words.
  * Every read is bounds-checked against the end of its enclosing message.
  */
 

@@ -37,7 +37,7 @@ class StoreConfig:
     ingest_concurrency: int = 4
     app_role: str = "secret_audit_app"
     archive_dir: Path = Path("audit-archive")
-    native: bool = True  # the C row builder and COPY encoder, when built; false: their Python twins
+    native: bool = True  # the C extension's OTLP reader, checks, rows and COPY when built; false: Python
 
 
 def _int(env: Mapping[str, str], suffix: str, default: int, low: int, high: int) -> int:
