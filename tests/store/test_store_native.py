@@ -588,3 +588,86 @@ def test_decode_logs_calls_a_class_that_is_not_plain_slots():
     assert [type(r) for r in loose] == [Loose] * 3
     assert [dataclasses.astuple(r) for r in loose] == [dataclasses.astuple(r) for r in plain]
     assert plain == decode_protobuf_python(body)
+
+
+# ---- walk_plain: the chain walk's common case ----------------------------------------------------
+
+def _walked(recs: list[Record], head_seq: int, head_hash: str, native_on: bool) -> Any:
+    from secret_audit.store._ingest import IngestResult, _Walk
+
+    batch = []
+    for i, rec in enumerate(copy.deepcopy(recs)):
+        p = prepare_python(i, rec, None, {})
+        assert isinstance(p, Prepared)
+        batch.append(p)
+    batch.sort(key=lambda p: p.sequence)
+    result = IngestResult()
+    walk = _Walk(None, "s", None, head_seq, head_hash, batch, result,  # type: ignore[arg-type]
+                 native.finish if native_on else finish_python, native.walk_plain if native_on else None)
+    stored = [(p.sequence, p.row) for p in walk.run()]
+    return (stored, walk.head_seq, walk.head_hash, walk.stored, result.duplicates, result.rejected,
+            result.errors, [(f.kind, f.sequence, f.expected, f.actual, f.range_first, f.range_last)
+                            for f in result.findings])
+
+
+@needs_native
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    head=st.integers(0, 3),
+    size=st.integers(1, 8),
+    damage=st.lists(st.tuples(st.sampled_from(["drop", "repeat", "forge", "relink", "nul"]),
+                              st.integers(0, 7)), max_size=3),
+)
+def test_walk_plain_agrees_with_the_python_walk(head: int, size: int, damage: list[tuple[str, int]]):
+    # a stream whose first `head` records are already stored, then `size` more arrive, perhaps damaged
+    full = chained(head + size)
+    head_hash = full[head - 1]["attributes"]["audit.chain.hash"] if head else "0" * 64
+    recs = full[head:]
+    for kind, at in damage:
+        at %= len(recs)
+        if kind == "drop" and len(recs) > 1:
+            del recs[at]
+        elif kind == "repeat":
+            recs.append(copy.deepcopy(recs[at]))
+        elif kind == "forge":
+            recs[at]["attributes"]["secret.name"] = "changed"  # the claimed hash no longer matches
+        elif kind == "relink":
+            recs[at]["attributes"]["audit.chain.prev"] = "e" * 64
+            rehash(recs[at])
+        elif kind == "nul":
+            recs[at]["attributes"]["note"] = "a\x00b"  # refused by finish
+    records = [Record(r["time_unix_nano"], r["observed_unix_nano"], r["severity_number"], r["severity_text"],
+                      r["body"], r["event_name"], r["trace_id"], r["span_id"], r["attributes"],
+                      r["resource"], "secret_audit", "1.0") for r in recs]
+    assert _walked(records, head, head_hash, True) == _walked(records, head, head_hash, False)
+
+
+@needs_native
+def test_walk_plain_takes_only_the_plain_case():
+    full = chained(5)
+    records = decode_protobuf(to_protobuf(full))
+    batch = [prepare_python(i, r, None, {}) for i, r in enumerate(records)]
+    assert native.walk_plain(batch, 0, "", "0" * 64) is True
+    assert [p.computed for p in batch] == [p.claimed for p in batch]
+    # after a stored head: the next sequence, linked to the head's hash
+    tail = batch[2:]
+    assert native.walk_plain(tail, 2, batch[1].claimed, "0" * 64) is True
+    assert native.walk_plain(tail, 2, "f" * 64, "0" * 64) is False  # not linked to the head
+    assert native.walk_plain(tail, 1, batch[0].claimed, "0" * 64) is False  # a gap before it
+    assert native.walk_plain(batch[1:], 0, "", "0" * 64) is False  # does not start at 1
+
+
+@needs_native
+def test_walk_plain_leaves_a_relinked_gap_to_the_python_walk():
+    # record 2 withheld, record 3 relinked to record 1 and rehashed: every link holds, but a
+    # sequence is missing, which only the Python walk reports (a gap finding)
+    full = chained(3)
+    third = full[2]
+    third["attributes"]["audit.chain.prev"] = full[0]["attributes"]["audit.chain.hash"]
+    rehash(third)
+    records = decode_protobuf(to_protobuf([full[0], third]))
+    batch = [prepare_python(i, r, None, {}) for i, r in enumerate(records)]
+    assert native.walk_plain(batch, 0, "", "0" * 64) is False
+    walked = _walked(records, 0, "0" * 64, True)
+    assert walked == _walked(records, 0, "0" * 64, False)
+    assert [f[0] for f in walked[-1]] == ["gap"]

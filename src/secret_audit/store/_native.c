@@ -105,7 +105,7 @@ static PyObject *g_option_kw;  /* ("option",) */
 static PyObject *s_rec, *s_stamp, *s_tenant, *s_service_name, *s_instance, *s_resource_jsonb,
     *s_sequence, *s_computed, *s_row, *s_time_unix_nano, *s_observed_unix_nano, *s_event_name,
     *s_severity_number, *s_severity_text, *s_body, *s_trace_id, *s_span_id, *s_attributes,
-    *s_scope_name, *s_scope_version, *s_hexdigest, *s_resource;
+    *s_scope_name, *s_scope_version, *s_hexdigest, *s_resource, *s_claimed, *s_prev;
 /* Keys of the canonical form, in the order chain.canonical_bytes writes them (orjson sorts anyway). */
 static PyObject *k_attributes, *k_body, *k_event_name, *k_severity_number, *k_span_id,
     *k_time_unix_nano, *k_trace_id;
@@ -131,7 +131,7 @@ init_names(void)
         || intern(&s_trace_id, "trace_id") || intern(&s_span_id, "span_id")
         || intern(&s_attributes, "attributes") || intern(&s_scope_name, "scope_name")
         || intern(&s_scope_version, "scope_version") || intern(&s_hexdigest, "hexdigest")
-        || intern(&s_resource, "resource")
+        || intern(&s_resource, "resource") || intern(&s_claimed, "claimed") || intern(&s_prev, "prev")
         || intern(&k_attributes, "attributes") || intern(&k_body, "body")
         || intern(&k_event_name, "event_name") || intern(&k_severity_number, "severity_number")
         || intern(&k_span_id, "span_id") || intern(&k_time_unix_nano, "time_unix_nano")
@@ -816,6 +816,81 @@ put_field(char *out, PyObject *v, char code, Py_ssize_t column)
         memcpy(out + 4, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
         return 4 + PyBytes_GET_SIZE(v);
     }
+}
+
+/* ---- the chain walk's common case ------------------------------------------------------------ */
+
+PyDoc_STRVAR(walk_plain_doc,
+"walk_plain(batch, head_seq, head_hash, genesis, /)\n--\n\n"
+"Finish one stream's records (sorted by sequence) and say whether they are the plain case: the\n"
+"next sequences after the head, each hash recomputed as claimed and linked to the one before.\n"
+"True: every record is finished and stored as \"ok\", with no finding. False: the Python walk\n"
+"must judge the batch (it finishes the records again).");
+
+static PyObject *
+walk_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[1])
+        || !PyUnicode_CheckExact(args[2]) || !PyUnicode_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "walk_plain(batch, head_seq, head_hash, genesis)");
+        return NULL;
+    }
+    PyObject *batch = args[0];
+    long long expected = PyLong_AsLongLong(args[1]);
+    if (expected == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    /* the hash the first record must link to: the head's, or the genesis value before any record */
+    PyObject *link = Py_NewRef(expected ? args[2] : args[3]);
+    int plain = 1;
+    for (Py_ssize_t i = 0; plain == 1 && i < PyList_GET_SIZE(batch); i++) {
+        PyObject *p = Py_NewRef(PyList_GET_ITEM(batch, i));
+        PyObject *seq = PyObject_GetAttr(p, s_sequence);
+        long long n = seq == NULL ? -1 : PyLong_AsLongLong(seq);
+        Py_XDECREF(seq);
+        PyObject *reason = NULL, *computed = NULL, *claimed = NULL, *prev = NULL;
+        if (n == -1 && PyErr_Occurred()) {
+            plain = -1;
+        }
+        else if (n != ++expected) {
+            plain = 0; /* a gap, a duplicate or a late record */
+        }
+        else if ((reason = finish(NULL, p)) == NULL) {
+            plain = -1;
+        }
+        else if (reason != Py_None) {
+            plain = 0; /* refused */
+        }
+        else if ((computed = PyObject_GetAttr(p, s_computed)) == NULL
+                 || (claimed = PyObject_GetAttr(p, s_claimed)) == NULL
+                 || (prev = PyObject_GetAttr(p, s_prev)) == NULL) {
+            plain = -1;
+        }
+        else {
+            int same_hash = PyUnicode_Compare(computed, claimed) == 0;
+            int linked = PyUnicode_Compare(prev, link) == 0;
+            if (PyErr_Occurred()) {
+                plain = -1;
+            }
+            else if (!same_hash || !linked) {
+                plain = 0; /* a hash mismatch or a chain break: findings for the Python walk */
+            }
+            else {
+                Py_SETREF(link, Py_NewRef(claimed));
+            }
+        }
+        Py_XDECREF(reason);
+        Py_XDECREF(computed);
+        Py_XDECREF(claimed);
+        Py_XDECREF(prev);
+        Py_DECREF(p);
+    }
+    Py_DECREF(link);
+    if (plain < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(plain);
 }
 
 PyDoc_STRVAR(encode_rows_doc,
@@ -1529,6 +1604,7 @@ static PyMethodDef methods[] = {
     {"prepare", (PyCFunction)(void (*)(void))prepare, METH_FASTCALL, prepare_doc},
     {"finish", finish, METH_O, finish_doc},
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
+    {"walk_plain", (PyCFunction)(void (*)(void))walk_plain, METH_FASTCALL, walk_plain_doc},
     {"decode_logs", (PyCFunction)(void (*)(void))decode_logs, METH_FASTCALL, decode_logs_doc},
     {NULL, NULL, 0, NULL},
 };
