@@ -226,9 +226,8 @@ class Ingestor:
             return
         result.received_at = drawn[0]
         step = drawn[1]
-        next_id = itertools.chain.from_iterable(range(base, base + step) for base in drawn[2])
+        ids = itertools.chain.from_iterable(range(base, base + step) for base in drawn[2])
         rows: list[list[Any]] = []
-        append = rows.append
         # Hashing and row building happen while the server already digests the rows sent so far.
         with conn.cursor() as cur:
             # psycopg's default bytea dumper (it also unwraps DB-API Binary objects) runs in Python
@@ -239,24 +238,16 @@ class Ingestor:
                     write, encode = copy.write, _native.encode_rows
                     write(_SIGNATURE)
                     sent = 0
-                    for walk in walks:
-                        for p in walk.run():
-                            row = p.row
-                            row[ROW_ID] = next(next_id)
-                            append(row)
-                            if len(rows) - sent == _CHUNK:
-                                write(encode(rows[sent:], _CODES))
-                                sent = len(rows)
+                    for _ in _kept_rows(walks, ids, rows):
+                        if len(rows) - sent == _CHUNK:
+                            write(encode(rows[sent:], _CODES))
+                            sent = len(rows)
                     write(encode(rows[sent:], _CODES) + _TRAILER)
                 else:
                     copy.set_types(_TYPES)
                     write_row = copy.write_row
-                    for walk in walks:
-                        for p in walk.run():
-                            row = p.row
-                            row[ROW_ID] = next(next_id)
-                            append(row)
-                            write_row(row)
+                    for row in _kept_rows(walks, ids, rows):
+                        write_row(row)
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
@@ -417,6 +408,17 @@ class _Walk:
             yield p
         if run_last:
             self._filled(run_first, run_last)
+
+
+def _kept_rows(walks: list[_Walk], ids: Iterator[int], rows: list[list[Any]]) -> Iterator[list[Any]]:
+    """Each stored record's row, given its id and kept in ``rows``, as the walks judge them."""
+    append = rows.append
+    for walk in walks:
+        for p in walk.run():
+            row = p.row
+            row[ROW_ID] = next(ids)
+            append(row)
+            yield row
 
 
 def _insert_findings(conn: psycopg.Connection[Any], findings: list[Finding]) -> None:
