@@ -45,7 +45,6 @@ def test_the_extension_is_built_wherever_it_can_be():
     # present, a missing extension means the install silently lost the fast path
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if shutil.which("cc") and headers.exists():
-        assert _prepare.NATIVE
         assert _prepare.finisher() is native.finish
         assert Ingestor().native
 
@@ -63,15 +62,19 @@ _TYPED = [n for n in (*_prepare._STR_NAMES, "audit.duration_ms")
           if not n.startswith(("audit.event.", "audit.stream.", "audit.chain."))]
 
 
-def _record(attrs: dict[str, Any], body: Any = "ok") -> Record:
+def _as_record(d: dict[str, Any]) -> Record:
     # built directly, not through protobuf: nested maps, lists, None and bools reach finish as they are
+    return Record(d["time_unix_nano"], d["observed_unix_nano"], d["severity_number"], d["severity_text"],
+                  d["body"], d["event_name"], d["trace_id"], d["span_id"], d["attributes"], d["resource"],
+                  "secret_audit", "1.0")
+
+
+def _record(attrs: dict[str, Any], body: Any = "ok") -> Record:
     [base] = chained(1)
     base["attributes"].update(attrs)
     base["body"] = body
     rehash(base)
-    return Record(base["time_unix_nano"], base["observed_unix_nano"], base["severity_number"],
-                  base["severity_text"], body, base["event_name"], base["trace_id"], base["span_id"],
-                  base["attributes"], base["resource"], "secret_audit", "1.0")
+    return _as_record(base)
 
 
 def _both(rec: Record) -> tuple[Prepared, Prepared, str | None, str | None]:
@@ -636,9 +639,7 @@ def test_walk_plain_agrees_with_the_python_walk(head: int, size: int, damage: li
             rehash(recs[at])
         elif kind == "nul":
             recs[at]["attributes"]["note"] = "a\x00b"  # refused by finish
-    records = [Record(r["time_unix_nano"], r["observed_unix_nano"], r["severity_number"], r["severity_text"],
-                      r["body"], r["event_name"], r["trace_id"], r["span_id"], r["attributes"],
-                      r["resource"], "secret_audit", "1.0") for r in recs]
+    records = [_as_record(r) for r in recs]
     assert _walked(records, head, head_hash, True) == _walked(records, head, head_hash, False)
 
 

@@ -20,7 +20,7 @@ except ImportError:  # not built (no C compiler at install time): the Python twi
     _native = None  # type: ignore[assignment]
 
 __all__ = [
-    "INTEGRITY", "JSONB_EMPTY", "NATIVE", "ROW_ID", "Prepared", "finish", "finish_python", "finisher",
+    "INTEGRITY", "JSONB_EMPTY", "ROW_ID", "Prepared", "finish", "finish_python", "finisher",
     "jsonb", "prepare", "prepare_python", "preparer",
 ]
 
@@ -241,7 +241,6 @@ def finish_python(p: Prepared) -> str | None:
 # The C twins (secret_audit/store/_native.c) take only the common case: prepare hands every record it
 # would refuse to prepare_python, which words the refusal; finish calls the same orjson and hashlib
 # functions with the same arguments, and hands every record out of the ordinary to finish_python.
-NATIVE = _native is not None
 if _native is not None:
     _native.configure(
         dumps=orjson.dumps, sort_keys=orjson.OPT_SORT_KEYS, sha256=hashlib.sha256, jsonb=jsonb,
