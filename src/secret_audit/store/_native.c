@@ -1274,42 +1274,50 @@ any_value(span v, int depth)
     }
 }
 
+/* Fields 1..n of a message, each length-delimited and there at most once (a message field sent twice
+ * is merged by the generated classes, a string field's last value kept: not the plain form); other
+ * fields are skipped, but `refuse` (a field with strings this does not read and check, 0: none) is
+ * not the plain form either. 1 plain, with has[i] set for each field i + 1 found, else 0. */
+static int
+once_each(span m, uint32_t n, uint32_t refuse, span *out, int *has)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        has[i] = 0;
+    }
+    while (m.p < m.end) {
+        uint32_t field;
+        int wire;
+        if (!tag(&m, &field, &wire) || (refuse && field == refuse)) {
+            return 0;
+        }
+        if (field >= 1 && field <= n) {
+            if (wire != 2 || has[field - 1] || !delimited(&m, &out[field - 1])) {
+                return 0;
+            }
+            has[field - 1] = 1;
+        }
+        else if (!skip(&m, wire)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* One KeyValue into a dict (a later key overwrites, as in _otlp). 1 ok, 0 unsure, -1 error. */
 static int
 key_value(PyObject *into, span kv, int depth)
 {
-    span key = {NULL, NULL}, value = {NULL, NULL};
-    int has_value = 0;
-    while (kv.p < kv.end) {
-        uint32_t field;
-        int wire;
-        if (!tag(&kv, &field, &wire)) {
-            return 0;
-        }
-        if (field == 1 || field == 2) {
-            span inner;
-            if (wire != 2 || !delimited(&kv, &inner) || (field == 2 && has_value)
-                || (field == 1 && key.p != NULL)) {
-                return 0;
-            }
-            if (field == 1) {
-                key = inner;
-            }
-            else {
-                value = inner;
-                has_value = 1;
-            }
-        }
-        else if (!skip(&kv, wire)) {
-            return 0;
-        }
+    span f[2]; /* the key, the value */
+    int has[2];
+    if (!once_each(kv, 2, 0, f, has)) {
+        return 0;
     }
-    PyObject *k = key.p == NULL ? PyUnicode_New(0, 0) : key_text(key);
+    PyObject *k = has[0] ? key_text(f[0]) : PyUnicode_New(0, 0);
     if (k == NULL || k == UNSURE) {
         Py_XDECREF(k);
         return k == NULL ? -1 : 0;
     }
-    PyObject *v = has_value ? any_value(value, depth + 1) : Py_NewRef(Py_None);
+    PyObject *v = has[1] ? any_value(f[1], depth + 1) : Py_NewRef(Py_None);
     if (v == NULL || v == UNSURE) {
         Py_DECREF(k);
         Py_XDECREF(v);
@@ -1364,30 +1372,6 @@ hex_of(span b)
         o[2 * i + 1] = (Py_UCS1)digits[b.p[i] & 15];
     }
     return out;
-}
-
-/* The one occurrence of a singular message field, or 0 when it appears twice (merged: not ours). */
-static int
-singular(span m, uint32_t number, span *out, int *found)
-{
-    *found = 0;
-    while (m.p < m.end) {
-        uint32_t field;
-        int wire;
-        if (!tag(&m, &field, &wire)) {
-            return 0;
-        }
-        if (field == number) {
-            if (wire != 2 || *found || !delimited(&m, out)) {
-                return 0;
-            }
-            *found = 1;
-        }
-        else if (!skip(&m, wire)) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 static PyObject *g_record; /* _otlp.Record */
@@ -1485,31 +1469,14 @@ done:
 static int
 scope_logs(PyObject *out, span m, PyObject *resource)
 {
-    span scope = {NULL, NULL}, name = {NULL, NULL}, version = {NULL, NULL};
-    int found, has_name = 0, has_version = 0;
-    if (!singular(m, 1, &scope, &found)) {
+    span scope = {NULL, NULL}, f[2]; /* the scope; its name and version */
+    int found, has[2];
+    /* 3: the scope's attributes, which this does not read and check */
+    if (!once_each(m, 1, 0, &scope, &found) || !once_each(scope, 2, 3, f, has)) {
         return 0;
     }
-    while (found && scope.p < scope.end) {
-        uint32_t field;
-        int wire;
-        span inner;
-        if (!tag(&scope, &field, &wire)) {
-            return 0;
-        }
-        if ((field == 1 || field == 2) && wire == 2) {
-            if (!delimited(&scope, &inner) || (field == 1 ? has_name : has_version)) {
-                return 0;
-            }
-            *(field == 1 ? &name : &version) = inner;
-            *(field == 1 ? &has_name : &has_version) = 1;
-        }
-        else if (field == 1 || field == 2 || field == 3 || !skip(&scope, wire)) {
-            return 0; /* 3: the scope's attributes, which this does not read and check */
-        }
-    }
-    PyObject *scope_name = has_name ? text(name) : PyUnicode_New(0, 0);
-    PyObject *scope_version = has_version ? text(version) : PyUnicode_New(0, 0);
+    PyObject *scope_name = has[0] ? text(f[0]) : PyUnicode_New(0, 0);
+    PyObject *scope_version = has[1] ? text(f[1]) : PyUnicode_New(0, 0);
     int result = -1;
     if (scope_name == NULL || scope_version == NULL) {
         goto done;
@@ -1536,7 +1503,7 @@ resource_logs(PyObject *out, span m)
 {
     span res = {NULL, NULL};
     int found;
-    if (!singular(m, 1, &res, &found)) {
+    if (!once_each(m, 1, 0, &res, &found)) {
         return 0;
     }
     /* 3: entity references, strings this does not read */
