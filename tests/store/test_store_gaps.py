@@ -205,7 +205,7 @@ def test_upgrade_keeps_old_gap_findings_and_records_fills_they_already_had(pg_ur
                 (stream, stream),
             )
             monkeypatch.undo()
-            assert migrations.migrate(conn) == [2, 3, 4, 5]
+            assert migrations.migrate(conn) == [2, 3, 4, 5, 6]
             rows = conn.execute(
                 "SELECT kind, sequence, range_first, range_last FROM audit_findings ORDER BY id"
             ).fetchall()

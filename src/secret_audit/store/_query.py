@@ -12,6 +12,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from secret_audit.store._rows import event_json
+from secret_audit.store.migrations import HASHED_FILTERS, KEY_HASH
 
 __all__ = ["BadFilter", "Filters", "Page", "and_all", "search", "since", "where_clause"]
 
@@ -58,7 +59,8 @@ class Filters:
         return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in asdict(self).items() if v}
 
     def matches(self, event: dict[str, Any]) -> bool:
-        """Apply the equality filters to an event in memory, for the live stream."""
+        """Apply the equality filters to an event or row in memory: the live stream, and the recheck
+        of rows selected by a value's hash."""
         for name, col in FILTER_COLUMNS.items():
             want = getattr(self, name)
             if want is not None and event.get(col) != want:
@@ -79,13 +81,25 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def where_clause(filters: Filters, scope_tenant: str | None) -> tuple[list[sql.Composable], list[Any]]:
-    """SQL conditions and parameters for the filters, always including the caller's tenant scope."""
+    """SQL conditions and parameters for the filters, always including the caller's tenant scope.
+
+    The secret, principal, end user and client address filters match the value's 64-bit hash, as
+    their indexes do: rows they select must be rechecked with ``Filters.matches``.
+    """
     conds: list[sql.Composable] = []
     params: list[Any] = []
     for name, col in FILTER_COLUMNS.items():
         value = getattr(filters, name)
         if value is not None:
-            conds.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
+            if col in HASHED_FILTERS:
+                # The index keys on the value's hash, hashed bytewise as the column is. Matching the
+                # value too in SQL would make the planner multiply the two selectivities and expect
+                # far too few rows; the caller rechecks the rows instead (see matches).
+                key = sql.SQL(KEY_HASH)
+                conds.append(sql.SQL("{} = {}").format(
+                    key.format(sql.Identifier(col)), key.format(sql.SQL('%s::text COLLATE "C"'))))
+            else:
+                conds.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
             params.append(value)
     if scope_tenant is not None:
         conds.append(sql.SQL("tenant = %s"))
@@ -133,7 +147,7 @@ def since(
     query = sql.SQL("SELECT * FROM audit_events WHERE {} ORDER BY id LIMIT %s").format(and_all(conds))
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, [*params, after_id, limit])
-        return [event_json(r) for r in cur.fetchall()]
+        return [event_json(r) for r in cur.fetchall() if filters.matches(r)]
 
 
 def search(
@@ -163,4 +177,5 @@ def search(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["time"], int(rows[-1]["id"])) if more and rows else None
-    return Page([event_json(r) for r in rows], next_cursor)
+    # a hash collision may leave a page short; the cursor still names the last row read
+    return Page([event_json(r) for r in rows if filters.matches(r)], next_cursor)

@@ -8,7 +8,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["ID_BLOCK", "MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate", "partition_bounds"]
+__all__ = [
+    "HASHED_FILTERS", "ID_BLOCK", "KEY_HASH", "MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate",
+    "partition_bounds",
+]
 
 _CORE = """
 CREATE TABLE audit_events (
@@ -231,8 +234,27 @@ ALTER TABLE audit_events
     ALTER COLUMN client_address TYPE text COLLATE "C";
 """
 
+# 6: the four filter indexes key on a 64-bit hash of the value instead of the text. They serve only
+# equality (and time order within one value), which a hash key keeps; an insert then compares two
+# int8s on its way down instead of text through the collation machinery, and the entries are smaller.
+# The query API selects by the hash and rechecks the value on the rows it reads, so a collision costs
+# a row read, never a wrong row. Measured with varied values, 4 request threads: 38.7k -> 42.9k
+# events/s (8 alternated runs, every pair won).
+HASHED_FILTERS = ("secret_name", "principal", "enduser_id", "client_address")
+KEY_HASH = "hashtextextended({}, 0)"  # the indexes' key expression, as queries must spell it
+_HASHED_KEYS = """
+DROP INDEX audit_events_secret, audit_events_principal, audit_events_enduser, audit_events_client;
+CREATE INDEX audit_events_secret ON audit_events (hashtextextended(secret_name, 0), time);
+CREATE INDEX audit_events_principal ON audit_events (hashtextextended(principal, 0), time)
+    WHERE principal IS NOT NULL;
+CREATE INDEX audit_events_enduser ON audit_events (hashtextextended(enduser_id, 0), time)
+    WHERE enduser_id IS NOT NULL;
+CREATE INDEX audit_events_client ON audit_events (hashtextextended(client_address, 0), time)
+    WHERE client_address IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS), (5, _BYTEWISE),
+    (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS), (5, _BYTEWISE), (6, _HASHED_KEYS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
