@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import math
 import random
 import secrets
@@ -128,6 +129,57 @@ def test_native_finish_recomputes_a_forged_hash():
     rec.attributes["secret.name"] = "changed after hashing"
     a, b, _, _ = _both(rec)
     assert a.computed == b.computed != a.claimed
+
+
+class _Relabelled(Record):
+    """A Record whose body, scope name and resource are not what its slots hold: C must ask, as
+    Python does."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def body(self) -> Any:
+        return "said by the subclass"
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        Record.body.__set__(self, value)  # type: ignore[attr-defined]
+
+    @property  # type: ignore[override]
+    def scope_name(self) -> str:
+        return "subclass.scope"
+
+    @scope_name.setter
+    def scope_name(self, value: str) -> None:
+        Record.scope_name.__set__(self, value)  # type: ignore[attr-defined]
+
+    @property  # type: ignore[override]
+    def resource(self) -> dict[str, Any]:
+        return {"service.name": "subclass-service", "service.namespace": "subclass-tenant"}
+
+    @resource.setter
+    def resource(self, value: dict[str, Any]) -> None:
+        Record.resource.__set__(self, value)  # type: ignore[attr-defined]
+
+
+@needs_native
+def test_native_paths_read_a_subclass_by_its_attributes():
+    # Exactly Record and Prepared are read through their slots; anything else through attributes.
+    plain = _record({})
+
+    def relabelled() -> _Relabelled:
+        return _Relabelled(*(getattr(plain, f.name) for f in dataclasses.fields(Record)))
+
+    a, b = _prepared_both(relabelled(), None)
+    assert a == b
+    a, b = prepare_python(0, relabelled(), None, {}), native.prepare(0, relabelled(), None, {})
+    assert isinstance(a, Prepared)
+    assert isinstance(b, Prepared)
+    assert (b.tenant, b.service_name) == ("subclass-tenant", "subclass-service")
+    assert finish_python(a) == native.finish(b) is None
+    assert (a.computed, a.row) == (b.computed, b.row)
+    assert "said by the subclass" in b.row and "subclass.scope" in b.row
+    assert b.computed != b.claimed  # the hash covers the body the subclass answers
 
 
 # ---- prepare: the contract's checks --------------------------------------------------------------

@@ -23,7 +23,8 @@
  * Record and Prepared are dataclasses with __slots__ whose __init__ only assigns its arguments;
  * running it costs more than the rest of a record's checks. A layout holds each field's slot
  * offset, read from the class's member descriptors, so an instance is allocated and filled
- * directly. A class that is not such a plain slots class keeps its constructor.
+ * directly, and its fields are read and set through the slots instead of an attribute lookup
+ * each. A class that is not such a plain slots class keeps its constructor and its attributes.
  */
 enum { MAX_FIELDS = 16 };
 
@@ -31,12 +32,14 @@ typedef struct {
     PyTypeObject *type; /* NULL: not a plain slots class, call it */
     Py_ssize_t offset[MAX_FIELDS];
     int n;
+    int readable; /* attribute access is the generic one, which the slots then answer alike */
 } layout;
 
 static int
 layout_of(PyObject *cls, const char *const *names, int n, layout *out)
 {
     Py_CLEAR(out->type);
+    out->readable = 0;
     if (!PyType_Check(cls) || n > MAX_FIELDS || ((PyTypeObject *)cls)->tp_dictoffset != 0) {
         return 0;
     }
@@ -58,7 +61,34 @@ layout_of(PyObject *cls, const char *const *names, int n, layout *out)
     }
     out->type = (PyTypeObject *)Py_NewRef(cls);
     out->n = n;
+    out->readable = out->type->tp_getattro == PyObject_GenericGetAttr
+        && out->type->tp_setattro == PyObject_GenericSetAttr;
     return 0;
+}
+
+/* obj's field i (a new reference): from its slot when obj is exactly the layout's plain class and
+   the field is set, else by attribute, which also raises what an unset field raises. */
+static PyObject *
+field(PyObject *obj, const layout *l, int i, PyObject *name)
+{
+    if (l->readable && Py_IS_TYPE(obj, l->type)) {
+        PyObject *v = *(PyObject **)((char *)obj + l->offset[i]);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* Set obj's field i to value, as field() reads it. */
+static int
+set_field(PyObject *obj, const layout *l, int i, PyObject *name, PyObject *value)
+{
+    if (l->readable && Py_IS_TYPE(obj, l->type)) {
+        Py_XSETREF(*(PyObject **)((char *)obj + l->offset[i]), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
 }
 
 /* An instance with these field values (borrowed; the instance takes its own references). */
@@ -91,6 +121,15 @@ static layout g_prepared_layout;
 static const char *const PREPARED_FIELDS[] = {"index", "stream_id", "sequence", "prev", "claimed",
                                               "tenant", "stamp", "service_name", "instance",
                                               "resource_jsonb", "rec", "computed", "row"};
+enum { P_SEQUENCE = 2, P_PREV, P_CLAIMED, P_TENANT, P_STAMP, P_SERVICE_NAME, P_INSTANCE,
+       P_RESOURCE_JSONB, P_REC, P_COMPUTED, P_ROW };
+static PyObject *g_record; /* _otlp.Record */
+static layout g_record_layout;
+static const char *const RECORD_FIELDS[] = {"time_unix_nano", "observed_unix_nano", "severity_number",
+                                            "severity_text", "body", "event_name", "trace_id", "span_id",
+                                            "attributes", "resource", "scope_name", "scope_version"};
+enum { R_TIME_UNIX_NANO, R_OBSERVED_UNIX_NANO, R_SEVERITY_NUMBER, R_SEVERITY_TEXT, R_BODY,
+       R_EVENT_NAME, R_TRACE_ID, R_SPAN_ID, R_ATTRIBUTES, R_RESOURCE, R_SCOPE_NAME, R_SCOPE_VERSION };
 static long long g_epoch_us;   /* _rows._PG_EPOCH_US: PostgreSQL's epoch in Unix microseconds */
 static PyObject *g_stream_key, *g_sequence_key, *g_prev_key, *g_event_key;
 static PyObject *g_typed_set;  /* frozenset of the attributes that have a column */
@@ -166,7 +205,7 @@ replace(PyObject **slot, PyObject *value)
 
 PyDoc_STRVAR(configure_doc,
 "configure(*, dumps, sort_keys, sha256, jsonb, fallback, typed, str_names, empty, hash_key, duration,\n"
-"          prepare, facts, prepared, epoch_us, keys)\n"
+"          prepare, facts, prepared, record, epoch_us, keys)\n"
 "--\n\n"
 "Hand the fast path the Python objects it must agree with, so there is one definition of each.");
 
@@ -176,15 +215,15 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     static char *kwlist[] = {"dumps", "sort_keys", "sha256", "jsonb", "fallback", "typed", "str_names",
                              "empty", "hash_key", "duration", "prepare", "facts", "prepared",
-                             "epoch_us", "keys", NULL};
+                             "record", "epoch_us", "keys", NULL};
     PyObject *dumps, *sort_keys, *sha256, *jsonb, *fallback, *typed, *str_names, *empty, *hash_key,
-        *duration, *prepare, *facts, *prepared, *keys;
+        *duration, *prepare, *facts, *prepared, *record, *keys;
     long long epoch_us;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOO!O!O!UUOOOLO!:configure", kwlist, &dumps,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOO!O!O!UUOOOOLO!:configure", kwlist, &dumps,
                                      &sort_keys, &sha256, &jsonb, &fallback, &PyFrozenSet_Type,
                                      &typed, &PyTuple_Type, &str_names, &PyBytes_Type, &empty,
-                                     &hash_key, &duration, &prepare, &facts, &prepared, &epoch_us,
-                                     &PyTuple_Type, &keys)) {
+                                     &hash_key, &duration, &prepare, &facts, &prepared, &record,
+                                     &epoch_us, &PyTuple_Type, &keys)) {
         return NULL;
     }
     if (PyTuple_GET_SIZE(keys) != 4) {
@@ -211,6 +250,11 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     replace(&g_facts, facts);
     replace(&g_prepared, prepared);
     if (layout_of(prepared, PREPARED_FIELDS, 13, &g_prepared_layout) < 0) {
+        return NULL;
+    }
+    replace(&g_record, record);
+    if (layout_of(record, RECORD_FIELDS, 12, &g_record_layout) < 0) {
+        Py_CLEAR(g_record);
         return NULL;
     }
     g_epoch_us = epoch_us;
@@ -265,10 +309,11 @@ canonical(PyObject *rec, PyObject *attrs)
     Py_DECREF(hashed);
     PyObject *const names[] = {s_body, s_event_name, s_severity_number, s_span_id, s_time_unix_nano,
                                s_trace_id};
+    const int fields[] = {R_BODY, R_EVENT_NAME, R_SEVERITY_NUMBER, R_SPAN_ID, R_TIME_UNIX_NANO, R_TRACE_ID};
     PyObject *const keys[] = {k_body, k_event_name, k_severity_number, k_span_id, k_time_unix_nano,
                               k_trace_id};
     for (size_t i = 0; !failed && i < sizeof(names) / sizeof(names[0]); i++) {
-        PyObject *value = PyObject_GetAttr(rec, names[i]);
+        PyObject *value = field(rec, &g_record_layout, fields[i], names[i]);
         failed = value == NULL || PyDict_SetItem(doc, keys[i], value) < 0;
         Py_XDECREF(value);
     }
@@ -368,11 +413,11 @@ bigint(PyObject *v)
     return overflow ? -1 : n;
 }
 
-/* An attribute of obj by interned name, owned by `keep` until the caller releases it. */
+/* A field of a record, owned by `keep` until the caller releases it. */
 static PyObject *
-get(PyObject *obj, PyObject *name, PyObject **keep, int *n_keep)
+get(PyObject *rec, int i, PyObject *name, PyObject **keep, int *n_keep)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = field(rec, &g_record_layout, i, name);
     if (v != NULL) {
         keep[(*n_keep)++] = v;
     }
@@ -401,7 +446,7 @@ prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *keep[16];
     int n_keep = 0;
     PyObject *result = NULL, *facts = NULL;
-    PyObject *attrs = get(rec, s_attributes, keep, &n_keep);
+    PyObject *attrs = get(rec, R_ATTRIBUTES, s_attributes, keep, &n_keep);
     if (attrs == NULL) {
         goto done;
     }
@@ -445,14 +490,19 @@ prepare(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!same) {
         goto python;
     }
-    PyObject *body = get(rec, s_body, keep, &n_keep);
-    PyObject *t = body == NULL ? NULL : get(rec, s_time_unix_nano, keep, &n_keep);
-    PyObject *observed = t == NULL ? NULL : get(rec, s_observed_unix_nano, keep, &n_keep);
-    PyObject *severity = observed == NULL ? NULL : get(rec, s_severity_number, keep, &n_keep);
-    PyObject *severity_text = severity == NULL ? NULL : get(rec, s_severity_text, keep, &n_keep);
-    PyObject *scope_name = severity_text == NULL ? NULL : get(rec, s_scope_name, keep, &n_keep);
-    PyObject *scope_version = scope_name == NULL ? NULL : get(rec, s_scope_version, keep, &n_keep);
-    PyObject *resource = scope_version == NULL ? NULL : get(rec, s_resource, keep, &n_keep);
+    PyObject *body = get(rec, R_BODY, s_body, keep, &n_keep);
+    PyObject *t = body == NULL ? NULL : get(rec, R_TIME_UNIX_NANO, s_time_unix_nano, keep, &n_keep);
+    PyObject *observed = t == NULL ? NULL
+        : get(rec, R_OBSERVED_UNIX_NANO, s_observed_unix_nano, keep, &n_keep);
+    PyObject *severity = observed == NULL ? NULL
+        : get(rec, R_SEVERITY_NUMBER, s_severity_number, keep, &n_keep);
+    PyObject *severity_text = severity == NULL ? NULL
+        : get(rec, R_SEVERITY_TEXT, s_severity_text, keep, &n_keep);
+    PyObject *scope_name = severity_text == NULL ? NULL
+        : get(rec, R_SCOPE_NAME, s_scope_name, keep, &n_keep);
+    PyObject *scope_version = scope_name == NULL ? NULL
+        : get(rec, R_SCOPE_VERSION, s_scope_version, keep, &n_keep);
+    PyObject *resource = scope_version == NULL ? NULL : get(rec, R_RESOURCE, s_resource, keep, &n_keep);
     if (resource == NULL) {
         goto done;
     }
@@ -564,11 +614,11 @@ finish(PyObject *self, PyObject *p)
     PyObject *rec = NULL, *attrs = NULL, *canon = NULL, *computed = NULL, *row = NULL, *rest = NULL;
     PyObject *result = NULL;
     Py_ssize_t n_str = PyTuple_GET_SIZE(g_str_names);
-    rec = PyObject_GetAttr(p, s_rec);
+    rec = field(p, &g_prepared_layout, P_REC, s_rec);
     if (rec == NULL) {
         goto done;
     }
-    attrs = PyObject_GetAttr(rec, s_attributes);
+    attrs = field(rec, &g_record_layout, R_ATTRIBUTES, s_attributes);
     if (attrs == NULL) {
         goto done;
     }
@@ -636,31 +686,36 @@ finish(PyObject *self, PyObject *p)
     else if ((rest = untyped_rest(attrs)) == NULL) {
         goto done;
     }
+    /* the row's head: the id (drawn later), then fields of p (the prepared facts: stamp, tenant,
+       service, instance) and of rec, each a field index of its class */
     PyObject *const head[] = {NULL, s_stamp, s_time_unix_nano, s_observed_unix_nano, s_event_name,
                               s_severity_number, s_severity_text, s_body, s_trace_id, s_span_id,
                               s_tenant, s_service_name, s_instance, s_scope_name, s_scope_version};
+    const int head_field[] = {0, P_STAMP, R_TIME_UNIX_NANO, R_OBSERVED_UNIX_NANO, R_EVENT_NAME,
+                              R_SEVERITY_NUMBER, R_SEVERITY_TEXT, R_BODY, R_TRACE_ID, R_SPAN_ID,
+                              P_TENANT, P_SERVICE_NAME, P_INSTANCE, R_SCOPE_NAME, R_SCOPE_VERSION};
     for (Py_ssize_t i = 0; i < N_HEAD; i++) {
         PyObject *v;
         if (head[i] == NULL) {
-            v = Py_NewRef(Py_None); /* the id, drawn later */
+            v = Py_NewRef(Py_None);
         }
         else {
-            /* the prepared facts (stamp, tenant, service, instance) come from p, the rest from rec */
             int from_p = head[i] == s_stamp || head[i] == s_tenant || head[i] == s_service_name
                 || head[i] == s_instance;
-            v = PyObject_GetAttr(from_p ? p : rec, head[i]);
+            v = from_p ? field(p, &g_prepared_layout, head_field[i], head[i])
+                       : field(rec, &g_record_layout, head_field[i], head[i]);
             if (v == NULL) {
                 goto done;
             }
         }
         PyList_SET_ITEM(row, i, v);
     }
-    PyObject *seq = PyObject_GetAttr(p, s_sequence);
+    PyObject *seq = field(p, &g_prepared_layout, P_SEQUENCE, s_sequence);
     if (seq == NULL) {
         goto done;
     }
     PyList_SET_ITEM(row, N_HEAD + n_str + 1, seq);
-    PyObject *resource = PyObject_GetAttr(p, s_resource_jsonb);
+    PyObject *resource = field(p, &g_prepared_layout, P_RESOURCE_JSONB, s_resource_jsonb);
     if (resource == NULL) {
         goto done;
     }
@@ -668,7 +723,8 @@ finish(PyObject *self, PyObject *p)
     rest = NULL;
     PyList_SET_ITEM(row, N_HEAD + n_str + 3, resource);
     PyList_SET_ITEM(row, N_HEAD + n_str + 4, Py_NewRef(g_ok));
-    if (PyObject_SetAttr(p, s_computed, computed) < 0 || PyObject_SetAttr(p, s_row, row) < 0) {
+    if (set_field(p, &g_prepared_layout, P_COMPUTED, s_computed, computed) < 0
+        || set_field(p, &g_prepared_layout, P_ROW, s_row, row) < 0) {
         goto done;
     }
     result = Py_NewRef(Py_None);
@@ -852,7 +908,7 @@ walk_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int plain = 1;
     for (Py_ssize_t i = 0; plain == 1 && i < PyList_GET_SIZE(batch); i++) {
         PyObject *p = Py_NewRef(PyList_GET_ITEM(batch, i));
-        PyObject *seq = PyObject_GetAttr(p, s_sequence);
+        PyObject *seq = field(p, &g_prepared_layout, P_SEQUENCE, s_sequence);
         long long n = seq == NULL ? -1 : PyLong_AsLongLong(seq);
         Py_XDECREF(seq);
         PyObject *reason = NULL, *computed = NULL, *claimed = NULL, *prev = NULL;
@@ -868,9 +924,9 @@ walk_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         else if (reason != Py_None) {
             plain = 0; /* refused */
         }
-        else if ((computed = PyObject_GetAttr(p, s_computed)) == NULL
-                 || (claimed = PyObject_GetAttr(p, s_claimed)) == NULL
-                 || (prev = PyObject_GetAttr(p, s_prev)) == NULL) {
+        else if ((computed = field(p, &g_prepared_layout, P_COMPUTED, s_computed)) == NULL
+                 || (claimed = field(p, &g_prepared_layout, P_CLAIMED, s_claimed)) == NULL
+                 || (prev = field(p, &g_prepared_layout, P_PREV, s_prev)) == NULL) {
             plain = -1;
         }
         else {
@@ -1380,11 +1436,6 @@ hex_of(span b)
     return out;
 }
 
-static PyObject *g_record; /* _otlp.Record */
-static layout g_record_layout;
-static const char *const RECORD_FIELDS[] = {"time_unix_nano", "observed_unix_nano", "severity_number",
-                                            "severity_text", "body", "event_name", "trace_id", "span_id",
-                                            "attributes", "resource", "scope_name", "scope_version"};
 
 /* One LogRecord appended to `out` as a Record. 1 ok, 0 unsure, -1 error. */
 static int

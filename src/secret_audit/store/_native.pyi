@@ -16,6 +16,7 @@ def configure(
     prepare: Callable[..., Any],
     facts: Callable[[dict[str, Any]], tuple[str | None, str | None, str | None, str | None, bytes]],
     prepared: type,
+    record: type,
     epoch_us: int,
     keys: tuple[str, str, str, str],
 ) -> None: ...

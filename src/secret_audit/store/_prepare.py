@@ -246,7 +246,7 @@ if _native is not None:
         dumps=orjson.dumps, sort_keys=orjson.OPT_SORT_KEYS, sha256=hashlib.sha256, jsonb=jsonb,
         fallback=finish_python, typed=_TYPED_SET, str_names=_STR_NAMES, empty=JSONB_EMPTY,
         hash_key=_HASH_KEY, duration="audit.duration_ms", prepare=prepare_python,
-        facts=_resource_facts, prepared=Prepared, epoch_us=_PG_EPOCH_US,
+        facts=_resource_facts, prepared=Prepared, record=Record, epoch_us=_PG_EPOCH_US,
         keys=("audit.stream.id", "audit.sequence", "audit.chain.prev", "audit.event.id"),
     )
 
