@@ -22,12 +22,17 @@ Every process settles its heap after decoding (``settle_heap``: freeze what exis
 threshold), as a ``store serve`` process does once started: the pre-decoded batches stand for requests
 a server would hold only while ingesting them, and must not make every full collection walk them.
 
+``--sustain K`` then ingests K segments of ``--events`` events into one growing database per variant,
+store and naive alternating segment by segment, and prints each segment's rates: the fresh database
+of each round shows ingest into a young partition, this shows how it holds up as the table grows
+(``--rounds 0 --sustain 14`` runs only that).
+
 The records' indexed columns (secret, principal, end user, client address) take varied values, as in
 a deployment; ``--same-values`` puts one value in every record, as this benchmark did before
 2026-11-25 evening (PostgreSQL's index upkeep is cheaper then).
 
 Run: ``python benchmarks/bench_store.py [--events 100000] [--rounds 3] [--workers 4] [--processes 2]
-[--process-threads 1] [--same-values]``.
+[--process-threads 1] [--same-values] [--sustain K]``.
 """
 
 from __future__ import annotations
@@ -216,6 +221,8 @@ def main() -> None:
                         help="request threads in each of those processes")
     parser.add_argument("--same-values", action="store_true",
                         help="one secret, principal, end user and client address in every record")
+    parser.add_argument("--sustain", type=int, default=0, metavar="K",
+                        help="then K segments of --events events into one growing database per variant")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = EmbeddedPostgres(base / "pgdata", delete_on_stop=True)
@@ -245,8 +252,12 @@ def main() -> None:
                 procs = f", store in {args.processes} processes {proc_rates[-1]:,.0f}/s" if proc_rates else ""
                 print(f"round {rnd + 1}: store {store_rates[-1]:,.0f}/s, naive {naive_rates[-1]:,.0f}/s, "
                       f"full path {full_rates[-1]:,.0f}/s, decode {decode_rates[-1]:,.0f}/s{procs}")
+            if args.sustain:
+                sustain(admin, url, args.sustain, args.events, args.workers, args.same_values)
     finally:
         server.stop()
+    if not store_rates:
+        return
     store = statistics.median(store_rates)
     naive = statistics.median(naive_rates)
     print(f"OTLP protobuf decode: {statistics.median(decode_rates):,.0f} records/s; "
@@ -257,6 +268,26 @@ def main() -> None:
         multi = statistics.median(proc_rates)
         print(f"store ingest in {args.processes} processes x {args.process_threads} threads: "
               f"{multi:.0f} events/s (ratio to naive {multi / naive:.2f}) (target >= 50000/s)")
+
+
+def sustain(admin: psycopg.Connection[Any], url: str, segments: int, events: int, workers: int,
+            same_values: bool) -> None:
+    """Segments into one growing database per variant, alternating: ingest as the table grows."""
+    store_db, naive_db = fresh_db(admin, url), fresh_db(admin, url)
+    took_store = took_naive = 0.0
+    counted = 0
+    for seg in range(segments):
+        decoded = [decode_protobuf(b) for b in make_batches(events, same_values)]
+        settle_heap()
+        store, naive = run_store(store_db, decoded, workers), run_naive(naive_db, decoded)
+        timed = sum(map(len, decoded[1:]))  # each run leaves its first batch out of the timing
+        counted += timed
+        took_store += timed / store
+        took_naive += timed / naive
+        print(f"segment {seg + 1} (tables at {(seg + 1) * events:,} rows): store {store:,.0f}/s, "
+              f"naive {naive:,.0f}/s, ratio {store / naive:.2f}")
+    print(f"sustained over {segments * events:,} events: store {counted / took_store:.0f} events/s, naive "
+          f"{counted / took_naive:.0f} events/s, ratio {took_naive / took_store:.2f} (target >= 50000/s)")
 
 
 def run_full(conninfo: str, pbs: list[bytes], workers: int) -> float:
