@@ -1436,7 +1436,6 @@ hex_of(span b)
     return out;
 }
 
-
 /* One LogRecord appended to `out` as a Record. 1 ok, 0 unsure, -1 error. */
 static int
 log_record(PyObject *out, span m, PyObject *resource, PyObject *scope_name, PyObject *scope_version)
