@@ -41,17 +41,30 @@ def template_db(pg_url: str) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-def db_url(pg_url: str, template_db: str) -> Iterator[str]:
-    """A fresh, migrated database for one test, dropped afterwards."""
-    name = "sa_t_" + uuid.uuid4().hex[:10]
+@contextlib.contextmanager
+def _database(pg_url: str, prefix: str, template: str = "template1") -> Iterator[str]:
+    name = prefix + uuid.uuid4().hex[:10]
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
         yield make_conninfo(pg_url, dbname=name)
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    with _database(pg_url, "sa_t_", template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def bare_db_url(pg_url: str) -> Iterator[str]:
+    """A fresh database without the schema, for upgrade tests that migrate it step by step."""
+    with _database(pg_url, "sa_up_") as url:
+        yield url
 
 
 @pytest.fixture

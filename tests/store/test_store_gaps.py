@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from secret_audit.cli import main
 
@@ -178,44 +175,37 @@ def test_tenant_scoped_auditor_sees_only_its_gaps(client, tokens):
     assert [(f["stream_id"], f["open_ranges"]) for f in resp["findings"]] == [(sid(acme), [[2, 2]])]
 
 
-def test_upgrade_keeps_old_gap_findings_and_records_fills_they_already_had(pg_url, monkeypatch):
+def test_upgrade_keeps_old_gap_findings_and_records_fills_they_already_had(bare_db_url, monkeypatch):
     """A schema 1 database: gap ranges only in `detail`, late records already stored without a trace."""
     from secret_audit.store import migrations
     from secret_audit.store._ingest import Ingestor
     from secret_audit.store._otlp import decode_protobuf
 
-    name = "sa_up_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with psycopg.connect(make_conninfo(pg_url, dbname=name), autocommit=True) as conn:
-            monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-            assert migrations.migrate(conn) == [1]
-            recs = chained(8)
-            stream = sid(recs)
-            assert Ingestor().ingest(conn, decode_protobuf(to_protobuf(recs))).accepted == 8
-            # what schema 1 left behind: 2..4 was a gap (2 filled late since), 6 too (filled since)
-            conn.execute("SET session_replication_role = replica")
-            conn.execute("DELETE FROM audit_events WHERE sequence IN (3, 4)")
-            conn.execute("SET session_replication_role = origin")
-            conn.execute(
-                "INSERT INTO audit_findings (stream_id, kind, sequence, detail) VALUES "
-                "(%s, 'gap', 5, 'sequence 2..4 missing before this record'), "
-                "(%s, 'gap', 7, 'sequence 6..6 missing before this record')",
-                (stream, stream),
-            )
-            monkeypatch.undo()
-            assert migrations.migrate(conn) == [2, 3, 4, 5, 6]
-            rows = conn.execute(
-                "SELECT kind, sequence, range_first, range_last FROM audit_findings ORDER BY id"
-            ).fetchall()
-            assert rows == [("gap", 5, None, None), ("gap", 7, None, None),
-                            ("gap_filled", 2, 2, 2), ("gap_filled", 6, 6, 6)]
-            from secret_audit.store._gaps import open_gaps
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        assert migrations.migrate(conn) == [1]
+        recs = chained(8)
+        stream = sid(recs)
+        assert Ingestor().ingest(conn, decode_protobuf(to_protobuf(recs))).accepted == 8
+        # what schema 1 left behind: 2..4 was a gap (2 filled late since), 6 too (filled since)
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM audit_events WHERE sequence IN (3, 4)")
+        conn.execute("SET session_replication_role = origin")
+        conn.execute(
+            "INSERT INTO audit_findings (stream_id, kind, sequence, detail) VALUES "
+            "(%s, 'gap', 5, 'sequence 2..4 missing before this record'), "
+            "(%s, 'gap', 7, 'sequence 6..6 missing before this record')",
+            (stream, stream),
+        )
+        monkeypatch.undo()
+        assert migrations.migrate(conn) == [2, 3, 4, 5, 6]
+        rows = conn.execute(
+            "SELECT kind, sequence, range_first, range_last FROM audit_findings ORDER BY id"
+        ).fetchall()
+        assert rows == [("gap", 5, None, None), ("gap", 7, None, None),
+                        ("gap_filled", 2, 2, 2), ("gap_filled", 6, 6, 6)]
+        from secret_audit.store._gaps import open_gaps
 
-            assert [(g.first, g.last, g.ranges) for g in open_gaps(conn)] == [(2, 4, [(3, 4)])]
-            assert migrations.migrate(conn) == []  # and again: nothing more
-            assert conn.execute("SELECT count(*) FROM audit_findings").fetchone() == (4,)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        assert [(g.first, g.last, g.ranges) for g in open_gaps(conn)] == [(2, 4, [(3, 4)])]
+        assert migrations.migrate(conn) == []  # and again: nothing more
+        assert conn.execute("SELECT count(*) FROM audit_findings").fetchone() == (4,)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from secret_audit._internal import chain
 from secret_audit.store import _query, migrations
@@ -136,34 +133,27 @@ def test_hashed_filter_estimates_rows_as_the_value_does(db_url):
         assert 250 <= estimate <= 350  # 300 rows have it
 
 
-def test_upgrade_to_hashed_keys_rebuilds_the_filter_indexes_of_every_partition(pg_url, monkeypatch):
-    name = "sa_up_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with psycopg.connect(make_conninfo(pg_url, dbname=name), autocommit=True) as conn:
-            monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
-            assert migrations.migrate(conn) == [1, 2, 3, 4, 5]
-            ingest = Ingestor()
-            old, prev = chained(2, **_attrs(True)), chain.GENESIS
-            for r in old:  # 40 days back: a second partition
-                r["time_unix_nano"] -= 40 * 86400 * 10**9
-                r["attributes"]["audit.chain.prev"] = prev
-                prev = rehash(r)
-            recs = old + chained(2, **_attrs(True)) + chained(3, **_attrs(False))
-            result = ingest.ingest(conn, decode_protobuf(to_protobuf(recs)))
-            assert (result.accepted, result.findings) == (7, [])
-            monkeypatch.undo()
-            assert migrations.migrate(conn) == [6]
-            defs = [r[0] for r in conn.execute(
-                "SELECT indexdef FROM pg_indexes WHERE tablename LIKE 'audit_events_p%%' "
-                "AND indexdef LIKE '%%hashtextextended%%'").fetchall()]
-            assert len(defs) == 8  # four filters on each of the two partitions
-            for name_, (column, wanted, _other) in HASHED.items():
-                assert sum(f"hashtextextended({column}, " in d for d in defs) == 2
-                page = search(conn, Filters(**{name_: wanted}), None)
-                assert len(page.events) == 4
-                assert {e[column] for e in page.events} == {wanted}
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def test_upgrade_to_hashed_keys_rebuilds_the_filter_indexes_of_every_partition(bare_db_url, monkeypatch):
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
+        assert migrations.migrate(conn) == [1, 2, 3, 4, 5]
+        ingest = Ingestor()
+        old, prev = chained(2, **_attrs(True)), chain.GENESIS
+        for r in old:  # 40 days back: a second partition
+            r["time_unix_nano"] -= 40 * 86400 * 10**9
+            r["attributes"]["audit.chain.prev"] = prev
+            prev = rehash(r)
+        recs = old + chained(2, **_attrs(True)) + chained(3, **_attrs(False))
+        result = ingest.ingest(conn, decode_protobuf(to_protobuf(recs)))
+        assert (result.accepted, result.findings) == (7, [])
+        monkeypatch.undo()
+        assert migrations.migrate(conn) == [6]
+        defs = [r[0] for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename LIKE 'audit_events_p%%' "
+            "AND indexdef LIKE '%%hashtextextended%%'").fetchall()]
+        assert len(defs) == 8  # four filters on each of the two partitions
+        for name, (column, wanted, _other) in HASHED.items():
+            assert sum(f"hashtextextended({column}, " in d for d in defs) == 2
+            page = search(conn, Filters(**{name: wanted}), None)
+            assert len(page.events) == 4
+            assert {e[column] for e in page.events} == {wanted}

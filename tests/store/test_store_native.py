@@ -131,35 +131,20 @@ def test_native_finish_recomputes_a_forged_hash():
     assert a.computed == b.computed != a.claimed
 
 
+def _answering(name: str, value: Any) -> property:
+    """A property that answers `value` for a Record field, while the field's slot keeps what is set."""
+    return property(lambda self: value, lambda self, v: getattr(Record, name).__set__(self, v))
+
+
 class _Relabelled(Record):
     """A Record whose body, scope name and resource are not what its slots hold: C must ask, as
     Python does."""
 
     __slots__ = ()
-
-    @property  # type: ignore[override]
-    def body(self) -> Any:
-        return "said by the subclass"
-
-    @body.setter
-    def body(self, value: Any) -> None:
-        Record.body.__set__(self, value)  # type: ignore[attr-defined]
-
-    @property  # type: ignore[override]
-    def scope_name(self) -> str:
-        return "subclass.scope"
-
-    @scope_name.setter
-    def scope_name(self, value: str) -> None:
-        Record.scope_name.__set__(self, value)  # type: ignore[attr-defined]
-
-    @property  # type: ignore[override]
-    def resource(self) -> dict[str, Any]:
-        return {"service.name": "subclass-service", "service.namespace": "subclass-tenant"}
-
-    @resource.setter
-    def resource(self, value: dict[str, Any]) -> None:
-        Record.resource.__set__(self, value)  # type: ignore[attr-defined]
+    body = _answering("body", "said by the subclass")  # type: ignore[assignment]
+    scope_name = _answering("scope_name", "subclass.scope")  # type: ignore[assignment]
+    resource = _answering(  # type: ignore[assignment]
+        "resource", {"service.name": "subclass-service", "service.namespace": "subclass-tenant"})
 
 
 @needs_native
