@@ -694,19 +694,13 @@ finish(PyObject *self, PyObject *p)
     const int head_field[] = {0, P_STAMP, R_TIME_UNIX_NANO, R_OBSERVED_UNIX_NANO, R_EVENT_NAME,
                               R_SEVERITY_NUMBER, R_SEVERITY_TEXT, R_BODY, R_TRACE_ID, R_SPAN_ID,
                               P_TENANT, P_SERVICE_NAME, P_INSTANCE, R_SCOPE_NAME, R_SCOPE_VERSION};
+    const unsigned char from_p[] = {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0};
     for (Py_ssize_t i = 0; i < N_HEAD; i++) {
-        PyObject *v;
-        if (head[i] == NULL) {
-            v = Py_NewRef(Py_None);
-        }
-        else {
-            int from_p = head[i] == s_stamp || head[i] == s_tenant || head[i] == s_service_name
-                || head[i] == s_instance;
-            v = from_p ? field(p, &g_prepared_layout, head_field[i], head[i])
-                       : field(rec, &g_record_layout, head_field[i], head[i]);
-            if (v == NULL) {
-                goto done;
-            }
+        PyObject *v = head[i] == NULL ? Py_NewRef(Py_None)
+            : from_p[i] ? field(p, &g_prepared_layout, head_field[i], head[i])
+                        : field(rec, &g_record_layout, head_field[i], head[i]);
+        if (v == NULL) {
+            goto done;
         }
         PyList_SET_ITEM(row, i, v);
     }
