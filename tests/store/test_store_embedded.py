@@ -10,12 +10,12 @@ import psycopg
 from secret_audit.store._embedded import SETTINGS, EmbeddedPostgres
 
 
-def _shown(uri: str, names: list[str], want: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
+def _shown(uri: str, want: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
     # pg_reload_conf() only signals the server: a backend started a moment later may not see it yet
     deadline = time.monotonic() + timeout
     while True:
         with psycopg.connect(uri, autocommit=True) as conn:
-            got = {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}  # type: ignore[index]
+            got = {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in want}  # type: ignore[index]
         if got == want or time.monotonic() > deadline:
             return got
         time.sleep(0.1)
@@ -25,9 +25,9 @@ def test_a_new_data_directory_gets_the_ingest_settings_and_stays_durable(tmp_pat
     server = EmbeddedPostgres(tmp_path / "pgdata", delete_on_stop=True)
     uri = server.start()
     try:
-        assert _shown(uri, list(SETTINGS), SETTINGS) == SETTINGS
+        assert _shown(uri, SETTINGS) == SETTINGS
         durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
-        assert _shown(uri, list(durable), durable) == durable
+        assert _shown(uri, durable) == durable
     finally:
         server.stop()
 
@@ -45,6 +45,6 @@ def test_an_owners_change_survives_a_restart(tmp_path: Path):
     uri = again.start()
     try:
         want = {"max_wal_size": "2GB", "min_wal_size": "1GB"}  # the owner's, and ours where they left it
-        assert _shown(uri, list(want), want) == want
+        assert _shown(uri, want) == want
     finally:
         again.stop()
