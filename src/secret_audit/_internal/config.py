@@ -23,6 +23,9 @@ EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
 FAILURE_MODES = ("open", "closed")
 PROTOCOLS = ("grpc", "http/protobuf")
+# The sources a per-source setting may name: anything else is a typo that would silently apply
+# the default to the source the user meant.
+SOURCES = ("redis", "gcp_secret_manager")
 ACCESS_PATHS = ("internal", "external")
 
 DEFAULT_REDIS_KEY_PATTERNS = (
@@ -77,6 +80,8 @@ class Settings:
     export_retry_timeout_ms: int = 60000
     shutdown_timeout_ms: int = 10000
     spool_dir: str | None = None
+    # True when spool_dir is the per-user default rather than the user's own choice.
+    spool_default: bool = False
     spool_max_bytes: int = 256 * 1024 * 1024
     failure_mode: str = "open"
     failure_modes: tuple[tuple[str, str], ...] = ()
@@ -189,10 +194,42 @@ def _failure_modes(name: str, raw: str) -> tuple[str, tuple[tuple[str, str], ...
         if mode not in FAILURE_MODES or (sep and not source.strip()):
             raise ConfigurationError(name, raw, allowed)
         if sep:
+            if source.strip() not in SOURCES:
+                known = ", ".join(SOURCES)
+                raise ConfigurationError(name, raw, f"{allowed}; {source.strip()!r} is not one of {known}")
             per_source.append((source.strip(), mode))
         else:
             default = mode
     return default, tuple(per_source)
+
+
+def _spool_dir(
+    env: Mapping[str, str], exporter: str, encoder: str, protocol: str, endpoint: str | None
+) -> tuple[str | None, bool]:
+    """The spool folder (None: no spool) and whether it is the per-user default."""
+    name = PREFIX + "SPOOL_DIR"
+    raw = env.get(name)
+    if raw is not None and raw.strip().lower() == "off":
+        return None, False
+    usable = exporter == "otlp" and encoder == "fast"
+    if raw is not None:
+        directory = _directory(name, raw)
+        if not usable:
+            raise ConfigurationError(
+                name, raw, f"'off' unless {PREFIX}EXPORTER=otlp and {PREFIX}ENCODER=fast (the spool keeps "
+                "our encoded OTLP requests)"
+            )
+        return directory, False
+    if not usable:
+        return None, False
+    from secret_audit._internal.spooldir import default_spool_dir
+
+    target, _ = resolve_endpoint(protocol, endpoint, env)
+    headers = "\n".join(
+        env.get(n, "") for n in ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS",
+                                 PREFIX + "EXPORTER_OTLP_HEADERS")
+    )
+    return default_spool_dir(protocol, target, headers, env), True
 
 
 def _directory(name: str, raw: str) -> str:
@@ -204,12 +241,52 @@ def _directory(name: str, raw: str) -> str:
     return str(path)
 
 
-def _default_protocol(env: Mapping[str, str]) -> str:
-    for name in ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+def _protocol(env: Mapping[str, str]) -> tuple[str, str]:
+    """The audit exporter's protocol and the variable that chose it.
+
+    Our own endpoint setting names one place, the audit store or a collector's OTLP/HTTP port:
+    it keeps ``http/protobuf`` unless our own protocol setting says otherwise. The generic
+    ``OTEL_EXPORTER_OTLP_PROTOCOL`` (which a distro sets to grpc) is for the generic endpoint.
+    """
+    names = [PREFIX + "EXPORTER_OTLP_PROTOCOL"]
+    if not env.get(PREFIX + "EXPORTER_OTLP_ENDPOINT"):
+        names += ["OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+    for name in names:
         raw = env.get(name)
-        if raw:
-            return _choice(PROTOCOLS)(name, raw)
-    return "http/protobuf"
+        if raw is not None and (raw.strip() or name.startswith(PREFIX)):
+            return _choice(PROTOCOLS)(name, raw), name
+    return "http/protobuf", "the default"
+
+
+def resolve_endpoint(protocol: str, override: str | None, env: Mapping[str, str]) -> tuple[str, str]:
+    """The audit exporter's endpoint as the SDK's log exporter would resolve it, and its variable."""
+    if override:
+        return override, PREFIX + "EXPORTER_OTLP_ENDPOINT"
+    logs = env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    if logs:
+        return logs, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if protocol == "grpc":
+        return base or "http://localhost:4317", "OTEL_EXPORTER_OTLP_ENDPOINT"
+    return (base or "http://localhost:4318").rstrip("/") + "/v1/logs", "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+def _check_endpoint(protocol: str, chosen_by: str, override: str | None, env: Mapping[str, str]) -> None:
+    """Refuse a protocol the endpoint cannot speak, rather than lose every record at run time."""
+    from urllib.parse import urlsplit
+
+    endpoint, variable = resolve_endpoint(protocol, override, env)
+    path = urlsplit(endpoint if "://" in endpoint else "//" + endpoint).path
+    if protocol == "grpc" and path not in ("", "/"):
+        raise ConfigurationError(
+            variable, endpoint,
+            f"an endpoint without a path for gRPC (the protocol is grpc, from {chosen_by}); "
+            f"{path!r} is an OTLP/HTTP path: set {PREFIX}EXPORTER_OTLP_PROTOCOL=http/protobuf",
+        )
+    if protocol == "http/protobuf" and path in ("", "/"):
+        raise ConfigurationError(
+            variable, endpoint, "a full OTLP/HTTP logs URL with its path, e.g. http://host:4318/v1/logs"
+        )
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -224,6 +301,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     no_modes: tuple[tuple[str, str], ...] = ()
     failure_mode, failure_modes = _read(env, "FAILURE_MODE", _failure_modes, ("open", no_modes))
+    protocol, chosen_by = _protocol(env)
+    exporter = _read(env, "EXPORTER", _choice(EXPORTERS), "otlp")
+    endpoint = _read(env, "EXPORTER_OTLP_ENDPOINT", _text, None)
+    if exporter == "otlp":
+        _check_endpoint(protocol, chosen_by, endpoint, env)
+    encoder = _read(env, "ENCODER", _choice(ENCODERS), "fast")
+    spool_dir, spool_default = _spool_dir(env, exporter, encoder, protocol, endpoint)
     return Settings(
         enabled=_read(env, "ENABLED", _bool, True),
         redis_key_patterns=_read(env, "REDIS_KEY_PATTERNS", _patterns, DEFAULT_REDIS_KEY_PATTERNS),
@@ -235,12 +319,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         principal=_read(env, "PRINCIPAL", _text, None),
         default_access_path=_read(env, "DEFAULT_ACCESS_PATH", _choice(ACCESS_PATHS), "internal"),
         spans=_read(env, "SPANS", _choice(SPAN_MODES), "in_trace"),
-        encoder=_read(env, "ENCODER", _choice(ENCODERS), "fast"),
+        encoder=encoder,
         echo=_read(env, "ECHO", _bool, False),
-        exporter=_read(env, "EXPORTER", _choice(EXPORTERS), "otlp"),
-        otlp_endpoint=_read(env, "EXPORTER_OTLP_ENDPOINT", _text, None),
-        otlp_protocol=_read(env, "EXPORTER_OTLP_PROTOCOL", _choice(PROTOCOLS), "")
-        or _default_protocol(env),
+        exporter=exporter,
+        otlp_endpoint=endpoint,
+        otlp_protocol=protocol,
         otlp_headers=_read(env, "EXPORTER_OTLP_HEADERS", _text, None),
         queue_size=queue_size,
         queue_full_timeout_ms=_read(env, "QUEUE_FULL_TIMEOUT_MS", _int_range(0, 600_000), 2000),
@@ -250,7 +333,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "EXPORT_RETRY_TIMEOUT_MS", _int_range(0, 86_400_000), 60000
         ),
         shutdown_timeout_ms=_read(env, "SHUTDOWN_TIMEOUT_MS", _int_range(0, 600_000), 10000),
-        spool_dir=_read(env, "SPOOL_DIR", _directory, None),
+        spool_dir=spool_dir,
+        spool_default=spool_default,
         spool_max_bytes=_read(env, "SPOOL_MAX_BYTES", _int_range(1 << 20, 1 << 40), 256 * 1024 * 1024),
         failure_mode=failure_mode,
         failure_modes=failure_modes,

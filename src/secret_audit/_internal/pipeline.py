@@ -23,9 +23,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from secret_audit._internal import chain
-from secret_audit._internal.config import Settings
+from secret_audit._internal.config import PREFIX, Settings
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.export import audit_resource, build_sink
+from secret_audit._internal.export import audit_resource, build_sink, preload_sink
 from secret_audit._internal.otlp import AuditTail, RecordData, encode_attributes
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import FastSink, Sink
@@ -172,16 +172,16 @@ class AuditPipeline:
         self._cap = settings.queue_size
         self._wake_at = max(1, settings.batch_size)
         self._closed = False
+        # Resource detection runs on a thread pool, which refuses work once the interpreter has
+        # begun to exit: a three-line script's records are built then, so detect now.
+        self._fallback_resource = None if _has_resource(tracer_provider) else audit_resource(tracer_provider)
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         atexit.register(_at_exit, ref)
         if settings.handle_sigterm:
             _install_sigterm()
-        if exporter is None and settings.exporter == "otlp" and settings.encoder == "fast":
-            from secret_audit._internal.senders import preload
-
-            preload(settings.otlp_protocol)
+        preload_sink(settings, exporter)
         if settings.spool_dir:
             from secret_audit._internal.spool import Spool
 
@@ -214,6 +214,8 @@ class AuditPipeline:
         self._courier: _Courier | None = None
         self._spool: Spool | None = None
         self._spool_failed = False
+        # Set at exit while the endpoint is failing: what is left goes to the spool, not the wire.
+        self._spool_only = False
         self._next_replay = 0.0
         self._replay_delay = 0.2
         self.degraded = False
@@ -336,20 +338,33 @@ class AuditPipeline:
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Flush what is queued within the shutdown timeout, then stop the worker and sink."""
+        """Flush what is queued within the shutdown timeout, then stop the worker and sink.
+
+        While the endpoint is failing, what is left is spooled at once instead of waiting out the
+        timeout; what can be neither sent nor spooled in time is reported on stderr.
+        """
         if self._closed:
             return
         limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
-        self.flush(limit)
+        spooling = self.settings.spool_dir is not None and not self._spool_failed
+        if self.degraded and spooling:
+            self._spool_only = True
+        flushed = self.flush(limit)
+        if not flushed and spooling and not self._spool_only:
+            self._spool_only = True
+            flushed = self.flush(_SPOOL_GRACE)
         self._closed = True
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(limit)
+            thread.join(limit if flushed else 0.5)
+        if not flushed:
+            self._report_abandoned()
         if self._courier is not None:
             self._courier.close()
         if self._spool is not None:
+            self._say_spooled(self._spool)
             self._spool.close()
         sink = self._sink
         if sink is not None:
@@ -357,6 +372,33 @@ class AuditPipeline:
                 sink.close()
             except Exception:
                 _log.debug("audit sink close failed", exc_info=True)
+
+    def _say_spooled(self, spool: Spool) -> None:
+        """At exit, tell operators what waits on disk and how it leaves."""
+        waiting = spool.stats()
+        if not waiting["records"]:
+            return
+        problem = getattr(self._sink, "problem", None)
+        _log.warning(
+            "secret-audit: %s wait in the spool %s%s; they are sent when a process with these settings "
+            "starts again, or now with: secret-audit spool replay %s",
+            _records(waiting["records"]), spool.directory, f" ({problem})" if problem else "",
+            spool.directory,
+        )
+
+    def _report_abandoned(self) -> None:
+        """At exit, say on stderr what was neither exported nor spooled: it cannot reach the stream."""
+        waiting = sum(len(a.items) if a.items is not None else 1 for a in list(self._dq)
+                      if not isinstance(a, _Marker))
+        unsent = len(self._batch_seqs) + (len(self._inflight[1]) if self._inflight else 0)
+        if waiting or unsent:
+            problem = getattr(self._sink, "problem", None)
+            _log.error(
+                "secret-audit: lost %s at exit (%d accesses not yet built, %d records not yet sent)%s: "
+                "the shutdown timeout (%s) passed; %s",
+                _records(waiting + unsent), waiting, unsent, f" ({problem})" if problem else "",
+                PREFIX + "SHUTDOWN_TIMEOUT_MS", _FIX_LOSS,
+            )
 
     # ---- worker -------------------------------------------------------------------------------
 
@@ -432,7 +474,10 @@ class AuditPipeline:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._tracer = provider.get_tracer(SCOPE, __version__)
         if self._sink is None:
-            resource = audit_resource(self._tracer_provider)
+            if self._fallback_resource is not None and not _has_resource(self._tracer_provider):
+                resource = self._fallback_resource
+            else:
+                resource = audit_resource(self._tracer_provider)
             self._sink = build_sink(self.settings, resource, SCOPE, __version__, self._custom_exporter)
             self._open_spool()
         return self._tracer, self._sink
@@ -442,7 +487,8 @@ class AuditPipeline:
         if directory is None or self._spool is not None or self._spool_failed:
             return
         if not isinstance(self._sink, FastSink):
-            _log.warning("secret-audit: the spool needs the fast OTLP exporter; not spooling")
+            if not self.settings.spool_default:  # the default spool does not apply to custom exporters
+                _log.warning("secret-audit: the spool needs the fast OTLP exporter; not spooling")
             self._spool_failed = True
             return
         try:
@@ -717,18 +763,31 @@ class AuditPipeline:
             spool = self._spool
             if spool is None or not spool.pending():
                 # Sent on the courier thread: the next batch is built while this one is on the wire.
-                if self._courier is None:
-                    self._courier = _Courier(sink)
-                self._courier.start(body)
-                self._inflight = (body, seqs, tickets)
-                return
-            durable = self._spool_or_retry(sink, body, seqs)
+                courier = self._courier or self._new_courier(sink)
+                if courier is not None and not self._spool_only:
+                    courier.start(body)
+                    self._inflight = (body, seqs, tickets)
+                    return
+            if self._spool_only and spool is not None:
+                durable = self._spool_or_retry(sink, body, seqs)
+            elif spool is None or not spool.pending():
+                durable = self._deliver_body_with_retry(sink, body, seqs)
+            else:
+                durable = self._spool_or_retry(sink, body, seqs)
         else:
             durable = self._deliver_with_retry(sink)
             sink.discard()
             if durable:
                 self.exported += len(seqs)
         self._after_export(durable, seqs, tickets)
+
+    def _new_courier(self, sink: FastSink) -> _Courier | None:
+        """The sender thread, or None where no thread may start (at exit, from Python 3.12 on)."""
+        try:
+            self._courier = _Courier(sink)
+        except RuntimeError:
+            return None
+        return self._courier
 
     def _settle(self) -> None:
         """Wait for the batch in flight and do its bookkeeping: retry, spool, tickets, loss reports."""
@@ -784,11 +843,14 @@ class AuditPipeline:
         with self._lock:
             self.lost_export += count
             self._lost_ranges.append((first, last))
+        problem = getattr(self._sink, "problem", None)
         _log.error(
-            "secret-audit: lost %d audit records (sequence %d..%d): the exporter kept failing",
-            count,
+            "secret-audit: lost %s (sequence %d..%d): the exporter kept failing%s; %s",
+            _records(count),
             first,
             last,
+            f" ({problem})" if problem else "",
+            _FIX_LOSS,
         )
 
     def _spool_or_retry(self, sink: FastSink, body: bytes, seqs: list[int]) -> bool:
@@ -857,7 +919,7 @@ class AuditPipeline:
     def _replay(self) -> None:
         """Send spooled requests oldest first, several per request; stop at the first failure."""
         spool, sink = self._spool, self._sink
-        if spool is None or not isinstance(sink, FastSink):
+        if spool is None or not isinstance(sink, FastSink) or self._spool_only:
             return
         try:
             while True:
@@ -951,6 +1013,22 @@ class _Courier:
             self._results.put(_safe_send(self._sink, body))
 
 
+_FIX_LOSS = (
+    "fix the endpoint, and keep the spool on (OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR) so that an "
+    "outage is waited out on disk"
+)
+
+
+def _records(count: int) -> str:
+    return f"{count} audit record{'' if count == 1 else 's'}"
+
+
+def _has_resource(provider: TracerProvider | None) -> bool:
+    from opentelemetry.sdk.resources import Resource
+
+    return isinstance(getattr(provider or trace.get_tracer_provider(), "resource", None), Resource)
+
+
 def _safe_deliver(sink: Sink) -> str:
     try:
         return str(sink.deliver())
@@ -1002,6 +1080,8 @@ def _worst(records: list[dict[str, Any]]) -> str:
 
 
 _SLICE = 64
+# At exit, after the shutdown timeout, how long writing what is left to the spool may take.
+_SPOOL_GRACE = 5.0
 # Spooled requests replayed together in one request, up to this size (the store takes 16 MiB).
 _REPLAY_BYTES = 4 * 1024 * 1024
 
