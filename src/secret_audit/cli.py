@@ -14,7 +14,7 @@ __all__ = ["build_parser", "main"]
 _FILTERS = (
     ("secret", "secret name (secret.name)"),
     ("source", "secret source (redis, gcp_secret_manager, ...)"),
-    ("operation", "read, write, delete, metadata or admin"),
+    ("operation", "read, write, delete, metadata, admin or unknown"),
     ("outcome", "success, not_found, denied or error"),
     ("principal", "service principal (audit.principal)"),
     ("enduser", "end user (enduser.id)"),

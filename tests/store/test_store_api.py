@@ -191,3 +191,16 @@ def test_stream_resumes_after_last_event_id(server_url, tokens):
     bad = httpx.get(f"{server_url}/api/audit-logs/stream", headers={**tokens.header("auditor"),
                                                                      "Last-Event-ID": "x"})
     assert bad.status_code == 400
+
+
+def test_the_unknown_operation_is_stored_and_filtered_like_any_other(client, tokens):
+    """Redis commands outside the command table are recorded with audit.operation ``unknown``."""
+    ingest(client, tokens, chained(2, secret="mod-key", **{"audit.operation": "unknown",
+                                                           "audit.action": "MYMODULE.GET"}))
+    ingest(client, tokens, chained(1, secret="other"))
+    h = tokens.header("auditor")
+    events = client.get("/api/audit-logs", params={"operation": "unknown"}, headers=h).json()["events"]
+    assert len(events) == 2
+    assert {(e["secret_name"], e["operation"], e["action"]) for e in events} == {
+        ("mod-key", "unknown", "MYMODULE.GET")
+    }

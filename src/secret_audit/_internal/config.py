@@ -62,6 +62,7 @@ class Settings:
     enabled: bool = True
     redis_key_patterns: tuple[str, ...] = DEFAULT_REDIS_KEY_PATTERNS
     redis_key_patterns_case_sensitive: bool = False
+    redis_unknown_commands: str = "audit"
     hash_names: bool = False
     hmac_key: bytes | None = field(default=None, repr=False)
     principal: str | None = None
@@ -314,6 +315,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_key_patterns_case_sensitive=_read(
             env, "REDIS_KEY_PATTERNS_CASE_SENSITIVE", _bool, False
         ),
+        redis_unknown_commands=_read(env, "REDIS_UNKNOWN_COMMANDS", _choice(("audit", "ignore")), "audit"),
         hash_names=hash_names,
         hmac_key=_hmac_key(env, hash_names),
         principal=_read(env, "PRINCIPAL", _text, None),

@@ -61,6 +61,7 @@ _VERB = {
     "delete": ("Secret deleted", "from"),
     "metadata": ("Secret metadata read", "from"),
     "admin": ("Secret administered", "on"),
+    "unknown": ("Secret touched by an unclassified command", "in"),
 }
 _FAILED = {
     "read": "Secret access failed",
