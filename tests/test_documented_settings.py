@@ -69,7 +69,7 @@ class Run:
 
 
 def launch(redis_url: str, tmp_path: Path, *, grpc: bool = False, endpoint: str | None = None,
-           **env: str) -> Run:
+           args: tuple[str, ...] = (), **env: str) -> Run:
     prefix, value = secrets.token_hex(4), "canary-" + secrets.token_hex(12)
     receiver = otlp_grpc_receiver if grpc else otlp_receiver
     with otlp_receiver() as spans_rx, receiver() as rx:
@@ -86,7 +86,7 @@ def launch(redis_url: str, tmp_path: Path, *, grpc: bool = False, endpoint: str 
         full.update(env)
         proc = subprocess.run(
             [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "settings_app.py"),
-             prefix, value], env=full, capture_output=True, text=True, timeout=120, check=False)
+             prefix, value, *args], env=full, capture_output=True, text=True, timeout=120, check=False)
         run = Run(proc.returncode, proc.stdout, proc.stderr, rx.audit_records(), list(spans_rx.spans),
                   list(rx.headers), list(rx.raw), prefix, value)
     for line in proc.stdout.splitlines():
@@ -222,6 +222,12 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Check]] = {
         r.returncode != 0 and "AuditUnavailableError" in r.stderr or pytest.fail(r.stderr))),
     (P + "FAIL_CLOSED_TIMEOUT_MS", "*"): ({P + "FAILURE_MODE": "closed", P + "FAIL_CLOSED_TIMEOUT_MS": "3000"},
                                           lambda r, t: default_trail(r)),
+    (P + "REDIS_UNKNOWN_COMMANDS", "audit"): ({P + "REDIS_UNKNOWN_COMMANDS": "audit", "args": ["--unknown"]},
+                                              lambda r, t: (
+        r.actions()[-1] == ("VAULTMOD.READ", f"secret:{r.prefix}") and attr(r, "audit.operation") >= {"unknown"}
+        or pytest.fail(str(r.actions())))),
+    (P + "REDIS_UNKNOWN_COMMANDS", "ignore"): ({P + "REDIS_UNKNOWN_COMMANDS": "ignore", "args": ["--unknown"]},
+                                               lambda r, t: default_trail(r)),
     (P + "SHUTDOWN_TIMEOUT_MS", "*"): ({P + "SHUTDOWN_TIMEOUT_MS": "600000", "endpoint": DEAD}, lambda r, t: (
         r.returncode == 0 and spooled_under(t / "state") == 5 or pytest.fail(r.stderr))),
 }
@@ -255,6 +261,7 @@ def test_documented_value_end_to_end(case, redis_url, tmp_path):
     env, check = CASES[case]
     env = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in env.items()}
     grpc = bool(env.pop("grpc", False))
+    args = tuple(env.pop("args", ()))
     endpoint = env.pop("endpoint", None)
-    run = launch(redis_url, tmp_path, grpc=grpc, endpoint=endpoint, **env)
+    run = launch(redis_url, tmp_path, grpc=grpc, endpoint=endpoint, args=args, **env)
     check(run, tmp_path)

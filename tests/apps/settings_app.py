@@ -21,6 +21,11 @@ client.set(f"plain:{prefix}", value)
 client.get(f"SECRET:{prefix}")
 with trace.get_tracer("settings-app").start_as_current_span("request"):
     client.get(f"secret:{prefix}")
+if "--unknown" in sys.argv:  # a module's command the server does not know
+    try:
+        client.execute_command("VAULTMOD.READ", f"secret:{prefix}")
+    except redis.ResponseError:
+        pass
 
 from secret_audit._internal.pipeline import peek_pipeline  # noqa: E402
 
