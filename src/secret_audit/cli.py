@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--archive", nargs="+", metavar="FILE",
                         help="check retention archives (.jsonl.gz) instead of the database")
+    verify.add_argument("--allow-empty", action="store_true",
+                        help="exit 0 even with nothing to verify (no stream, or no record in the window)")
 
     retention = sub.add_parser("retention", help="archive and drop partitions past the retention period")
     rsub = retention.add_subparsers(dest="retention_command", required=True)
