@@ -113,11 +113,14 @@ def test_migrate_creates_the_store_that_read_commands_then_open():
     # which the embedded server's own user then cannot traverse
     base = Path(tempfile.mkdtemp(prefix="sa-migrate-"))
     embedded_dir = base / "pgdata"
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    # no XDG_RUNTIME_DIR, as for root in a container: no platformdirs warning either
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "XDG_RUNTIME_DIR")}
     env["OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR"] = str(embedded_dir)
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert "Warning" not in proc.stderr
+        return proc
 
     try:
         made = cli("store", "migrate")

@@ -16,6 +16,7 @@ import orjson
 import psycopg
 
 from secret_audit._internal.config import ConfigurationError
+from secret_audit.store import _client, _layout
 from secret_audit.store.config import STORE, StoreConfig, default_data_dir, load_store_config
 
 __all__ = ["run"]
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_store_config()
         handler = _HANDLERS[args.command]
         return handler(args, config)
-    except (ConfigurationError, _NoStore) as exc:
+    except (ConfigurationError, _NoStore, _client.StoreUnusable) as exc:
         return _err(str(exc))
     except psycopg.Error as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -183,15 +184,11 @@ def _tokens(args: argparse.Namespace, config: StoreConfig) -> int:
             print(raw)
             return 0
         if args.tokens_command == "list":
-            from rich.console import Console
-            from rich.table import Table
-
-            table = Table("id", "name", "role", "tenant", "created", "revoked")
-            for t in tokens.list_tokens(conn):
-                table.add_row(t["token_id"], t["name"], t["role"], t["tenant"] or "",
-                              f"{t['created_at']:%Y-%m-%d %H:%M}",
-                              f"{t['revoked_at']:%Y-%m-%d %H:%M}" if t["revoked_at"] else "")
-            Console().print(table)
+            rows = [{**t, "created_at": f"{t['created_at']:%Y-%m-%d %H:%M}",
+                     "revoked_at": f"{t['revoked_at']:%Y-%m-%d %H:%M}" if t["revoked_at"] else None}
+                    for t in tokens.list_tokens(conn)]
+            _layout.table(rows, (("id", "token_id"), ("name", "name"), ("role", "role"), ("tenant", "tenant"),
+                                 ("created", "created_at"), ("revoked", "revoked_at")))
             return 0
         if tokens.revoke_token(conn, args.token_id):
             print(f"revoked {args.token_id}")
@@ -331,90 +328,12 @@ def _retention(args: argparse.Namespace, config: StoreConfig) -> int:
     return 0
 
 
-def _client_settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    url = (args.url or os.environ.get(STORE + "URL") or "http://127.0.0.1:4318").rstrip("/")
-    token = os.environ.get(args.token_env)
-    if not token:
-        raise ConfigurationError(args.token_env, "",
-                                 "a bearer token (make one with `secret-audit tokens create`)")
-    return url, {"Authorization": f"Bearer {token}"}
-
-
-def _filter_params(args: argparse.Namespace) -> dict[str, str]:
-    params = {}
-    for name in ("secret", "source", "operation", "outcome", "principal", "enduser", "client_address",
-                 "trace_id", "event_name", "stream_id", "tenant", "start", "end"):
-        value = getattr(args, name, None)
-        if value is not None:
-            params[name] = value
-    return params
-
-
-_COLUMNS = ("time", "secret_name", "secret_source", "operation", "action", "outcome", "principal",
-            "enduser_id", "client_address", "integrity")
-
-
 def _query(args: argparse.Namespace, config: StoreConfig) -> int:
-    import httpx
-
-    url, headers = _client_settings(args)
-    params: dict[str, Any] = {**_filter_params(args), "limit": min(max(args.limit, 1), 1000)}
-    events: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        while True:
-            resp = client.get("/api/audit-logs", params=params)
-            if resp.status_code != 200:
-                return _err(f"{resp.status_code} {_detail(resp)}")
-            page = resp.json()
-            events += page["events"]
-            if args.json:
-                for e in page["events"]:
-                    print(orjson.dumps(e).decode())
-            if not args.all or not page["next_cursor"]:
-                break
-            params["cursor"] = page["next_cursor"]
-    if not args.json:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*_COLUMNS)
-        for e in events:
-            table.add_row(*(str(e.get(c) or "") for c in _COLUMNS))
-        Console().print(table)
-    return 0
-
-
-def _detail(resp: Any) -> str:
-    try:
-        return str(resp.json().get("detail") or resp.json().get("message"))
-    except ValueError:
-        return str(resp.text[:200])
+    return _client.query(args)
 
 
 def _tail(args: argparse.Namespace, config: StoreConfig) -> int:
-    import httpx
-
-    url, headers = _client_settings(args)
-    params: dict[str, Any] = _filter_params(args)
-    if args.max_events:
-        params["max_events"] = args.max_events
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30, read=None)) as client, \
-                client.stream("GET", "/api/audit-logs/stream", params=params) as resp:
-            if resp.status_code != 200:
-                resp.read()
-                return _err(f"{resp.status_code} {_detail(resp)}")
-            for line in resp.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                event = orjson.loads(line[6:])
-                if args.json:
-                    print(orjson.dumps(event).decode(), flush=True)
-                else:
-                    print("  ".join(str(event.get(c) or "-") for c in _COLUMNS), flush=True)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return _client.tail(args)
 
 
 _HANDLERS = {
