@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hn.add_argument("names", nargs="+", help="secret names (Redis keys or GCP secret ids)")
 
+    spool = sub.add_parser("spool", help="see and drain a spool an app left while its endpoint was down")
+    psub = spool.add_subparsers(dest="spool_command", required=True)
+    where = "the spool directory (the app's OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR)"
+    status = psub.add_parser("status", help="records, bytes, the oldest entry and the streams waiting")
+    status.add_argument("directory", help=where)
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    replay = psub.add_parser("replay", help="send what waits to the endpoint the app's settings name, oldest "
+                                            "first and once, also beside running apps")
+    replay.add_argument("directory", help=where)
+
     store = sub.add_parser("store", help="run or migrate the audit store")
     ssub = store.add_subparsers(dest="store_command", required=True)
     serve = ssub.add_parser("serve", help="serve OTLP/HTTP ingest and the query API")
@@ -147,6 +157,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"secret-audit: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "spool":  # the base package is enough: it runs where the app runs
+        from secret_audit._internal import spool_cli
+
+        return spool_cli.run(args)
     try:
         from secret_audit.store import _cli
     except ImportError as exc:  # pragma: no cover - depends on the install
