@@ -272,3 +272,21 @@ def test_a_closed_pipe_ends_the_output_quietly(server_url, tokens):
     proc.wait(30)
     assert "Traceback" not in err
     assert "BrokenPipe" not in err
+
+
+def test_archives_that_are_not_archives_are_one_line(tmp_path):
+    import gzip
+
+    garbage = tmp_path / "garbage.jsonl.gz"
+    garbage.write_text("not gzip")
+    assert_one_line_error(cli("verify", "--archive", str(garbage)), str(garbage), "not a readable retention archive")
+    other = tmp_path / "other.jsonl.gz"
+    other.write_bytes(gzip.compress(b'{"a": 1}\n'))
+    assert_one_line_error(cli("verify", "--archive", str(other)), str(other), "not a readable retention archive")
+    empty = tmp_path / "empty.jsonl.gz"
+    empty.write_bytes(gzip.compress(b""))
+    proc = cli("verify", "--archive", str(empty))
+    assert proc.returncode == 1
+    assert "no audit records in the archives: nothing to verify" in proc.stderr
+    assert "OK" not in proc.stdout
+    assert cli("verify", "--archive", str(empty), "--allow-empty").returncode == 0

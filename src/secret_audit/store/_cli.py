@@ -223,7 +223,14 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         missing = [p for p in args.archive if not Path(p).is_file()]
         if missing:
             return _err(f"no such archive: {missing[0]}")
-        return _report(verify_archives([Path(p) for p in args.archive]), args.json)
+        try:
+            archived = verify_archives([Path(p) for p in args.archive])
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            return _err(f"cannot verify {', '.join(args.archive)}: not a readable retention archive "
+                        f"({type(exc).__name__}: {exc})")
+        if archived.rows == 0 and not args.allow_empty:
+            return _nothing("no audit records in the archives")
+        return _report(archived, args.json)
     start, end = _when(args.start, "--start"), _when(args.end, "--end")
     with _owner(config) as conn:
         conds, params = where_clause(Filters(start=start, end=end), args.tenant)
@@ -247,12 +254,17 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         )
         empty = None if args.allow_empty else _nothing_verified(conn, start, end, args.tenant)
     if empty is not None:
-        print(f"secret-audit: {empty}: nothing to verify (--allow-empty accepts that)", file=sys.stderr)
         if args.json:
             doc = {**report.as_dict(), "ok": False, "empty": True}
             print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-        return 1
+        return _nothing(empty)
     return _report(report, args.json, gaps)
+
+
+def _nothing(reason: str) -> int:
+    """A verify run that checked nothing: said, and not a pass."""
+    print(f"secret-audit: {reason}: nothing to verify (--allow-empty accepts that)", file=sys.stderr)
+    return 1
 
 
 def _nothing_verified(conn: psycopg.Connection[Any], start: dt.datetime | None, end: dt.datetime | None,

@@ -7,6 +7,7 @@ server, an error answer) ends in one line on stderr and exit 2, never a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,6 +132,12 @@ def tail(args: argparse.Namespace) -> int:
     if args.max_events:
         params["max_events"] = args.max_events
     layout = args.format or _layout.default("line")
+    with contextlib.suppress(KeyboardInterrupt):  # the usual way to stop following
+        _follow(url, headers, params, layout)
+    return 0
+
+
+def _follow(url: str, headers: dict[str, str], params: dict[str, Any], layout: str | None) -> None:
     shown = 0
     with _reaching(url), httpx.Client(base_url=url, headers=headers,
                                       timeout=httpx.Timeout(30, read=None)) as client, \
@@ -151,4 +158,3 @@ def tail(args: argparse.Namespace) -> int:
                 _layout.vertical([event], shown)
             else:
                 _layout.line(event)
-    return 0
