@@ -355,3 +355,25 @@ def test_the_claim_of_a_killed_process_is_released(tmp_path, mode):
         spool.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_canary_values_reach_neither_the_spool_nor_the_commands_output(tmp_path, redis_url):
+    from test_canary import assert_no_canary, new_canary
+
+    spool, canary = tmp_path / "spool", new_canary()
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = launch(dead, redis_url, str(HERE / "apps" / "sa_canary_app.py"), "secret:canary:" + secrets.token_hex(4),
+                 canary, OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=dead + "/v1/logs", **_app_env(spool))
+    assert app.returncode == 0, app.stderr
+    assert _rows(spool) >= 1
+    assert_no_canary(b"".join(f.read_bytes() for f in spool.iterdir()).decode("latin-1"), canary)  # db, WAL
+    status = cli("spool", "status", str(spool))
+    status_json = cli("spool", "status", str(spool), "--json")
+    with otlp_receiver() as rx:
+        replayed = cli("spool", "replay", str(spool), endpoint=rx.url + "/v1/logs")
+        assert replayed.returncode == 0, replayed.stderr
+        assert len(rx.audit_records()) > 10
+        sent = b"".join(rx.raw).decode("latin-1")
+    for proc in (status, status_json, replayed):
+        assert_no_canary(proc.stdout + proc.stderr, canary)
+    assert_no_canary(sent, canary)

@@ -124,8 +124,8 @@ class Spool:
 
     def oldest(self, max_bytes: int = 0) -> list[SpooledBatch]:
         """The next requests to replay, in the order they were spooled: as many as fit in
-        ``max_bytes`` together, and always at least one if any waits. None while another holds
-        the replay claim: this takes it, and the caller gives it back with ``release``."""
+        ``max_bytes`` together, and always at least one if any waits. Nothing while another process
+        holds the replay claim: this takes it, and the caller gives it back with ``release``."""
         if not self.claim():
             return []
         rows = self._conn.execute(
@@ -164,7 +164,13 @@ class Spool:
         """
         if self._claim is not None:
             return True
-        fd = os.open(self._claim_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self._claim_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # replaying without the claim beats never replaying
+            _log.warning("secret-audit: cannot take the audit spool's replay claim %s (%s); replaying "
+                         "without it, so a process sharing the spool may send a request again",
+                         self._claim_path, exc)
+            return True
         if not _lock(fd):
             os.close(fd)
             return False
@@ -185,7 +191,7 @@ class Spool:
         try:
             fd = os.open(self._claim_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return False  # never replayed from outside the app that made it, or only by this version
+            return False  # nobody has ever taken the claim on this spool
         try:
             free = _lock(fd)
             if free:
