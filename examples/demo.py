@@ -324,8 +324,9 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         if app.returncode != 0:
             raise RuntimeError(f"the app exited with {app.returncode}:\n{echo_file.read_text()[-3000:]}")
 
-        # The trail as the store holds it, through its query API (auditor token), as JSON lines.
-        query = store.cli("query", "--event-name", "secret.access", "--all", "--limit", "1000", "--json")
+        # The trail as the store holds it, through its query API (auditor token), as JSON lines, oldest first.
+        query = store.cli("query", "--event-name", "secret.access", "--all", "--limit", "1000", "--order", "asc",
+                          "--json")
         if query.returncode != 0:
             raise RuntimeError(f"secret-audit query failed: {query.stderr}")
         trail_file = workdir / "audit-trail.jsonl"
@@ -380,8 +381,9 @@ def main() -> int:
         actions = ", ".join(f"{e['secret_source']}:{e['action']}" for e in events if e["trace_id"] == trace_id)
         print(f"  {trace_id}  {result.spans_by_trace.get(trace_id, 0)} spans  ({actions})")
     print("\nFile copies of the trail:")
-    print(f"  {result.trail_file}  JSON lines, one stored event each, written by `secret-audit query --all --json`"
-          " from the store (in production the collector's `file` exporter keeps the rotated copy)")
+    print(f"  {result.trail_file}  JSON lines, one stored event each, oldest first, written by "
+          "`secret-audit query --all --order asc --json` from the store (in production the collector's `file` "
+          "exporter keeps the rotated copy)")
     print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
     print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "
           "have been stopped.")

@@ -58,7 +58,7 @@ def test_query_through_the_api(server_url, tokens, monkeypatch, capsys):
     assert main(["query", "--url", server_url, "--secret", "api-key", "--json"]) == 0
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["sequence"] for e in lines] == [3, 2, 1]
-    assert main(["query", "--url", server_url, "--secret", "api-key", "--limit", "1", "--all"]) == 0
+    assert main(["query", "--url", server_url, "--secret", "api-key", "--limit", "1", "--all", "--format", "table"]) == 0
     table = capsys.readouterr().out
     assert table.count("api-key") == 3
     monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", tokens["ingest"])

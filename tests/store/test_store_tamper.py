@@ -127,5 +127,6 @@ def test_cli_reports_the_first_break(trail, forced, db_url, monkeypatch, capsys)
 
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["first_break"]["kind"] == "modified"
-    # a window that excludes every row verifies clean
-    assert main(["verify", "--end", "2000-01-01T00:00:00Z"]) == 0
+    # a window that excludes every row has nothing to verify: not OK unless that is accepted
+    assert main(["verify", "--end", "2000-01-01T00:00:00Z"]) == 1
+    assert main(["verify", "--end", "2000-01-01T00:00:00Z", "--allow-empty"]) == 0

@@ -944,6 +944,8 @@ class AuditPipeline:
         except Exception:
             _log.exception("secret-audit: replaying the audit spool failed")
             self._next_replay = time.monotonic() + self._replay_delay
+        finally:
+            spool.release()  # oldest() took the spool's replay claim
 
     def _replay_one_by_one(self, spool: Spool, sink: FastSink, batches: list[SpooledBatch]) -> str:
         """A refused combined request: find which spooled requests the endpoint refuses."""

@@ -15,7 +15,9 @@ from secret_audit.store._ingest import Ingestor, IngestResult
 from secret_audit.store._otlp import Record
 from secret_audit.version import __version__
 
-__all__ = ["Chainer", "SelfAudit", "severity_for"]
+__all__ = ["STORE_SERVICE", "Chainer", "SelfAudit", "severity_for"]
+
+STORE_SERVICE = "secret-audit-store"  # service.name of the store's own stream
 
 _SEVERITY = {
     "success": (9, "INFO"),
@@ -85,7 +87,7 @@ class SelfAudit(Chainer):
     """The store's own trail: each query, stream, verify and refusal is written before the answer."""
 
     def __init__(self, ingestor: Ingestor) -> None:
-        super().__init__(ingestor, {"service.name": "secret-audit-store"})
+        super().__init__(ingestor, {"service.name": STORE_SERVICE})
 
     def record(
         self,

@@ -10,7 +10,7 @@ from psycopg import sql
 
 __all__ = [
     "HASHED_FILTERS", "ID_BLOCK", "KEY_HASH", "MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate",
-    "partition_bounds",
+    "partition_bounds", "schema_version",
 ]
 
 _CORE = """
@@ -279,6 +279,15 @@ def migrate(conn: psycopg.Connection[Any], app_role: str = "secret_audit_app") -
         if app_role:
             _grant(conn, app_role)
     return applied
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The store's schema version without changing anything: 0 where no store was ever created."""
+    row = conn.execute("SELECT to_regclass('audit_schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM audit_schema_migrations").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _grant(conn: psycopg.Connection[Any], role: str) -> None:
