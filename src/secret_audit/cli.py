@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=between(1, 64),
                        help="server processes sharing the port (default $..._STORE_WORKERS or 1)")
     ssub.add_parser("migrate", help="create or upgrade the schema, then exit")
+    wait = ssub.add_parser("wait", help="wait until the store at --url answers ready, for scripts")
+    wait.add_argument("--url", help="the store (default $..._STORE_URL or http://127.0.0.1:4318)")
+    wait.add_argument("--timeout", type=between(1, 3600), default=60, help="seconds (default 60)")
 
     tokens = sub.add_parser("tokens", help="manage bearer tokens for the store")
     tsub = tokens.add_subparsers(dest="tokens_command", required=True)

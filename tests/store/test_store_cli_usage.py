@@ -85,6 +85,8 @@ USER_ERRORS = [
     (["tokens", "create", "--role", "admin"], ["--name"]),
     (["frobnicate"], ["frobnicate"]),
     (["query", "--url", CLOSED, "--bogus"], ["--bogus"]),
+    (["store", "wait", "--url", CLOSED, "--timeout", "1"], ["was not ready within 1 s", CLOSED]),
+    (["store", "wait", "--timeout", "0"], ["--timeout", "0"]),
 ]
 
 

@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace, config: StoreConfig) -> int:
+    if args.store_command == "wait":
+        return _client.wait(args)
     if args.store_command == "migrate":
         from secret_audit.store.migrations import SCHEMA_VERSION
 

@@ -21,7 +21,7 @@ from secret_audit._internal.config import ConfigurationError
 from secret_audit.store import _layout
 from secret_audit.store.config import STORE
 
-__all__ = ["StoreUnusable", "query", "tail"]
+__all__ = ["StoreUnusable", "query", "tail", "wait"]
 
 _FILTERS = ("secret", "source", "operation", "outcome", "principal", "enduser", "client_address",
             "trace_id", "event_name", "stream_id", "tenant", "start", "end")
@@ -48,6 +48,26 @@ def _settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         raise ConfigurationError(args.token_env, "",
                                  "a bearer token (make one with `secret-audit tokens create`)")
     return url.rstrip("/"), {"Authorization": f"Bearer {token}"}
+
+
+def wait(args: argparse.Namespace) -> int:
+    """Until the store answers ready (its database too), so scripts can start it in the background."""
+    import time
+
+    url = (args.url or os.environ.get(STORE + "URL") or "http://127.0.0.1:4318").rstrip("/")
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while True:
+        try:
+            resp = httpx.get(f"{url}/readyz", timeout=2)
+            if resp.status_code == 200:
+                return 0
+            last = f"HTTP {resp.status_code}"
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            last = str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise StoreUnusable(f"the store at {url} was not ready within {args.timeout:g} s ({last})")
+        time.sleep(0.2)
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
