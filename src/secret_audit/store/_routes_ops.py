@@ -41,6 +41,12 @@ def mount(app: FastAPI, api: Api) -> None:
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
         out["live_streams"] = store.hub.active
         out["pid"] = os.getpid()  # the counters above are this process's (store serve --workers N)
+        out["settings"] = {  # what this process runs with, as operators set it (never the database URL)
+            "native": store.ingestor.native, "pool_size": store.config.pool_size,
+            "ingest_concurrency": store.config.ingest_concurrency, "non_audit": store.config.non_audit,
+            "max_body_bytes": store.config.max_body_bytes, "app_role": store.role or None,
+            "workers": store.config.workers,
+        }
         recorded = {str(k): int(n) for k, n in kinds}
         # open problems: a gap counts while any of its sequences is still missing; fills are not problems
         problems = {k: n for k, n in recorded.items() if k not in ("gap", "gap_filled")}
