@@ -252,7 +252,9 @@ def test_every_documented_value_has_a_test():
     for name, files in ELSEWHERE.items():
         for file in files:
             text = (ROOT / file).read_text()
-            assert name in text or name.removeprefix(P) in text, f"{file} does not set {name}"
+            short = name.removeprefix(P)
+            assert name in text or short in text or f'"{short.removeprefix("STORE_")}"' in text, (
+                f"{file} does not set {name}")
     stale = {k for k in CASES if k[0] not in documented()}
     assert not stale, f"cases for settings the docs do not list: {stale}"
 
