@@ -8,10 +8,8 @@ import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
@@ -20,7 +18,8 @@ from secret_audit._internal import chain
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
 from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, preparer
-from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event, time_of_stamp
+from secret_audit.store._results import ROW_TIME, Finding, IngestResult
+from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
 
 try:
@@ -43,9 +42,6 @@ _CODES = bytes(
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY's header: signature, flags, no extension
 _TRAILER = b"\xff\xff"
 _CHUNK = 64  # rows per write: about 40 kB, so the server digests the rows while the next are made
-_JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
-_ROW_COLUMNS = ("id", *COLUMNS)
-_ROW_TIME = 1 + COLUMNS.index("time")
 _DAY_US = 86_400_000_000
 _BY_SEQUENCE = operator.attrgetter("sequence")
 # The request's streams: registered if new, locked, their heads read; plus the commit's clock and the
@@ -73,53 +69,6 @@ FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
     AS u(stream_id, seq, hash, stored, findings)
 WHERE a.stream_id = u.stream_id
 """
-
-
-@dataclass(slots=True)
-class Finding:
-    """An integrity problem seen on ingest or by the verifier, with its evidence."""
-
-    stream_id: str
-    kind: str
-    sequence: int | None
-    detail: str
-    tenant: str | None = None
-    expected: str | None = None
-    actual: str | None = None
-    range_first: int | None = None  # gap: the missing sequences; gap_filled: the ones that arrived late
-    range_last: int | None = None
-
-
-@dataclass
-class IngestResult:
-    """What one request did: the counts feed OTLP partial success, /stats and the live stream."""
-
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    dropped_non_audit: int = 0
-    errors: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as sent to COPY
-    received_at: Any = None
-
-    def events(self) -> list[dict[str, Any]]:
-        """The stored rows in the API's JSON form, built on demand for live subscribers."""
-        out = []
-        for row in self.rows:
-            values = dict(zip(_ROW_COLUMNS, row, strict=True))
-            for i in _JSON_SLOTS:
-                values[_ROW_COLUMNS[i]] = orjson.loads(row[i][1:])
-            values["time"] = time_of_stamp(row[_ROW_TIME])
-            values["received_at"] = self.received_at
-            out.append(event_json(values))
-        return out
-
-    def reject(self, index: int, reason: str) -> None:
-        """Count one refused record and keep the first few reasons for the response."""
-        self.rejected += 1
-        if len(self.errors) < 5:
-            self.errors.append(f"record {index}: {reason}")
 
 
 class Ingestor:
@@ -263,7 +212,7 @@ class Ingestor:
                 _insert_findings(conn, result.findings)
             if live is not None and live.wanted and rows:
                 # delivered with the commit, to the other store processes' live streams
-                stamps = [r[_ROW_TIME] for r in rows]
+                stamps = [r[ROW_TIME] for r in rows]
                 bounds = [time_of_stamp(min(stamps)), time_of_stamp(max(stamps))]
                 for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
