@@ -44,30 +44,40 @@ _TRAILER = b"\xff\xff"
 _CHUNK = 64  # rows per write: about 40 kB, so the server digests the rows while the next are made
 _DAY_US = 86_400_000_000
 _BY_SEQUENCE = operator.attrgetter("sequence")
-# The request's streams: registered if new, locked, their heads read; plus the commit's clock and the
-# first id of each block of ids the request needs. The sequence steps by a block (schema version 4:
-# ID_BLOCK); its step is read with the ids, so any step gives unique ids.
+# The request's streams, in one round trip of pipelined statements: each stream locked (an advisory
+# lock per stream, taken in key order so that concurrent requests cannot deadlock; the app role may not
+# lock rows), registered if new (audit_streams is append-only: a stream's tenant is its first
+# record's), then their tenants and heads read (a head is the stream's latest audit_stream_heads row),
+# with the commit's clock and the first id of each block of ids the request needs. The sequence steps
+# by a block (schema version 4: ID_BLOCK); its step is read with the ids, so any step gives unique ids.
+_LOCK = """
+SELECT count(pg_advisory_xact_lock(7461628, k))
+FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest(%s::text[]) AS s ORDER BY 1) AS keys
+"""
+_REGISTER = """
+INSERT INTO audit_streams (stream_id, tenant, service_name)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
+ON CONFLICT (stream_id) DO NOTHING
+"""
 _HEADS = """
-WITH heads AS (
-    INSERT INTO audit_streams (stream_id, tenant, service_name)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
-    ON CONFLICT (stream_id) DO UPDATE SET stream_id = EXCLUDED.stream_id
-    RETURNING stream_id, tenant, last_sequence::text, last_hash
-)
 SELECT now(), step,
        array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, (%s + step - 1) / step)),
-       (SELECT array_agg(ARRAY[stream_id, tenant, last_sequence, last_hash]) FROM heads)
+       (SELECT array_agg(ARRAY[s.stream_id, s.tenant, coalesce(h.last_sequence, 0)::text,
+                               coalesce(h.last_hash, ''), coalesce(h.record_count, 0)::text,
+                               coalesce(h.findings, 0)::text])
+        FROM audit_streams s
+        LEFT JOIN LATERAL (
+            SELECT last_sequence, last_hash, record_count, findings FROM audit_stream_heads h
+            WHERE h.stream_id = s.stream_id ORDER BY h.id DESC LIMIT 1
+        ) h ON true
+        WHERE s.stream_id = ANY(%s::text[]))
 FROM (SELECT seqincrement AS step FROM pg_sequence WHERE seqrelid = 'audit_events_id_seq'::regclass) s
 """
-# Each stream's head moves forward (never back: late records fill gaps below it) and its counts grow.
+# Each stream's new head (it moves forward, never back: late records fill gaps below it) and its counts
+# so far, appended to the history.
 _ADVANCE = """
-UPDATE audit_streams AS a
-SET last_sequence = greatest(a.last_sequence, u.seq),
-    last_hash = CASE WHEN u.seq >= a.last_sequence THEN u.hash ELSE a.last_hash END,
-    record_count = a.record_count + u.stored, findings = a.findings + u.findings, last_seen = now()
-FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
-    AS u(stream_id, seq, hash, stored, findings)
-WHERE a.stream_id = u.stream_id
+INSERT INTO audit_stream_heads (stream_id, last_sequence, last_hash, record_count, findings)
+SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
 """
 
 
@@ -148,17 +158,16 @@ class Ingestor:
         with conn.pipeline() if own else contextlib.nullcontext():
             if own:
                 conn.execute("BEGIN")
+            conn.execute(_LOCK, (streams,))
+            conn.execute(_REGISTER, (streams, [p.tenant for p in first], [p.service_name for p in first]))
             drawn = conn.execute(
-                _HEADS,
-                (streams, [p.tenant for p in first], [p.service_name for p in first],
-                 sum(len(ps) for ps in by_stream.values())),
-                binary=True,
+                _HEADS, (sum(len(ps) for ps in by_stream.values()), streams), binary=True
             ).fetchone()
         assert drawn is not None
-        state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[3]}
+        state = {r[0]: (r[1], int(r[2]), r[3], int(r[4]), int(r[5])) for r in drawn[3]}
         walks: list[_Walk] = []
         for s in streams:
-            tenant, head_seq, head_hash = state[s]
+            tenant, head_seq, head_hash, _, _ = state[s]
             kept = []
             for p in sorted(by_stream[s], key=_BY_SEQUENCE):
                 if p.tenant != tenant:
@@ -202,7 +211,8 @@ class Ingestor:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
                 per_stream[f.stream_id] += 1
         updates = [
-            (w.stream, w.head_seq, w.head_hash, w.stored, per_stream[w.stream])
+            (w.stream, w.head_seq, w.head_hash, state[w.stream][3] + w.stored,
+             state[w.stream][4] + per_stream[w.stream])
             for w in walks
             if w.stored or w.head_seq != w.start_seq
         ]

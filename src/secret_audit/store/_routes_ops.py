@@ -32,7 +32,7 @@ def mount(app: FastAPI, api: Api) -> None:
             streams = conn.execute(
                 sql.SQL(
                     "SELECT stream_id, tenant, service_name, last_sequence, record_count, findings, "
-                    "last_seen FROM audit_streams {} ORDER BY last_seen DESC LIMIT 1000"
+                    "last_seen FROM audit_stream_state {} ORDER BY last_seen DESC LIMIT 1000"
                 ).format(scope),
                 params,
             ).fetchall()

@@ -212,7 +212,7 @@ def verify(
         str(r[0]): (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
         for r in conn.execute(
             "SELECT stream_id, last_sequence, last_hash, record_count, archived_count, archived_through, "
-            "archived_hash FROM audit_streams"
+            "archived_hash FROM audit_stream_state"
         )
     }
     seen: set[str] = set()

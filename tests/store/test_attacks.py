@@ -1,0 +1,137 @@
+"""The attack suite: each test is one attack on the store, run against a real PostgreSQL, and what refuses
+or detects it. Run it alone with ``pytest tests/store/test_attacks.py``.
+
+The signed-checkpoint attacks (a forged insert by the app role, a cut tail, a re-chained stream, a
+deleted stream) are the signing half's, with `verify --public-key` and `--against`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from psycopg.conninfo import make_conninfo
+
+from secret_audit.store._ingest import Ingestor
+from secret_audit.store._otlp import decode_protobuf
+from secret_audit.store._query import Filters, search
+from secret_audit.store.migrations import migrate
+
+from .records import chained, to_protobuf
+
+PB = {"Content-Type": "application/x-protobuf"}
+DAY_NS = 86400 * 10**9
+# Every table verify reads: what the app role may do there, and a column to try an UPDATE on.
+VERIFY_READS = {
+    "audit_events": ({"SELECT", "INSERT"}, "id"),
+    "audit_findings": ({"SELECT", "INSERT"}, "detail"),
+    "audit_streams": ({"SELECT", "INSERT"}, "stream_id"),
+    "audit_stream_heads": ({"SELECT", "INSERT"}, "last_hash"),
+    "audit_stream_archives": ({"SELECT"}, "archived_hash"),
+    "audit_retention_log": ({"SELECT"}, "archive"),
+    "audit_tokens": ({"SELECT"}, "token_id"),
+}
+
+
+def sid(recs: list[dict[str, Any]]) -> str:
+    return str(recs[0]["attributes"]["audit.stream.id"])
+
+
+def post(client: Any, tokens: Any, recs: list[dict[str, Any]], label: str = "ingest") -> Any:
+    resp = client.post("/v1/logs", content=to_protobuf(recs), headers={**PB, **tokens.header(label)})
+    assert resp.status_code == 200, resp.text
+    return ExportLogsServiceResponse.FromString(resp.content).partial_success
+
+
+@pytest.fixture
+def trail(client: Any, tokens: Any) -> str:
+    recs = chained(6, tenant="acme")
+    assert post(client, tokens, recs, "acme-ingest").rejected_log_records == 0
+    return sid(recs)
+
+
+# --- the database: nothing verify relies on is a row the app role may change -------------------------
+
+def test_app_role_cannot_move_a_stream_head(trail: str, store: Any) -> None:
+    """Before schema 7 the app role could UPDATE audit_streams, the heads verify compared with."""
+    with store.connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("UPDATE audit_streams SET service_name = 'forged' WHERE stream_id = %s", (trail,))
+
+
+@pytest.mark.parametrize("table", sorted(VERIFY_READS))
+def test_app_role_has_only_insert_and_select_on_what_verify_reads(table: str, trail: str, store: Any,
+                                                                  owner: psycopg.Connection[Any]) -> None:
+    granted = {
+        p for p in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+        if owner.execute("SELECT has_table_privilege('secret_audit_app', %s, %s)", (table, p)).fetchone()[0]
+    }
+    allowed, column = VERIFY_READS[table]
+    assert granted == allowed
+    with store.connection() as conn:
+        for stmt in (f"UPDATE {table} SET {column} = {column}", f"DELETE FROM {table}", f"TRUNCATE {table}"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(stmt)
+
+
+def test_app_role_cannot_turn_triggers_off(trail: str, store: Any) -> None:
+    with store.connection() as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be owner"):
+            conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET session_replication_role = replica")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be owner"):
+            conn.execute("DROP TRIGGER audit_events_append_only ON audit_events")
+
+
+def test_the_service_connects_as_the_owner_and_only_switches_role(store: Any, owner: Any) -> None:
+    """What docs/store.md says: the app role guards the service's own statements, not code running in
+    its process, which can RESET ROLE back to the connecting user (the owner)."""
+    with store.connection() as conn:
+        assert conn.execute("SELECT current_user, session_user").fetchone() == (
+            "secret_audit_app", owner.info.user)
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'audit_events'"
+                            ).fetchone()[0] == owner.info.user
+        conn.execute("RESET ROLE")
+        try:
+            assert conn.execute("SELECT current_user").fetchone()[0] == owner.info.user
+        finally:
+            conn.execute("SET ROLE secret_audit_app")
+
+
+@pytest.fixture
+def owned_db(pg_url: str, template_db: str) -> Iterator[str]:
+    """A database migrated by a role that owns it and its tables but is not a superuser."""
+    role, name = "sa_owner_" + uuid.uuid4().hex[:8], "sa_own_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_url, autocommit=True) as su:
+        su.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        su.execute(f'GRANT secret_audit_app TO "{role}"')  # the app role exists (the template made it)
+        su.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+    url = make_conninfo(pg_url, dbname=name, user=role)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        yield url
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as su:
+            su.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            su.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_table_owner_turns_triggers_off_and_hides_a_secret_name_in_jsonb(owned_db: str) -> None:
+    """Not only a superuser: the tables' owner may disable their triggers."""
+    recs = chained(6, secret="db-password")
+    with psycopg.connect(owned_db, autocommit=True) as conn:
+        assert Ingestor().ingest(conn, decode_protobuf(to_protobuf(recs))).accepted == 6
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET session_replication_role = replica")  # a superuser's switch
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        conn.execute("UPDATE audit_events SET secret_name = NULL, "
+                     "attributes = attributes || jsonb_build_object('secret.name', secret_name) "
+                     "WHERE sequence = 3")
+        conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
+        assert len(search(conn, Filters(secret="db-password"), None).events) == 5  # the row is hidden
