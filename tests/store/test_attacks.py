@@ -7,20 +7,25 @@ deleted stream) are the signing half's, with `verify --public-key` and `--agains
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from psycopg.conninfo import make_conninfo
 
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import decode_protobuf
 from secret_audit.store._query import Filters, search
+from secret_audit.store.app import create_app
+from secret_audit.store.config import StoreConfig
 from secret_audit.store.migrations import migrate
 
+from .conftest import opened_store
 from .records import chained, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -45,6 +50,15 @@ def post(client: Any, tokens: Any, recs: list[dict[str, Any]], label: str = "ing
     resp = client.post("/v1/logs", content=to_protobuf(recs), headers={**PB, **tokens.header(label)})
     assert resp.status_code == 200, resp.text
     return ExportLogsServiceResponse.FromString(resp.content).partial_success
+
+
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def paths(request: Any, db_url: str) -> Iterator[Any]:
+    """A client on a store running the C ingest path, or the pure-Python one."""
+    config = StoreConfig(max_body_bytes=1024 * 1024, pool_size=4, native=request.param)
+    with opened_store(config, db_url) as store, TestClient(create_app(store, manage_store=False)) as c:
+        assert store.ingestor.native is request.param or not request.param
+        yield c
 
 
 @pytest.fixture
@@ -135,3 +149,24 @@ def test_table_owner_turns_triggers_off_and_hides_a_secret_name_in_jsonb(owned_d
                      "WHERE sequence = 3")
         conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
         assert len(search(conn, Filters(secret="db-password"), None).events) == 5  # the row is hidden
+
+
+# --- ingest never drops data silently, and one request cannot flood the partitions -------------------
+
+def test_two_member_gzip_body_is_read_whole(paths: Any, tokens: Any, owner: Any) -> None:
+    first, second = chained(3), chained(4)
+    body = gzip.compress(to_protobuf(first)) + gzip.compress(to_protobuf(second))
+    resp = paths.post("/v1/logs", content=body,
+                      headers={**PB, "Content-Encoding": "gzip", **tokens.header("ingest")})
+    assert resp.status_code == 200
+    stored = owner.execute("SELECT stream_id, count(*) FROM audit_events GROUP BY 1").fetchall()
+    assert dict(stored) == {sid(first): 3, sid(second): 4}
+
+
+def test_gzip_body_with_trailing_garbage_is_refused(paths: Any, tokens: Any, owner: Any) -> None:
+    body = gzip.compress(to_protobuf(chained(3))) + b"not a gzip member"
+    resp = paths.post("/v1/logs", content=body,
+                      headers={**PB, "Content-Encoding": "gzip", **tokens.header("ingest")})
+    assert resp.status_code == 400
+    assert "gzip" in resp.text
+    assert owner.execute("SELECT count(*) FROM audit_events").fetchone() == (0,)
