@@ -7,6 +7,7 @@ deleted stream) are the signing half's, with `verify --public-key` and `--agains
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from secret_audit.store._otlp import decode_protobuf
 from secret_audit.store._query import Filters, search
 from secret_audit.store.app import create_app
 from secret_audit.store.config import StoreConfig
-from secret_audit.store.migrations import migrate
+from secret_audit.store.migrations import ensure_partitions, migrate
+from secret_audit.store.verify import verify
 
 from .conftest import opened_store
 from .records import chained, to_protobuf
@@ -52,6 +54,10 @@ def post(client: Any, tokens: Any, recs: list[dict[str, Any]], label: str = "ing
     return ExportLogsServiceResponse.FromString(resp.content).partial_success
 
 
+def breaks(conn: psycopg.Connection[Any]) -> set[tuple[str, int | None]]:
+    return {(b.kind, b.sequence) for b in verify(conn).breaks}
+
+
 @pytest.fixture(params=[True, False], ids=["native", "python"])
 def paths(request: Any, db_url: str) -> Iterator[Any]:
     """A client on a store running the C ingest path, or the pure-Python one."""
@@ -66,6 +72,14 @@ def trail(client: Any, tokens: Any) -> str:
     recs = chained(6, tenant="acme")
     assert post(client, tokens, recs, "acme-ingest").rejected_log_records == 0
     return sid(recs)
+
+
+@pytest.fixture
+def superuser(owner: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser session with every trigger off."""
+    owner.execute("SET session_replication_role = replica")
+    yield owner
+    owner.execute("SET session_replication_role = origin")
 
 
 # --- the database: nothing verify relies on is a row the app role may change -------------------------
@@ -137,7 +151,7 @@ def owned_db(pg_url: str, template_db: str) -> Iterator[str]:
 
 
 def test_table_owner_turns_triggers_off_and_hides_a_secret_name_in_jsonb(owned_db: str) -> None:
-    """Not only a superuser: the tables' owner may disable their triggers."""
+    """Not only a superuser: the tables' owner may disable their triggers (and verify names the edit)."""
     recs = chained(6, secret="db-password")
     with psycopg.connect(owned_db, autocommit=True) as conn:
         assert Ingestor().ingest(conn, decode_protobuf(to_protobuf(recs))).accepted == 6
@@ -149,6 +163,41 @@ def test_table_owner_turns_triggers_off_and_hides_a_secret_name_in_jsonb(owned_d
                      "WHERE sequence = 3")
         conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
         assert len(search(conn, Filters(secret="db-password"), None).events) == 5  # the row is hidden
+        assert breaks(conn) == {("moved_attribute", 3)}
+
+
+# --- verify checks the columns queries use against the hashed content --------------------------------
+
+def test_superuser_hides_a_secret_name_in_jsonb(trail: str, superuser: Any) -> None:
+    superuser.execute("UPDATE audit_events SET secret_name = NULL, "
+                      "attributes = attributes || jsonb_build_object('secret.name', secret_name) "
+                      "WHERE sequence = 3")
+    assert len(search(superuser, Filters(secret="db-password"), None).events) == 5
+    report = verify(superuser)
+    assert {(b.kind, b.sequence) for b in report.breaks} == {("moved_attribute", 3)}
+    assert "secret_name is NULL" in report.breaks[0].detail
+
+
+def test_superuser_puts_a_key_in_both_column_and_jsonb(trail: str, superuser: Any) -> None:
+    superuser.execute("UPDATE audit_events SET attributes = attributes || '{\"audit.outcome\": 7}' "
+                      "WHERE sequence = 2")
+    assert breaks(superuser) == {("moved_attribute", 2)}
+
+
+def test_superuser_moves_a_row_to_another_tenant(trail: str, superuser: Any, client: Any, tokens: Any) -> None:
+    superuser.execute("UPDATE audit_events SET tenant = 'globex' WHERE sequence = 4")
+    seen = client.get("/api/audit-logs", headers=tokens.header("globex-auditor")).json()["events"]
+    assert [e["sequence"] for e in seen] == [4]  # another tenant's auditor now sees it
+    report = verify(superuser)
+    assert {(b.kind, b.sequence) for b in report.breaks} == {("tenant_mismatch", 4)}
+    assert {(b.expected, b.actual) for b in report.breaks} == {("acme", "globex")}
+
+
+def test_superuser_moves_a_row_by_three_days(trail: str, superuser: Any) -> None:
+    back = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    ensure_partitions(superuser, {(back.year, back.month)})  # three days back may be last month
+    superuser.execute("UPDATE audit_events SET time = time - interval '3 days' WHERE sequence = 5")
+    assert breaks(superuser) == {("time_mismatch", 5)}
 
 
 # --- ingest never drops data silently, and one request cannot flood the partitions -------------------
