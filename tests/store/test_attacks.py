@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +29,7 @@ from secret_audit.store.migrations import ensure_partitions, migrate
 from secret_audit.store.verify import verify
 
 from .conftest import opened_store
-from .records import chained, to_protobuf
+from .records import chained, rehash, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
 DAY_NS = 86400 * 10**9
@@ -56,6 +57,16 @@ def post(client: Any, tokens: Any, recs: list[dict[str, Any]], label: str = "ing
 
 def breaks(conn: psycopg.Connection[Any]) -> set[tuple[str, int | None]]:
     return {(b.kind, b.sequence) for b in verify(conn).breaks}
+
+
+def retimed(recs: list[dict[str, Any]], times: list[int]) -> list[dict[str, Any]]:
+    """The records at other times, chained again as their producer would have."""
+    prev = "0" * 64
+    for rec, at in zip(recs, times, strict=True):
+        rec["time_unix_nano"] = rec["observed_unix_nano"] = at
+        rec["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(rec)
+    return recs
 
 
 @pytest.fixture(params=[True, False], ids=["native", "python"])
@@ -219,3 +230,37 @@ def test_gzip_body_with_trailing_garbage_is_refused(paths: Any, tokens: Any, own
     assert resp.status_code == 400
     assert "gzip" in resp.text
     assert owner.execute("SELECT count(*) FROM audit_events").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("offset_ns", [3 * DAY_NS, 9_000_000_000_000_000_000 - time.time_ns(), -40 * DAY_NS],
+                         ids=["3-days-ahead", "year-2255", "40-days-old"])
+def test_record_time_out_of_bounds_is_held_at_the_receive_time(paths: Any, tokens: Any, owner: Any,
+                                                               offset_ns: int) -> None:
+    now = time.time_ns()
+    recs = retimed(chained(3), [now - 1000, now + offset_ns, now])
+    partial = post(paths, tokens, recs)
+    assert partial.rejected_log_records == 0
+    assert "outside the store's bounds" in partial.error_message  # OTLP's partial success as a warning
+    rows = owner.execute("SELECT sequence, time_unix_nano, extract(epoch FROM time - now()) FROM audit_events "
+                         "ORDER BY sequence").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(1, now - 1000), (2, now + offset_ns), (3, now)]
+    assert abs(rows[1][2]) < 60  # stored at the receive time; its own time stays in time_unix_nano
+    findings = owner.execute("SELECT kind, range_first, range_last FROM audit_findings").fetchall()
+    assert findings == [("time_out_of_bounds", 2, 2)]
+    assert verify(owner).ok
+    assert owner.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass"
+                         ).fetchone()[0] <= 2
+
+
+def test_one_request_cannot_flood_the_partitions(paths: Any, tokens: Any, owner: Any) -> None:
+    """One tenant-scoped ingest token, 240 records one month apart (up to the year 2046)."""
+    now = time.time_ns()
+    recs = retimed(chained(240, tenant="acme"), [now + i * 31 * DAY_NS for i in range(240)])
+    partial = post(paths, tokens, recs, "acme-ingest")
+    assert partial.rejected_log_records == 0
+    assert owner.execute("SELECT count(*) FROM audit_events").fetchone() == (240,)  # nothing lost
+    assert owner.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass"
+                         ).fetchone()[0] <= 3
+    assert owner.execute("SELECT kind, range_first, range_last FROM audit_findings").fetchall() == [
+        ("time_out_of_bounds", 2, 240)]
+    assert verify(owner).ok

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import psycopg
+
+from secret_audit.store._bounds import HELD_KIND
 from secret_audit.store._rows import TYPED, stamp_of, stamp_of_time, time_of_stamp
 
 __all__ = ["COLUMN_KINDS", "ColumnCheck"]
@@ -17,7 +21,24 @@ NO_STREAM = object()  # the stream is not registered (verify reports that on its
 
 
 class ColumnCheck:
-    """The problems of one row's typed, tenant and time columns."""
+    """The problems of one row's typed, tenant and time columns; knows which rows ingest held (see
+    _bounds), whose time is their receive time by design."""
+
+    def __init__(self, held: Mapping[str, list[tuple[int, int, int]]]) -> None:
+        self.held = held  # stream -> [(first, last, stored stamp)] of time_out_of_bounds findings
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection[Any]) -> ColumnCheck:
+        """Read the held ranges from the findings."""
+        held: dict[str, list[tuple[int, int, int]]] = {}
+        for stream, first, last, stored in conn.execute(
+            "SELECT stream_id, range_first, range_last, expected FROM audit_findings WHERE kind = %s",
+            (HELD_KIND,),
+        ):
+            if first is not None and last is not None and stored:
+                moment = dt.datetime.fromisoformat(str(stored))
+                held.setdefault(str(stream), []).append((int(first), int(last), stamp_of_time(moment)))
+        return cls(held)
 
     def problems(
         self, row: Mapping[str, Any], tenant: Any
@@ -47,9 +68,14 @@ class ColumnCheck:
         source = row["time_unix_nano"] or row["observed_unix_nano"]  # as ingest chose the row's time
         if source:
             actual = stamp_of_time(row["time"])
-            if actual != stamp_of(int(source)):
+            if actual != stamp_of(int(source)) and not self._held(str(row["stream_id"]), int(row["sequence"]),
+                                                                  actual):
                 yield ("time_mismatch", "the row's time is not its record's own time",
                        _iso(stamp_of(int(source))), _iso(actual))
+
+    def _held(self, stream: str, sequence: int, stamp: int) -> bool:
+        return any(first <= sequence <= last and stamp == stored
+                   for first, last, stored in self.held.get(stream, ()))
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
 from secret_audit._internal import chain
+from secret_audit.store._bounds import HELD_KIND, TimeBounds, Window
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
 from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, preparer
@@ -84,8 +85,11 @@ SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
 class Ingestor:
     """Turns decoded requests into committed rows; one instance per store process, thread-safe."""
 
-    def __init__(self, non_audit: str = "reject", native: bool = True) -> None:
+    def __init__(
+        self, non_audit: str = "reject", native: bool = True, bounds: TimeBounds | None = None
+    ) -> None:
         self.non_audit = non_audit
+        self.bounds = bounds  # record times outside them are stored at the receive time (None: any time)
         # the C checks, row builder and COPY encoder when built (and not turned off), else their twins
         self.native = native and _native is not None
         self._prepare = preparer(self.native)
@@ -103,6 +107,9 @@ class Ingestor:
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, Any] = {}
         prepare = self._prepare
+        window = self.bounds.window() if self.bounds is not None else None
+        low, high = (window.low, window.high) if window is not None else (0, 0)
+        held: dict[int, int] = {}  # records stored at the receive time: index -> their own time's stamp
         for i, rec in enumerate(records):
             name = rec.event_name
             if name != "secret.access" and not is_audit_event(name):
@@ -115,6 +122,9 @@ class Ingestor:
             if isinstance(p, str):
                 result.reject(i, p)
             else:
+                if window is not None and not low <= p.stamp <= high:
+                    held[i] = p.stamp
+                    p.stamp = window.now
                 by_stream[p.stream_id].append(p)
         if not by_stream:
             return result
@@ -132,7 +142,7 @@ class Ingestor:
             # our own transaction, begun and committed in the round trips that carry the first and
             # last statements (psycopg's transaction() would take one more round trip for each)
             try:
-                self._write(conn, by_stream, result, own=True)
+                self._write(conn, by_stream, result, own=True, held=held, window=window)
             except BaseException:
                 if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
@@ -140,7 +150,7 @@ class Ingestor:
                 raise
         else:  # a caller's transaction (our part is a savepoint in it), or a non-autocommit connection
             with conn.transaction():
-                self._write(conn, by_stream, result, own=False)
+                self._write(conn, by_stream, result, own=False, held=held, window=window)
         return result
 
     def _write(
@@ -149,6 +159,8 @@ class Ingestor:
         by_stream: dict[str, list[Prepared]],
         result: IngestResult,
         own: bool,
+        held: dict[int, int],
+        window: Window | None,
     ) -> None:
         streams = sorted(by_stream)
         first = [by_stream[s][0] for s in streams]
@@ -186,6 +198,7 @@ class Ingestor:
         step = drawn[1]
         ids = itertools.chain.from_iterable(range(base, base + step) for base in drawn[2])
         rows: list[list[Any]] = []
+        kept_held: list[tuple[str, str | None, int, int]] = []
         # Hashing and row building happen while the server already digests the rows sent so far.
         with conn.cursor() as cur:
             # psycopg's default bytea dumper (it also unwraps DB-API Binary objects) runs in Python
@@ -196,7 +209,7 @@ class Ingestor:
                     write, encode = copy.write, _native.encode_rows
                     write(_SIGNATURE)
                     sent = 0
-                    for _ in _kept_rows(walks, ids, rows):
+                    for _ in _kept_rows(walks, ids, rows, held, kept_held):
                         if len(rows) - sent == _CHUNK:
                             write(encode(rows[sent:], _CODES))
                             sent = len(rows)
@@ -204,8 +217,12 @@ class Ingestor:
                 else:
                     copy.set_types(_TYPES)
                     write_row = copy.write_row
-                    for row in _kept_rows(walks, ids, rows):
+                    for row in _kept_rows(walks, ids, rows, held, kept_held):
                         write_row(row)
+        if kept_held and self.bounds is not None and window is not None:
+            for stream, tenant, lo, hi, detail, stored in self.bounds.runs(kept_held, window.now):
+                result.findings.append(Finding(stream, HELD_KIND, lo, detail, tenant, stored, None, lo, hi))
+                result.warnings.append(f"stream {stream}, {detail}")
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
@@ -369,14 +386,23 @@ class _Walk:
             self._filled(run_first, run_last)
 
 
-def _kept_rows(walks: list[_Walk], ids: Iterator[int], rows: list[list[Any]]) -> Iterator[list[Any]]:
-    """Each stored record's row, given its id and kept in ``rows``, as the walks judge them."""
+def _kept_rows(
+    walks: list[_Walk],
+    ids: Iterator[int],
+    rows: list[list[Any]],
+    held: dict[int, int],
+    kept_held: list[tuple[str, str | None, int, int]],
+) -> Iterator[list[Any]]:
+    """Each stored record's row, given its id and kept in ``rows``, as the walks judge them; the held
+    records stored (see _bounds) are noted in ``kept_held``."""
     append = rows.append
     for walk in walks:
         for p in walk.run():
             row = p.row
             row[ROW_ID] = next(ids)
             append(row)
+            if held and p.index in held:
+                kept_held.append((walk.stream, walk.tenant, p.sequence, held[p.index]))
             yield row
 
 

@@ -40,6 +40,7 @@ class IngestResult:
     rejected: int = 0
     dropped_non_audit: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # records stored, but not as sent (see _bounds)
     findings: list[Finding] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as sent to COPY
     received_at: Any = None

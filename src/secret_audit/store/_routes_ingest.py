@@ -81,6 +81,8 @@ def mount(app: FastAPI, api: Api) -> None:
         message = "; ".join(result.errors)
         if result.rejected > len(result.errors):
             message += f" (and {result.rejected - len(result.errors)} more)"
+        if result.warnings:  # stored, but not as sent: OTLP lets a partial success carry a warning
+            message = "; ".join(filter(None, [message, *result.warnings[:5]]))
         if is_pb:
             resp = ExportLogsServiceResponse()
             if result.rejected or message:
@@ -88,7 +90,7 @@ def mount(app: FastAPI, api: Api) -> None:
                 resp.partial_success.error_message = message
             return Response(resp.SerializeToString(), media_type="application/x-protobuf")
         doc: dict[str, Any] = {}
-        if result.rejected:
+        if result.rejected or message:
             doc["partialSuccess"] = {"rejectedLogRecords": str(result.rejected), "errorMessage": message}
         return _json(doc)
 

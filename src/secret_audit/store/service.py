@@ -13,6 +13,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from secret_audit.store._bounds import TimeBounds
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._hub import Hub
 from secret_audit.store._ingest import Ingestor
@@ -44,7 +45,8 @@ class Store:
         self._url = database_url
         self._embedded: EmbeddedPostgres | None = None
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self.ingestor = Ingestor(config.non_audit, config.native)
+        self.ingestor = Ingestor(config.non_audit, config.native,
+                                 TimeBounds(config.max_clock_skew_s, config.max_record_age_days))
         self.self_audit = SelfAudit(self.ingestor)
         self.counters = Counters()
         self.hub = Hub()

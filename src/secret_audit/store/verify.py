@@ -101,7 +101,7 @@ class _Walker:
         self.report = report
         self.registry = registry
         self.tenants = tenants or {}
-        self.columns = columns or ColumnCheck()
+        self.columns = columns or ColumnCheck({})
         self.stream: str | None = None
         self.prev_seq = 0
         self.prev_hash: str | None = None
@@ -229,7 +229,7 @@ def verify(
         registry[str(r[0])] = (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
         tenants[str(r[0])] = r[7]
     seen: set[str] = set()
-    walker = _Walker(report, registry, tenants, ColumnCheck())
+    walker = _Walker(report, registry, tenants, ColumnCheck.load(conn))
     with conn.transaction(), conn.cursor("verify_scan", row_factory=dict_row) as cur:
         cur.itersize = 2000
         cur.execute(
