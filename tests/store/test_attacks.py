@@ -264,3 +264,81 @@ def test_one_request_cannot_flood_the_partitions(paths: Any, tokens: Any, owner:
     assert owner.execute("SELECT kind, range_first, range_last FROM audit_findings").fetchall() == [
         ("time_out_of_bounds", 2, 240)]
     assert verify(owner).ok
+
+
+# --- every refused call is in the trail --------------------------------------------------------------
+
+def refusals(owner: Any) -> list[tuple[Any, ...]]:
+    return owner.execute(
+        "SELECT action, outcome, principal, client_address, attributes->>'audit.refused.count', body "
+        "FROM audit_events WHERE event_name = 'audit.query' AND principal = 'anonymous' ORDER BY sequence"
+    ).fetchall()
+
+
+def test_unauthenticated_calls_are_in_the_trail(store: Any, client: Any, tokens: Any, owner: Any) -> None:
+    assert client.get("/api/audit-logs").status_code == 401
+    assert len(refusals(owner)) == 1
+    store.refusals.clock = lambda: time.time() + 120  # a later minute: its first call is written at once
+    assert client.get("/stats", headers={"Authorization": "Bearer sat_0123456789ab_nope"}).status_code == 401
+    rows = refusals(owner)
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("GET /api/audit-logs", "denied", "anonymous", "testclient", "1"),
+        ("GET /stats", "denied", "anonymous", "testclient", "1"),
+    ]
+    assert "nope" not in str(rows)  # never the presented token
+
+
+def test_a_flood_of_unauthenticated_calls_is_two_records_per_address_and_minute(store: Any, client: Any,
+                                                                                owner: Any) -> None:
+    if time.time() % 60 > 40:  # the 200 calls take a few seconds: all in one minute
+        time.sleep(60 - time.time() % 60)
+    for i in range(200):
+        bad = {"Authorization": "Bearer sat_0123456789ab_nope"} if i % 2 else {}
+        assert client.post("/v1/logs", content=b"", headers={**PB, **bad}).status_code == 401
+    assert len(refusals(owner)) == 1  # the first, at once
+    later = time.time() + 60
+    store.refusals.clock = lambda: later
+    store.refusals.flush()  # what the timer does once the minute is over
+    rows = refusals(owner)
+    assert [r[4] for r in rows] == ["1", "200"]
+    assert "100 no bearer token, 100 unknown or revoked token" in rows[1][5]
+    assert verify(owner).ok
+
+
+def test_stats_reads_are_in_the_trail(client: Any, tokens: Any, owner: Any) -> None:
+    assert client.get("/stats", headers=tokens.header("auditor")).status_code == 200
+    row = owner.execute("SELECT action, outcome, principal FROM audit_events WHERE event_name = 'audit.query'"
+                        ).fetchone()
+    assert row is not None
+    assert row[:2] == ("GET /stats", "success")
+    assert row[2].startswith("token:")
+
+
+@pytest.mark.parametrize("name", ["audit.query", "audit.dropped", "audit.checkpoint", "secret.access"])
+def test_custom_events_cannot_take_reserved_names(name: str, client: Any, tokens: Any, owner: Any) -> None:
+    resp = client.post("/api/audit-events", json={"event_name": name, "body": "forged"},
+                       headers=tokens.header("ingest"))
+    assert resp.status_code == 422
+    assert owner.execute("SELECT count(*) FROM audit_events WHERE body = 'forged'").fetchone() == (0,)
+
+
+def test_custom_events_cannot_claim_another_principal(client: Any, tokens: Any, owner: Any) -> None:
+    resp = client.post("/api/audit-events", json={
+        "event_name": "audit.login", "body": "User alice logged in",
+        "attributes": {"audit.principal": "svc-root"}}, headers=tokens.header("ingest"))
+    assert resp.status_code == 403
+    rows = owner.execute("SELECT event_name, outcome, principal, body FROM audit_events").fetchall()
+    assert len(rows) == 1
+    assert rows[0][:2] == ("audit.query", "denied")
+    assert rows[0][2].startswith("token:")
+    assert "svc-root" not in rows[0][3]
+
+
+def test_ingest_cannot_forge_the_stores_own_audit_records(paths: Any, tokens: Any, owner: Any) -> None:
+    forged = chained(1, **{"audit.principal": "token:0123456789ab:alice"})
+    forged[0]["event_name"] = "audit.query"
+    rehash(forged[0])
+    partial = post(paths, tokens, forged + chained(1))
+    assert partial.rejected_log_records == 1
+    assert "written only by the audit store itself" in partial.error_message
+    assert owner.execute("SELECT event_name FROM audit_events").fetchall() == [("secret.access",)]

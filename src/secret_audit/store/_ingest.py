@@ -100,9 +100,14 @@ class Ingestor:
         self._lock = threading.Lock()
 
     def ingest(
-        self, conn: psycopg.Connection[Any], records: list[Record], scope_tenant: str | None = None
+        self,
+        conn: psycopg.Connection[Any],
+        records: list[Record],
+        scope_tenant: str | None = None,
+        refuse: frozenset[str] = frozenset(),
     ) -> IngestResult:
-        """Store every acceptable record of one request atomically and report what happened."""
+        """Store every acceptable record of one request atomically and report what happened; records
+        named in ``refuse`` are refused (event names that only the store itself writes)."""
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, Any] = {}
@@ -112,12 +117,16 @@ class Ingestor:
         held: dict[int, int] = {}  # records stored at the receive time: index -> their own time's stamp
         for i, rec in enumerate(records):
             name = rec.event_name
-            if name != "secret.access" and not is_audit_event(name):
-                if self.non_audit == "drop":
-                    result.dropped_non_audit += 1
-                else:
-                    result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
-                continue
+            if name != "secret.access":
+                if not is_audit_event(name):
+                    if self.non_audit == "drop":
+                        result.dropped_non_audit += 1
+                    else:
+                        result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
+                    continue
+                if name in refuse:
+                    result.reject(i, f"event_name {name!r} is written only by the audit store itself")
+                    continue
             p = prepare(i, rec, scope_tenant, resources)
             if isinstance(p, str):
                 result.reject(i, p)

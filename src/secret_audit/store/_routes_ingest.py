@@ -17,7 +17,10 @@ from secret_audit.store._otlp import BadPayload, Record, decode_json, protobuf_d
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.tokens import Principal
 
-__all__ = ["mount"]
+__all__ = ["STORE_ONLY", "mount"]
+
+# Event names only the store itself writes (its own audit of reads): refused from any sender.
+STORE_ONLY = frozenset({"audit.query"})
 
 _PROTOBUF = ("application/x-protobuf", "application/protobuf")
 _JSON = "application/json"
@@ -46,7 +49,7 @@ def mount(app: FastAPI, api: Api) -> None:
 
     def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
         with store.connection() as conn:
-            result = store.ingestor.ingest(conn, records, tenant)
+            result = store.ingestor.ingest(conn, records, tenant, STORE_ONLY)
         store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
         store.hub.publish(result.events)
         return result

@@ -3,7 +3,7 @@
 import os
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from psycopg import sql
 
@@ -21,7 +21,9 @@ def mount(app: FastAPI, api: Api) -> None:
     _json = json_response
 
     @app.get("/stats", tags=["operations"], summary="Ingest rate, queue depth, findings, stream heads")
-    def stats(caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]) -> Response:
+    def stats(
+        request: Request, caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]
+    ) -> Response:
         scope = sql.SQL("WHERE tenant = %s" if caller.tenant else "")
         params = [caller.tenant] if caller.tenant else []
         with store.connection() as conn:
@@ -36,6 +38,8 @@ def mount(app: FastAPI, api: Api) -> None:
                 ).format(scope),
                 params,
             ).fetchall()
+            api.audit(conn, caller, request, "GET /stats", "success",
+                      f"Store statistics read by {caller.name}: {len(streams)} streams")
         out = store.counters.snapshot()
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
