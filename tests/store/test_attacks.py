@@ -1,5 +1,5 @@
 """The attack suite: each test is one attack on the store, run against a real PostgreSQL, and what refuses
-or detects it. Run it alone with ``pytest tests/store/test_attacks.py``.
+or detects it. Run it alone with ``pytest tests/store/test_attacks.py``; docs/store.md has the table.
 
 The signed-checkpoint attacks (a forged insert by the app role, a cut tail, a re-chained stream, a
 deleted stream) are the signing half's, with `verify --public-key` and `--against`.
