@@ -3,7 +3,7 @@
 import os
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from psycopg import sql
 
@@ -21,7 +21,9 @@ def mount(app: FastAPI, api: Api) -> None:
     _json = json_response
 
     @app.get("/stats", tags=["operations"], summary="Ingest rate, queue depth, findings, stream heads")
-    def stats(caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]) -> Response:
+    def stats(
+        request: Request, caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]
+    ) -> Response:
         scope = sql.SQL("WHERE tenant = %s" if caller.tenant else "")
         params = [caller.tenant] if caller.tenant else []
         with store.connection() as conn:
@@ -32,10 +34,12 @@ def mount(app: FastAPI, api: Api) -> None:
             streams = conn.execute(
                 sql.SQL(
                     "SELECT stream_id, tenant, service_name, last_sequence, record_count, findings, "
-                    "last_seen FROM audit_streams {} ORDER BY last_seen DESC LIMIT 1000"
+                    "last_seen FROM audit_stream_state {} ORDER BY last_seen DESC LIMIT 1000"
                 ).format(scope),
                 params,
             ).fetchall()
+            api.audit(conn, caller, request, "GET /stats", "success",
+                      f"Store statistics read by {caller.name}: {len(streams)} streams")
         out = store.counters.snapshot()
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))

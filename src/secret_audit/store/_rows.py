@@ -19,6 +19,7 @@ __all__ = [
     "event_json",
     "is_audit_event",
     "stamp_of",
+    "stamp_of_time",
     "time_of_stamp",
 ]
 
@@ -101,6 +102,11 @@ def time_of_stamp(stamp: int) -> dt.datetime:
     """The moment a stamp_of() value stands for."""
     # timedelta(days, seconds, microseconds): positional arguments are cheaper than keywords
     return _PG_EPOCH + _DELTA(0, 0, stamp)
+
+
+def stamp_of_time(moment: dt.datetime) -> int:
+    """The stamp_of() value of a stored row's time."""
+    return (moment - _PG_EPOCH) // _DELTA(microseconds=1)
 
 
 def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:

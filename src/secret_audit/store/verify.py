@@ -12,6 +12,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from secret_audit._internal import chain
+from secret_audit.store._columns import COLUMN_KINDS, NO_STREAM, ColumnCheck
 from secret_audit.store._query import Filters, and_all, where_clause
 from secret_audit.store._rows import canonical_of_row
 
@@ -26,6 +27,7 @@ BREAK_KINDS = (
     "unregistered_stream",
     "head_mismatch",
     "count_mismatch",
+    *COLUMN_KINDS,
 )
 
 
@@ -89,9 +91,17 @@ _MAX_KEPT = 1000
 class _Walker:
     """Walks one stream's rows in sequence order, comparing each with its predecessor."""
 
-    def __init__(self, report: VerifyReport, registry: dict[str, tuple[int, str, int, int, str]]) -> None:
+    def __init__(
+        self,
+        report: VerifyReport,
+        registry: dict[str, tuple[int, str, int, int, str]],
+        tenants: dict[str, str | None] | None = None,
+        columns: ColumnCheck | None = None,
+    ) -> None:
         self.report = report
         self.registry = registry
+        self.tenants = tenants or {}
+        self.columns = columns or ColumnCheck({})
         self.stream: str | None = None
         self.prev_seq = 0
         self.prev_hash: str | None = None
@@ -140,6 +150,8 @@ class _Walker:
         if computed != row["chain_hash"]:
             self.add(Break("modified", stream, seq, "the row's content does not match its chain hash",
                            *where, computed, row["chain_hash"]))
+        for kind, detail, expected, actual in self.columns.problems(row, self.tenants.get(stream, NO_STREAM)):
+            self.add(Break(kind, stream, seq, detail, *where, expected, actual))
         if seq == self.prev_seq:
             self.add(Break("duplicate_sequence", stream, seq, "two rows carry the same sequence", *where))
         elif seq == 1 or seq == self.prev_seq + 1:
@@ -208,15 +220,16 @@ def verify(
     report = VerifyReport()
     conds, params = where_clause(Filters(start=start, end=end), tenant)
     whole = start is None and end is None
-    registry = {
-        str(r[0]): (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
-        for r in conn.execute(
-            "SELECT stream_id, last_sequence, last_hash, record_count, archived_count, archived_through, "
-            "archived_hash FROM audit_streams"
-        )
-    }
+    registry = {}
+    tenants = {}
+    for r in conn.execute(
+        "SELECT stream_id, last_sequence, last_hash, record_count, archived_count, archived_through, "
+        "archived_hash, tenant FROM audit_stream_state"
+    ):
+        registry[str(r[0])] = (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
+        tenants[str(r[0])] = r[7]
     seen: set[str] = set()
-    walker = _Walker(report, registry)
+    walker = _Walker(report, registry, tenants, ColumnCheck.load(conn))
     with conn.transaction(), conn.cursor("verify_scan", row_factory=dict_row) as cur:
         cur.itersize = 2000
         cur.execute(
