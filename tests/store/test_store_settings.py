@@ -89,7 +89,8 @@ def test_serve_runs_with_each_store_setting_from_the_environment(data_dir):
     env = base_env(data_dir, **{
         S + "HOST": "127.0.0.1", S + "PORT": str(port), S + "MAX_BODY_BYTES": "2048",
         S + "NON_AUDIT": "drop", S + "POOL_SIZE": "2", S + "INGEST_CONCURRENCY": "1",
-        S + "NATIVE": "false", S + "WORKERS": "2",
+        S + "NATIVE": "false", S + "WORKERS": "2", S + "MAX_CLOCK_SKEW_SECONDS": "60",
+        S + "MAX_RECORD_AGE_DAYS": "7",
     })
     assert cli(env, "store", "migrate").returncode == 0
     served = Served(env)
@@ -110,7 +111,8 @@ def test_serve_runs_with_each_store_setting_from_the_environment(data_dir):
         for stats in seen.values():
             assert stats["settings"] == {"native": False, "pool_size": 2, "ingest_concurrency": 1,
                                          "non_audit": "drop", "max_body_bytes": 2048,
-                                         "app_role": "secret_audit_app", "workers": 2}
+                                         "app_role": "secret_audit_app", "workers": 2,
+                                         "max_clock_skew_seconds": 60, "max_record_age_days": 7}
         assert sum(s["dropped_non_audit"] for s in seen.values()) == 1
     finally:
         err = served.stop()

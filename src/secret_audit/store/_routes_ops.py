@@ -49,7 +49,8 @@ def mount(app: FastAPI, api: Api) -> None:
             "native": store.ingestor.native, "pool_size": store.config.pool_size,
             "ingest_concurrency": store.config.ingest_concurrency, "non_audit": store.config.non_audit,
             "max_body_bytes": store.config.max_body_bytes, "app_role": store.role or None,
-            "workers": store.config.workers,
+            "workers": store.config.workers, "max_clock_skew_seconds": store.config.max_clock_skew_s,
+            "max_record_age_days": store.config.max_record_age_days,
         }
         recorded = {str(k): int(n) for k, n in kinds}
         # open problems: a gap counts while any of its sequences is still missing; fills are not problems
