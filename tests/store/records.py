@@ -9,10 +9,10 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from secret_audit._internal import chain
+from secret_audit import contract
 
 
-def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = chain.GENESIS,
+def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = contract.GENESIS,
             secret: str = "db-password", tenant: str | None = None, **extra: Any) -> list[dict[str, Any]]:
     """Records as dicts (the otlp_receiver shape), chained from prev."""
     stream = stream or str(uuid.uuid4())
@@ -60,8 +60,8 @@ def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: 
 
 def rehash(rec: dict[str, Any]) -> str:
     """Recompute a record's chain hash in place (as a forger who knows the algorithm would)."""
-    digest = chain.chain_hash(
-        chain.canonical_bytes(
+    digest = contract.chain_hash(
+        contract.canonical_bytes(
             time_unix_nano=rec["time_unix_nano"], event_name=rec["event_name"],
             severity_number=rec["severity_number"], body=rec["body"], trace_id=rec["trace_id"],
             span_id=rec["span_id"], attributes=rec["attributes"],

@@ -22,7 +22,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit._internal.config import Settings
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.export import audit_resource, build_sink
@@ -45,15 +45,10 @@ _log = logging.getLogger("secret_audit")
 _echo = logging.getLogger("secret_audit.audit")
 
 SCOPE = "secret_audit"
-EVENT_ACCESS = "secret.access"
-EVENT_DROPPED = "audit.dropped"
+EVENT_ACCESS = contract.EVENT_ACCESS
+EVENT_DROPPED = contract.EVENT_DROPPED
 
-_SEVERITY = {
-    "success": (SeverityNumber.INFO, "INFO"),
-    "not_found": (SeverityNumber.WARN, "WARN"),
-    "denied": (SeverityNumber.WARN, "WARN"),
-    "error": (SeverityNumber.ERROR, "ERROR"),
-}
+_SEVERITY = {outcome: (SeverityNumber(n), text) for outcome, (n, text) in contract.SEVERITY.items()}
 
 _VERB = {
     "read": ("Secret accessed", "from"),
@@ -202,7 +197,7 @@ class AuditPipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sequence = 0
-        self._prev = chain.GENESIS
+        self._prev = contract.GENESIS
         self._sink: Sink | None = None
         self._batch_seqs: list[int] = []
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
@@ -628,28 +623,15 @@ class AuditPipeline:
         """Give the record its place in the stream (sequence, chain) and hand it to the sink."""
         self._sequence += 1
         seq = self._sequence
-        attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
-        attrs["audit.stream.id"] = self.stream_id
-        attrs["audit.sequence"] = seq
-        attrs["audit.chain.prev"] = self._prev
+        prev = self._prev
         if shape is not None:
             severity, severity_text = shape.severity, shape.severity_text
         else:
             sev, severity_text = _SEVERITY.get(attrs.get("audit.outcome", "error"), _SEVERITY["error"])
             severity = sev.value
         trace_id, span_id, flags, trace_hex, span_hex = ids
-        digest = chain.chain_hash(
-            chain.canonical_bytes(
-                time_unix_nano=start_ns,
-                event_name=event_name,
-                severity_number=severity,
-                body=body,
-                trace_id=trace_hex,
-                span_id=span_hex,
-                attributes=attrs,
-            )
-        )
-        attrs[chain.HASH_ATTRIBUTE] = digest
+        digest = contract.stamp(attrs, self.stream_id, seq, prev, start_ns, event_name, severity, body,
+                                trace_hex, span_hex)
         self._prev = digest
         record = _new_record(
             RecordData,
@@ -657,7 +639,7 @@ class AuditPipeline:
              event_name),
         )
         if fast is not None and shape is not None:
-            tail = self._tail.encode(attrs["audit.duration_ms"], seq, attrs["audit.chain.prev"], digest)
+            tail = self._tail.encode(attrs["audit.duration_ms"], seq, prev, digest)
             fast.add_encoded(record, shape.encoded, len(shape.attrs), tail)
         else:
             assert self._sink is not None

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from secret_audit._internal.config import ConfigurationError
+from secret_audit.exceptions import ConfigurationError
 from secret_audit.store.config import STORE, StoreConfig, load_store_config
 
 __all__ = ["run"]

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._query import Filters, and_all, where_clause
 from secret_audit.store._rows import canonical_of_row
 
@@ -136,14 +136,14 @@ class _Walker:
         seq = int(row["sequence"])
         stream = str(self.stream)
         where = (int(row["id"]), _iso(row["time"]))
-        computed = chain.chain_hash(canonical_of_row(row))
+        computed = contract.chain_hash(canonical_of_row(row))
         if computed != row["chain_hash"]:
             self.add(Break("modified", stream, seq, "the row's content does not match its chain hash",
                            *where, computed, row["chain_hash"]))
         if seq == self.prev_seq:
             self.add(Break("duplicate_sequence", stream, seq, "two rows carry the same sequence", *where))
         elif seq == 1 or seq == self.prev_seq + 1:
-            expected = chain.GENESIS if seq == 1 else self.prev_hash
+            expected = contract.GENESIS if seq == 1 else self.prev_hash
             if expected is not None and row["chain_prev"] != expected:
                 self.add(Break("chain_break", stream, seq,
                                "audit.chain.prev does not match the previous row's hash",
