@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hn.add_argument("names", nargs="+", help="secret names (Redis keys or GCP secret ids)")
 
+    keygen = sub.add_parser(
+        "keygen", help="make an Ed25519 key pair for signed checkpoints: PATH (0600) and PATH.pub"
+    )
+    keygen.add_argument("path", help="where the private key goes; the public key goes to PATH.pub")
+
     store = sub.add_parser("store", help="run or migrate the audit store")
     ssub = store.add_subparsers(dest="store_command", required=True)
     serve = ssub.add_parser("serve", help="serve OTLP/HTTP ingest and the query API")
@@ -79,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--archive", nargs="+", metavar="FILE",
                         help="check retention archives (.jsonl.gz) instead of the database")
+    verify.add_argument("--public-key", action="append", metavar="FILE",
+                        help="check signed checkpoints with this Ed25519 public key (PEM; repeatable, or a "
+                             "keyring file of several)")
+    verify.add_argument("--strict", action="store_true",
+                        help="unattested records and streams without a final checkpoint fail too")
+    verify.add_argument("--against", nargs="+", metavar="FILE",
+                        help="compare with the collector's file copy (OTLP/JSON lines, .gz or not)")
+    verify.add_argument("--allow-empty", action="store_true",
+                        help="with --public-key, accept a trail with no producer stream")
 
     retention = sub.add_parser("retention", help="archive and drop partitions past the retention period")
     rsub = retention.add_subparsers(dest="retention_command", required=True)
@@ -112,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"secret-audit: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "keygen":
+        return _keygen(args.path)
     try:
         from secret_audit.store import _cli
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -119,6 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               "pip install 'otel-secret-audit[store]'", file=sys.stderr)
         return 2
     return _cli.run(args)
+
+
+def _keygen(path: str) -> int:
+    from secret_audit.signing import KeyFileError, generate_key
+
+    try:
+        kid = generate_key(path)
+    except KeyFileError as exc:
+        print(f"secret-audit: {exc}", file=sys.stderr)
+        return 2
+    print(f"key {kid}: private key {path} (mode 0600), public key {path}.pub")
+    print(f"sign with OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE={path}; verify with "
+          f"secret-audit verify --public-key {path}.pub", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,6 +70,9 @@ class Settings:
     failure_modes: tuple[tuple[str, str], ...] = ()
     fail_closed_timeout_ms: int = 5000
     handle_sigterm: bool = True
+    signing_key_file: str | None = None
+    checkpoint_records: int = 10000
+    checkpoint_interval_ms: int = 1000
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""
@@ -132,6 +135,18 @@ def _directory(name: str, raw: str) -> str:
     return str(path)
 
 
+def _signing_key(name: str, raw: str) -> str:
+    """A path to an Ed25519 private key (PEM), loaded once here so that a bad one stops start-up."""
+    from secret_audit.signing import KeyFileError, load_signer
+
+    try:
+        load_signer(raw.strip())
+    except KeyFileError as exc:
+        raise ConfigurationError(name, raw, f"an Ed25519 private key in PEM (the file {exc.reason}); "
+                                 "make one with `secret-audit keygen PATH`") from None
+    return raw.strip()
+
+
 def _default_protocol(env: Mapping[str, str]) -> str:
     for name in ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         raw = env.get(name)
@@ -184,4 +199,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         failure_modes=failure_modes,
         fail_closed_timeout_ms=_read(env, "FAIL_CLOSED_TIMEOUT_MS", _int_range(1, 600_000), 5000),
         handle_sigterm=_read(env, "HANDLE_SIGTERM", _bool, True),
+        signing_key_file=_read(env, "SIGNING_KEY_FILE", _signing_key, None),
+        checkpoint_records=_read(env, "CHECKPOINT_RECORDS", _int_range(1, 10_000_000), 10000),
+        checkpoint_interval_ms=_read(env, "CHECKPOINT_INTERVAL_MS", _int_range(10, 3_600_000), 1000),
     )

@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from secret_audit import contract
+from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import Settings
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.export import audit_resource, build_sink
@@ -167,6 +168,7 @@ class AuditPipeline:
         self._cap = settings.queue_size
         self._wake_at = max(1, settings.batch_size)
         self._closed = False
+        self._checkpoints = checkpoints_for(settings)  # None without a signing key
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -227,6 +229,8 @@ class AuditPipeline:
         # a queue-full count). If their batch is lost too, that is reported again, not forgotten.
         self._open_reports: dict[int, tuple[int, int] | int] = {}
         self._waiting = 0
+        if self._checkpoints is not None:
+            self._checkpoints.reset()
 
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
@@ -377,6 +381,9 @@ class AuditPipeline:
             if self.degraded and not self._dq and not stopping and time.monotonic() >= self._next_probe:
                 self._probe()
             if stopping and not self._dq:
+                if self._attest(final=True):
+                    self._export_batch()
+                    self._settle()
                 return
 
     def _drain(self, *, force: bool) -> None:
@@ -401,16 +408,19 @@ class AuditPipeline:
                     item.ticket.complete(False)
             if len(self._batch_seqs) >= batch_size:
                 self._after_slice()
+                self._attest()
                 self._export_batch()
             elif built >= _SLICE:
                 built = 0
                 self._after_slice()
+                self._attest()
                 if len(dq) < self._cap // 4:
                     # Hand the GIL back between slices so that application threads are not
                     # stalled for a whole switch interval (5 ms) behind a long batch.
                     os.sched_yield()
         self._after_slice()
         self._report_drops()
+        self._attest()
         if force or markers or self._batch_tickets:
             self._export_batch()
         self._settle()
@@ -645,8 +655,18 @@ class AuditPipeline:
             assert self._sink is not None
             self._sink.add(record)
         self._batch_seqs.append(seq)
-        if self.settings.echo:
+        if self.settings.echo and event_name != contract.EVENT_CHECKPOINT:
             _echo_line(body)
+
+    def _attest(self, final: bool = False) -> bool:
+        """Stamp the stream's signed checkpoint when one is due, or its final one; True if one was made."""
+        checkpoints = self._checkpoints
+        if checkpoints is None or not checkpoints.due(self._sequence, final):
+            return False
+        attrs, now, body = checkpoints.build(self.stream_id, self._sequence, self._prev, final)
+        self._emit(contract.EVENT_CHECKPOINT, attrs, now, body, _NO_IDS)
+        checkpoints.stamped(self._sequence, self._prev, final)
+        return True
 
     def _report_drops(self) -> None:
         """Turn counted losses into their own chained record, so a sink sees what it never got."""
