@@ -21,14 +21,14 @@ def rows(conn: psycopg.Connection[Any], stream: str) -> list[dict[str, Any]]:
         return cur.execute("SELECT * FROM audit_events WHERE stream_id = %s ORDER BY sequence", (stream,)).fetchall()
 
 
-def _insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
+def insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
     cols = ", ".join(COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
     values = [psycopg.types.json.Jsonb(row[c]) if c in ("attributes", "resource") else row[c] for c in COLUMNS]
     conn.execute(f"INSERT INTO audit_events ({cols}) VALUES ({marks})", values)
 
 
-def _set_head(conn: psycopg.Connection[Any], stream: str, last: dict[str, Any], count: int) -> bool:
+def set_head(conn: psycopg.Connection[Any], stream: str, last: dict[str, Any], count: int) -> bool:
     """Point audit_streams at the forged head; False when the role may not (the store refused it)."""
     try:
         with conn.transaction():
@@ -50,8 +50,8 @@ def append_forged(app: psycopg.Connection[Any], stream: str, secret: str = "forg
                   body=f"Secret accessed: {secret} from redis (1.00ms)", severity_number=9, severity_text="INFO",
                   attributes={}, duration_ms=1.0, access_path="internal")
     forged["chain_hash"] = chain_hash(canonical_of_row(forged))
-    _insert(app, forged)
-    _set_head(app, stream, forged, len(old) + 1)
+    insert(app, forged)
+    set_head(app, stream, forged, len(old) + 1)
     return forged
 
 
@@ -60,7 +60,7 @@ def cut_tail(forced: psycopg.Connection[Any], stream: str, count: int) -> None:
     old = rows(forced, stream)
     keep = old[:-count]
     forced.execute("DELETE FROM audit_events WHERE stream_id = %s AND sequence > %s", (stream, keep[-1]["sequence"]))
-    _set_head(forced, stream, keep[-1], len(keep))
+    set_head(forced, stream, keep[-1], len(keep))
 
 
 def alter_and_rechain(forced: psycopg.Connection[Any], stream: str, sequence: int, **changes: Any) -> None:
@@ -79,7 +79,7 @@ def alter_and_rechain(forced: psycopg.Connection[Any], stream: str, sequence: in
                        ", ".join(f"{k} = %s" for k in changes) + " WHERE stream_id = %s AND sequence = %s",
                        (row["chain_prev"], row["chain_hash"], *(row[k] for k in changes), stream, row["sequence"]))
         prev = row["chain_hash"]
-    _set_head(forced, stream, old[-1], len(old))
+    set_head(forced, stream, old[-1], len(old))
 
 
 def delete_stream(forced: psycopg.Connection[Any], stream: str) -> None:

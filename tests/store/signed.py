@@ -115,3 +115,24 @@ def write_copy(path: Path, bodies: list[bytes], *, gz: bool = False) -> Path:
     data = "".join(line + "\n" for line in copy_lines(bodies)).encode()
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
+
+
+def checkpoint_after(records: list[dict[str, Any]], signer: Any, *, prev: str, covered: int,
+                     final: bool = False) -> dict[str, Any]:
+    """A signed checkpoint appended to ``records`` (the records.py shape), made with the public contract."""
+    from secret_audit import contract
+
+    head = records[-1]
+    attrs = head["attributes"]
+    seq, stream = attrs["audit.sequence"] + 1, attrs["audit.stream.id"]
+    at = head["time_unix_nano"] + 1
+    fields = {"head_sequence": seq - 1, "head_hash": attrs["audit.chain.hash"], "records": seq - 1 - covered,
+              "key_id": signer.key_id, "prev": prev, "final": final}
+    signature = signer.sign(contract.checkpoint_bytes(stream_id=stream, sequence=seq, time_unix_nano=at, **fields))
+    cp_attrs: dict[str, Any] = {"audit.outcome": "success", **{f"audit.checkpoint.{k}": v for k, v in fields.items()},
+                                "audit.checkpoint.signature": signature}
+    rec = {**head, "time_unix_nano": at, "observed_unix_nano": at, "event_name": "audit.checkpoint",
+           "body": "Audit checkpoint", "trace_id": "", "span_id": "", "attributes": cp_attrs}
+    contract.stamp(cp_attrs, stream, seq, attrs["audit.chain.hash"], at, "audit.checkpoint", 9, "Audit checkpoint")
+    records.append(rec)
+    return rec
