@@ -185,3 +185,8 @@ def serve(store: Store, wrap: Any = None) -> Iterator[str]:
 def server_url(store: Store) -> Iterator[str]:
     with serve(store) as url:
         yield url
+
+
+# The signed-trail fixtures (key, teed, forced, run) live beside their helpers; imported last, since
+# that module uses serve() from here.
+from .signed import forced, key, run, teed  # noqa: E402, F401

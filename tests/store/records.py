@@ -1,9 +1,19 @@
-"""Build chained audit records exactly as the producer does, for tests that need many or odd ones."""
+"""Build chained audit records exactly as the producer does, for tests that need many or odd ones.
+
+``write_copy`` writes the collector's file copy of OTLP requests: one OTLP/JSON ExportLogsServiceRequest
+per line, as protobuf's JSON mapping yields it with the OTLP/JSON rules (hex trace and span ids,
+integer enums). That is the file exporter's format; no collector here can write it (see FACTS.md), so
+the tests do.
+"""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -69,6 +79,15 @@ def rehash(rec: dict[str, Any]) -> str:
     )
     rec["attributes"]["audit.chain.hash"] = digest
     return digest
+
+
+def backdate(recs: list[dict[str, Any]], time_unix_nano: int, prev: str = contract.GENESIS) -> str:
+    """Move records to another time (1 ns apart) and chain them again from ``prev``; the last hash."""
+    for i, r in enumerate(recs):
+        r["time_unix_nano"] = time_unix_nano + i
+        r["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(r)
+    return prev
 
 
 def _any(v: Any) -> AnyValue:
@@ -144,3 +163,49 @@ def to_json(records: list[dict[str, Any]]) -> dict[str, Any]:
             for r in records
         ]
     }
+
+
+def copy_lines(bodies: list[bytes]) -> list[str]:
+    """The file exporter's uncompressed format for these requests: one OTLP/JSON request per line."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    lines = []
+    for body in bodies:
+        doc = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body), use_integers_for_enums=True)
+        for rl in doc.get("resourceLogs", []):
+            for sl in rl.get("scopeLogs", []):
+                for lr in sl.get("logRecords", []):
+                    for k in ("traceId", "spanId"):
+                        if k in lr:
+                            lr[k] = base64.b64decode(lr[k]).hex()
+        lines.append(json.dumps(doc, separators=(",", ":")))
+    return lines
+
+
+def write_copy(path: Path, bodies: list[bytes], *, gz: bool = False) -> Path:
+    """Write the copy to ``path`` (gzip-compressed with ``gz``), as a rotated and compressed file would be."""
+    data = "".join(line + "\n" for line in copy_lines(bodies)).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def checkpoint_after(records: list[dict[str, Any]], signer: Any, *, prev: str, covered: int,
+                     final: bool = False) -> dict[str, Any]:
+    """A signed checkpoint appended to ``records`` (the records.py shape), made with the public contract."""
+    from secret_audit import contract
+
+    head = records[-1]
+    attrs = head["attributes"]
+    seq, stream = attrs["audit.sequence"] + 1, attrs["audit.stream.id"]
+    at = head["time_unix_nano"] + 1
+    fields = {"head_sequence": seq - 1, "head_hash": attrs["audit.chain.hash"], "records": seq - 1 - covered,
+              "key_id": signer.key_id, "prev": prev, "final": final}
+    signature = signer.sign(contract.checkpoint_bytes(stream_id=stream, sequence=seq, time_unix_nano=at, **fields))
+    cp_attrs: dict[str, Any] = {"audit.outcome": "success", **{f"audit.checkpoint.{k}": v for k, v in fields.items()},
+                                "audit.checkpoint.signature": signature}
+    rec = {**head, "time_unix_nano": at, "observed_unix_nano": at, "event_name": "audit.checkpoint",
+           "body": "Audit checkpoint", "trace_id": "", "span_id": "", "attributes": cp_attrs}
+    contract.stamp(cp_attrs, stream, seq, attrs["audit.chain.hash"], at, "audit.checkpoint", 9, "Audit checkpoint")
+    records.append(rec)
+    return rec

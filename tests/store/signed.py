@@ -1,25 +1,27 @@
 """A signed trail made for real: the Redis instrumentation with a signing key, exporting to a running store.
 
 The ASGI tee keeps every request body the store received, so that a test can write the collector's
-file copy of the same records (``copy_lines``): one OTLP/JSON ExportLogsServiceRequest per line, as
-protobuf's JSON mapping yields it with the OTLP/JSON rules (hex trace and span ids, integer enums).
-That is the file exporter's format; no collector here can write it (see FACTS.md), so the test does.
+file copy of the same records (``records.write_copy``).
 """
 
 from __future__ import annotations
 
-import base64
 import gzip
-import json
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 import redis
 
 from conftest import retire_pipeline
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.pipeline import peek_pipeline
+from secret_audit.cli import main
+from secret_audit.signing import generate_key
+
+from .conftest import serve
 
 
 class Tee:
@@ -92,47 +94,55 @@ def produce(url: str, token: str, redis_url: str, key: Path | None, *, accesses:
     return stream
 
 
-def copy_lines(bodies: list[bytes]) -> list[str]:
-    """The file exporter's uncompressed format for these requests: one OTLP/JSON request per line."""
-    from google.protobuf import json_format
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    lines = []
-    for body in bodies:
-        doc = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body), use_integers_for_enums=True)
-        for rl in doc.get("resourceLogs", []):
-            for sl in rl.get("scopeLogs", []):
-                for lr in sl.get("logRecords", []):
-                    for k in ("traceId", "spanId"):
-                        if k in lr:
-                            lr[k] = base64.b64decode(lr[k]).hex()
-        lines.append(json.dumps(doc, separators=(",", ":")))
-    return lines
+# Fixtures of the signed-trail tests (imported by name into their modules).
 
 
-def write_copy(path: Path, bodies: list[bytes], *, gz: bool = False) -> Path:
-    """Write the copy to ``path`` (gzip-compressed with ``gz``), as a rotated and compressed file would be."""
-    data = "".join(line + "\n" for line in copy_lines(bodies)).encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    """A fresh signing key: audit.key and audit.key.pub."""
+    path = tmp_path / "audit.key"
+    generate_key(path)
     return path
 
 
-def checkpoint_after(records: list[dict[str, Any]], signer: Any, *, prev: str, covered: int,
-                     final: bool = False) -> dict[str, Any]:
-    """A signed checkpoint appended to ``records`` (the records.py shape), made with the public contract."""
-    from secret_audit import contract
+@pytest.fixture
+def teed(store: Any) -> Any:
+    """The store served for real, with a Tee keeping every request body: (url, tee)."""
+    tees: list[Tee] = []
 
-    head = records[-1]
-    attrs = head["attributes"]
-    seq, stream = attrs["audit.sequence"] + 1, attrs["audit.stream.id"]
-    at = head["time_unix_nano"] + 1
-    fields = {"head_sequence": seq - 1, "head_hash": attrs["audit.chain.hash"], "records": seq - 1 - covered,
-              "key_id": signer.key_id, "prev": prev, "final": final}
-    signature = signer.sign(contract.checkpoint_bytes(stream_id=stream, sequence=seq, time_unix_nano=at, **fields))
-    cp_attrs: dict[str, Any] = {"audit.outcome": "success", **{f"audit.checkpoint.{k}": v for k, v in fields.items()},
-                                "audit.checkpoint.signature": signature}
-    rec = {**head, "time_unix_nano": at, "observed_unix_nano": at, "event_name": "audit.checkpoint",
-           "body": "Audit checkpoint", "trace_id": "", "span_id": "", "attributes": cp_attrs}
-    contract.stamp(cp_attrs, stream, seq, attrs["audit.chain.hash"], at, "audit.checkpoint", 9, "Audit checkpoint")
-    records.append(rec)
-    return rec
+    def wrap(app: Any) -> Tee:
+        tees.append(Tee(app))
+        return tees[0]
+
+    with serve(store, wrap=wrap) as url:
+        yield url, tees[0]
+
+
+@pytest.fixture
+def forced(owner: Any) -> Any:
+    """A superuser session with triggers off."""
+    owner.execute("SET session_replication_role = replica")
+    yield owner
+    owner.execute("SET session_replication_role = origin")
+
+
+@pytest.fixture
+def run(db_url: str, monkeypatch: Any, capsys: Any) -> Any:
+    """``secret-audit verify ARGS`` against the test database: (exit code, JSON report or the text)."""
+    monkeypatch.setenv("DATABASE_URL", db_url)
+
+    def verify(*args: str, json_out: bool = True) -> tuple[int, Any]:
+        capsys.readouterr()
+        code = main(["verify", *args, *(["--json"] if json_out else [])])
+        captured = capsys.readouterr()
+        return code, orjson.loads(captured.out) if json_out else captured.out + captured.err
+
+    return verify
+
+
+def kinds(doc: dict[str, Any], section: str = "signed") -> dict[str, list[dict[str, Any]]]:
+    """A report section's breaks and warnings by kind."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for b in doc[section]["details"] + doc[section]["warning_details"]:
+        out.setdefault(b["kind"], []).append(b)
+    return out

@@ -10,34 +10,11 @@ from __future__ import annotations
 
 import re
 
-import orjson
 import pytest
 
-from secret_audit.cli import main
-from secret_audit.signing import generate_key
-
 from . import attacks
-from .conftest import serve
-from .signed import Tee, produce, write_copy
-
-
-@pytest.fixture
-def key(tmp_path):
-    path = tmp_path / "audit.key"
-    generate_key(path)
-    return path
-
-
-@pytest.fixture
-def teed(store):
-    tees: list[Tee] = []
-
-    def wrap(app):
-        tees.append(Tee(app))
-        return tees[0]
-
-    with serve(store, wrap=wrap) as url:
-        yield url, tees[0]
+from .records import write_copy
+from .signed import kinds, produce
 
 
 @pytest.fixture
@@ -45,34 +22,6 @@ def trail(teed, tokens, redis_url, key):
     """A finished signed stream: 10 accesses, checkpoints every 4 records, a final one at shutdown."""
     url, _ = teed
     return produce(url, tokens["ingest"], redis_url, key)
-
-
-@pytest.fixture
-def forced(owner):
-    """A superuser session with triggers off."""
-    owner.execute("SET session_replication_role = replica")
-    yield owner
-    owner.execute("SET session_replication_role = origin")
-
-
-@pytest.fixture
-def run(db_url, monkeypatch, capsys):
-    """``secret-audit verify ARGS --json`` against the test database: (exit code, report)."""
-    monkeypatch.setenv("DATABASE_URL", db_url)
-
-    def verify(*args: str) -> tuple[int, dict]:
-        capsys.readouterr()
-        code = main(["verify", *args, "--json"])
-        return code, orjson.loads(capsys.readouterr().out)
-
-    return verify
-
-
-def kinds(doc: dict, section: str = "signed") -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for b in doc[section]["details"] + doc[section]["warning_details"]:
-        out.setdefault(b["kind"], []).append(b)
-    return out
 
 
 def test_the_clean_signed_trail_verifies_strictly(trail, key, run, owner):

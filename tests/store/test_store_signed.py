@@ -9,65 +9,15 @@ from __future__ import annotations
 import gzip
 import json
 
-import orjson
-import pytest
-
-from secret_audit.cli import main
 from secret_audit.signing import generate_key, load_signer
 from secret_audit.store.retention import apply_retention
 
 from . import attacks
 from .conftest import serve
-from .records import chained, to_protobuf
-from .signed import Tee, checkpoint_after, produce, write_copy
+from .records import backdate, chained, checkpoint_after, to_protobuf, write_copy
+from .signed import kinds, produce
 
 PB = {"Content-Type": "application/x-protobuf"}
-
-
-@pytest.fixture
-def key(tmp_path):
-    path = tmp_path / "audit.key"
-    generate_key(path)
-    return path
-
-
-@pytest.fixture
-def teed(store):
-    tees: list[Tee] = []
-
-    def wrap(app):
-        tees.append(Tee(app))
-        return tees[0]
-
-    with serve(store, wrap=wrap) as url:
-        yield url, tees[0]
-
-
-@pytest.fixture
-def forced(owner):
-    owner.execute("SET session_replication_role = replica")
-    yield owner
-    owner.execute("SET session_replication_role = origin")
-
-
-@pytest.fixture
-def run(db_url, monkeypatch, capsys):
-    monkeypatch.setenv("DATABASE_URL", db_url)
-
-    def verify(*args: str, json_out: bool = True) -> tuple[int, object]:
-        capsys.readouterr()
-        code = main(["verify", *args, *(["--json"] if json_out else [])])
-        captured = capsys.readouterr()
-        return code, orjson.loads(captured.out) if json_out else captured.out + captured.err
-
-    return verify
-
-
-def kinds(doc, section="signed"):
-    out: dict[str, list[dict]] = {}
-    for b in doc[section]["details"] + doc[section]["warning_details"]:
-        out.setdefault(b["kind"], []).append(b)
-    return out
 
 
 def test_a_key_the_trail_was_not_signed_with(teed, tokens, redis_url, key, tmp_path, run):
@@ -185,14 +135,7 @@ def test_a_loss_the_producer_reported_is_not_a_cut(store, tokens, redis_url, key
 def test_a_start_archived_by_retention_is_not_a_cut(client, tokens, owner, tmp_path, key, run):
     signer = load_signer(key)
     old = chained(4, secret="old")
-    for i, r in enumerate(old):  # January 2020
-        r["time_unix_nano"] = 1_579_000_000_000_000_000 + i
-    from .records import rehash
-
-    prev = "0" * 64
-    for r in old:
-        r["attributes"]["audit.chain.prev"] = prev
-        prev = rehash(r)
+    backdate(old, 1_579_000_000_000_000_000)  # January 2020
     first = checkpoint_after(old, signer, prev="0" * 64, covered=0)
     stream = old[0]["attributes"]["audit.stream.id"]
     newer = chained(2, stream=stream, start_seq=6, prev=first["attributes"]["audit.chain.hash"], secret="new")
