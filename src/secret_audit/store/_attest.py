@@ -79,7 +79,8 @@ class _Stream:
         self.checkpoint: int | None = None  # the last verified checkpoint's sequence
         self.proven_head = 0
         self.final_at: int | None = None
-        self.after_final: list[tuple[int, Where]] = []
+        self.after_final: tuple[int, Where] | None = None  # the first record after it
+        self.after_final_count = 0
 
     def fail(self, kind: str, seq: int | None, detail: str, where: Where = (None, None),
              expected: str | None = None, actual: str | None = None) -> None:
@@ -92,7 +93,8 @@ class _Stream:
         self.rows += 1
         self.producer = self.producer or event in contract.PRODUCER_EVENTS
         if self.final_at is not None and seq > self.final_at:
-            self.after_final.append((seq, where))
+            self.after_final = self.after_final or (seq, where)
+            self.after_final_count += 1
             return
         self.range_rows += 1
         self.run_rows += 1
@@ -179,9 +181,9 @@ class _Stream:
             self.fail("unsigned_stream", None, f"{self.rows} records and no checkpoint that verifies with "
                       "the given keys: the producer did not sign, or its checkpoints were removed")
             return
-        if self.after_final:
-            seq, where = self.after_final[0]
-            self.fail("after_final", seq, f"{len(self.after_final)} records after the final checkpoint at "
+        if self.after_final is not None:
+            seq, where = self.after_final
+            self.fail("after_final", seq, f"{self.after_final_count} records after the final checkpoint at "
                       f"{self.final_at}: added after the producer closed the stream", where)
         if self.range_rows:
             report.unattested += self.range_rows
