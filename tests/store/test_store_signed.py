@@ -93,6 +93,20 @@ def test_an_altered_record_is_named_exactly_when_its_successor_still_links(teed,
     assert 3 in [b["sequence"] for b in kinds(doc)["forged"]]
 
 
+def test_a_record_whose_own_link_was_changed_is_told_from_its_innocent_predecessor(teed, tokens, redis_url, key,
+                                                                                   forced, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+    row = attacks.rows(forced, stream)[2]
+    row["chain_prev"] = "f" * 64
+    forced.execute("UPDATE audit_events SET chain_prev = %s, chain_hash = %s WHERE stream_id = %s AND sequence = 3",
+                   (row["chain_prev"], attacks.chain_hash(attacks.canonical_of_row(row)), stream))
+    code, doc = run("--public-key", f"{key}.pub")
+    assert code == 1
+    details = {b["sequence"]: b["detail"] for b in kinds(doc)["forged"]}
+    assert details[3].startswith("record 3 is not the one its successor names")
+    assert details[2].startswith("records 2 and 3 do not link: one of them")
+
+
 def test_an_inserted_twin_inside_a_signed_range_is_named(teed, tokens, redis_url, key, forced, run):
     stream = produce(teed[0], tokens["ingest"], redis_url, key)
     twin = attacks.rows(forced, stream)[1]

@@ -154,19 +154,23 @@ class _Stream:
             return
         self.report.checkpoints += 1
         troubles, self.troubles = self.troubles, []
-        if adjacent and head_hash in prior:
+        reproduced = adjacent and head_hash in prior
+        if reproduced:
             self.report.attested += self.run_rows
             self.proven_head = seq
         elif adjacent:
             self.fail("forged", head, f"records {self.range_start}..{head} do not reproduce the head that "
                       f"checkpoint {seq} signed: one or more were altered, inserted or re-chained", where,
                       head_hash, next(iter(prior)))
-        for kind, first, last, at in troubles:
-            if kind == "link":
+        for i, (kind, first, last, at) in enumerate(troubles):
+            if kind == "gap":
+                self.gaps.append(_Gap(first, last, seq, at))
+            elif reproduced and i == len(troubles) - 1:  # its successor is proven: this one is not
                 self.fail("forged", first, f"record {first} is not the one its successor names: altered or "
                           f"replaced (inside the range checkpoint {seq} signed)", at)
             else:
-                self.gaps.append(_Gap(first, last, seq, at))
+                self.fail("forged", first, f"records {first} and {first + 1} do not link: one of them was "
+                          f"altered or replaced (inside the range checkpoint {seq} signed)", at)
         if attrs[contract.CHECKPOINT_FINAL]:
             self.final_at = seq
         self.checkpoint = seq
