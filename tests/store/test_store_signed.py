@@ -172,6 +172,13 @@ def test_the_copy_names_what_differs_and_what_is_missing_on_either_side(teed, to
     code, doc = run("--public-key", f"{key}.pub", "--against", str(copy), "--strict")
     assert code == 0, doc
     assert doc["against"]["matched"] == doc["against"]["copy_records"] >= 12
+    for window in (["--end", "2000-01-01T00:00:00Z"], ["--tenant", "another-tenant"]):
+        code, doc = run("--against", str(copy), *window)  # only the copy's records in the window or tenant
+        assert code == 0, doc
+        assert doc["against"]["copy_records"] == doc["rows"] == 0
+    code, doc = run("--public-key", f"{key}.pub", "--tenant", "another-tenant")
+    assert code == 1
+    assert kinds(doc)["no_signed_stream"]
     forced.execute("UPDATE audit_events SET enduser_id = 'mallory' WHERE stream_id = %s AND sequence = 2", (stream,))
     forced.execute("DELETE FROM audit_events WHERE stream_id = %s AND sequence = 4", (stream,))
     lines = gzip.decompress(copy.read_bytes()).decode().splitlines()
