@@ -187,6 +187,6 @@ def server_url(store: Store) -> Iterator[str]:
         yield url
 
 
-# The signed-trail fixtures (key, teed, forced, run) live beside their helpers; imported last, since
+# The signed-trail fixtures (signing_key, teed, forced, run) live beside their helpers; imported last, since
 # that module uses serve() from here.
-from .signed import forced, key, run, teed  # noqa: E402, F401
+from .signed import forced, run, signing_key, teed  # noqa: E402, F401

@@ -98,7 +98,7 @@ def produce(url: str, token: str, redis_url: str, key: Path | None, *, accesses:
 
 
 @pytest.fixture
-def key(tmp_path: Path) -> Path:
+def signing_key(tmp_path: Path) -> Path:
     """A fresh signing key: audit.key and audit.key.pub."""
     path = tmp_path / "audit.key"
     generate_key(path)

@@ -20,8 +20,8 @@ from .signed import kinds, produce
 PB = {"Content-Type": "application/x-protobuf"}
 
 
-def test_a_key_the_trail_was_not_signed_with(teed, tokens, redis_url, key, tmp_path, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+def test_a_key_the_trail_was_not_signed_with(teed, tokens, redis_url, signing_key, tmp_path, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     generate_key(tmp_path / "other.key")
     code, doc = run("--public-key", str(tmp_path / "other.key.pub"))
     assert code == 1
@@ -35,19 +35,19 @@ def test_a_key_the_trail_was_not_signed_with(teed, tokens, redis_url, key, tmp_p
     assert len(doc["signed"]["keys"]) == 2
 
 
-def test_a_changed_signed_field_breaks_the_signature(teed, tokens, redis_url, key, forced, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+def test_a_changed_signed_field_breaks_the_signature(teed, tokens, redis_url, signing_key, forced, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     (seq,) = forced.execute("SELECT min(sequence) FROM audit_events WHERE stream_id = %s AND "
                             "event_name = 'audit.checkpoint'", (stream,)).fetchone()
     forced.execute("UPDATE audit_events SET attributes = jsonb_set(attributes, '{audit.checkpoint.final}', 'true') "
                    "WHERE stream_id = %s AND sequence = %s", (stream, seq))
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     assert [b["sequence"] for b in kinds(doc)["bad_signature"]] == [seq]
 
 
-def test_stripping_every_checkpoint_leaves_an_unsigned_stream(teed, tokens, redis_url, key, forced, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+def test_stripping_every_checkpoint_leaves_an_unsigned_stream(teed, tokens, redis_url, signing_key, forced, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     forced.execute("DELETE FROM audit_events WHERE stream_id = %s AND event_name = 'audit.checkpoint'", (stream,))
     rows = attacks.rows(forced, stream)
     prev = "0" * 64
@@ -61,65 +61,65 @@ def test_stripping_every_checkpoint_leaves_an_unsigned_stream(teed, tokens, redi
     attacks.set_head(forced, stream, rows[-1], len(rows))
     code, doc = run()
     assert doc["breaks"] == 0  # the unkeyed chain is whole
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     (found,) = kinds(doc)["unsigned_stream"]
     assert found["stream_id"] == stream
 
 
-def test_an_unsigned_producer_is_a_break_and_the_stores_own_streams_are_not(teed, tokens, redis_url, key, run):
+def test_an_unsigned_producer_is_a_break_and_the_stores_own_streams_are_not(teed, tokens, redis_url, signing_key, run):
     url, _ = teed
-    signed = produce(url, tokens["ingest"], redis_url, key)
-    run("--public-key", f"{key}.pub")  # writes an audit.query record on the store's own stream
-    code, doc = run("--public-key", f"{key}.pub", "--strict")
+    signed = produce(url, tokens["ingest"], redis_url, signing_key)
+    run("--public-key", f"{signing_key}.pub")  # writes an audit.query record on the store's own stream
+    code, doc = run("--public-key", f"{signing_key}.pub", "--strict")
     assert code == 0, doc
     assert doc["streams"] == 2
     assert doc["signed"]["streams"] == 1
     unsigned = produce(url, tokens["ingest"], redis_url, None)
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     assert [b["stream_id"] for b in kinds(doc)["unsigned_stream"]] == [unsigned]
     assert signed not in json.dumps(doc["signed"]["details"])
 
 
-def test_an_altered_record_is_named_exactly_when_its_successor_still_links(teed, tokens, redis_url, key, forced, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+def test_an_altered_record_is_named_exactly_when_its_successor_still_links(teed, tokens, redis_url, signing_key, forced, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     row = attacks.rows(forced, stream)[2]
     row["secret_name"] = "innocent"  # altered and re-hashed, the next record left alone
     forced.execute("UPDATE audit_events SET secret_name = 'innocent', chain_hash = %s WHERE stream_id = %s AND "
                    "sequence = 3", (attacks.chain_hash(attacks.canonical_of_row(row)), stream))
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     assert 3 in [b["sequence"] for b in kinds(doc)["forged"]]
 
 
-def test_a_record_whose_own_link_was_changed_is_told_from_its_innocent_predecessor(teed, tokens, redis_url, key,
+def test_a_record_whose_own_link_was_changed_is_told_from_its_innocent_predecessor(teed, tokens, redis_url, signing_key,
                                                                                    forced, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     row = attacks.rows(forced, stream)[2]
     row["chain_prev"] = "f" * 64
     forced.execute("UPDATE audit_events SET chain_prev = %s, chain_hash = %s WHERE stream_id = %s AND sequence = 3",
                    (row["chain_prev"], attacks.chain_hash(attacks.canonical_of_row(row)), stream))
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     details = {b["sequence"]: b["detail"] for b in kinds(doc)["forged"]}
     assert details[3].startswith("record 3 is not the one its successor names")
     assert details[2].startswith("records 2 and 3 do not link: one of them")
 
 
-def test_an_inserted_twin_inside_a_signed_range_is_named(teed, tokens, redis_url, key, forced, run):
-    stream = produce(teed[0], tokens["ingest"], redis_url, key)
+def test_an_inserted_twin_inside_a_signed_range_is_named(teed, tokens, redis_url, signing_key, forced, run):
+    stream = produce(teed[0], tokens["ingest"], redis_url, signing_key)
     twin = attacks.rows(forced, stream)[1]
     twin.update(secret_name="twin", event_id=f"{stream}:2:twin")
     twin["chain_hash"] = attacks.chain_hash(attacks.canonical_of_row(twin))
     attacks.insert(forced, twin)
-    code, doc = run("--public-key", f"{key}.pub")
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 1
     (found,) = [b for b in kinds(doc)["forged"] if b["sequence"] == 2]
     assert "inserted" in found["detail"]
 
 
-def test_a_loss_the_producer_reported_is_not_a_cut(store, tokens, redis_url, key, run):
+def test_a_loss_the_producer_reported_is_not_a_cut(store, tokens, redis_url, signing_key, run):
     class RefuseSecond:
         """The store refuses one export request (400): the producer reports those records lost."""
 
@@ -136,18 +136,18 @@ def test_a_loss_the_producer_reported_is_not_a_cut(store, tokens, redis_url, key
             await self.app(scope, receive, send)
 
     with serve(store, wrap=RefuseSecond) as url:
-        stream = produce(url, tokens["ingest"], redis_url, key, accesses=12)
-    code, doc = run("--public-key", f"{key}.pub")
+        stream = produce(url, tokens["ingest"], redis_url, signing_key, accesses=12)
+    code, doc = run("--public-key", f"{signing_key}.pub")
     assert code == 0, doc
     assert doc["signed"]["reported_losses"] >= 1
     (tail,) = [w for w in kinds(doc)["unattested"] if "reported lost" in w["detail"]]
     assert tail["stream_id"] == stream
-    code, doc = run("--public-key", f"{key}.pub", "--strict")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--strict")
     assert code == 1
 
 
-def test_a_start_archived_by_retention_is_not_a_cut(client, tokens, owner, tmp_path, key, run):
-    signer = load_signer(key)
+def test_a_start_archived_by_retention_is_not_a_cut(client, tokens, owner, tmp_path, signing_key, run):
+    signer = load_signer(signing_key)
     old = chained(4, secret="old")
     backdate(old, 1_579_000_000_000_000_000)  # January 2020
     first = checkpoint_after(old, signer, prev="0" * 64, covered=0)
@@ -156,27 +156,27 @@ def test_a_start_archived_by_retention_is_not_a_cut(client, tokens, owner, tmp_p
     checkpoint_after(newer, signer, prev=first["attributes"]["audit.chain.hash"], covered=4, final=True)
     assert client.post("/v1/logs", content=to_protobuf(old + newer), headers={**PB, **tokens.header("ingest")}
                        ).status_code == 200
-    code, doc = run("--public-key", f"{key}.pub", "--strict")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--strict")
     assert code == 0, doc
     assert [p.name for p in apply_retention(owner, 365, tmp_path)] == ["audit_events_p202001"]
-    code, doc = run("--public-key", f"{key}.pub", "--strict")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--strict")
     assert code == 0, doc
     assert (doc["signed"]["archived_starts"], doc["signed"]["attested"]) == (1, 3)
 
 
-def test_the_copy_names_what_differs_and_what_is_missing_on_either_side(teed, tokens, redis_url, key, forced,
+def test_the_copy_names_what_differs_and_what_is_missing_on_either_side(teed, tokens, redis_url, signing_key, forced,
                                                                          tmp_path, run):
     url, tee = teed
-    stream = produce(url, tokens["ingest"], redis_url, key, accesses=12)
+    stream = produce(url, tokens["ingest"], redis_url, signing_key, accesses=12)
     copy = write_copy(tmp_path / "secret-audit.jsonl.1.gz", tee.bodies, gz=True)
-    code, doc = run("--public-key", f"{key}.pub", "--against", str(copy), "--strict")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--against", str(copy), "--strict")
     assert code == 0, doc
     assert doc["against"]["matched"] == doc["against"]["copy_records"] >= 12
     for window in (["--end", "2000-01-01T00:00:00Z"], ["--tenant", "another-tenant"]):
         code, doc = run("--against", str(copy), *window)  # only the copy's records in the window or tenant
         assert code == 0, doc
         assert doc["against"]["copy_records"] == doc["rows"] == 0
-    code, doc = run("--public-key", f"{key}.pub", "--tenant", "another-tenant")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--tenant", "another-tenant")
     assert code == 1
     assert kinds(doc)["no_signed_stream"]
     forced.execute("UPDATE audit_events SET enduser_id = 'mallory' WHERE stream_id = %s AND sequence = 2", (stream,))
@@ -209,14 +209,14 @@ def test_the_copy_names_what_differs_and_what_is_missing_on_either_side(teed, to
     assert "warning outside_copy" in text
 
 
-def test_the_commands_own_rules(key, tmp_path, run):
+def test_the_commands_own_rules(signing_key, tmp_path, run):
     code, text = run("--strict", json_out=False)
     assert code == 2
     assert "--public-key or --against" in text
-    code, text = run("--public-key", f"{key}.pub", "--start", "2026-01-01T00:00:00Z", json_out=False)
+    code, text = run("--public-key", f"{signing_key}.pub", "--start", "2026-01-01T00:00:00Z", json_out=False)
     assert code == 2
     assert "signed checks cover whole streams" in text
-    code, text = run("--public-key", str(key), json_out=False)  # the private key by mistake
+    code, text = run("--public-key", str(signing_key), json_out=False)  # the private key by mistake
     assert code == 2
     assert "holds a private key" in text
     assert "PRIVATE" not in text.replace("holds a private key", "")
@@ -227,8 +227,8 @@ def test_the_commands_own_rules(key, tmp_path, run):
     code, text = run("--against", str(tmp_path / "bad.jsonl"), json_out=False)
     assert code == 2
     assert "bad.jsonl:1: not an OTLP/JSON logs request" in text
-    code, doc = run("--public-key", f"{key}.pub")  # an empty store proves nothing
+    code, doc = run("--public-key", f"{signing_key}.pub")  # an empty store proves nothing
     assert code == 1
     assert kinds(doc)["no_signed_stream"]
-    code, doc = run("--public-key", f"{key}.pub", "--allow-empty")
+    code, doc = run("--public-key", f"{signing_key}.pub", "--allow-empty")
     assert code == 0
