@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import sys
 from importlib.metadata import version
@@ -101,6 +102,48 @@ def test_sync_canary_never_leaks(audit, redis_url, key, caplog, capfd):
     echo = [rec.getMessage() for rec in caplog.records if rec.name.startswith("secret_audit")]
     assert sum(1 for line in echo if line.startswith("[AUDIT] ")) == len(records)
     assert_no_canary("\n".join(echo), canary)
+
+
+def test_signed_checkpoints_carry_hashes_only(redis_url, key, tmp_path, caplog):
+    """Checkpoints sign the chain: ints, a flag, hex hashes, the key id and the signature; no name, no value."""
+    from conftest import instrumented
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+    from secret_audit.signing import generate_key
+
+    generate_key(tmp_path / "audit.key")
+    env = {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_ECHO": "true",
+           "OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "audit.key"),
+           "OTEL_PYTHON_SECRET_AUDIT_CHECKPOINT_RECORDS": "7",
+           "OTEL_PYTHON_SECRET_AUDIT_CHECKPOINT_INTERVAL_MS": "10"}
+    caplog.set_level(logging.DEBUG, logger="secret_audit")
+    canary = new_canary()
+    with instrumented(env, RedisSecretAuditInstrumentor()) as audit:
+        r = redis.Redis.from_url(redis_url)
+        try:
+            sync_exercise(r, key, canary)
+        finally:
+            r.close()
+        names = {a["secret.name"] for a in audit.attrs()}
+    # after shutdown, so the final checkpoint is in too
+    logs = [item.log_record for item in audit.log_exporter.get_finished_logs()]
+    checkpoints = [rec for rec in logs if rec.event_name == "audit.checkpoint"]
+    text = "\n".join(repr((rec.body, dict(rec.attributes))) for rec in logs)
+    assert len(checkpoints) >= 2
+    assert_no_canary(text, canary)
+    assert_no_canary(caplog.text, canary)
+    shapes = {
+        "audit.checkpoint.head_hash": r"[0-9a-f]{64}", "audit.checkpoint.prev": r"[0-9a-f]{64}",
+        "audit.chain.prev": r"[0-9a-f]{64}", "audit.chain.hash": r"[0-9a-f]{64}",
+        "audit.checkpoint.signature": r"[0-9a-f]{128}", "audit.checkpoint.key_id": r"[0-9a-f]{16}",
+        "audit.stream.id": r"[0-9a-f-]{36}", "audit.event.id": r"[0-9a-f-]{36}:\d+", "audit.outcome": "success",
+    }
+    for rec in checkpoints:
+        attrs = dict(rec.attributes)
+        for k, v in attrs.items():
+            if isinstance(v, (bool, int)):
+                continue
+            assert re.fullmatch(shapes[k], v), (k, v)
+        assert not any(name in rec.body for name in names)
 
 
 async def test_async_canary_never_leaks(audit, redis_url, key, caplog, capfd):

@@ -28,6 +28,7 @@ BAD_BY_PARSER = {
     "_patterns": [" , ", ","],
     "_failure_modes": ["sideways", "redis=", "=open", " , "],
     "_directory": ["  "],
+    "_signing_key": ["/nonexistent/sa/audit.key", "  "],
 }
 REDACTED = {"HMAC_KEY"}
 

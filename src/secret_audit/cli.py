@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from secret_audit._internal.arguments import (
+from secret_audit._arguments import (
     OPERATIONS,
     OUTCOMES,
     Parser,
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay = psub.add_parser("replay", help="send what waits to the endpoint the app's settings name, oldest "
                                             "first and once, also beside running apps")
     replay.add_argument("directory", help=where)
+    keygen = sub.add_parser(
+        "keygen", help="make an Ed25519 key pair for signed checkpoints: PATH (0600) and PATH.pub"
+    )
+    keygen.add_argument("path", help="where the private key goes; the public key goes to PATH.pub")
 
     store = sub.add_parser("store", help="run or migrate the audit store")
     ssub = store.add_subparsers(dest="store_command", required=True)
@@ -111,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--archive", nargs="+", metavar="FILE",
                         help="check retention archives (.jsonl.gz) instead of the database")
     verify.add_argument("--allow-empty", action="store_true",
-                        help="exit 0 even with nothing to verify (no stream, or no record in the window)")
+                        help="exit 0 even with nothing to verify (no stream, no record in the window, "
+                             "or with --public-key no producer stream)")
+    verify.add_argument("--public-key", action="append", metavar="FILE",
+                        help="check signed checkpoints with this Ed25519 public key (PEM; repeatable, or a "
+                             "keyring file of several)")
+    verify.add_argument("--strict", action="store_true",
+                        help="unattested records and streams without a final checkpoint fail too")
+    verify.add_argument("--against", nargs="+", metavar="FILE",
+                        help="compare with the collector's file copy (OTLP/JSON lines, .gz or not)")
 
     retention = sub.add_parser("retention", help="archive and drop partitions past the retention period")
     rsub = retention.add_subparsers(dest="retention_command", required=True)
@@ -164,6 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         from secret_audit._internal import spool_cli
 
         return spool_cli.run(args)
+    if args.command == "keygen":
+        return _keygen(args.path)
     try:
         from secret_audit.store import _cli
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -171,6 +185,20 @@ def _run(args: argparse.Namespace) -> int:
               "pip install 'otel-secret-audit[store]'", file=sys.stderr)
         return 2
     return _cli.run(args)
+
+
+def _keygen(path: str) -> int:
+    from secret_audit.signing import KeyFileError, generate_key
+
+    try:
+        kid = generate_key(path)
+    except KeyFileError as exc:
+        print(f"secret-audit: {exc}", file=sys.stderr)
+        return 2
+    print(f"key {kid}: private key {path} (mode 0600), public key {path}.pub")
+    print(f"sign with OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE={path}; verify with "
+          f"secret-audit verify --public-key {path}.pub", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,18 +1,28 @@
-"""Build chained audit records exactly as the producer does, for tests that need many or odd ones."""
+"""Build chained audit records exactly as the producer does, for tests that need many or odd ones.
+
+``write_copy`` writes the collector's file copy of OTLP requests: one OTLP/JSON ExportLogsServiceRequest
+per line, as protobuf's JSON mapping yields it with the OTLP/JSON rules (hex trace and span ids,
+integer enums). That is the file exporter's format; no collector here can write it (see FACTS.md), so
+the tests do.
+"""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from secret_audit._internal import chain
+from secret_audit import contract
 
 
-def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = chain.GENESIS,
+def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = contract.GENESIS,
             secret: str = "db-password", tenant: str | None = None, **extra: Any) -> list[dict[str, Any]]:
     """Records as dicts (the otlp_receiver shape), chained from prev."""
     stream = stream or str(uuid.uuid4())
@@ -60,8 +70,8 @@ def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: 
 
 def rehash(rec: dict[str, Any]) -> str:
     """Recompute a record's chain hash in place (as a forger who knows the algorithm would)."""
-    digest = chain.chain_hash(
-        chain.canonical_bytes(
+    digest = contract.chain_hash(
+        contract.canonical_bytes(
             time_unix_nano=rec["time_unix_nano"], event_name=rec["event_name"],
             severity_number=rec["severity_number"], body=rec["body"], trace_id=rec["trace_id"],
             span_id=rec["span_id"], attributes=rec["attributes"],
@@ -69,6 +79,15 @@ def rehash(rec: dict[str, Any]) -> str:
     )
     rec["attributes"]["audit.chain.hash"] = digest
     return digest
+
+
+def backdate(recs: list[dict[str, Any]], time_unix_nano: int, prev: str = contract.GENESIS) -> str:
+    """Move records to another time (1 ns apart) and chain them again from ``prev``; the last hash."""
+    for i, r in enumerate(recs):
+        r["time_unix_nano"] = time_unix_nano + i
+        r["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(r)
+    return prev
 
 
 def _any(v: Any) -> AnyValue:
@@ -178,3 +197,49 @@ def store_legacy(conn: Any, records: list[dict[str, Any]]) -> None:
                 "record_count = audit_streams.record_count + 1",
                 (p.stream_id, p.tenant, p.service_name, p.sequence, p.claimed),
             )
+
+
+def copy_lines(bodies: list[bytes]) -> list[str]:
+    """The file exporter's uncompressed format for these requests: one OTLP/JSON request per line."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    lines = []
+    for body in bodies:
+        doc = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body), use_integers_for_enums=True)
+        for rl in doc.get("resourceLogs", []):
+            for sl in rl.get("scopeLogs", []):
+                for lr in sl.get("logRecords", []):
+                    for k in ("traceId", "spanId"):
+                        if k in lr:
+                            lr[k] = base64.b64decode(lr[k]).hex()
+        lines.append(json.dumps(doc, separators=(",", ":")))
+    return lines
+
+
+def write_copy(path: Path, bodies: list[bytes], *, gz: bool = False) -> Path:
+    """Write the copy to ``path`` (gzip-compressed with ``gz``), as a rotated and compressed file would be."""
+    data = "".join(line + "\n" for line in copy_lines(bodies)).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def checkpoint_after(records: list[dict[str, Any]], signer: Any, *, prev: str, covered: int,
+                     final: bool = False) -> dict[str, Any]:
+    """A signed checkpoint appended to ``records`` (the records.py shape), made with the public contract."""
+    from secret_audit import contract
+
+    head = records[-1]
+    attrs = head["attributes"]
+    seq, stream = attrs["audit.sequence"] + 1, attrs["audit.stream.id"]
+    at = head["time_unix_nano"] + 1
+    fields = {"head_sequence": seq - 1, "head_hash": attrs["audit.chain.hash"], "records": seq - 1 - covered,
+              "key_id": signer.key_id, "prev": prev, "final": final}
+    signature = signer.sign(contract.checkpoint_bytes(stream_id=stream, sequence=seq, time_unix_nano=at, **fields))
+    cp_attrs: dict[str, Any] = {"audit.outcome": "success", **{f"audit.checkpoint.{k}": v for k, v in fields.items()},
+                                "audit.checkpoint.signature": signature}
+    rec = {**head, "time_unix_nano": at, "observed_unix_nano": at, "event_name": "audit.checkpoint",
+           "body": "Audit checkpoint", "trace_id": "", "span_id": "", "attributes": cp_attrs}
+    contract.stamp(cp_attrs, stream, seq, attrs["audit.chain.hash"], at, "audit.checkpoint", 9, "Audit checkpoint")
+    records.append(rec)
+    return rec

@@ -13,7 +13,7 @@ from secret_audit.store.retention import apply_retention, verify_archives
 from secret_audit.store.verify import verify
 
 from .conftest import live_stream
-from .records import chained, to_protobuf
+from .records import backdate, chained, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -140,14 +140,7 @@ def test_stream_needs_auditor(server_url, tokens):
 
 def test_retention_archives_and_drops_old_partitions(client, tokens, owner, tmp_path):
     old = chained(4, secret="old")
-    for i, r in enumerate(old):  # January 2020
-        r["time_unix_nano"] = 1_579_000_000_000_000_000 + i
-    from .records import rehash
-
-    prev = "0" * 64
-    for r in old:
-        r["attributes"]["audit.chain.prev"] = prev
-        prev = rehash(r)
+    prev = backdate(old, 1_579_000_000_000_000_000)  # January 2020
     stream = old[0]["attributes"]["audit.stream.id"]
     newer = chained(2, stream=stream, start_seq=5, prev=prev, secret="new")
     # through the library: the HTTP ingest would hold records this old at their receive time

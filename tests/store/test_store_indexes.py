@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store import _query, migrations
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import decode_protobuf
@@ -137,7 +137,7 @@ def test_upgrade_to_hashed_keys_rebuilds_the_filter_indexes_of_every_partition(b
     with psycopg.connect(bare_db_url, autocommit=True) as conn:
         monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
         assert migrations.migrate(conn) == [1, 2, 3, 4, 5]
-        old, prev = chained(2, **_attrs(True)), chain.GENESIS
+        old, prev = chained(2, **_attrs(True)), contract.GENESIS
         for r in old:  # 40 days back: a second partition
             r["time_unix_nano"] -= 40 * 86400 * 10**9
             r["attributes"]["audit.chain.prev"] = prev

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.cli import main
 from secret_audit.store._rows import COLUMNS, canonical_of_row
 from secret_audit.store.verify import verify
@@ -68,7 +68,7 @@ def test_modified_and_rehashed_row_breaks_the_next_link(trail, forced):
     with forced.cursor(row_factory=dict_row) as cur:
         row = cur.execute("SELECT * FROM audit_events WHERE sequence = 3").fetchone()
     forced.execute("UPDATE audit_events SET chain_hash = %s WHERE sequence = 3",
-                   (chain.chain_hash(canonical_of_row(row)),))
+                   (contract.chain_hash(canonical_of_row(row)),))
     brk, kinds = first_break(forced)
     assert (brk.kind, brk.sequence) == ("chain_break", 4)
 

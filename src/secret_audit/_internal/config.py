@@ -6,7 +6,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+
+from secret_audit.environ import PREFIX, ConfigurationError
+from secret_audit.environ import int_range as _int_range
+from secret_audit.environ import parse_bool as _bool
+from secret_audit.environ import read as _read
+from secret_audit.hashing import hmac_key_from_env
 
 __all__ = [
     "PREFIX",
@@ -15,8 +20,6 @@ __all__ = [
     "SPAN_MODES",
     "load_settings",
 ]
-
-PREFIX = "OTEL_PYTHON_SECRET_AUDIT_"
 
 SPAN_MODES = ("all", "in_trace", "errors", "off")
 EXPORTERS = ("otlp", "console", "none")
@@ -38,21 +41,6 @@ DEFAULT_REDIS_KEY_PATTERNS = (
     "*apikey*",
     "*private_key*",
 )
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-
-T = TypeVar("T")
-
-
-class ConfigurationError(ValueError):
-    """Raised at start-up so that a mistyped setting can never silently weaken the audit."""
-
-    def __init__(self, variable: str, value: str, allowed: str) -> None:
-        self.variable = variable
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"{variable}={value!r} is not valid: expected {allowed}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +76,9 @@ class Settings:
     failure_modes: tuple[tuple[str, str], ...] = ()
     fail_closed_timeout_ms: int = 5000
     handle_sigterm: bool = True
+    signing_key_file: str | None = None
+    checkpoint_records: int = 10000
+    checkpoint_interval_ms: int = 1000
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""
@@ -97,34 +88,12 @@ class Settings:
         return self.failure_mode
 
 
-def _bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ConfigurationError(name, raw, "one of true, false, 1, 0, yes, no, on, off")
-
-
 def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         low = raw.strip().lower()
         if low not in choices:
             raise ConfigurationError(name, raw, "one of " + ", ".join(choices))
         return low
-
-    return parse
-
-
-def _int_range(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigurationError(name, raw, f"an integer from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ConfigurationError(name, raw, f"an integer from {low} to {high}")
-        return value
 
     return parse
 
@@ -141,44 +110,6 @@ def _text(name: str, raw: str) -> str:
     if not value:
         raise ConfigurationError(name, raw, "a non-empty string")
     return value
-
-
-def _read(
-    env: Mapping[str, str], suffix: str, parse: Callable[[str, str], T], default: T
-) -> T:
-    name = PREFIX + suffix
-    raw = env.get(name)
-    if raw is None:
-        return default
-    return parse(name, raw)
-
-
-def _hmac_key(env: Mapping[str, str], wanted: bool) -> bytes | None:
-    key_name = PREFIX + "HMAC_KEY"
-    file_name = PREFIX + "HMAC_KEY_FILE"
-    raw = env.get(key_name)
-    path = env.get(file_name)
-    if raw is not None and path is not None:
-        raise ConfigurationError(file_name, path, f"unset while {key_name} is set (choose one)")
-    if raw is not None:
-        if len(raw.encode()) < 16:
-            raise ConfigurationError(key_name, "<redacted>", "a key of at least 16 bytes")
-        return raw.encode()
-    if path is not None:
-        try:
-            data = Path(path).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                file_name, path, f"a readable file ({exc.strerror or type(exc).__name__})"
-            ) from None
-        if len(data) < 16:
-            raise ConfigurationError(file_name, path, "a file holding a key of at least 16 bytes")
-        return data
-    if wanted:
-        raise ConfigurationError(
-            PREFIX + "HASH_NAMES", "true", f"false, unless {key_name} or {file_name} is set"
-        )
-    return None
 
 
 def _failure_modes(name: str, raw: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -240,6 +171,18 @@ def _directory(name: str, raw: str) -> str:
     if path.exists() and not path.is_dir():
         raise ConfigurationError(name, raw, "a directory (this path is a file)")
     return str(path)
+
+
+def _signing_key(name: str, raw: str) -> str:
+    """A path to an Ed25519 private key (PEM), loaded once here so that a bad one stops start-up."""
+    from secret_audit.signing import KeyFileError, load_signer
+
+    try:
+        load_signer(raw.strip())
+    except KeyFileError as exc:
+        raise ConfigurationError(name, raw, f"an Ed25519 private key in PEM (the file {exc.reason}); "
+                                 "make one with `secret-audit keygen PATH`") from None
+    return raw.strip()
 
 
 def _protocol(env: Mapping[str, str]) -> tuple[str, str]:
@@ -317,7 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         redis_unknown_commands=_read(env, "REDIS_UNKNOWN_COMMANDS", _choice(("audit", "ignore")), "audit"),
         hash_names=hash_names,
-        hmac_key=_hmac_key(env, hash_names),
+        hmac_key=hmac_key_from_env(env, hash_names),
         principal=_read(env, "PRINCIPAL", _text, None),
         default_access_path=_read(env, "DEFAULT_ACCESS_PATH", _choice(ACCESS_PATHS), "internal"),
         spans=_read(env, "SPANS", _choice(SPAN_MODES), "in_trace"),
@@ -342,4 +285,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         failure_modes=failure_modes,
         fail_closed_timeout_ms=_read(env, "FAIL_CLOSED_TIMEOUT_MS", _int_range(1, 600_000), 5000),
         handle_sigterm=_read(env, "HANDLE_SIGTERM", _bool, True),
+        signing_key_file=_read(env, "SIGNING_KEY_FILE", _signing_key, None),
+        checkpoint_records=_read(env, "CHECKPOINT_RECORDS", _int_range(1, 10_000_000), 10000),
+        checkpoint_interval_ms=_read(env, "CHECKPOINT_INTERVAL_MS", _int_range(10, 3_600_000), 1000),
     )

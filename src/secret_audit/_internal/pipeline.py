@@ -22,7 +22,8 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from secret_audit._internal import chain
+from secret_audit import contract
+from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import PREFIX, Settings
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.export import audit_resource, build_sink, preload_sink
@@ -45,15 +46,10 @@ _log = logging.getLogger("secret_audit")
 _echo = logging.getLogger("secret_audit.audit")
 
 SCOPE = "secret_audit"
-EVENT_ACCESS = "secret.access"
-EVENT_DROPPED = "audit.dropped"
+EVENT_ACCESS = contract.EVENT_ACCESS
+EVENT_DROPPED = contract.EVENT_DROPPED
 
-_SEVERITY = {
-    "success": (SeverityNumber.INFO, "INFO"),
-    "not_found": (SeverityNumber.WARN, "WARN"),
-    "denied": (SeverityNumber.WARN, "WARN"),
-    "error": (SeverityNumber.ERROR, "ERROR"),
-}
+_SEVERITY = {outcome: (SeverityNumber(n), text) for outcome, (n, text) in contract.SEVERITY.items()}
 
 _VERB = {
     "read": ("Secret accessed", "from"),
@@ -176,6 +172,7 @@ class AuditPipeline:
         # Resource detection runs on a thread pool, which refuses work once the interpreter has
         # begun to exit: a three-line script's records are built then, so detect now.
         self._fallback_resource = None if _has_resource(tracer_provider) else audit_resource(tracer_provider)
+        self._checkpoints = checkpoints_for(settings)  # None without a signing key
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -203,7 +200,7 @@ class AuditPipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sequence = 0
-        self._prev = chain.GENESIS
+        self._prev = contract.GENESIS
         self._sink: Sink | None = None
         self._batch_seqs: list[int] = []
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
@@ -235,6 +232,8 @@ class AuditPipeline:
         # a queue-full count). If their batch is lost too, that is reported again, not forgotten.
         self._open_reports: dict[int, tuple[int, int] | int] = {}
         self._waiting = 0
+        if self._checkpoints is not None:
+            self._checkpoints.reset()
 
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
@@ -425,6 +424,9 @@ class AuditPipeline:
             if self.degraded and not self._dq and not stopping and time.monotonic() >= self._next_probe:
                 self._probe()
             if stopping and not self._dq:
+                if self._attest(final=True):
+                    self._export_batch()
+                    self._settle()
                 return
 
     def _drain(self, *, force: bool) -> None:
@@ -449,16 +451,19 @@ class AuditPipeline:
                     item.ticket.complete(False)
             if len(self._batch_seqs) >= batch_size:
                 self._after_slice()
+                self._attest()
                 self._export_batch()
             elif built >= _SLICE:
                 built = 0
                 self._after_slice()
+                self._attest()
                 if len(dq) < self._cap // 4:
                     # Hand the GIL back between slices so that application threads are not
                     # stalled for a whole switch interval (5 ms) behind a long batch.
                     os.sched_yield()
         self._after_slice()
         self._report_drops()
+        self._attest()
         if force or markers or self._batch_tickets:
             self._export_batch()
         self._settle()
@@ -675,28 +680,15 @@ class AuditPipeline:
         """Give the record its place in the stream (sequence, chain) and hand it to the sink."""
         self._sequence += 1
         seq = self._sequence
-        attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
-        attrs["audit.stream.id"] = self.stream_id
-        attrs["audit.sequence"] = seq
-        attrs["audit.chain.prev"] = self._prev
+        prev = self._prev
         if shape is not None:
             severity, severity_text = shape.severity, shape.severity_text
         else:
             sev, severity_text = _SEVERITY.get(attrs.get("audit.outcome", "error"), _SEVERITY["error"])
             severity = sev.value
         trace_id, span_id, flags, trace_hex, span_hex = ids
-        digest = chain.chain_hash(
-            chain.canonical_bytes(
-                time_unix_nano=start_ns,
-                event_name=event_name,
-                severity_number=severity,
-                body=body,
-                trace_id=trace_hex,
-                span_id=span_hex,
-                attributes=attrs,
-            )
-        )
-        attrs[chain.HASH_ATTRIBUTE] = digest
+        digest = contract.stamp(attrs, self.stream_id, seq, prev, start_ns, event_name, severity, body,
+                                trace_hex, span_hex)
         self._prev = digest
         record = _new_record(
             RecordData,
@@ -704,14 +696,24 @@ class AuditPipeline:
              event_name),
         )
         if fast is not None and shape is not None:
-            tail = self._tail.encode(attrs["audit.duration_ms"], seq, attrs["audit.chain.prev"], digest)
+            tail = self._tail.encode(attrs["audit.duration_ms"], seq, prev, digest)
             fast.add_encoded(record, shape.encoded, len(shape.attrs), tail)
         else:
             assert self._sink is not None
             self._sink.add(record)
         self._batch_seqs.append(seq)
-        if self.settings.echo:
+        if self.settings.echo and event_name != contract.EVENT_CHECKPOINT:
             _echo_line(body)
+
+    def _attest(self, final: bool = False) -> bool:
+        """Stamp the stream's signed checkpoint when one is due, or its final one; True if one was made."""
+        checkpoints = self._checkpoints
+        if checkpoints is None or not checkpoints.due(self._sequence, final):
+            return False
+        attrs, now, body = checkpoints.build(self.stream_id, self._sequence, self._prev, final)
+        self._emit(contract.EVENT_CHECKPOINT, attrs, now, body, _NO_IDS)
+        checkpoints.stamped(self._sequence, self._prev, final)
+        return True
 
     def _report_drops(self) -> None:
         """Turn counted losses into their own chained record, so a sink sees what it never got."""

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 import psycopg
 
-from secret_audit._internal.config import ConfigurationError
+from secret_audit.exceptions import ConfigurationError
 from secret_audit.store import _client, _layout
+from secret_audit.store._proofs import open_proofs, render
 from secret_audit.store.config import STORE, StoreConfig, default_data_dir, load_store_config
 
 __all__ = ["run"]
@@ -235,6 +236,7 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         return _report(archived, args.json)
     start, end = _when(args.start, "--start"), _when(args.end, "--end")
     with _owner(config) as conn:
+        proofs = open_proofs(args, conn, start, end)
         conds, params = where_clause(Filters(start=start, end=end), args.tenant)
         count = psycopg.sql.SQL("SELECT count(*) FROM audit_events WHERE {}").format(and_all(conds))
         row = conn.execute(count, params).fetchone()
@@ -242,7 +244,8 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         with _progress(total, "verifying") as bar:
             task = bar.add_task("verify", total=total)
             report = verify(conn, start=start, end=end, tenant=args.tenant,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n), also=proofs)
+        sections = proofs.finish() if proofs is not None else {}
         gaps = [
             {"finding_id": g.finding_id, "stream_id": g.stream_id, "missing": g.missing,
              "ranges": [list(r) for r in g.ranges]}
@@ -260,7 +263,7 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
             doc = {**report.as_dict(), "ok": False, "empty": True}
             print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return _nothing(empty)
-    return _report(report, args.json, gaps)
+    return _report(report, args.json, gaps, sections)
 
 
 def _nothing(reason: str) -> int:
@@ -292,10 +295,14 @@ def _nothing_verified(conn: psycopg.Connection[Any], start: dt.datetime | None, 
     return None if found else f"no audit records in the window{scope}"
 
 
-def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None) -> int:
+def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None,
+            sections: dict[str, Any] | None = None) -> int:
     doc = report.as_dict()
     if gaps is not None:
         doc["open_gaps"] = gaps  # found on ingest and not (wholly) filled by late records since
+    for name, section in (sections or {}).items():
+        doc[name] = section.as_dict()
+        doc["ok"] = doc["ok"] and section.ok
     if as_json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -316,6 +323,8 @@ def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None
                 print(f"  {g['stream_id']}: {ranges}")
             if len(gaps) > 20:
                 print(f"  ... and {len(gaps) - 20} more (--json lists them all)")
+        for name, section in (sections or {}).items():
+            print("\n".join(render(name, section)))
     return 0 if doc["ok"] else 1
 
 

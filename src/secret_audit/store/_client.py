@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from secret_audit._internal.config import ConfigurationError
+from secret_audit.exceptions import ConfigurationError
 from secret_audit.store import _layout
 from secret_audit.store.config import STORE
 

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._bounds import HELD_KIND, TimeBounds, Window
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
@@ -315,7 +315,7 @@ class _Walk:
         """Yield each record to store, with its integrity set; count duplicates and refusals."""
         batch = self.batch
         if (self.plain is not None and not self.known_prev
-                and self.plain(batch, self.head_seq, self.head_hash, chain.GENESIS)):
+                and self.plain(batch, self.head_seq, self.head_hash, contract.GENESIS)):
             # the common case, judged and finished in C: the next sequences, every hash as claimed and
             # linked; all "ok", nothing to find. Anything else is judged below, record by record.
             self.head_seq, self.head_hash, self.stored = batch[-1].sequence, batch[-1].claimed, len(batch)
@@ -354,7 +354,7 @@ class _Walk:
                 self._finding("hash_mismatch", seq,
                               "the record's content does not match its audit.chain.hash",
                               p.computed, claimed)
-            expected_prev = chain.GENESIS if seq == 1 else known_hash.get(seq - 1)
+            expected_prev = contract.GENESIS if seq == 1 else known_hash.get(seq - 1)
             if expected_prev is not None:
                 if p.prev != expected_prev:
                     integrity = "chain_break" if integrity == "ok" else integrity

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secret_audit._internal.config import PREFIX, ConfigurationError, _bool, _int_range, _read
+from secret_audit.environ import PREFIX, ConfigurationError
+from secret_audit.environ import int_range as _int_range
+from secret_audit.environ import parse_bool as _bool
+from secret_audit.environ import read as _read
 
 __all__ = ["NON_AUDIT_MODES", "StoreConfig", "default_data_dir", "load_store_config"]
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._rows import event_json
 from secret_audit.store.verify import Break, VerifyReport
 
@@ -149,7 +149,7 @@ def verify_archives(paths: list[Path]) -> VerifyReport:
             report.rows += 1
             seq = int(e["sequence"])
             attrs = e["attributes"]
-            computed = chain.chain_hash(chain.canonical_bytes(
+            computed = contract.chain_hash(contract.canonical_bytes(
                 time_unix_nano=int(e["time_unix_nano"]), event_name=e["event_name"],
                 severity_number=int(e["severity_number"]), body=e["body"], trace_id=e["trace_id"],
                 span_id=e["span_id"], attributes=attrs,
@@ -157,7 +157,7 @@ def verify_archives(paths: list[Path]) -> VerifyReport:
             if computed != attrs.get("audit.chain.hash"):
                 _add(report, Break("modified", stream, seq, "archived record does not match its hash",
                                    None, e["time"], computed, attrs.get("audit.chain.hash")))
-            expected = chain.GENESIS if seq == 1 else (prev_hash if seq == prev_seq + 1 else None)
+            expected = contract.GENESIS if seq == 1 else (prev_hash if seq == prev_seq + 1 else None)
             if expected is not None and attrs.get("audit.chain.prev") != expected:
                 _add(report, Break("chain_break", stream, seq, "archived link does not match",
                                    None, e["time"], expected, attrs.get("audit.chain.prev")))

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._columns import COLUMN_KINDS, NO_STREAM, ColumnCheck
 from secret_audit.store._query import Filters, and_all, where_clause
 from secret_audit.store._rows import canonical_of_row
@@ -142,11 +142,12 @@ class _Walker:
                            "rows exist for a stream the store never ingested",
                            int(row["id"]), _iso(row["time"])))
 
-    def row(self, row: dict[str, Any]) -> None:
+    def row(self, row: dict[str, Any]) -> str:
+        """Check one row against its predecessor; returns the hash recomputed from its content."""
         seq = int(row["sequence"])
         stream = str(self.stream)
         where = (int(row["id"]), _iso(row["time"]))
-        computed = chain.chain_hash(canonical_of_row(row))
+        computed = contract.chain_hash(canonical_of_row(row))
         if computed != row["chain_hash"]:
             self.add(Break("modified", stream, seq, "the row's content does not match its chain hash",
                            *where, computed, row["chain_hash"]))
@@ -155,7 +156,7 @@ class _Walker:
         if seq == self.prev_seq:
             self.add(Break("duplicate_sequence", stream, seq, "two rows carry the same sequence", *where))
         elif seq == 1 or seq == self.prev_seq + 1:
-            expected = chain.GENESIS if seq == 1 else self.prev_hash
+            expected = contract.GENESIS if seq == 1 else self.prev_hash
             if expected is not None and row["chain_prev"] != expected:
                 self.add(Break("chain_break", stream, seq,
                                "audit.chain.prev does not match the previous row's hash",
@@ -173,6 +174,7 @@ class _Walker:
                 self.losses.append((lo, hi))
         self.prev_seq, self.prev_hash = seq, str(row["chain_hash"])
         self.count += 1
+        return computed
 
     def _explained(self, first: int, last: int) -> bool:
         # The producer reports export losses in a later audit.dropped record; those gaps are not tampering.
@@ -215,8 +217,13 @@ def verify(
     end: dt.datetime | None = None,
     tenant: str | None = None,
     progress: Callable[[int], None] | None = None,
+    also: Callable[[dict[str, Any], str], None] | None = None,
 ) -> VerifyReport:
-    """Re-check every row in the window (default: the whole store) and report all breaks."""
+    """Re-check every row in the window (default: the whole store) and report all breaks.
+
+    ``also`` sees every row, in stream and sequence order, with the hash recomputed from its content
+    (the signed and reconciling checks ride on this one scan).
+    """
     report = VerifyReport()
     conds, params = where_clause(Filters(start=start, end=end), tenant)
     whole = start is None and end is None
@@ -244,7 +251,9 @@ def verify(
                 walker.finish()
                 walker.start(conn, row, whole)
                 seen.add(row["stream_id"])
-            walker.row(row)
+            computed = walker.row(row)
+            if also is not None:
+                also(row, computed)
             report.rows += 1
             batch += 1
             if progress is not None and batch >= 1000:
