@@ -239,6 +239,9 @@ ELSEWHERE: dict[str, list[str]] = {
     **{P + "STORE_" + name: ["tests/store/test_store_settings.py"] for name in (
         "DATA_DIR", "HOST", "PORT", "MAX_BODY_BYTES", "NON_AUDIT", "RETENTION_DAYS", "ARCHIVE_DIR",
         "POOL_SIZE", "INGEST_CONCURRENCY", "NATIVE", "WORKERS", "APP_ROLE", "URL", "TOKEN")},
+    P + "SIGNING_KEY_FILE": ["tests/test_checkpoint.py"],  # and the demo, under the launcher
+    P + "CHECKPOINT_RECORDS": ["tests/test_checkpoint.py"],
+    P + "CHECKPOINT_INTERVAL_MS": ["tests/test_checkpoint.py"],
     P + "STORE_MAX_CLOCK_SKEW_SECONDS": ["tests/store/test_store_ingest.py"],
     P + "STORE_MAX_RECORD_AGE_DAYS": ["tests/store/test_store_ingest.py"],
 }
