@@ -260,7 +260,8 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         empty = None if args.allow_empty else _nothing_verified(conn, start, end, args.tenant)
     if empty is not None:
         if args.json:
-            doc = {**report.as_dict(), "ok": False, "empty": True}
+            doc = {**report.as_dict(), **{name: part.as_dict() for name, part in sections.items()},
+                   "ok": False, "empty": True}
             print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return _nothing(empty)
     return _report(report, args.json, gaps, sections)
