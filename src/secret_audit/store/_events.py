@@ -84,7 +84,7 @@ def _post(store: Store, chains: _Chains, event: CustomEvent, caller: Principal) 
                 time_unix_nano=event.time_unix_nano, trace_id=event.trace_id, span_id=event.span_id,
             )
     store.counters.add(result.accepted, result.duplicates, result.rejected, 0)
-    store.hub.publish(result.events)
+    store.committed(result)
     if result.rejected:
         raise HTTPException(422, "; ".join(result.errors))
     events = result.events()

@@ -85,6 +85,7 @@ class Api:
     ) -> None:
         """Write one audit.query record about this call and publish it to live streams."""
         store = self.store
+        store.counters.query(principal.role, outcome)
         extra = dict(extra or {})
         if principal.tenant:
             extra["audit.tenant"] = principal.tenant
@@ -98,4 +99,4 @@ class Api:
             body=body,
             extra=extra,
         )
-        store.hub.publish(result.events)
+        store.committed(result)

@@ -13,10 +13,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from secret_audit.store._alerts import Alerts
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._hub import Hub
-from secret_audit.store._ingest import Ingestor
+from secret_audit.store._ingest import Ingestor, IngestResult
 from secret_audit.store._live import Announcement, LiveBus
+from secret_audit.store._metrics import StoreMetrics
 from secret_audit.store._rows import event_json
 from secret_audit.store._selfaudit import SelfAudit
 from secret_audit.store._stats import Counters
@@ -50,6 +52,8 @@ class Store:
         self.hub = Hub()
         self.live: LiveBus | None = None
         self.role: str | None = None
+        self.alerts = Alerts(config.alerts)
+        self.metrics = StoreMetrics(self, ())
 
     @property
     def embedded(self) -> Path | None:
@@ -85,6 +89,13 @@ class Store:
         self.live = LiveBus(self._url, self.hub, self._announced)
         self.ingestor.live = self.live
         self.live.start()
+        self.alerts = Alerts(self.config.alerts, self.connection)
+        self.metrics = StoreMetrics(self, self.config.metrics)
+
+    def committed(self, result: IngestResult) -> None:
+        """What ingest committed goes to live streams and to the alert thread (neither waits)."""
+        self.hub.publish(result.events)
+        self.alerts.offer(result)
 
     def _announced(self, note: Announcement) -> list[dict[str, Any]]:
         """Another store process's committed rows, read back for this process's live streams."""
@@ -109,7 +120,9 @@ class Store:
             yield conn
 
     def close(self) -> None:
-        """Stop the live bus, close the pool and stop an embedded server we started."""
+        """Stop alerts and metrics, the live bus, close the pool and stop an embedded server we started."""
+        self.alerts.close()
+        self.metrics.shutdown()
         if self.live is not None:
             self.live.stop()
             self.live = self.ingestor.live = None
