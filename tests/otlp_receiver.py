@@ -161,12 +161,19 @@ def otlp_receiver(port: int = 0) -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve_http(Handler, port) as url:
+        receiver.url = url
+        yield receiver
+
+
+@contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """A threaded loopback HTTP server for the block; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield receiver
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

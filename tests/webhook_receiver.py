@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from otlp_receiver import serve_http
 
 
 def new_secret() -> str:
@@ -86,12 +88,6 @@ def webhook_receiver(secret: str | None = None) -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as url:
+        receiver.url = url + "/alerts"
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()

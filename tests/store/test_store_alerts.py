@@ -158,16 +158,21 @@ def test_a_full_alert_queue_drops_and_counts(db_url):
     assert stats["dropped"]["loss"] >= 3  # one in flight (retrying), one queued, the rest dropped
 
 
+def lose_first_batch(url: str, token: str, redis_url: str) -> str:
+    """Against a store that refuses the first request (failing_ingest(1)): a producer that does not
+    retry loses it, and reports the loss in its next one. Returns the producer's stream id."""
+    with producer(url, token, OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS="0") as pipeline:
+        client = redis.Redis.from_url(redis_url)
+        client.get("secret:lost-one")
+        assert pipeline.flush(10)
+        client.get("secret:kept-one")
+        assert pipeline.flush(10)
+        return str(pipeline.stream_id)
+
+
 def test_losses_gaps_and_refusals_reported_by_producers_are_alerted(db_url, tokens, redis_url):
     with webhook_receiver() as rx, alerting_store(db_url, alert_env(rx), failing_ingest(1)) as (store, url):
-        # the first request is refused (503) and not retried: lost, reported in the next one
-        with producer(url, tokens["ingest"], OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS="0") as pipeline:
-            client = redis.Redis.from_url(redis_url)
-            client.get("secret:lost-one")
-            assert pipeline.flush(10)
-            client.get("secret:kept-one")
-            assert pipeline.flush(10)
-            stream = pipeline.stream_id
+        stream = lose_first_batch(url, tokens["ingest"], redis_url)
         (loss,) = rx.wait_for("loss")
         (gap,) = rx.wait_for("integrity")
     assert loss["details"]["audit.dropped.reason"] == "export_failed"
@@ -180,7 +185,7 @@ def test_losses_gaps_and_refusals_reported_by_producers_are_alerted(db_url, toke
     with webhook_receiver() as rx, alerting_store(db_url, alert_env(rx), failing_ingest(3)) as (store, url):
         with producer(url, tokens["ingest"], OTEL_PYTHON_SECRET_AUDIT_FAILURE_MODE="closed",
                       OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS="0",
-                      OTEL_PYTHON_SECRET_AUDIT_PRINCIPAL="payments@prod") as pipeline:
+                      OTEL_PYTHON_SECRET_AUDIT_PRINCIPAL="payments@prod"):
             client = redis.Redis.from_url(redis_url)
             with pytest.raises(AuditUnavailableError):
                 client.get("secret:held-back")
@@ -241,7 +246,13 @@ def test_store_denials_burst_by_principal(db_url, tokens):
         for _ in range(3):  # an ingest token trying to read the trail: 403, audited as denied
             assert httpx.get(f"{url}/api/audit-logs", headers=tokens.header("ingest")).status_code == 403
         (alert,) = rx.wait_for("burst", by="principal")
+        deadline = time.monotonic() + 10
+        while store.alerts.stats()["sent"].get("burst", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = httpx.get(f"{url}/stats", headers=tokens.header("auditor")).json()["alerts"]
     assert alert["details"]["outcomes"] == {"denied": 3}
+    assert stats["sent"] == {"burst": 2}  # by principal and by client address
+    assert (stats["failed"], stats["dropped"], stats["unchecked_records"]) == ({}, {}, 0)
 
 
 @pytest.mark.parametrize(("env", "variable"), [
