@@ -52,8 +52,8 @@ class Store:
         self.hub = Hub()
         self.live: LiveBus | None = None
         self.role: str | None = None
-        self.alerts = Alerts(config.alerts)
-        self.metrics = StoreMetrics(self, ())
+        self.alerts = Alerts(config.alerts, self.connection)  # its checks reach the database once open
+        self.metrics = StoreMetrics(self, ())  # no exporter until open
 
     @property
     def embedded(self) -> Path | None:
@@ -89,7 +89,6 @@ class Store:
         self.live = LiveBus(self._url, self.hub, self._announced)
         self.ingestor.live = self.live
         self.live.start()
-        self.alerts = Alerts(self.config.alerts, self.connection)
         self.metrics = StoreMetrics(self, self.config.metrics)
 
     def committed(self, result: IngestResult) -> None:
