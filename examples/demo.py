@@ -43,6 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the servers the tests use: valkey launcher, Secret Manager fake
 
+import watch  # noqa: E402  (the watch: metrics, alerts and detection rules, examples/watch.py)
+
 from servers import free_port, valkey_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -157,13 +159,14 @@ def _stop_postgres(pgdata: Path) -> None:
 
 
 @contextlib.contextmanager
-def audit_store(workdir: Path, *, non_audit: str = "reject") -> Iterator[Store]:
+def audit_store(workdir: Path, *, non_audit: str = "reject", **settings: str) -> Iterator[Store]:
     """``secret-audit store serve`` on an embedded PostgreSQL in ``workdir``; stopped and deleted on exit."""
     pgdata = workdir / "pgdata"
     env = _clean_env(
         OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR=str(pgdata),
         OTEL_PYTHON_SECRET_AUDIT_STORE_HOST="127.0.0.1",
         OTEL_PYTHON_SECRET_AUDIT_STORE_NON_AUDIT=non_audit,
+        **settings,
     )
     log = workdir / "store.log"
     log.write_text("")
@@ -239,6 +242,8 @@ class Result:
     mode: str = "stand-in"
     seconds: float = 0.0
     endpoints: dict[str, str] = field(default_factory=dict)
+    watched: watch.Watch = field(default_factory=watch.Watch)
+    full_trail_file: Path | None = None
 
 
 def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
@@ -268,6 +273,7 @@ def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
 def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] | None = None) -> Result:
     """Run the whole demo in ``workdir``; everything started is stopped before this returns."""
     from otlp_receiver import otlp_receiver
+    from webhook_receiver import webhook_receiver
 
     def say(text: str = "") -> None:
         if not quiet:
@@ -285,7 +291,11 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
                 f"project {vault.project}")
         else:
             say(f"Secret Manager: real GCP, project {vault.project} (read-only: {', '.join(vault.names)})")
-        store = stack.enter_context(audit_store(workdir))
+        hook = stack.enter_context(webhook_receiver())
+        store = stack.enter_context(audit_store(
+            workdir, OTEL_PYTHON_SECRET_AUDIT_STORE_METRICS="prometheus",
+            OTEL_PYTHON_SECRET_AUDIT_STORE_ALERT_WEBHOOK_URL=hook.url,
+            OTEL_PYTHON_SECRET_AUDIT_STORE_ALERT_WEBHOOK_SECRET=hook.secret))
         say(f"audit store (embedded PostgreSQL)       {store.url}   log: {store.log}")
         jaeger = stack.enter_context(otlp_receiver())
         say(f"OTLP traces receiver (stand-in for Jaeger) {jaeger.url}")
@@ -299,7 +309,9 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
             OTEL_SERVICE_NAME="secret-service",
             OTEL_RESOURCE_ATTRIBUTES="deployment.environment=demo",
             OTEL_TRACES_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"{jaeger.url}/v1/metrics",
+            OTEL_METRIC_EXPORT_INTERVAL="500",
             OTEL_LOGS_EXPORTER="none",
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{jaeger.url}/v1/traces",
@@ -328,6 +340,9 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
             env, "PORT", echo_file, "/healthz", 60)
         try:
             requests = _drive(app_url, vault)
+            seen = watch.Watch()
+            watch.quiet(app_url, vault.names, seen)
+            watch.provoke(app_url, vault.names, seen)
             time.sleep(0.8)  # let the background refresher make a couple of internal reads
         finally:
             _stop(app)
@@ -351,6 +366,15 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         # Only the public key: the checkpoints the app signed must verify against the stored records, every
         # record must be attested, and the stream must end in the final checkpoint of the app's clean exit.
         verify = store.cli("verify", "--public-key", f"{key}.pub", "--strict")
+        # the whole trail (every event name) for the detection rules, and what the watch saw
+        full = store.cli("query", "--all", "--limit", "1000", "--json")
+        full_trail_file = workdir / "audit-trail-all.jsonl"
+        full_trail_file.write_text(full.stdout)
+        watch.detections([json.loads(line) for line in full.stdout.splitlines() if line.strip()], seen)
+        hook.wait_for("burst", by="principal")  # the store's alert for mallory's burst, delivered in seconds
+        seen.alerts = list(hook.alerts)
+        seen.app_metrics = watch.app_metric_lines(jaeger)
+        seen.store_metrics = watch.store_metric_lines(store.url, store.auditor_token)
         traced = {e["trace_id"] for e in events if e["trace_id"]}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not traced <= {s["trace_id"] for s in list(jaeger.spans)}:
@@ -363,10 +387,11 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         endpoints = {"redis": f"{host}:{rport}", "store": store.url, "app": app_url, "jaeger_stand_in": jaeger.url}
         if vault.grpc_target:
             endpoints["secret_manager_stand_in"] = vault.grpc_target
+        endpoints["webhook_receiver"] = hook.url
     verify_output = verify.stdout if verify.returncode == 0 else verify.stdout + verify.stderr
     return Result(events, verify.returncode, verify_output.strip(), spans_by_trace, trail_file,
                   echo_file, Path(f"{key}.pub"), checkpoints, requests, vault.mode, time.monotonic() - started,
-                  endpoints)
+                  endpoints, seen, full_trail_file)
 
 
 def _table(events: list[dict[str, Any]]) -> str:
@@ -404,6 +429,7 @@ def main() -> int:
           "`secret-audit query --all --order asc --json` from the store (in production the collector's `file` "
           "exporter keeps the rotated copy)")
     print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
+    watch.report(result.watched)
     print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "
           "have been stopped.")
     problems = [text for failed, text in [

@@ -1,4 +1,4 @@
-"""A real OTLP/HTTP receiver for tests and the demo: decodes protobuf logs and traces into dicts."""
+"""A real OTLP/HTTP receiver for tests and the demo: decodes protobuf logs, traces and metrics into dicts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -37,6 +41,7 @@ class Receiver:
     def __init__(self) -> None:
         self.logs: list[dict[str, Any]] = []
         self.spans: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []  # one entry per metric per request, as exported
         self.raw: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
@@ -93,11 +98,46 @@ class Receiver:
             with self.lock:
                 self.spans.extend(spans)
             return 200, ExportTraceServiceResponse().SerializeToString()
+        if path.endswith("/v1/metrics"):
+            metrics = _metrics(ExportMetricsServiceRequest.FromString(body))
+            with self.lock:
+                self.metrics.extend(metrics)
+            return 200, ExportMetricsServiceResponse().SerializeToString()
         return 404, b""
+
+    def latest(self, name: str) -> dict[str, Any] | None:
+        """The last export of one metric: its kind, unit, scope and data points (attributes, value)."""
+        with self.lock:
+            found = [m for m in self.metrics if m["name"] == name]
+        return found[-1] if found else None
 
     def audit_records(self) -> list[dict[str, Any]]:
         with self.lock:
             return [r for r in self.logs if r["event_name"] == "secret.access"]
+
+
+def _metrics(req: ExportMetricsServiceRequest) -> list[dict[str, Any]]:
+    """Each metric of a request as a dict; a point's value is a number, or a histogram's count and sum."""
+    out = []
+    for rm in req.resource_metrics:
+        res = {kv.key: any_value(kv.value) for kv in rm.resource.attributes}
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                points = []
+                for p in getattr(m, kind).data_points:
+                    point: dict[str, Any] = {"attributes": {kv.key: any_value(kv.value) for kv in p.attributes}}
+                    if kind in ("histogram", "exponential_histogram"):
+                        point.update(count=p.count, sum=p.sum)
+                        if kind == "histogram":
+                            point.update(bounds=list(p.explicit_bounds), buckets=list(p.bucket_counts))
+                    else:
+                        point["value"] = getattr(p, p.WhichOneof("value"))
+                    points.append(point)
+                out.append({"name": m.name, "unit": m.unit, "kind": kind, "scope": sm.scope.name,
+                            "resource": res, "points": points,
+                            "monotonic": getattr(getattr(m, kind), "is_monotonic", None)})
+    return out
 
 
 @contextmanager
@@ -121,12 +161,19 @@ def otlp_receiver(port: int = 0) -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve_http(Handler, port) as url:
+        receiver.url = url
+        yield receiver
+
+
+@contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """A threaded loopback HTTP server for the block; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield receiver
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

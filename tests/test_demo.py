@@ -103,7 +103,8 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
     assert len({e["stream_id"] for e in events + checkpoints}) == 1
 
     internal = [e for e in events if e["access_path"] == "internal"]
-    external = [e for e in events if e["access_path"] == "external"]
+    # the baseline's requests; the watch's come after (test_demo_watch_...)
+    external = [e for e in events if e["access_path"] == "external" and e["time"] < result.watched.quiet_from]
     # start-up: two cold reads (cache miss, vault read, cache fill each) by server code, no end user
     assert [(e["secret_source"], e["action"], e["outcome"]) for e in internal[:6]] == [
         ("redis", "GET", "not_found"), ("gcp_secret_manager", "AccessSecretVersion", "success"),
@@ -126,7 +127,8 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
     # each request (and each internal read) is one trace; every traced record's span reached the receiver
     traces = {e["trace_id"] for e in events}
     assert "" not in traces
-    assert len(traces) == len(result.requests) + len(internal) - 4  # the 2 cold start-up reads are 3 records each
+    # the 2 cold start-up reads are 3 records each
+    assert len(traces) == len(result.requests) + len(result.watched.requests) + len(internal) - 4
     assert traces <= set(result.spans_by_trace)
     # no secret value anywhere in the stored trail or the echo lines
     trail = result.trail_file.read_text()
@@ -170,19 +172,29 @@ def test_every_sql_example_of_queries_md_runs_on_the_real_schema(demo_run):
         (key,) = [k for k, s in by_first_line.items() if fragment in s]
         return results[key][0]
 
-    assert len(rows_of("IN ('secret:twilio-credentials', 'twilio-credentials')")) == 6  # alice x2, carol's rotation
-    assert len(rows_of("enduser_id = 'alice@example.com'")) == 4
+    # alice x2 and once more in the watch's quiet window, carol's rotation
+    assert len(rows_of("IN ('secret:twilio-credentials', 'twilio-credentials')")) == 7
+    assert len(rows_of("enduser_id = 'alice@example.com'")) == 5
     assert [r[2] for r in rows_of(f"trace_id = '{EXAMPLE_TRACE}'")] == ["redis", "gcp_secret_manager", "redis"]
-    assert [r[7] for r in rows_of("outcome IN ('denied', 'error')")] == ["not_found"]  # mallory's missing secret
+    # mallory's missing secret, then her six guesses in the watch
+    assert [r[7] for r in rows_of("outcome IN ('denied', 'error')")] == ["not_found"] * 7
     assert rows_of("WHERE integrity <> 'ok'") == []
     assert rows_of("FROM audit_findings") == []
     assert rows_of("event_name = 'audit.query'")  # the demo's own query and verify were audited
     hits = {r[0]: r for r in rows_of("hit_ratio")}
     assert hits["secret:ses-credentials"][1] >= 2
-    assert hits["secret:ses-credentials"][2] == 1
+    assert hits["secret:ses-credentials"][2] == 2  # bob, and bob again in the watch's quiet window
     assert {r[3] for r in rows_of("operation IN ('write', 'delete')")} == {"redis", "gcp_secret_manager"}
-    assert {r[0] for r in rows_of("client_address IS NOT NULL")} == {
-        "203.0.113.7", "198.51.100.23", "192.0.2.66", "203.0.113.9"}
+    assert {r[0] for r in rows_of("resource->>'deployment.environment'")} == {
+        "203.0.113.7", "198.51.100.23", "192.0.2.66", "203.0.113.9", "198.51.100.99"}
+    # the watch's questions (docs/monitoring.md): the same answers as the Sigma rules
+    assert [r[0] for r in rows_of("PARTITION BY coalesce(enduser_id, principal)")] == ["mallory@example.net"]
+    assert [r[0] for r in rows_of("PARTITION BY client_address")] == ["192.0.2.66"]
+    assert [(r[0], r[1]) for r in rows_of("count(DISTINCT secret_name) AS names_not_found")] == [
+        ("mallory@example.net", 14)]  # each guess twice: its cache key and its vault id
+    assert ("bob@example.com", "secret:db-password") in {(r[0], r[1]) for r in rows_of("AS first_read")}
+    assert ("bob@example.com", "198.51.100.99") in {(r[0], r[1]) for r in rows_of("AS first_use")}
+    assert rows_of("event_name IN ('audit.dropped', 'audit.refused')") == []
 
 
 def test_every_secret_audit_query_example_runs_against_the_store(demo_run):
@@ -197,6 +209,33 @@ def test_every_secret_audit_query_example_runs_against_the_store(demo_run):
     assert "missing-secret" in ran["secret-audit query --outcome not_found --source gcp_secret_manager"].stdout
     assert '"client_address":"203.0.113.7"' in ran["secret-audit query --client-address 203.0.113.7 --json"].stdout
     assert "OK" in ran["secret-audit verify"].stdout
+    assert "prod-root-token" in ran["secret-audit query --enduser mallory@example.net --outcome not_found --all"].stdout
+    assert ran["secret-audit query --event-name audit.dropped --all --json"].stdout == ""
+
+
+def test_demo_watch_shows_metrics_an_alert_for_mallory_and_the_matching_rules(demo_run):
+    watched = demo_run["result"].watched
+    assert [s for _, s in watched.requests] == [200, 200] + [404] * 6 + [200]
+    # the app's metrics, from its own MeterProvider over OTLP: every record made was exported
+    created = [line for line in watched.app_metrics if line.startswith("secret_audit.record.created{")]
+    exported = [line for line in watched.app_metrics if line.startswith("secret_audit.record.exported{")]
+    assert created
+    assert sorted(line.split("{", 1)[1] for line in created) == sorted(line.split("{", 1)[1] for line in exported)
+    assert any(line.startswith("secret_audit.export.duration{} count=") for line in watched.app_metrics)
+    assert any(line.startswith('secret_audit_store_record_received_total{audit_ingest_result="accepted"')
+               for line in watched.store_metrics)
+    # the store's alert for mallory's burst reached the local webhook, signed (the receiver verified it)
+    bursts = {a["details"]["by"]: a for a in watched.alerts if a["kind"] == "burst"}
+    assert bursts["principal"]["details"]["principal"] == "mallory@example.net"
+    assert bursts["client.address"]["details"]["client.address"] == "192.0.2.66"
+    assert "prod-root-token" in bursts["principal"]["details"]["secrets"]
+    for value in demo.SEED.values():
+        assert value.decode() not in repr(watched.alerts)
+    # the Sigma rules: the attack matches exactly those the committed demo trail does (tests/test_detections.py)
+    from test_detections import ATTACK, OFF_HOURS
+
+    assert set(watched.matched) - {OFF_HOURS} == set(ATTACK)
+    assert set(watched.quiet_matched) <= {OFF_HOURS}  # only if the demo runs at night
 
 
 @pytest.mark.slow
@@ -216,6 +255,9 @@ def test_demo_sh_as_a_user_runs_it(tmp_path):
     assert re.search(r"^  [0-9a-f]{32}  \d+ spans", out, re.M)
     assert str(tmp_path / "audit-trail.jsonl") in out
     assert (tmp_path / "audit-trail.jsonl").stat().st_size > 0
+    assert "secret_audit.record.created{event.name=secret.access" in out
+    assert re.search(r"\[high\] burst: \d+ denied or not-found accesses by principal mallory@example.net", out)
+    assert "Secret enumeration by one principal  (enduser.id=mallory@example.net)" in out
     assert took < 60, f"demo.sh took {took:.1f}s"
     print(f"scripts/demo.sh took {took:.1f}s")
 

@@ -41,6 +41,7 @@ __all__ = [
     "EVENT_DROPPED",
     "EVENT_ID",
     "EVENT_QUERY",
+    "EVENT_REFUSED",
     "GENESIS",
     "OPERATION",
     "OUTCOME",
@@ -70,10 +71,11 @@ EVENT_ACCESS = "secret.access"
 EVENT_DROPPED = "audit.dropped"
 EVENT_QUERY = "audit.query"
 EVENT_CHECKPOINT = "audit.checkpoint"
+EVENT_REFUSED = "audit.refused"  # fail-closed calls refused because their record could not be made durable
 # Made only by the producer or the store itself: a custom event may use any other ``audit.<type>``.
-RESERVED_EVENT_NAMES = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_QUERY, EVENT_CHECKPOINT})
+RESERVED_EVENT_NAMES = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_QUERY, EVENT_CHECKPOINT, EVENT_REFUSED})
 # What only an instrumented process writes into its stream: a stream holding one of these is a producer's.
-PRODUCER_EVENTS = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_CHECKPOINT})
+PRODUCER_EVENTS = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_CHECKPOINT, EVENT_REFUSED})
 
 
 def is_audit_event(event_name: str) -> bool:

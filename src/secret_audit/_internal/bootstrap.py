@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from secret_audit._internal import meters
 from secret_audit._internal.config import SOURCES, ConfigurationError, Settings, load_settings
 from secret_audit._internal.pipeline import AuditPipeline, get_pipeline, peek_pipeline, set_pipeline
 
@@ -87,6 +88,8 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
     if not settings.enabled:
         _log.warning("otel-secret-audit: disabled by OTEL_PYTHON_SECRET_AUDIT_ENABLED")
         return None
+    # the pipeline's metrics, through the app's MeterProvider (or one given, as contrib instrumentors take)
+    meters.observe(kwargs.get("meter_provider"))
     exporter = kwargs.get("audit_exporter")
     provider = kwargs.get("tracer_provider")
     if exporter is not None or "settings" in kwargs or provider is not None:

@@ -18,6 +18,7 @@ _AFTER = "secret access refused: its audit record could not be made durable in t
 def before_call(pipeline: AuditPipeline) -> None:
     """Refuse up front while the pipeline is known to be unable to keep records."""
     if not pipeline.accepting():
+        pipeline.refuse("unavailable")
         raise AuditUnavailableError(_BEFORE)
 
 
@@ -27,6 +28,7 @@ def durable(pipeline: AuditPipeline, access: Access) -> None:
     timeout = pipeline.settings.fail_closed_timeout_ms / 1000
     ok = pipeline.submit_durable(access._replace(ticket=ticket), timeout)
     if not ok:
+        pipeline.refuse("not_durable")
         raise AuditUnavailableError(_AFTER)
 
 
@@ -35,4 +37,5 @@ async def durable_async(pipeline: AuditPipeline, access: Access) -> None:
     ticket = Ticket(loop=asyncio.get_running_loop())
     pipeline.submit(access._replace(ticket=ticket))
     if not await ticket.wait_async(pipeline.settings.fail_closed_timeout_ms / 1000):
+        pipeline.refuse("not_durable")
         raise AuditUnavailableError(_AFTER)

@@ -293,6 +293,7 @@ class GcpWrappers:
         if closed is None:
             self._record(access)
         elif access is None:
+            closed.refuse("unbuilt")
             raise AuditUnavailableError(_UNBUILT)
         else:
             failclosed.durable(closed, access)
@@ -323,6 +324,7 @@ class GcpWrappers:
             if closed is None:
                 self._record(access)
             elif access is None:
+                closed.refuse("unbuilt")
                 raise AuditUnavailableError(_UNBUILT)
             else:
                 await failclosed.durable_async(closed, access)

@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from secret_audit import contract
+from secret_audit._internal import meters
 from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import PREFIX, Settings
 from secret_audit._internal.event import Access, Item
@@ -48,6 +49,7 @@ _echo = logging.getLogger("secret_audit.audit")
 SCOPE = "secret_audit"
 EVENT_ACCESS = contract.EVENT_ACCESS
 EVENT_DROPPED = contract.EVENT_DROPPED
+EVENT_REFUSED = contract.EVENT_REFUSED
 
 _SEVERITY = {outcome: (SeverityNumber(n), text) for outcome, (n, text) in contract.SEVERITY.items()}
 
@@ -143,6 +145,21 @@ def _ids(span_context: trace.SpanContext) -> _Ids:
 _new_record = tuple.__new__
 
 
+# What the metrics count records by: event name, secret.source, audit.outcome.
+_Kind = tuple[str, Any, Any]
+_CREATED, _EXPORTED, _SPOOLED = 0, 1, 2
+
+
+class _Batch(list[int]):
+    """One batch's sequences, with how many of its records are of each kind (for the metrics)."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[_Kind, int] = {}
+
+
 class _Marker:
     """A flush request travelling through the queue, set once everything before it is exported."""
 
@@ -202,7 +219,7 @@ class AuditPipeline:
         self._sequence = 0
         self._prev = contract.GENESIS
         self._sink: Sink | None = None
-        self._batch_seqs: list[int] = []
+        self._batch_seqs = _Batch()
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
         self._last_context: Context | None = None
         self._last_who: tuple[Any, trace.SpanContext, _Ids] = (None, trace.INVALID_SPAN_CONTEXT, _NO_IDS)
@@ -227,29 +244,60 @@ class AuditPipeline:
         self.lost_export = 0
         self.internal_errors = 0
         self._unreported_drops = 0
+        # per kind: records created, exported and spooled (kept by the worker, read by the metrics)
+        self._kinds: dict[_Kind, list[int]] = {}
+        self.refused: dict[str, int] = {}  # fail-closed refusals by reason
+        self._unreported_refusals: dict[str, int] = {}
         self._lost_ranges: list[tuple[int, int]] = []
-        # audit.dropped records not yet durable, by sequence: what each reported (a lost range, or
-        # a queue-full count). If their batch is lost too, that is reported again, not forgotten.
-        self._open_reports: dict[int, tuple[int, int] | int] = {}
+        # audit.dropped and audit.refused records not yet durable, by sequence: what each reported (a
+        # lost range, a queue-full count, or refusals). If their batch is lost too, that is reported
+        # again, not forgotten.
+        self._open_reports: dict[int, tuple[int, int] | int | tuple[str, str, int]] = {}
         self._waiting = 0
         if self._checkpoints is not None:
             self._checkpoints.reset()
 
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
+        out = self.counts()
+        out["spool"] = self._spool.stats() if self._spool is not None else None
+        return out
+
+    def counts(self) -> dict[str, Any]:
+        """The counters alone, safe to read from any thread (the metrics' callbacks read them)."""
+        kinds = list(self._kinds.items())  # one C-level copy: the worker may add a kind meanwhile
+        records = []
+        for (event, source, outcome), row in kinds:
+            attributes = {"event.name": event}
+            if source is not None:
+                attributes["secret.source"] = source
+            if outcome is not None:
+                attributes["audit.outcome"] = outcome
+            records.append({"attributes": attributes, "created": row[_CREATED], "exported": row[_EXPORTED],
+                            "spooled": row[_SPOOLED]})
         return {
             "stream_id": self.stream_id,
             "sequence": self._sequence,
             "queued": len(self._dq),
+            "queue_capacity": self._cap,
             "exported": self.exported,
             "dropped_queue_full": self.dropped_queue_full,
             "lost_export": self.lost_export,
             "internal_errors": self.internal_errors,
             "spooled": self.spooled,
             "replayed": self.replayed,
-            "spool": self._spool.stats() if self._spool is not None else None,
             "degraded": self.degraded,
+            "records": records,
+            "refused": dict(self.refused),
+            "checkpoints_signed": sum(row[_CREATED] for (event, _, _), row in kinds
+                                      if event == "audit.checkpoint"),
         }
+
+    def refuse(self, reason: str) -> None:
+        """Count one fail-closed refusal (on the refused call's path only); the worker reports it."""
+        with self._lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+            self._unreported_refusals[reason] = self._unreported_refusals.get(reason, 0) + 1
 
     # ---- caller's path -----------------------------------------------------------------------
 
@@ -701,7 +749,10 @@ class AuditPipeline:
         else:
             assert self._sink is not None
             self._sink.add(record)
-        self._batch_seqs.append(seq)
+        batch = self._batch_seqs
+        batch.append(seq)
+        kind = (event_name, attrs.get("secret.source"), attrs.get("audit.outcome"))
+        batch.kinds[kind] = batch.kinds.get(kind, 0) + 1
         if self.settings.echo and event_name != contract.EVENT_CHECKPOINT:
             _echo_line(body)
 
@@ -722,7 +773,8 @@ class AuditPipeline:
             self._unreported_drops = 0
             ranges = _merge(self._lost_ranges)
             self._lost_ranges = []
-        if not dropped and not ranges:
+            refusals, self._unreported_refusals = self._unreported_refusals, {}
+        if not dropped and not ranges and not refusals:
             return
         self._ensure_sdk()
         now = time.time_ns()
@@ -746,6 +798,13 @@ class AuditPipeline:
             text = f"Audit records lost: sequence {first}..{last} (export failed)"
             self._emit(EVENT_DROPPED, attrs, now, text, invalid)
             self._open_reports[self._sequence] = (first, last)
+        for reason, count in refusals.items():
+            attrs = {"audit.outcome": "error", "audit.refused.count": count, "audit.refused.reason": reason}
+            if self.settings.principal:
+                attrs["audit.principal"] = self.settings.principal
+            text = f"Secret calls refused: {count} (fail-closed, {_REFUSALS.get(reason, reason)})"
+            self._emit(EVENT_REFUSED, attrs, now, text, invalid)
+            self._open_reports[self._sequence] = ("refused", reason, count)
 
     def _export_batch(self) -> None:
         # First the request in flight: a ticket is only complete once everything before it is, and
@@ -759,7 +818,8 @@ class AuditPipeline:
                 ticket.complete(True)
             return
         seqs = self._batch_seqs
-        self._batch_seqs = []
+        self._batch_seqs = _Batch()
+        self._tally(seqs, _CREATED)
         if isinstance(sink, FastSink):
             body = sink.encode()
             sink.discard()
@@ -782,6 +842,7 @@ class AuditPipeline:
             sink.discard()
             if durable:
                 self.exported += len(seqs)
+                self._tally(seqs, _EXPORTED)
         self._after_export(durable, seqs, tickets)
 
     def _new_courier(self, sink: FastSink) -> _Courier | None:
@@ -804,6 +865,7 @@ class AuditPipeline:
         result = self._courier.wait()
         if result == SendResult.OK:
             self.exported += len(seqs)
+            self._tally(seqs, _EXPORTED)
             durable = True
         elif result == SendResult.REFUSED:
             durable = False
@@ -841,6 +903,9 @@ class AuditPipeline:
                 self._lost_ranges.append((int(what[0]), int(what[1])))
             elif isinstance(what, int):
                 self._unreported_drops += what
+            elif isinstance(what, (tuple, list)) and len(what) == 3:  # ("refused", reason, count)
+                reason = str(what[1])
+                self._unreported_refusals[reason] = self._unreported_refusals.get(reason, 0) + int(what[2])
 
     def _count_lost(self, first: int, last: int, count: int) -> None:
         with self._lock:
@@ -868,6 +933,7 @@ class AuditPipeline:
                 return False
             return self._deliver_body_with_retry(sink, body, seqs)
         self.spooled += len(seqs)
+        self._tally(seqs, _SPOOLED)
         if time.monotonic() >= self._next_replay:
             self._replay()
         return True
@@ -879,7 +945,17 @@ class AuditPipeline:
         delivered = self._retry(lambda: self._send_after_spool(sink, body), first)
         if delivered:
             self.exported += len(seqs)
+            self._tally(seqs, _EXPORTED)
         return delivered
+
+    def _tally(self, seqs: list[int], column: int) -> None:
+        """Add a batch's records, by kind, to the created, exported or spooled totals."""
+        totals = self._kinds
+        for kind, n in getattr(seqs, "kinds", {}).items():
+            row = totals.get(kind)
+            if row is None:
+                row = totals[kind] = [0, 0, 0]
+            row[column] += n
 
     def _retry(self, attempt: Callable[[], str], first: str | None = None) -> bool:
         """Repeat ``attempt`` with backoff until it succeeds, is refused, the retry timeout passes
@@ -1035,19 +1111,25 @@ def _has_resource(provider: TracerProvider | None) -> bool:
 
 
 def _safe_deliver(sink: Sink) -> str:
+    started = time.perf_counter()
     try:
-        return str(sink.deliver())
+        result = str(sink.deliver())
     except Exception:  # exporter bugs are retried, then counted
         _log.debug("audit export raised", exc_info=True)
-        return SendResult.RETRY
+        result = SendResult.RETRY
+    meters.record_export(time.perf_counter() - started, result)
+    return result
 
 
 def _safe_send(sink: FastSink, body: bytes) -> str:
+    started = time.perf_counter()
     try:
-        return str(sink.send(body))
+        result = str(sink.send(body))
     except Exception:
         _log.debug("audit send raised", exc_info=True)
-        return SendResult.RETRY
+        result = SendResult.RETRY
+    meters.record_export(time.perf_counter() - started, result)
+    return result
 
 
 def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
@@ -1083,6 +1165,12 @@ _RANK = {"success": 0, "not_found": 1, "denied": 2, "error": 3}
 def _worst(records: list[dict[str, Any]]) -> str:
     return str(max((r["audit.outcome"] for r in records), key=lambda o: _RANK.get(o, 3)))
 
+
+_REFUSALS = {
+    "unavailable": "audit records could not be made durable",
+    "not_durable": "the call's audit record was not durable in time",
+    "unbuilt": "the call's audit record could not be built",
+}
 
 _SLICE = 64
 # At exit, after the shutdown timeout, how long writing what is left to the spool may take.

@@ -118,6 +118,8 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
     workers = config.workers if args.workers is None else args.workers
     if not 1 <= workers <= 64:
         return _err(f"--workers must be between 1 and 64, got {workers}")
+    if workers > 1 and "prometheus" in config.metrics:
+        return _err("--workers > 1 needs OTEL_PYTHON_SECRET_AUDIT_STORE_METRICS=otlp (a scrape sees one)")
     if workers > 1:
         return _serve_workers(config, host, port, workers)
     import uvicorn

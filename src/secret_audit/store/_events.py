@@ -1,5 +1,6 @@
 """``POST /api/audit-events``: custom audit events (login, export, policy change) in the chained table."""
 
+from __future__ import annotations
 
 import threading
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from secret_audit import contract
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import is_audit_event
 from secret_audit.store._selfaudit import Chainer, severity_for
@@ -21,7 +23,7 @@ __all__ = ["RESERVED", "CustomEvent", "mount"]
 
 # The contract's own event names: a custom event that took one would pass for a secret access, the
 # store's audit of a read, a reported loss or a producer's checkpoint.
-RESERVED = frozenset({"secret.access", "audit.query", "audit.dropped", "audit.checkpoint"})
+RESERVED = contract.RESERVED_EVENT_NAMES
 
 _CHAIN_KEYS = ("audit.stream.id", "audit.sequence", "audit.event.id", "audit.chain.prev", "audit.chain.hash")
 Scalar = str | int | float | bool
@@ -100,7 +102,7 @@ def _post(store: Store, chains: _Chains, event: CustomEvent, caller: Principal) 
                 time_unix_nano=event.time_unix_nano, trace_id=event.trace_id, span_id=event.span_id,
             )
     store.counters.add(result.accepted, result.duplicates, result.rejected, 0)
-    store.hub.publish(result.events)
+    store.committed(result)
     if result.rejected:
         raise HTTPException(422, "; ".join(result.errors))
     events = result.events()

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 from typing import Annotated, Any
 
 import psycopg
@@ -51,7 +52,7 @@ def mount(app: FastAPI, api: Api) -> None:
         with store.connection() as conn:
             result = store.ingestor.ingest(conn, records, tenant, STORE_ONLY)
         store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
-        store.hub.publish(result.events)
+        store.committed(result)
         return result
 
     @app.post("/v1/logs", openapi_extra=_OTLP_BODY, tags=["ingest"],
@@ -68,6 +69,7 @@ def mount(app: FastAPI, api: Api) -> None:
         except BodyError as exc:
             return _otlp_error(exc.status, exc.message, is_pb)
         store.counters.bump("in_flight")
+        started = time.perf_counter()
         try:
             async with slots:
                 # decoding a large batch takes milliseconds: keep it off the event loop
@@ -81,6 +83,7 @@ def mount(app: FastAPI, api: Api) -> None:
                                is_pb, {"Retry-After": "1"})
         finally:
             store.counters.bump("in_flight", -1)
+            store.metrics.ingested("/v1/logs", time.perf_counter() - started)
         message = "; ".join(result.errors)
         if result.rejected > len(result.errors):
             message += f" (and {result.rejected - len(result.errors)} more)"

@@ -15,7 +15,7 @@ __all__ = ["mount"]
 
 
 def mount(app: FastAPI, api: Api) -> None:
-    """Add /stats, /healthz and /readyz."""
+    """Add /stats, /metrics (when scraped), /healthz and /readyz."""
     store = api.store
     authorize = api.authorize
     _json = json_response
@@ -44,6 +44,7 @@ def mount(app: FastAPI, api: Api) -> None:
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
         out["live_streams"] = store.hub.active
+        out["alerts"] = store.alerts.stats()
         out["pid"] = os.getpid()  # the counters above are this process's (store serve --workers N)
         out["settings"] = {  # what this process runs with, as operators set it (never the database URL)
             "native": store.ingestor.native, "pool_size": store.config.pool_size,
@@ -72,6 +73,13 @@ def mount(app: FastAPI, api: Api) -> None:
             for s in streams
         ]
         return _json(out)
+
+    if store.config.metrics and "prometheus" in store.config.metrics:
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus scrape of the store metrics")
+        def metrics(caller: Annotated[Principal, Depends(authorize(READ, "read store metrics"))]) -> Response:
+            body, media_type = store.metrics.exposition()
+            return Response(body, media_type=media_type)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     def healthz() -> Response:

@@ -200,6 +200,7 @@ def mount(app: FastAPI, api: Api) -> None:
     ) -> Response:
         with store.connection() as conn:
             report = verify(conn, start=start, end=end, tenant=caller.tenant)
+            store.alerts.verified(report, caller.tenant)
             _audit(conn, caller, request, "POST /api/verify", "success",
                    f"Audit log verified by {caller.name}: {report.total_breaks} breaks in {report.rows} rows",
                    {"audit.verify.rows": report.rows, "audit.verify.breaks": report.total_breaks})

@@ -25,6 +25,7 @@ class Counters:
         self.failed_requests = 0
         self.in_flight = 0
         self.unauthorized = 0
+        self._queries: dict[tuple[str, str], int] = {}  # audited reads by (role, outcome)
 
     def add(self, accepted: int, duplicates: int, rejected: int, dropped: int) -> None:
         """Count one finished ingest request."""
@@ -43,6 +44,16 @@ class Counters:
         """Adjust a plain counter by name."""
         with self._lock:
             setattr(self, name, getattr(self, name) + delta)
+
+    def query(self, role: str, outcome: str) -> None:
+        """Count one audited read of the trail (or its refusal) by the caller's role."""
+        with self._lock:
+            self._queries[(role, outcome)] = self._queries.get((role, outcome), 0) + 1
+
+    def queries_served(self) -> dict[tuple[str, str], int]:
+        """Audited reads so far, by (role, outcome)."""
+        with self._lock:
+            return dict(self._queries)
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy for the /stats answer."""

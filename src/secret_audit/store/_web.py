@@ -93,6 +93,7 @@ class Api:
     ) -> None:
         """Write one audit.query record about this call and publish it to live streams."""
         store = self.store
+        store.counters.query(principal.role, outcome)
         extra = dict(extra or {})
         if principal.tenant:
             extra["audit.tenant"] = principal.tenant
@@ -106,4 +107,4 @@ class Api:
             body=body,
             extra=extra,
         )
-        store.hub.publish(result.events)
+        store.committed(result)

@@ -14,11 +14,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from secret_audit.store._alerts import Alerts
 from secret_audit.store._bounds import TimeBounds
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._hub import Hub
-from secret_audit.store._ingest import Ingestor
+from secret_audit.store._ingest import Ingestor, IngestResult
 from secret_audit.store._live import Announcement, LiveBus
+from secret_audit.store._metrics import StoreMetrics
 from secret_audit.store._refusals import Bucket, Refusals
 from secret_audit.store._rows import event_json
 from secret_audit.store._selfaudit import SelfAudit
@@ -55,6 +57,8 @@ class Store:
         self.live: LiveBus | None = None
         self.role: str | None = None
         self.refusals = Refusals(self._write_refusals)
+        self.alerts = Alerts(config.alerts, self.connection)  # its checks reach the database once open
+        self.metrics = StoreMetrics(self, ())  # no exporter until open
 
     @property
     def embedded(self) -> Path | None:
@@ -90,6 +94,12 @@ class Store:
         self.live = LiveBus(self._url, self.hub, self._announced)
         self.ingestor.live = self.live
         self.live.start()
+        self.metrics = StoreMetrics(self, self.config.metrics)
+
+    def committed(self, result: IngestResult) -> None:
+        """What ingest committed goes to live streams and to the alert thread (neither waits)."""
+        self.hub.publish(result.events)
+        self.alerts.offer(result)
 
     def _announced(self, note: Announcement) -> list[dict[str, Any]]:
         """Another store process's committed rows, read back for this process's live streams."""
@@ -134,7 +144,9 @@ class Store:
                 self.hub.publish(result.events)
 
     def close(self) -> None:
-        """Stop the live bus, close the pool and stop an embedded server we started."""
+        """Stop alerts and metrics, the live bus, close the pool and stop an embedded server we started."""
+        self.alerts.close()
+        self.metrics.shutdown()
         if self.pool is not None:
             self.refusals.close()  # the summaries still pending, while the database is there
         if self.live is not None:
