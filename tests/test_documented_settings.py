@@ -242,6 +242,10 @@ ELSEWHERE: dict[str, list[str]] = {
     P + "SIGNING_KEY_FILE": ["tests/test_checkpoint.py"],  # and the demo, under the launcher
     P + "CHECKPOINT_RECORDS": ["tests/test_checkpoint.py"],
     P + "CHECKPOINT_INTERVAL_MS": ["tests/test_checkpoint.py"],
+    P + "STORE_METRICS": ["tests/store/test_store_metrics.py"],
+    **{P + "STORE_ALERT_" + name: ["tests/store/test_store_alerts.py"] for name in (
+        "WEBHOOK_URL", "WEBHOOK_SECRET", "WEBHOOK_SECRET_FILE", "FILE", "KINDS", "BURST_THRESHOLD",
+        "BURST_WINDOW_S", "RETRIES", "TIMEOUT_MS", "QUEUE_SIZE")},
     P + "STORE_MAX_CLOCK_SKEW_SECONDS": ["tests/store/test_store_ingest.py"],
     P + "STORE_MAX_RECORD_AGE_DAYS": ["tests/store/test_store_ingest.py"],
 }
