@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,34 +17,48 @@ from secret_audit._internal.matcher import KeyMatcher
 
 BIN = Path(sys.executable).parent
 
-# Bad values per parser; each must be refused with a message naming variable, value and rule.
-BAD_BY_PARSER = {
-    "_bool": ["maybe", "2", "tru", "enabled"],
-    "_choice": ["sometimes", "ALL-OF-THEM", "-"],
-    "_int_range": ["abc", "1.5", "-1", "99999999999999"],
-    "_text": ["   ", ""],
-    "_patterns": [" , ", ","],
-    "_failure_modes": ["sideways", "redis=", "=open", " , "],
-    "_directory": ["  "],
-    "_signing_key": ["/nonexistent/sa/audit.key", "  "],
+# Bad values per parser kind; each must be refused with a message naming variable, value and rule.
+BAD_BY_KIND = {
+    "bool": ["maybe", "2", "tru", "enabled"],
+    "choice": ["sometimes", "ALL-OF-THEM", "-"],
+    "int": ["abc", "1.5", "-1", "99999999999999"],
+    "text": ["   ", ""],
+    "patterns": [" , ", ","],
+    "failure_modes": ["sideways", "redis=", "=open", " , ", "gcp=closed"],
+    "directory": ["  "],
+    "signing_key": ["/nonexistent/sa/audit.key"],
+    "key": [],  # the HMAC key's own tests: test_cross_field_and_key_errors
 }
 REDACTED = {"HMAC_KEY"}
 
 
 def variables() -> list[tuple[str, str]]:
-    """(suffix, parser) for every variable load_settings reads, straight from its source."""
-    source = inspect.getsource(config.load_settings)
-    found = re.findall(r'_read\(\s*env,\s*"([A-Z_]+)",\s*([A-Za-z_]+)', source)
-    assert len(found) >= 15, found
+    """(suffix, kind) for every variable load_settings reads: its table."""
+    found = [(s.suffix, s.kind) for s in config.SETTINGS]
+    assert len(found) >= 25, found
     return found
 
 
-CASES = [(suffix, bad) for suffix, parser in variables() for bad in BAD_BY_PARSER.get(parser, ["<none>"])]
+CASES = [(suffix, bad) for suffix, kind in variables() for bad in BAD_BY_KIND.get(kind, ["<none>"])]
+
+
+def test_the_table_is_the_docs_table():
+    """docs/configuration.md lists the producer's settings in the table's order, with its defaults."""
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    rows = [line.split(" | ") for line in doc.splitlines()
+            if line.startswith(f"| `{PREFIX}") and not line.startswith(f"| `{PREFIX}STORE_")]
+    assert [r[0].strip("|` ") for r in rows] == [PREFIX + s.suffix for s in config.SETTINGS]
+    for row, setting in zip(rows, config.SETTINGS, strict=True):
+        if isinstance(setting.default, (bool, int)) and setting.field:
+            shown = str(setting.default).lower() if isinstance(setting.default, bool) else str(setting.default)
+            assert row[1].startswith(f"`{shown}`"), (setting.suffix, row[1])
+        elif isinstance(setting.default, str):
+            assert row[1] == f"`{setting.default}`", (setting.suffix, row[1])
 
 
 @pytest.mark.parametrize(("suffix", "bad"), CASES)
 def test_every_bad_value_is_refused_with_name_value_and_rule(suffix, bad):
-    assert bad != "<none>", f"add bad values for the parser of {PREFIX + suffix} to BAD_BY_PARSER"
+    assert bad != "<none>", f"add bad values for the parser kind of {PREFIX + suffix} to BAD_BY_KIND"
     name = PREFIX + suffix
     env = {name: bad}
     with pytest.raises(ConfigurationError) as info:
