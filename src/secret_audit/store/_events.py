@@ -1,7 +1,5 @@
 """``POST /api/audit-events``: custom audit events (login, export, policy change) in the chained table."""
 
-from __future__ import annotations
-
 import threading
 from typing import Annotated, Any
 
