@@ -4,7 +4,8 @@
    python, the launcher with neither our nor the official redis instrumentation, the launcher with
    ours only, and with the official one only. Each run is a fresh process; we read VmRSS and the
    peak (VmHWM) from /proc at its end. Variants alternate, three runs each.
-2. A pre-fork server: gunicorn with 8 sync workers, each request making 50 GETs, driven by 8
+2. A pre-fork server: gunicorn with 8 sync workers and ``--preload`` (the app, and so redis, is
+   imported once before the fork in every variant alike), each request making 50 GETs, driven by 8
    client threads; then the proportional set size (PSS, which counts a page shared by n processes
    as 1/n in each) of the 8 workers, summed, and their summed RSS.
 Records and spans go over OTLP/HTTP to a sink in another process.
@@ -148,7 +149,7 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
 
     http_port = free_port()
     argv = _argv(launched, str(BIN / "gunicorn"), "-w", "8", "-b", f"127.0.0.1:{http_port}", "--chdir", appdir,
-                 "-k", "sync", "--graceful-timeout", "5", "bench_wsgi:app")
+                 "-k", "sync", "--preload", "--graceful-timeout", "5", "bench_wsgi:app")
     proc = subprocess.Popen(argv, env=env_for(sink, port, disabled), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_port(http_port, proc)
