@@ -23,6 +23,7 @@ __all__ = [
     "drain",
     "free_port",
     "interleave",
+    "launcher_env",
     "otlp_sink",
     "report",
     "valkey_server",
@@ -134,6 +135,29 @@ def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[s
             f"  {med:7.1f}µs {med / base_med:5.2f}x  {p99:7.1f}µs"
         )
     return ratios
+
+
+# The test environment installs the grpc instrumentation for the GCP tests. An app that does not
+# use grpc would not have it, and it imports grpc itself, which would hide an import of ours.
+GRPC_INSTRUMENTATIONS = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
+
+
+def launcher_env(sink: str, disabled: str = "", **extra: str) -> dict[str, str]:
+    """An ``opentelemetry-instrument`` app's environment, exporting OTLP/HTTP to ``sink`` (so the
+    distro needs no grpc), with the grpc instrumentations and ``disabled`` entry points off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_SERVICE_NAME="bench",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink,
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=sink + "/v1/logs",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=",".join(filter(None, (GRPC_INSTRUMENTATIONS, disabled))),
+    )
+    env.update(extra)
+    return env
 
 
 def env_flag(name: str, default: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-from _common import free_port, otlp_sink, valkey_server, wait_port
+from _common import free_port, launcher_env, otlp_sink, valkey_server, wait_port
 
 TARGET_RSS_MIB = 10.0  # over the launcher without us
 TARGET_PREFORK_MIB = 40.0  # all 8 workers together
 BIN = Path(sys.executable).parent
 OURS = "secret_audit_redis,secret_audit_gcp_secret_manager"
 OFFICIAL = "redis"
-GRPC = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"  # installed for the GCP tests only
 
 _CHILD = r"""
 import json, os, sys
@@ -54,7 +52,6 @@ print(json.dumps({"rss": int(status["VmRSS"].split()[0]) / 1024, "hwm": int(stat
 """
 
 _WSGI = r"""
-import os
 import redis
 from opentelemetry import trace
 
@@ -71,19 +68,7 @@ def app(environ, start_response):
 
 
 def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        BENCH_REDIS_PORT=str(port),
-        OTEL_SERVICE_NAME="bench-memory",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=sink,
-        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=sink + "/v1/logs",
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=",".join(filter(None, (GRPC, disabled))),
-    )
-    return env
+    return launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
 
 
 # name -> (under the launcher?, entry points disabled)

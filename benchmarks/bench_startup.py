@@ -17,31 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import otlp_sink
+from _common import launcher_env, otlp_sink
 
 TARGET_MS = 50.0
 TARGET_MIB = 8.0
 OURS = "secret_audit_redis,secret_audit_gcp_secret_manager"
-# The test environment installs the grpc instrumentation for the GCP tests; an app that does not use
-# grpc would not have it, and it imports grpc itself, hiding our import of it. Off in both variants.
-NOT_THIS_APP = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
+_APP = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
 _APP = "import sys, redis; print(int('grpc' in sys.modules), int('google.cloud.secretmanager_v1' in sys.modules))"
-
-
-def launcher_env(sink: str, disabled: str) -> dict[str, str]:
-    """The launcher's environment for a service exporting OTLP/HTTP (so the distro needs no grpc)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        OTEL_SERVICE_NAME="bench-startup",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_LOGS_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=sink,
-        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=sink + "/v1/logs",
-    )
-    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = ",".join(filter(None, (NOT_THIS_APP, disabled)))
-    return env
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
