@@ -52,6 +52,7 @@ print(json.dumps({"rss": int(status["VmRSS"].split()[0]) / 1024, "hwm": int(stat
 """
 
 _WSGI = r"""
+import os
 import redis
 from opentelemetry import trace
 
