@@ -111,7 +111,7 @@ def interleave(
 def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
     """Print, per variant, the median over rounds of the mean cost per op (it leads: that is the
     app's throughput), its ratio to the baseline and the range of the rounds' ratios, then the
-    median per op and p99; return the ratios (``name`` mean-based, ``name:median`` per-op)."""
+    median per op and p99; return the ratios (``name`` mean-based, ``name:median`` per-op) and ``name:us``, the mean in µs."""
     per_round = getattr(samples, "rounds", None) or {n: [statistics.fmean(v)] for n, v in samples.items()}
     base = statistics.median(per_round[baseline])
     base_med = statistics.median(samples[baseline])
@@ -130,6 +130,7 @@ def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[s
         ratios[name] = mean / base
         ratios[name + ":median"] = med / base_med
         ratios[name + ":spread"] = max(paired) - min(paired)
+        ratios[name + ":us"] = mean
         print(
             f"  {name:<24} {mean:7.1f}µs {mean / base:5.2f}x {min(paired):5.2f}-{max(paired):4.2f}"
             f"  {med:7.1f}µs {med / base_med:5.2f}x  {p99:7.1f}µs"

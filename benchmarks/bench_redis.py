@@ -109,7 +109,8 @@ def main() -> int:
         print()
         for label, r, target in rows:
             print(
-                f"{label}: ours {r[OURS]:.2f}x mean (target <= {target:.2f}x; rounds spread {r[OURS + ':spread']:.2f}), "
+                f"{label}: bare {r['bare:us']:.1f} µs mean; ours {r[OURS]:.2f}x mean "
+                f"(target <= {target:.2f}x; rounds spread {r[OURS + ':spread']:.2f}), "
                 f"{r[OURS + ':median']:.2f}x median; official {r[OFFICIAL]:.2f}x mean, {r[OFFICIAL + ':median']:.2f}x median"
             )
         client.close()
