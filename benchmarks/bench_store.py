@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _common import drain
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._heap import settle_heap
 from secret_audit.store._ingest import Ingestor
@@ -85,7 +85,7 @@ CLIENTS = [f"10.0.{i // 256}.{i % 256}" for i in range(1000)]
 
 def vary(recs: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
     """Give one stream's records varied index keys, chained again so every hash covers them."""
-    prev = chain.GENESIS
+    prev = contract.GENESIS
     principal = rng.choice(PRINCIPALS)
     for rec in recs:
         rec["attributes"].update({

@@ -4,6 +4,11 @@ The producer submits real Redis-shaped accesses straight into the audit pipeline
 the loop, so the pipeline is the bottleneck being measured). The receiver runs in another process,
 decodes every request with opentelemetry-proto and checks that each stream's sequence is contiguous.
 Both the default fast encoder and the stock SDK encoder are measured in this one run.
+
+Then the cost of signed checkpoints at their default cadence (every 10,000 records or second):
+``BENCH_SIGNED_PAIRS`` (default 6) pairs of rounds with and without a signing key, their order
+alternating, each pair's ratio of records/s; and the CPU of one checkpoint (build, Ed25519 sign,
+chain, encode), timed on its own, with the share of a second it takes at the measured rate.
 Run: .venv/bin/python benchmarks/bench_throughput.py
 """
 
@@ -13,7 +18,9 @@ import json
 import multiprocessing as mp
 import os
 import re
+import statistics
 import sys
+import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -84,7 +91,7 @@ def _report(url: str) -> dict:
     return requests.post(url + "/report", data=b"", timeout=30).json()
 
 
-def run(n: int, encoder: str, url: str, spans: bool = False) -> dict:
+def run(n: int, encoder: str, url: str, spans: bool = False, key: str | None = None) -> dict:
     import redis
     from opentelemetry.context import get_current
 
@@ -99,6 +106,7 @@ def run(n: int, encoder: str, url: str, spans: bool = False) -> dict:
             "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_PYTHON_SECRET_AUDIT_ENCODER": encoder,
             "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all" if spans else "in_trace",
+            **({"OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE": key} if key else {}),
         }
     )
     provider = None
@@ -115,6 +123,7 @@ def run(n: int, encoder: str, url: str, spans: bool = False) -> dict:
     target = redis.Redis(host="127.0.0.1", port=6379)
     items = [(Item(f"secret:key-{i % 1000}", "read", "GET", "found"),) for i in range(1000)]
     ctx = get_current()
+    cpu = time.process_time()
     started = time.monotonic()
     submit = pipeline.submit
     for i in range(n):
@@ -125,15 +134,19 @@ def run(n: int, encoder: str, url: str, spans: bool = False) -> dict:
     if provider is not None:
         provider.force_flush(600_000)
     done = time.monotonic()
+    cpu = time.process_time() - cpu
     stats = pipeline.stats()
     pipeline.shutdown(10)
+    stamped = pipeline.stats()["sequence"]  # the accesses, plus checkpoints when signing
     rep = _report(url)
     return {
-        "encoder": encoder + ("+spans" if spans else ""),
+        "encoder": encoder + ("+spans" if spans else "") + ("+signed" if key else ""),
         "records": n,
+        "stamped": stamped,
         "submit_s": submitted - started,
         "total_s": done - started,
         "rate": n / (done - started),
+        "cpu_us": cpu / n * 1e6,  # this process's CPU per access, all threads: less shaken by other load
         "received": rep["count"],
         "streams": rep["streams"],
         "dropped": stats["dropped_queue_full"] + stats["lost_export"],
@@ -153,11 +166,13 @@ def main() -> int:
         for encoder, count in (("fast", n), ("sdk", max(n // 5, 1000)), ("fast", n), ("fast", n)):
             results.append(run(count, encoder, url))
         results.append(run(max(n // 5, 1000), "fast", url, spans=True))
+        pairs = int(os.environ.get("BENCH_SIGNED_PAIRS", "6"))
+        signed_runs = signed_pairs(n, url, pairs) if pairs else []
     finally:
         proc.terminate()
     ok = True
-    for r in results:
-        lossless = r["received"] == r["records"] and r["dropped"] == 0 and all(
+    for r in results + [r for pair in signed_runs for r in pair]:
+        lossless = r["received"] == r["stamped"] and r["dropped"] == 0 and all(
             s["contiguous"] and not s["dups"] for s in r["streams"].values()
         )
         ok &= lossless
@@ -180,7 +195,70 @@ def main() -> int:
         f"audit span per access (SDK span + BatchSpanProcessor + OTLP span export): "
         f"+{span_cost_us:.0f} µs of process time ({with_spans:,.0f} records/s with a span each)"
     )
+    if signed_runs:
+        report_signed(signed_runs)
     return 0 if ok else 1
+
+
+def signed_pairs(n: int, url: str, pairs: int) -> list[tuple[dict, dict]]:
+    """Rounds with and without a signing key, alternating which goes first; (unsigned, signed) each."""
+    from secret_audit.signing import generate_key
+
+    key = os.path.join(tempfile.mkdtemp(prefix="bench-signing-"), "audit.key")
+    generate_key(key)
+    out = []
+    for i in range(pairs):
+        if i % 2:
+            signed = run(n, "fast", url, key=key)
+            plain = run(n, "fast", url)
+        else:
+            plain = run(n, "fast", url)
+            signed = run(n, "fast", url, key=key)
+        out.append((plain, signed))
+    return out
+
+
+def checkpoint_cost_us(rounds: int = 2000) -> float:
+    """CPU of one checkpoint as the worker makes it: build and sign, stamp, encode."""
+    from secret_audit import contract
+    from secret_audit._internal.checkpoint import Checkpoints
+    from secret_audit._internal.otlp import RecordData, encode_log_record
+    from secret_audit.signing import generate_key, load_signer
+
+    key = os.path.join(tempfile.mkdtemp(prefix="bench-signing-"), "audit.key")
+    generate_key(key)
+    cps = Checkpoints(load_signer(key), 10_000, 1.0)
+    head = "ab" * 32
+    started = time.process_time()
+    for seq in range(1, rounds + 1):
+        attrs, now, body = cps.build("5b8c3c9e-0d6e-4c36-9a43-111111111111", seq * 10, head, False)
+        head = contract.stamp(attrs, "5b8c3c9e-0d6e-4c36-9a43-111111111111", seq * 10 + 1, head, now,
+                              contract.EVENT_CHECKPOINT, 9, body)
+        encode_log_record(RecordData(now, now, 9, "INFO", body, attrs, 0, 0, 0, contract.EVENT_CHECKPOINT))
+        cps.stamped(seq * 10 + 1, head, False)
+    return (time.process_time() - started) / rounds * 1e6
+
+
+def report_signed(pairs: list[tuple[dict, dict]]) -> None:
+    ratios = sorted(s["rate"] / p["rate"] for p, s in pairs)
+    cpu_ratios = sorted(s["cpu_us"] / p["cpu_us"] for p, s in pairs)
+    plain = statistics.median(p["rate"] for p, _ in pairs)
+    signed = statistics.median(s["rate"] for _, s in pairs)
+    checkpoints = statistics.median(s["stamped"] - s["records"] for _, s in pairs)
+    each_us = checkpoint_cost_us()
+    per_s = signed / 10_000 + 1  # the default cadence at the measured rate: by count, and by time
+    print(
+        f"signed checkpoints, default cadence: {signed:,.0f} records/s signed against {plain:,.0f} unsigned, "
+        f"medians of {len(pairs)} alternated pairs; per-pair ratio median {statistics.median(ratios):.3f} "
+        f"({ratios[0]:.3f}-{ratios[-1]:.3f}); CPU per access signed/unsigned median "
+        f"{statistics.median(cpu_ratios):.3f} ({cpu_ratios[0]:.3f}-{cpu_ratios[-1]:.3f}); "
+        f"{checkpoints:.0f} checkpoints per round"
+    )
+    print(
+        f"checkpoint cost: {each_us:.0f} µs of CPU each (build, Ed25519 signature, chain, encode); at "
+        f"{signed:,.0f} records/s that is {per_s:.1f} per second = {each_us * per_s / 1e4:.3f}% of the worker's "
+        f"time (target <= 1%)"
+    )
 
 
 if __name__ == "__main__":

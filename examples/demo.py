@@ -12,9 +12,13 @@ It starts, each on a free loopback port, and stops again before it exits:
 - the example app ``examples/secret_service/app.py`` under ``opentelemetry-instrument``, which sends
   its audit records over OTLP/HTTP straight to the store.
 
+The app signs its trail: ``secret-audit keygen`` makes an Ed25519 key pair in the work folder, the
+app runs with ``OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE`` set to the private key, and the
+verification uses only the public key (``secret-audit verify --public-key audit.key.pub --strict``).
+
 It then makes internal reads (the app at start-up and its background refresher) and external
 requests (as several users, from several client addresses through a trusted proxy), stops the app,
-and prints the audit trail read back from the store, the store's chain verification, the trace ids,
+and prints the audit trail read back from the store, the signed verification, the trace ids,
 and where the file copies of the trail are.
 """
 
@@ -229,6 +233,8 @@ class Result:
     spans_by_trace: dict[str, int]
     trail_file: Path
     echo_file: Path
+    public_key: Path
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, int]] = field(default_factory=list)
     mode: str = "stand-in"
     seconds: float = 0.0
@@ -283,6 +289,11 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         say(f"audit store (embedded PostgreSQL)       {store.url}   log: {store.log}")
         jaeger = stack.enter_context(otlp_receiver())
         say(f"OTLP traces receiver (stand-in for Jaeger) {jaeger.url}")
+        key = workdir / "audit.key"
+        made = store.cli("keygen", str(key))
+        if made.returncode != 0:
+            raise RuntimeError(f"secret-audit keygen failed: {made.stderr}")
+        say(f"\n$ secret-audit keygen {key}\n  {made.stdout.strip()}")
 
         env = _clean_env(
             OTEL_SERVICE_NAME="secret-service",
@@ -299,6 +310,7 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
             OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(workdir / "spool"),
             OTEL_PYTHON_SECRET_AUDIT_PRINCIPAL="secret-service@demo",
             OTEL_PYTHON_SECRET_AUDIT_ECHO="true",
+            OTEL_PYTHON_SECRET_AUDIT_SIGNING_KEY_FILE=str(key),
             REDIS_URL=f"redis://{host}:{rport}/0",
             GCP_PROJECT=vault.project,
             STARTUP_SECRETS=",".join(vault.names[:2]),
@@ -324,15 +336,21 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         if app.returncode != 0:
             raise RuntimeError(f"the app exited with {app.returncode}:\n{echo_file.read_text()[-3000:]}")
 
-        # The trail as the store holds it, through its query API (auditor token), as JSON lines.
-        query = store.cli("query", "--event-name", "secret.access", "--all", "--limit", "1000", "--json")
+        # The trail as the store holds it, through its query API (auditor token), as JSON lines, oldest first.
+        query = store.cli("query", "--event-name", "secret.access", "--all", "--limit", "1000", "--order", "asc",
+                          "--json")
         if query.returncode != 0:
             raise RuntimeError(f"secret-audit query failed: {query.stderr}")
         trail_file = workdir / "audit-trail.jsonl"
         trail_file.write_text(query.stdout)
         events = [json.loads(line) for line in query.stdout.splitlines() if line.strip()]
         events.sort(key=lambda e: (e["stream_id"], e["sequence"]))
-        verify = store.cli("verify")
+        signed = store.cli("query", "--event-name", "audit.checkpoint", "--all", "--limit", "1000", "--json")
+        checkpoints = [json.loads(line) for line in signed.stdout.splitlines() if line.strip()]
+        checkpoints.sort(key=lambda e: e["sequence"])
+        # Only the public key: the checkpoints the app signed must verify against the stored records, every
+        # record must be attested, and the stream must end in the final checkpoint of the app's clean exit.
+        verify = store.cli("verify", "--public-key", f"{key}.pub", "--strict")
         traced = {e["trace_id"] for e in events if e["trace_id"]}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not traced <= {s["trace_id"] for s in list(jaeger.spans)}:
@@ -347,7 +365,8 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
             endpoints["secret_manager_stand_in"] = vault.grpc_target
     verify_output = verify.stdout if verify.returncode == 0 else verify.stdout + verify.stderr
     return Result(events, verify.returncode, verify_output.strip(), spans_by_trace, trail_file,
-                  echo_file, requests, vault.mode, time.monotonic() - started, endpoints)
+                  echo_file, Path(f"{key}.pub"), checkpoints, requests, vault.mode, time.monotonic() - started,
+                  endpoints)
 
 
 def _table(events: list[dict[str, Any]]) -> str:
@@ -371,8 +390,9 @@ def main() -> int:
     print(_table(events))
     internal = sum(1 for e in events if e["access_path"] == "internal")
     print(f"  {internal} internal (server code), {len(events) - internal} external (API clients)")
-    print(f"\nChain verification (`secret-audit verify`, exit {result.verify_rc}): {result.verify_output}")
-    print("  (the app's stream, and the store's own: every read of the trail is itself an audit.query record)")
+    print(f"\nSigned verification (`secret-audit verify --public-key {result.public_key} --strict`, exit "
+          f"{result.verify_rc}):\n  " + result.verify_output.replace("\n", "\n  "))
+    print("  (the app's signed stream, and the store's own: every read of the trail is itself an audit.query record)")
     traces = sorted({e["trace_id"] for e in events if e["trace_id"]})
     print(f"\nTrace ids to look up in Jaeger ({sum(result.spans_by_trace.values())} spans exported to the stand-in "
           "receiver here; with docker compose they are in Jaeger at http://localhost:16686):")
@@ -380,8 +400,9 @@ def main() -> int:
         actions = ", ".join(f"{e['secret_source']}:{e['action']}" for e in events if e["trace_id"] == trace_id)
         print(f"  {trace_id}  {result.spans_by_trace.get(trace_id, 0)} spans  ({actions})")
     print("\nFile copies of the trail:")
-    print(f"  {result.trail_file}  JSON lines, one stored event each, written by `secret-audit query --all --json`"
-          " from the store (in production the collector's `file` exporter keeps the rotated copy)")
+    print(f"  {result.trail_file}  JSON lines, one stored event each, oldest first, written by "
+          "`secret-audit query --all --order asc --json` from the store (in production the collector's `file` "
+          "exporter keeps the rotated copy)")
     print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
     print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "
           "have been stopped.")

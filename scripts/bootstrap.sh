@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with its test tools; safe to run again (and concurrently).
+# Creates .venv with exactly the versions of requirements/test.lock (`bootstrap.sh demo`: of
+# requirements/demo.lock), then the project itself, editable; safe to run again (and concurrently).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+kind=${1:-test}
+[ -f "requirements/$kind.lock" ] || { echo "scripts/bootstrap.sh: no requirements/$kind.lock (test or demo)" >&2; exit 2; }
+stamp_of() {
+  # the C extension is built by the install: a changed source, like a changed lock, means installing again
+  echo ".venv/.installed-$1-$(cat pyproject.toml setup.py src/secret_audit/store/_native.c "requirements/$1.lock" \
+    | sha256sum | cut -c1-16)"
+}
 install() {
+  local lock=requirements/$kind.lock stamp out
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  # the C extension is built by the install: a changed source means installing again
-  stamp=.venv/.installed-$(cat pyproject.toml setup.py src/secret_audit/store/_native.c | sha256sum | cut -c1-16)
-  if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e '.[test]'
-    .venv/bin/python -c "import secret_audit" # fail loudly if the install did not work
-    rm -f .venv/.installed-*
-    touch "$stamp"
+  stamp=$(stamp_of "$kind")
+  # the test lock holds every pin of the demo lock (scripts/lock.sh checks it): a test install serves the demo
+  if [ -f "$stamp" ] || { [ "$kind" = demo ] && [ -f "$(stamp_of test)" ]; }; then
+    return
   fi
+  # pip first, at its locked version, so that the same pip installs the rest on every machine
+  .venv/bin/python -m pip install -q --require-hashes --no-deps \
+    -r <(awk '/^pip==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' "$lock")
+  .venv/bin/python -m pip install -q --require-hashes -r "$lock"
+  # the project and its C extension, built with the locked setuptools: nothing unpinned comes from an index
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  out=$(.venv/bin/python -m pip check) || { echo "$out" >&2; exit 1; }
+  .venv/bin/python -c "import secret_audit" # fail loudly if the install did not work
+  rm -f .venv/.installed-*
+  touch "$stamp"
 }
 if command -v flock >/dev/null 2>&1; then
   mkdir -p .venv

@@ -5,7 +5,7 @@
 # requests, and the audit trail read back from the store. Everything it starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh demo # the demo lock: a subset of the test lock, pin for pin
 status=0
 .venv/bin/python examples/demo.py || status=$?
 echo "scripts/demo.sh: ${SECONDS}s in all, including the .venv check"

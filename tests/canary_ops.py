@@ -58,6 +58,51 @@ def _ops(key: str, canary: str) -> list[tuple[str, Any, tuple[Any, ...]]]:
         ("execute_command", ("SET", key, value, "BOGUS"), {}),  # syntax error
         ("execute_command", ("JSON.SET", key + ":json", "$", '{"pw":"' + value + '"}'), {}),
         ("execute_command", ("GETEX", key, "EX", value), {}),  # bad integer argument
+        *_families(key, value, raw),
+    ]
+
+
+def _families(key: str, value: str, raw: bytes) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Lists, sets, sorted sets, streams, HyperLogLog, geo, SORT patterns, listing and unknown
+    commands: values go in as elements, members and fields, and come back in the replies."""
+    lst, st, zs, xs, geo = key + ":l", key + ":s", key + ":z", key + ":x", key + ":g"
+    return [
+        ("rpush", (lst, value, raw), {}),
+        ("lrange", (lst, 0, -1), {}),
+        ("lpos", (lst, value), {}),
+        ("linsert", (lst, "BEFORE", value, value), {}),
+        ("lmove", (lst, lst + "2"), {}),
+        ("blpop", ([lst + "2"], 1), {}),
+        ("lpop", (lst,), {}),
+        ("lrem", (lst, 0, value), {}),
+        ("lpush", (key, value), {}),  # WRONGTYPE on a string
+        ("sadd", (st, value, raw), {}),
+        ("smembers", (st,), {}),
+        ("sismember", (st, value), {}),
+        ("srem", (st, value), {}),
+        ("spop", (st,), {}),
+        ("zadd", (zs, {value: 1, raw: 2}), {}),
+        ("zrange", (zs, 0, -1), {"withscores": True}),
+        ("zscore", (zs, value), {}),
+        ("zadd", (zs, {value: 5}), {"ch": True}),
+        ("zpopmin", (zs,), {}),
+        ("zadd", (zs, {value: 1}), {"incr": True, "xx": True}),
+        ("xadd", (xs, {"pw": value, "raw": raw}), {"id": "1-0"}),
+        ("xrange", (xs,), {}),
+        ("xread", ({xs: 0},), {}),
+        ("xinfo_stream", (xs,), {}),
+        ("xadd", (xs, {"pw": value}), {"id": value}),  # bad id carrying the canary
+        ("pfadd", (key + ":hll", value), {}),
+        ("pfcount", (key + ":hll",), {}),
+        ("geoadd", (geo, [13.361389, 38.115556, value]), {}),
+        ("geopos", (geo, value), {}),
+        ("geosearch", (geo,), {"member": value, "radius": 10, "unit": "km", "withcoord": True}),
+        ("rpush", (lst + ":sort", value, value.upper()), {}),
+        ("sort", (lst + ":sort",), {"by": key + ":w_*", "get": ["#", key + ":o_*->f"], "alpha": True}),
+        ("keys", (key + "*",), {}),
+        ("scan", (0,), {"match": key + "*", "count": 1000}),
+        ("hrandfield", (key + ":h", 2, True), {}),
+        ("execute_command", ("MYMODULE.SET", key + ":m", value), {}),  # unknown: the server quotes args
     ]
 
 

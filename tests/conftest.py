@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The default spool is per user: processes the tests start spool under here, never in the home folder.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="sa-state-")
 
 from secret_audit._internal.config import load_settings  # noqa: E402
 from secret_audit._internal.pipeline import peek_pipeline, set_pipeline  # noqa: E402

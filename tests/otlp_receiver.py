@@ -130,3 +130,34 @@ def otlp_receiver(port: int = 0) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def otlp_grpc_receiver() -> Iterator[Receiver]:
+    """The same receiver over OTLP/gRPC: LogsService/Export with the request bytes as they are."""
+    from concurrent import futures
+
+    import grpc
+
+    receiver = Receiver()
+
+    def export(body: bytes, context: Any) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        status, payload = receiver.handle("/v1/logs", body, metadata)
+        if status != 200:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
+        return payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.logs.v1.LogsService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    receiver.url = f"http://127.0.0.1:{port}"
+    server.start()
+    try:
+        yield receiver
+    finally:
+        server.stop(0)

@@ -585,23 +585,12 @@ def test_real_collector_store_leg_lands_in_the_store_and_the_store_keeps_app_log
 def otlp_json_lines(raw_bodies: list[bytes]) -> list[str]:
     """OTLP/JSON as the file exporter writes it without compression: one ExportLogsServiceRequest per line.
 
-    Encoded here with protobuf's JSON mapping plus the OTLP/JSON rules (hex trace and span ids); this
-    is the format, not a collector's output, which cannot be produced on this machine.
+    Encoded with protobuf's JSON mapping plus the OTLP/JSON rules (store/records.py, ``copy_lines``);
+    this is the format, not a collector's output, which cannot be produced on this machine.
     """
-    from google.protobuf import json_format
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from store.records import copy_lines
 
-    lines = []
-    for body in raw_bodies:
-        doc = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body))
-        for rl in doc.get("resourceLogs", []):
-            for sl in rl.get("scopeLogs", []):
-                for lr in sl.get("logRecords", []):
-                    for key in ("traceId", "spanId"):
-                        if key in lr:
-                            lr[key] = base64.b64decode(lr[key]).hex()
-        lines.append(json.dumps(doc, separators=(",", ":")))
-    return lines
+    return copy_lines(raw_bodies)
 
 
 def test_file_copy_replays_into_the_store_with_every_contract_field(store, real_records):

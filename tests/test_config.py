@@ -28,6 +28,7 @@ BAD_BY_PARSER = {
     "_patterns": [" , ", ","],
     "_failure_modes": ["sideways", "redis=", "=open", " , "],
     "_directory": ["  "],
+    "_signing_key": ["/nonexistent/sa/audit.key", "  "],
 }
 REDACTED = {"HMAC_KEY"}
 
@@ -263,6 +264,8 @@ def test_memoryview_and_bytearray_keys_are_audited_by_value(audit, redis_url, ke
         ("RETENTION_DAYS", "0", "an integer from 1 to 36500", "30"),
         ("WORKERS", "0", "an integer from 1 to 64", "2"),
         ("INGEST_CONCURRENCY", "-1", "an integer from 0 to 256", "0"),
+        ("MAX_CLOCK_SKEW_SECONDS", "-5", "an integer from 0 to 86400", "60"),
+        ("MAX_RECORD_AGE_DAYS", "90", "an integer from 1 to 31", "7"),
     ],
 )
 def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, good):
@@ -275,5 +278,7 @@ def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, goo
     assert expected in str(info.value)
     config = load_store_config({name: good})
     field = {"PORT": "port", "POOL_SIZE": "pool_size", "MAX_BODY_BYTES": "max_body_bytes",
-             "WORKERS": "workers", "INGEST_CONCURRENCY": "ingest_concurrency"}.get(suffix, "retention_days")
+             "WORKERS": "workers", "INGEST_CONCURRENCY": "ingest_concurrency",
+             "MAX_CLOCK_SKEW_SECONDS": "max_clock_skew_s", "MAX_RECORD_AGE_DAYS": "max_record_age_days",
+             }.get(suffix, "retention_days")
     assert getattr(config, field) == int(good)

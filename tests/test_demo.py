@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import socket
@@ -86,9 +87,20 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
     assert [s for _, s in result.requests] == [200, 200, 200, 404, 201]
     assert result.verify_rc == 0, result.verify_output
     assert "OK, every chain verifies" in result.verify_output
+    # signed by the app, checked with the public key only: every record attested, the stream closed
+    signed = re.search(r"^signed: 1 producer streams, (\d+) checkpoints verified \(keys [0-9a-f]{16}\), "
+                       r"(\d+) records attested, 0 unattested: OK \(0 breaks, 0 warnings, --strict\)$",
+                       result.verify_output, re.M)
+    assert signed, result.verify_output
+    checkpoints = result.checkpoints
+    assert int(signed.group(1)) == len(checkpoints) >= 1
+    assert int(signed.group(2)) == len(events) + len(checkpoints)
+    assert checkpoints[-1]["attributes"]["audit.checkpoint.final"] is True  # the app's clean exit
+    assert result.public_key.name == "audit.key.pub"
     assert {e["integrity"] for e in events} == {"ok"}
-    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))  # one stream, no gap
-    assert len({e["stream_id"] for e in events}) == 1
+    # one stream, no gap: the accesses and the checkpoints between them
+    assert sorted(e["sequence"] for e in events + checkpoints) == list(range(1, len(events) + len(checkpoints) + 1))
+    assert len({e["stream_id"] for e in events + checkpoints}) == 1
 
     internal = [e for e in events if e["access_path"] == "internal"]
     external = [e for e in events if e["access_path"] == "external"]
@@ -123,6 +135,10 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
         assert value.decode() not in trail
         assert value.decode() not in echo
     assert trail.count("\n") == len(events)
+    # the JSON-lines copy reads like a log: oldest first
+    written = [json.loads(line) for line in trail.splitlines()]
+    assert [e["sequence"] for e in written] == list(range(1, len(events) + 1))
+    assert [e["time"] for e in written] == sorted(e["time"] for e in written)
     assert echo.count("[AUDIT]") == len(events)
 
 
@@ -194,6 +210,8 @@ def test_demo_sh_as_a_user_runs_it(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr[-5000:]}{logs}"
     assert "LOCAL STAND-IN" in out
     assert "OK, every chain verifies" in out
+    assert re.search(r"secret-audit verify --public-key \S+audit\.key\.pub --strict`, exit 0", out)
+    assert re.search(r"^  signed: 1 producer streams, \d+ checkpoints verified .*: OK \(0 breaks", out, re.M)
     assert re.search(r"Audit trail in the store \((\d+) secret.access records", out)
     assert re.search(r"^  [0-9a-f]{32}  \d+ spans", out, re.M)
     assert str(tmp_path / "audit-trail.jsonl") in out
@@ -214,7 +232,7 @@ def test_a_port_taken_between_pick_and_bind_is_retried(tmp_path, monkeypatch):
         monkeypatch.setattr(demo, "free_port", lambda: next(ports, None) or free_port())
         with demo.audit_store(tmp_path) as store:
             assert not store.url.endswith(f":{busy}")
-            assert store.cli("verify").returncode == 0
+            assert store.cli("verify", "--allow-empty").returncode == 0
     assert "address already in use" in (tmp_path / "store.log").read_text()
     assert not (tmp_path / "pgdata").exists()
 

@@ -27,6 +27,7 @@ def closed(tmp_path):
             "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_PYTHON_SECRET_AUDIT_FAIL_CLOSED_TIMEOUT_MS": "3000",
             "OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS": "0",
+            "OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR": "off",  # acknowledgements only, unless a test spools
             **extra,
         }
         RedisSecretAuditInstrumentor().instrument(settings=load_settings(env))

@@ -7,11 +7,16 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from otlp_receiver import otlp_receiver
 from test_launcher_e2e import BIN, HERE, launcher_env
 
 
-def test_sigterm_flushes_queued_records_then_terminates(redis_url):
+@pytest.mark.parametrize("handle", ["true", "false"])
+def test_sigterm_flushes_queued_records_then_terminates(redis_url, handle):
+    """OTEL_PYTHON_SECRET_AUDIT_HANDLE_SIGTERM=false leaves SIGTERM to the default action: what is
+    queued dies with the process, as the docs say."""
     key = "secret:term:" + secrets.token_hex(4)
     with otlp_receiver() as rx:
         env = launcher_env(
@@ -23,6 +28,7 @@ def test_sigterm_flushes_queued_records_then_terminates(redis_url):
             OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS="60000",
             OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE="100000",
             OTEL_PYTHON_SECRET_AUDIT_QUEUE_SIZE="200000",
+            OTEL_PYTHON_SECRET_AUDIT_HANDLE_SIGTERM=handle,
         )
         proc = subprocess.Popen(
             [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "sigterm_app.py"), key, "500"],
@@ -40,4 +46,5 @@ def test_sigterm_flushes_queued_records_then_terminates(redis_url):
                 proc.wait(5)
         records = rx.audit_records()
     assert proc.returncode == -signal.SIGTERM
-    assert [r["attributes"]["audit.sequence"] for r in records] == list(range(1, 501))
+    expected = list(range(1, 501)) if handle == "true" else []
+    assert [r["attributes"]["audit.sequence"] for r in records] == expected

@@ -224,6 +224,7 @@ async def test_async_pipeline_watch_immediate_commands_are_audited(audit, ar, ke
         assert await pipe.execute() == [True]
     recs = audit.attrs()
     assert [pick(r, "secret.name", "audit.action", "audit.result") for r in recs] == [
+        (key, "WATCH", None),
         (key, "GET", "found"),
         (key, "SET", None),
     ]

@@ -152,6 +152,7 @@ def test_cluster_transaction_with_watch(audit, rc, tagged):
         assert replies[1] is None
     recs = audit.attrs()
     assert [pick(r, "secret.name", "audit.action", "audit.outcome") for r in recs] == [
+        (tagged, "WATCH", "success"),
         (tagged, "GET", "success"),
         (tagged, "SET", "success"),
         (tagged + ":other", "GET", "not_found"),
@@ -256,6 +257,7 @@ async def test_async_cluster_transaction_with_watch(audit, arc, tagged):
         assert await pipe.execute() == [True]
     recs = audit.attrs()
     assert [pick(r, "secret.name", "audit.action") for r in recs] == [
+        (tagged, "WATCH"),
         (tagged, "GET"),
         (tagged, "SET"),
     ]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
+from conftest import instrumented
+from secret_audit._internal import redis_commands, redis_source
+from secret_audit._internal.redis_commands import Command
 from servers import valkey_server
 
 
@@ -64,7 +67,7 @@ def test_bitmap_commands(audit, r, key):
     r.getbit(key, 7)
     r.bitcount(key)
     r.bitpos(key, 1)
-    r.bitfield(key).get("u8", 0).execute()
+    r.bitfield(key).set("u8", 0, 1).execute()
     r.bitfield_ro(key, "u8", 0)
     r.set(key + ":b", "x")
     r.bitop("AND", key + ":dest", key, key + ":b")
@@ -169,3 +172,124 @@ class TestEveryKeyAudited:
         got = recs(audit)
         assert [g[0] for g in got] == [key + ":a", key + ":b"] * 2
         assert {g[1] for g in got} == {"read"}
+
+
+def _unknown_env(**extra):
+    return {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20", "OTEL_PYTHON_SECRET_AUDIT_SPANS": "all", **extra}
+
+
+def test_a_command_outside_the_table_is_audited_as_unknown_on_its_first_argument():
+    """A server whose HGETALL is renamed VAULT.READ: the command works, the table does not know it."""
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    with valkey_server("--rename-command", "HGETALL", "VAULT.READ") as (host, port):
+        with instrumented(_unknown_env(), RedisSecretAuditInstrumentor()) as audit:
+            client = redis.Redis(host, port)
+            client.hset("secret:vault", "f", "v")
+            audit.clear()
+            assert client.execute_command("VAULT.READ", "secret:vault") in ([b"f", b"v"], {b"f": b"v"})
+            client.execute_command("VAULT.READ", "plain:cache")
+            with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+                client.execute_command("MYMODULE.GET", "secret:other", "secret:value-looking-arg")
+            client.close()
+            records = audit.records()
+            spans = audit.spans()
+    assert [
+        (x.attributes["secret.name"], x.attributes["audit.operation"], x.attributes["audit.action"],
+         x.attributes["audit.outcome"]) for x in records
+    ] == [
+        ("secret:vault", "unknown", "VAULT.READ", "success"),
+        ("secret:other", "unknown", "MYMODULE.GET", "error"),
+    ]
+    assert records[0].body.startswith("Secret touched by an unclassified command: secret:vault in redis (")
+    assert records[1].body.startswith("Secret access failed: secret:other in redis: unknown command")
+    assert {s.name for s in spans} == {"secret.unknown"}
+
+
+def test_unknown_commands_can_be_ignored(redis_url):
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    env = _unknown_env(OTEL_PYTHON_SECRET_AUDIT_REDIS_UNKNOWN_COMMANDS="ignore")
+    with instrumented(env, RedisSecretAuditInstrumentor()) as audit:
+        client = redis.Redis.from_url(redis_url)
+        with pytest.raises(redis.exceptions.ResponseError):
+            client.execute_command("MYMODULE.GET", "secret:other")
+        client.get("secret:still-audited")
+        client.close()
+        assert [x["audit.action"] for x in audit.attrs()] == ["GET"]
+
+
+class TestKeylessAndListing:
+    """With ``*`` every key is a secret, yet a command that names no key records nothing."""
+
+    @pytest.fixture
+    def audit_env(self):
+        return _unknown_env(OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS="*")
+
+    def test_keyless_commands_are_never_audited(self, audit, r, key):
+        r.ping()
+        r.echo(key)
+        r.publish(key, "message")
+        r.execute_command("SPUBLISH", key, "message")
+        r.client_setname("secret-name")
+        r.config_get("maxmemory")
+        r.execute_command("CLIENT", "SETNAME", "other")
+        assert r.command_getkeys("GET", key) == [key]
+        r.dbsize()
+        with pytest.raises(redis.exceptions.ResponseError):  # not a Sentinel: refused, but keyless
+            r.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", key)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            r.execute_command("AUTH", "user", key)
+        assert audit.attrs() == []
+
+
+def test_listing_commands_audit_only_the_secret_names_they_return(audit, redis_url, key):
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/7")
+    plain = "cache:" + key.split(":")[1]
+    try:
+        client.flushdb()
+        client.set(key, "v")
+        client.set(plain, "v")
+        audit.clear()
+        assert sorted(client.keys("*")) == sorted([key.encode(), plain.encode()])
+        _cursor, names = client.scan(0, count=1000)
+        assert sorted(names) == sorted([key.encode(), plain.encode()])
+        client.delete(plain)
+        assert client.randomkey() == key.encode()
+        client.delete(key)
+        assert client.randomkey() is None
+        assert client.keys("*") == []
+    finally:
+        client.close()
+    got = [(x["secret.name"], x["audit.operation"], x["audit.action"], x.get("audit.result")) for x in audit.attrs()]
+    assert got == [
+        (key, "metadata", "KEYS", "found"),
+        (key, "metadata", "SCAN", "found"),
+        (key, "metadata", "RANDOMKEY", "found"),
+        (key, "delete", "DEL", "deleted"),
+    ]
+
+
+def test_a_failing_classification_never_breaks_the_call(audit, r, key, monkeypatch):
+    """Key extraction, reply reading and name listing that raise: the caller sees redis-py's reply."""
+
+    def boom(*_args):
+        raise RuntimeError("classification exploded")
+
+    r.rpush(key, "a", "b")
+    table = dict(redis_commands.COMMANDS)
+    table["LPOP"] = Command(boom, table["LPOP"].result)
+    table["RPOP"] = Command(table["RPOP"].keys, boom)
+    table["KEYS"] = table["KEYS"]._replace(result=boom)
+    monkeypatch.setattr(redis_commands, "COMMANDS", table)
+    before = redis_source._internal_errors[0]
+    audit.clear()
+    assert r.lpop(key) == b"a"
+    assert r.rpop(key) == b"b"
+    assert r.keys(key) == []
+    with r.pipeline() as pipe:
+        pipe.lpush(key, "c").rpop(key).keys(key)
+        assert pipe.execute() == [1, b"c", []]
+    assert redis_source._internal_errors[0] == before + 1
+    got = [(x["audit.action"], x["audit.outcome"], x.get("audit.result")) for x in audit.attrs()]
+    assert got == [("RPOP", "success", None), ("LPUSH", "success", "created"), ("RPOP", "success", None)]

@@ -70,10 +70,12 @@ def test_watch_and_immediate_commands_are_audited(audit, r, key):
         assert pipe.execute() == [True, b"2"]
     recs = audit.attrs()
     assert [pick(r, "secret.name", "audit.action", "audit.outcome", "audit.result") for r in recs] == [
+        (key, "WATCH", "success", None),
         (key, "GET", "success", "found"),
         (key, "SET", "success", None),
         (key, "GET", "success", "found"),
     ]
+    assert recs[0]["audit.operation"] == "metadata"
 
 
 def test_watch_error_records_every_queued_secret_command_as_error(audit, r, key, redis_url):
@@ -90,6 +92,7 @@ def test_watch_error_records_every_queued_secret_command_as_error(audit, r, key,
     other.close()
     recs = audit.attrs()
     assert [pick(r, "audit.action", "audit.outcome", "error.type") for r in recs] == [
+        ("WATCH", "success", None),
         ("SET", "success", None),
         ("SET", "error", "redis.exceptions.WatchError"),
     ]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from secret_audit._internal.config import ConfigurationError
 from secret_audit._internal.pipeline import peek_pipeline
 from secret_audit.context import AuditContext, audit_context, current_audit_context
-from secret_audit.exceptions import AuditUnavailableError
+from secret_audit.exceptions import AuditUnavailableError, ConfigurationError
 from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
 

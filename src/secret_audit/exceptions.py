@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from secret_audit._internal.config import ConfigurationError
-
 __all__ = ["AuditUnavailableError", "ConfigurationError"]
+
+
+class ConfigurationError(ValueError):
+    """Raised at start-up so that a mistyped setting can never silently weaken the audit."""
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{variable}={value!r} is not valid: expected {allowed}")
 
 
 class AuditUnavailableError(RuntimeError):

@@ -185,3 +185,8 @@ def serve(store: Store, wrap: Any = None) -> Iterator[str]:
 def server_url(store: Store) -> Iterator[str]:
     with serve(store) as url:
         yield url
+
+
+# The signed-trail fixtures (signing_key, teed, forced, run) live beside their helpers; imported last, since
+# that module uses serve() from here.
+from .signed import forced, run, signing_key, teed  # noqa: E402, F401

@@ -1,18 +1,28 @@
-"""Build chained audit records exactly as the producer does, for tests that need many or odd ones."""
+"""Build chained audit records exactly as the producer does, for tests that need many or odd ones.
+
+``write_copy`` writes the collector's file copy of OTLP requests: one OTLP/JSON ExportLogsServiceRequest
+per line, as protobuf's JSON mapping yields it with the OTLP/JSON rules (hex trace and span ids,
+integer enums). That is the file exporter's format; no collector here can write it (see FACTS.md), so
+the tests do.
+"""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from secret_audit._internal import chain
+from secret_audit import contract
 
 
-def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = chain.GENESIS,
+def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: str = contract.GENESIS,
             secret: str = "db-password", tenant: str | None = None, **extra: Any) -> list[dict[str, Any]]:
     """Records as dicts (the otlp_receiver shape), chained from prev."""
     stream = stream or str(uuid.uuid4())
@@ -60,8 +70,8 @@ def chained(count: int, *, stream: str | None = None, start_seq: int = 1, prev: 
 
 def rehash(rec: dict[str, Any]) -> str:
     """Recompute a record's chain hash in place (as a forger who knows the algorithm would)."""
-    digest = chain.chain_hash(
-        chain.canonical_bytes(
+    digest = contract.chain_hash(
+        contract.canonical_bytes(
             time_unix_nano=rec["time_unix_nano"], event_name=rec["event_name"],
             severity_number=rec["severity_number"], body=rec["body"], trace_id=rec["trace_id"],
             span_id=rec["span_id"], attributes=rec["attributes"],
@@ -69,6 +79,15 @@ def rehash(rec: dict[str, Any]) -> str:
     )
     rec["attributes"]["audit.chain.hash"] = digest
     return digest
+
+
+def backdate(recs: list[dict[str, Any]], time_unix_nano: int, prev: str = contract.GENESIS) -> str:
+    """Move records to another time (1 ns apart) and chain them again from ``prev``; the last hash."""
+    for i, r in enumerate(recs):
+        r["time_unix_nano"] = time_unix_nano + i
+        r["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(r)
+    return prev
 
 
 def _any(v: Any) -> AnyValue:
@@ -144,3 +163,83 @@ def to_json(records: list[dict[str, Any]]) -> dict[str, Any]:
             for r in records
         ]
     }
+
+
+def store_legacy(conn: Any, records: list[dict[str, Any]]) -> None:
+    """Store chained records as the code of schema versions 1..6 did, for upgrade tests on an old schema:
+    rows built by the ingest's own row builder, each stream registered with its head in audit_streams."""
+    from secret_audit.store._otlp import decode_protobuf_python
+    from secret_audit.store._prepare import finish_python, prepare_python
+    from secret_audit.store._rows import COLUMNS, time_of_stamp
+    from secret_audit.store.migrations import ensure_partitions
+
+    prepared = []
+    for i, rec in enumerate(decode_protobuf_python(to_protobuf(records))):
+        p = prepare_python(i, rec, None)
+        assert not isinstance(p, str), p
+        assert finish_python(p) is None
+        prepared.append(p)
+    ensure_partitions(conn, {(t.year, t.month) for t in (time_of_stamp(p.stamp) for p in prepared)})
+    cols = ", ".join(COLUMNS)
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(f"COPY audit_events ({cols}) FROM STDIN") as copy:
+            for p in prepared:
+                row = list(p.row[1:])
+                row[0] = time_of_stamp(row[0])
+                row[COLUMNS.index("attributes")] = row[COLUMNS.index("attributes")][1:].decode()
+                row[COLUMNS.index("resource")] = row[COLUMNS.index("resource")][1:].decode()
+                copy.write_row(row)
+        for p in sorted(prepared, key=lambda p: p.sequence):
+            cur.execute(
+                "INSERT INTO audit_streams (stream_id, tenant, service_name, last_sequence, last_hash, "
+                "record_count) VALUES (%s, %s, %s, %s, %s, 1) ON CONFLICT (stream_id) DO UPDATE SET "
+                "last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash, "
+                "record_count = audit_streams.record_count + 1",
+                (p.stream_id, p.tenant, p.service_name, p.sequence, p.claimed),
+            )
+
+
+def copy_lines(bodies: list[bytes]) -> list[str]:
+    """The file exporter's uncompressed format for these requests: one OTLP/JSON request per line."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    lines = []
+    for body in bodies:
+        doc = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body), use_integers_for_enums=True)
+        for rl in doc.get("resourceLogs", []):
+            for sl in rl.get("scopeLogs", []):
+                for lr in sl.get("logRecords", []):
+                    for k in ("traceId", "spanId"):
+                        if k in lr:
+                            lr[k] = base64.b64decode(lr[k]).hex()
+        lines.append(json.dumps(doc, separators=(",", ":")))
+    return lines
+
+
+def write_copy(path: Path, bodies: list[bytes], *, gz: bool = False) -> Path:
+    """Write the copy to ``path`` (gzip-compressed with ``gz``), as a rotated and compressed file would be."""
+    data = "".join(line + "\n" for line in copy_lines(bodies)).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def checkpoint_after(records: list[dict[str, Any]], signer: Any, *, prev: str, covered: int,
+                     final: bool = False) -> dict[str, Any]:
+    """A signed checkpoint appended to ``records`` (the records.py shape), made with the public contract."""
+    from secret_audit import contract
+
+    head = records[-1]
+    attrs = head["attributes"]
+    seq, stream = attrs["audit.sequence"] + 1, attrs["audit.stream.id"]
+    at = head["time_unix_nano"] + 1
+    fields = {"head_sequence": seq - 1, "head_hash": attrs["audit.chain.hash"], "records": seq - 1 - covered,
+              "key_id": signer.key_id, "prev": prev, "final": final}
+    signature = signer.sign(contract.checkpoint_bytes(stream_id=stream, sequence=seq, time_unix_nano=at, **fields))
+    cp_attrs: dict[str, Any] = {"audit.outcome": "success", **{f"audit.checkpoint.{k}": v for k, v in fields.items()},
+                                "audit.checkpoint.signature": signature}
+    rec = {**head, "time_unix_nano": at, "observed_unix_nano": at, "event_name": "audit.checkpoint",
+           "body": "Audit checkpoint", "trace_id": "", "span_id": "", "attributes": cp_attrs}
+    contract.stamp(cp_attrs, stream, seq, attrs["audit.chain.hash"], at, "audit.checkpoint", 9, "Audit checkpoint")
+    records.append(rec)
+    return rec

@@ -13,7 +13,7 @@ from secret_audit.store.retention import apply_retention, verify_archives
 from secret_audit.store.verify import verify
 
 from .conftest import live_stream
-from .records import chained, to_protobuf
+from .records import backdate, chained, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -140,17 +140,14 @@ def test_stream_needs_auditor(server_url, tokens):
 
 def test_retention_archives_and_drops_old_partitions(client, tokens, owner, tmp_path):
     old = chained(4, secret="old")
-    for i, r in enumerate(old):  # January 2020
-        r["time_unix_nano"] = 1_579_000_000_000_000_000 + i
-    from .records import rehash
-
-    prev = "0" * 64
-    for r in old:
-        r["attributes"]["audit.chain.prev"] = prev
-        prev = rehash(r)
+    prev = backdate(old, 1_579_000_000_000_000_000)  # January 2020
     stream = old[0]["attributes"]["audit.stream.id"]
     newer = chained(2, stream=stream, start_seq=5, prev=prev, secret="new")
-    ingest(client, tokens, old + newer)
+    # through the library: the HTTP ingest would hold records this old at their receive time
+    from secret_audit.store._ingest import Ingestor
+    from secret_audit.store._otlp import decode_protobuf
+
+    assert Ingestor().ingest(owner, decode_protobuf(to_protobuf(old + newer))).accepted == 6
     assert verify(owner).ok
     done = apply_retention(owner, 365, tmp_path)
     assert [(p.name, p.rows) for p in done] == [("audit_events_p202001", 4)]
@@ -191,3 +188,16 @@ def test_stream_resumes_after_last_event_id(server_url, tokens):
     bad = httpx.get(f"{server_url}/api/audit-logs/stream", headers={**tokens.header("auditor"),
                                                                      "Last-Event-ID": "x"})
     assert bad.status_code == 400
+
+
+def test_the_unknown_operation_is_stored_and_filtered_like_any_other(client, tokens):
+    """Redis commands outside the command table are recorded with audit.operation ``unknown``."""
+    ingest(client, tokens, chained(2, secret="mod-key", **{"audit.operation": "unknown",
+                                                           "audit.action": "MYMODULE.GET"}))
+    ingest(client, tokens, chained(1, secret="other"))
+    h = tokens.header("auditor")
+    events = client.get("/api/audit-logs", params={"operation": "unknown"}, headers=h).json()["events"]
+    assert len(events) == 2
+    assert {(e["secret_name"], e["operation"], e["action"]) for e in events} == {
+        ("mod-key", "unknown", "MYMODULE.GET")
+    }

@@ -58,7 +58,7 @@ def test_query_through_the_api(server_url, tokens, monkeypatch, capsys):
     assert main(["query", "--url", server_url, "--secret", "api-key", "--json"]) == 0
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["sequence"] for e in lines] == [3, 2, 1]
-    assert main(["query", "--url", server_url, "--secret", "api-key", "--limit", "1", "--all"]) == 0
+    assert main(["query", "--url", server_url, "--secret", "api-key", "--limit", "1", "--all", "--format", "table"]) == 0
     table = capsys.readouterr().out
     assert table.count("api-key") == 3
     monkeypatch.setenv("OTEL_PYTHON_SECRET_AUDIT_STORE_TOKEN", tokens["ingest"])
@@ -96,3 +96,60 @@ def test_retention_apply_cli(env, owner, tmp_path, capsys):
     assert main(["verify"]) == 0  # the stream's rows all went to the archive: nothing is missing
     assert main(["retention", "apply", "--days", "30", "--archive-dir", str(archive)]) == 0
     assert "nothing older than 30 days" in capsys.readouterr().out
+
+
+# Each filter flag with a value only some of the posted events have: the CLI must return just those.
+FILTERS = [
+    ("--secret", "secret_name", "flt-secret-b", {"secret": "flt-secret-b"}),
+    ("--source", "secret_source", "gcp_secret_manager", {"secret.source": "gcp_secret_manager"}),
+    ("--principal", "principal", "svc-billing", {"audit.principal": "svc-billing"}),
+    ("--enduser", "enduser_id", "bob@example.com", {"enduser.id": "bob@example.com"}),
+    ("--client-address", "client_address", "198.51.100.9", {"client.address": "198.51.100.9"}),
+    ("--tenant", "tenant", "acme", {"tenant": "acme"}),
+]
+
+
+@pytest.mark.parametrize(("flag", "column", "value", "extra"), FILTERS, ids=[f[0] for f in FILTERS])
+def test_query_and_tail_select_by_each_filter(server_url, tokens, monkeypatch, capsys, flag, column, value,
+                                              extra):
+    import threading
+    import uuid
+
+    import httpx
+
+    tag = uuid.uuid4().hex[:8]  # --stream-id narrows each check to this test's own streams
+    base = {"secret": f"flt-{tag}", **({} if "secret" not in extra else {"secret": extra["secret"] + tag})}
+    attrs = {k: v for k, v in extra.items() if "." in k}
+    tenant = extra.get("tenant")
+    picked = chained(2, stream=f"pick-{tag}", tenant=tenant, **base, **attrs)
+    other = chained(2, stream=f"other-{tag}", secret=f"flt-{tag}")
+    want = value + tag if flag == "--secret" else value
+    header = {"Content-Type": "application/x-protobuf", **tokens.header("ingest")}
+    monkeypatch.setenv("AUDITOR_TOKEN", tokens["auditor"])
+    client = ["--url", server_url, "--token-env", "AUDITOR_TOKEN", "--json"]
+    for recs in (picked, other):
+        assert httpx.post(f"{server_url}/v1/logs", content=to_protobuf(recs), headers=header).status_code == 200
+    for stream in (f"pick-{tag}", f"other-{tag}"):
+        assert main(["query", *client, flag, want, "--stream-id", stream]) == 0
+        got = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [e[column] for e in got] == ([want, want] if stream.startswith("pick") else []), got
+    # tail: the live stream delivers the next event that matches, and only that one
+    codes: list[int] = []
+    follower = threading.Thread(target=lambda: codes.append(
+        main(["tail", *client, flag, want, "--max-events", "1"])))
+    follower.start()
+    deadline = 0
+    while not httpx.get(f"{server_url}/stats", headers=tokens.header("admin")).json()["live_streams"]:
+        deadline += 1
+        assert deadline < 200, "tail never subscribed"
+        threading.Event().wait(0.05)
+    later_other = chained(1, stream=f"other-{tag}", start_seq=3, prev=other[-1]["attributes"]["audit.chain.hash"],
+                          secret=f"flt-{tag}")
+    later = chained(1, stream=f"pick-{tag}", start_seq=3, prev=picked[-1]["attributes"]["audit.chain.hash"],
+                    tenant=tenant, **base, **attrs)
+    for recs in (later_other, later):
+        assert httpx.post(f"{server_url}/v1/logs", content=to_protobuf(recs), headers=header).status_code == 200
+    follower.join(30)
+    assert codes == [0]
+    tailed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e[column], e["sequence"], e["stream_id"]) for e in tailed] == [(want, 3, f"pick-{tag}")]

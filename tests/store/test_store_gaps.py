@@ -8,7 +8,7 @@ import pytest
 
 from secret_audit.cli import main
 
-from .records import chained, rehash, to_protobuf
+from .records import chained, rehash, store_legacy, to_protobuf
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -178,15 +178,13 @@ def test_tenant_scoped_auditor_sees_only_its_gaps(client, tokens):
 def test_upgrade_keeps_old_gap_findings_and_records_fills_they_already_had(bare_db_url, monkeypatch):
     """A schema 1 database: gap ranges only in `detail`, late records already stored without a trace."""
     from secret_audit.store import migrations
-    from secret_audit.store._ingest import Ingestor
-    from secret_audit.store._otlp import decode_protobuf
 
     with psycopg.connect(bare_db_url, autocommit=True) as conn:
         monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
         assert migrations.migrate(conn) == [1]
         recs = chained(8)
         stream = sid(recs)
-        assert Ingestor().ingest(conn, decode_protobuf(to_protobuf(recs))).accepted == 8
+        store_legacy(conn, recs)
         # what schema 1 left behind: 2..4 was a gap (2 filled late since), 6 too (filled since)
         conn.execute("SET session_replication_role = replica")
         conn.execute("DELETE FROM audit_events WHERE sequence IN (3, 4)")
@@ -198,7 +196,7 @@ def test_upgrade_keeps_old_gap_findings_and_records_fills_they_already_had(bare_
             (stream, stream),
         )
         monkeypatch.undo()
-        assert migrations.migrate(conn) == [2, 3, 4, 5, 6]
+        assert migrations.migrate(conn) == [2, 3, 4, 5, 6, 7]
         rows = conn.execute(
             "SELECT kind, sequence, range_first, range_last FROM audit_findings ORDER BY id"
         ).fetchall()

@@ -6,13 +6,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store import _query, migrations
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import decode_protobuf
 from secret_audit.store._query import Filters, and_all, search, since, where_clause
 
-from .records import chained, rehash, to_protobuf
+from .records import chained, rehash, store_legacy, to_protobuf
 
 # filter -> the index (on every partition) that must answer it
 INDEXED = {
@@ -137,17 +137,15 @@ def test_upgrade_to_hashed_keys_rebuilds_the_filter_indexes_of_every_partition(b
     with psycopg.connect(bare_db_url, autocommit=True) as conn:
         monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
         assert migrations.migrate(conn) == [1, 2, 3, 4, 5]
-        ingest = Ingestor()
-        old, prev = chained(2, **_attrs(True)), chain.GENESIS
+        old, prev = chained(2, **_attrs(True)), contract.GENESIS
         for r in old:  # 40 days back: a second partition
             r["time_unix_nano"] -= 40 * 86400 * 10**9
             r["attributes"]["audit.chain.prev"] = prev
             prev = rehash(r)
         recs = old + chained(2, **_attrs(True)) + chained(3, **_attrs(False))
-        result = ingest.ingest(conn, decode_protobuf(to_protobuf(recs)))
-        assert (result.accepted, result.findings) == (7, [])
+        store_legacy(conn, recs)
         monkeypatch.undo()
-        assert migrations.migrate(conn) == [6]
+        assert migrations.migrate(conn) == [6, 7]
         defs = [r[0] for r in conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE tablename LIKE 'audit_events_p%%' "
             "AND indexdef LIKE '%%hashtextextended%%'").fetchall()]

@@ -110,7 +110,7 @@ def test_non_audit_records_can_be_dropped_and_counted(db_url, tokens, owner):
             assert stats["dropped_non_audit"] == 1
     finally:
         store.close()
-    assert count(owner) == 1
+    assert count(owner, "event_name = 'secret.access'") == 1  # (the /stats read is audited too)
 
 
 def test_gap_chain_break_and_hash_mismatch_become_findings(client, tokens, owner):
@@ -272,3 +272,32 @@ def test_a_failed_write_leaves_nothing_and_the_connection_usable(owner, db_url, 
         if not own:
             conn.commit()
     assert count(owner) == 4
+
+
+def test_record_time_bounds_follow_their_settings(db_url, tokens, owner):
+    """OTEL_PYTHON_SECRET_AUDIT_STORE_MAX_CLOCK_SKEW_SECONDS and ..._MAX_RECORD_AGE_DAYS: records outside
+    are stored at their receive time, with a time_out_of_bounds finding (the defaults, 300 s and 31 days,
+    are in tests/store/test_attacks.py)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from secret_audit.store.app import create_app
+    from secret_audit.store.config import load_store_config
+
+    from .conftest import opened_store
+
+    config = load_store_config({"OTEL_PYTHON_SECRET_AUDIT_STORE_MAX_CLOCK_SKEW_SECONDS": "0",
+                                "OTEL_PYTHON_SECRET_AUDIT_STORE_MAX_RECORD_AGE_DAYS": "1"})
+    now = time.time_ns()
+    recs = chained(3)
+    prev = "0" * 64
+    for r, at in zip(recs, [now - 2 * 86400 * 10**9, now - 10**9, now + 30 * 10**9], strict=True):
+        r["time_unix_nano"] = at
+        r["attributes"]["audit.chain.prev"] = prev
+        prev = rehash(r)
+    with opened_store(config, db_url) as store, TestClient(create_app(store, manage_store=False)) as c:
+        assert post_pb(c, tokens, recs).status_code == 200
+    held = owner.execute("SELECT range_first, range_last FROM audit_findings WHERE kind = 'time_out_of_bounds' "
+                         "ORDER BY range_first").fetchall()
+    assert held == [(1, 1), (3, 3)]  # two days old, and 30 s ahead

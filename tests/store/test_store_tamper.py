@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.cli import main
 from secret_audit.store._rows import COLUMNS, canonical_of_row
 from secret_audit.store.verify import verify
@@ -68,7 +68,7 @@ def test_modified_and_rehashed_row_breaks_the_next_link(trail, forced):
     with forced.cursor(row_factory=dict_row) as cur:
         row = cur.execute("SELECT * FROM audit_events WHERE sequence = 3").fetchone()
     forced.execute("UPDATE audit_events SET chain_hash = %s WHERE sequence = 3",
-                   (chain.chain_hash(canonical_of_row(row)),))
+                   (contract.chain_hash(canonical_of_row(row)),))
     brk, kinds = first_break(forced)
     assert (brk.kind, brk.sequence) == ("chain_break", 4)
 
@@ -127,5 +127,6 @@ def test_cli_reports_the_first_break(trail, forced, db_url, monkeypatch, capsys)
 
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["first_break"]["kind"] == "modified"
-    # a window that excludes every row verifies clean
-    assert main(["verify", "--end", "2000-01-01T00:00:00Z"]) == 0
+    # a window that excludes every row has nothing to verify: not OK unless that is accepted
+    assert main(["verify", "--end", "2000-01-01T00:00:00Z"]) == 1
+    assert main(["verify", "--end", "2000-01-01T00:00:00Z", "--allow-empty"]) == 0

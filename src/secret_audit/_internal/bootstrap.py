@@ -3,15 +3,65 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from dataclasses import replace
 from typing import Any
 
-from secret_audit._internal.config import ConfigurationError, Settings, load_settings
+from secret_audit._internal.config import SOURCES, ConfigurationError, Settings, load_settings
 from secret_audit._internal.pipeline import AuditPipeline, get_pipeline, peek_pipeline, set_pipeline
 
 __all__ = ["pipeline_for"]
 
 _log = logging.getLogger("secret_audit")
+
+
+def _settings(kwargs: dict[str, Any]) -> Settings:
+    """The settings to run with, the spool folder checked; ConfigurationError when they would lose records."""
+    if kwargs.get("logger_provider") is not None:
+        raise ConfigurationError(
+            "instrument(logger_provider=...)", type(kwargs["logger_provider"]).__name__,
+            "no logger_provider: audit records never go through the application's logs pipeline "
+            "(its processors drop records when full). Pass audit_exporter=<a LogRecordExporter> "
+            "to choose where they go",
+        )
+    settings = kwargs.get("settings")
+    if not isinstance(settings, Settings):
+        settings = load_settings()
+    if settings.enabled and settings.spool_dir and kwargs.get("audit_exporter") is None:
+        settings = _with_spool(settings)
+    return settings
+
+
+def _with_spool(settings: Settings) -> Settings:
+    """Create the spool folder now, so that an unwritable one is known before the first record."""
+    from secret_audit._internal.config import PREFIX, resolve_endpoint
+    from secret_audit._internal.spooldir import prepare_spool_dir
+
+    assert settings.spool_dir is not None
+    endpoint, _ = resolve_endpoint(settings.otlp_protocol, settings.otlp_endpoint, os.environ)
+    problem = prepare_spool_dir(settings.spool_dir, settings.otlp_protocol, endpoint)
+    if problem is None:
+        return settings
+    closed = [s for s in SOURCES if settings.mode_for(s) == "closed"]
+    if not settings.spool_default or closed:
+        why = "fail-closed mode needs a spool" if closed else "the spool you chose must be usable"
+        raise ConfigurationError(
+            PREFIX + "SPOOL_DIR", settings.spool_dir,
+            f"a directory this process can create and write ({problem}; {why}); or 'off'",
+        )
+    global _WARNED_NO_SPOOL
+    if not _WARNED_NO_SPOOL:
+        _WARNED_NO_SPOOL = True
+        sys.stderr.write(
+            f"otel-secret-audit: starting without a spool ({problem}): records made while the audit "
+            f"endpoint is unreachable are lost. Set {PREFIX}SPOOL_DIR to a writable directory, or to "
+            "'off' to silence this.\n"
+        )
+    return replace(settings, spool_dir=None, spool_default=False)
+
+
+_WARNED_NO_SPOOL = False
 
 
 def _under_launcher() -> bool:
@@ -24,15 +74,16 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
     Under ``opentelemetry-instrument`` a bad setting exits the process: the launcher would
     otherwise log the error and run the application unaudited.
     """
-    settings = kwargs.get("settings")
-    if not isinstance(settings, Settings):
-        try:
-            settings = load_settings()
-        except ConfigurationError as exc:
-            if _under_launcher():
-                _log.critical("otel-secret-audit: %s", exc)
-                raise SystemExit(f"otel-secret-audit: refusing to start: {exc}") from exc
-            raise
+    try:
+        settings = _settings(kwargs)
+    except ConfigurationError as exc:
+        if _under_launcher():
+            # One line and status 1: a SystemExit raised inside the launcher's sitecustomize
+            # becomes "Fatal Python error: init_import_site" and a long traceback.
+            sys.stderr.write(f"otel-secret-audit: refusing to start: {exc}\n")
+            sys.stderr.flush()
+            os._exit(1)
+        raise
     if not settings.enabled:
         _log.warning("otel-secret-audit: disabled by OTEL_PYTHON_SECRET_AUDIT_ENABLED")
         return None

@@ -16,7 +16,7 @@ from secret_audit._internal.sinks import FastSink, Sink
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
-__all__ = ["NullSink", "audit_resource", "build_sink"]
+__all__ = ["NullSink", "audit_resource", "build_sink", "preload_sink"]
 
 
 class NullSink(Sink):
@@ -60,20 +60,38 @@ def build_sink(
     settings: Settings, resource: Resource, scope: str, version: str, exporter: LogRecordExporter | None
 ) -> Sink:
     """An explicit exporter wins; otherwise OTLP (fast or stock encoder), console, or nothing."""
+    if settings.exporter == "otlp" and settings.encoder == "fast" and exporter is None:
+        sender = build_sender(settings.otlp_protocol, settings.otlp_endpoint, settings.otlp_headers)
+        return FastSink(resource, scope, version, sender)
+    if settings.exporter == "none" and exporter is None:
+        return NullSink()
     from secret_audit._internal.sdk_sink import SdkSink
 
     if exporter is not None:
         return SdkSink(resource, scope, version, exporter)
-    if settings.exporter == "none":
-        return NullSink()
     if settings.exporter == "console":
         from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
 
         return SdkSink(resource, scope, version, ConsoleLogRecordExporter())
-    if settings.encoder == "sdk":
-        return SdkSink(resource, scope, version, _sdk_otlp_exporter(settings))
-    sender = build_sender(settings.otlp_protocol, settings.otlp_endpoint, settings.otlp_headers)
-    return FastSink(resource, scope, version, sender)
+    return SdkSink(resource, scope, version, _sdk_otlp_exporter(settings))
+
+
+def preload_sink(settings: Settings, exporter: object) -> None:
+    """Import what the sink needs while the interpreter is alive: the SDK's logs module detects a
+    resource on a thread pool when imported, which fails once the interpreter has begun to exit."""
+    if exporter is not None or settings.exporter == "console" or (
+        settings.exporter == "otlp" and settings.encoder == "sdk"
+    ):
+        import secret_audit._internal.sdk_sink  # noqa: F401
+
+        if exporter is None and settings.exporter == "otlp" and settings.otlp_protocol == "grpc":
+            import opentelemetry.exporter.otlp.proto.grpc._log_exporter
+        elif exporter is None and settings.exporter == "otlp":
+            import opentelemetry.exporter.otlp.proto.http._log_exporter  # noqa: F401
+    elif settings.exporter == "otlp":
+        from secret_audit._internal.senders import preload
+
+        preload(settings.otlp_protocol)
 
 
 def audit_resource(provider: trace.TracerProvider | None = None) -> Resource:

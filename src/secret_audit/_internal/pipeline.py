@@ -22,10 +22,11 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
-from secret_audit._internal import chain
-from secret_audit._internal.config import Settings
+from secret_audit import contract
+from secret_audit._internal.checkpoint import checkpoints_for
+from secret_audit._internal.config import PREFIX, Settings
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.export import audit_resource, build_sink
+from secret_audit._internal.export import audit_resource, build_sink, preload_sink
 from secret_audit._internal.otlp import AuditTail, RecordData, encode_attributes
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import FastSink, Sink
@@ -45,15 +46,10 @@ _log = logging.getLogger("secret_audit")
 _echo = logging.getLogger("secret_audit.audit")
 
 SCOPE = "secret_audit"
-EVENT_ACCESS = "secret.access"
-EVENT_DROPPED = "audit.dropped"
+EVENT_ACCESS = contract.EVENT_ACCESS
+EVENT_DROPPED = contract.EVENT_DROPPED
 
-_SEVERITY = {
-    "success": (SeverityNumber.INFO, "INFO"),
-    "not_found": (SeverityNumber.WARN, "WARN"),
-    "denied": (SeverityNumber.WARN, "WARN"),
-    "error": (SeverityNumber.ERROR, "ERROR"),
-}
+_SEVERITY = {outcome: (SeverityNumber(n), text) for outcome, (n, text) in contract.SEVERITY.items()}
 
 _VERB = {
     "read": ("Secret accessed", "from"),
@@ -61,6 +57,7 @@ _VERB = {
     "delete": ("Secret deleted", "from"),
     "metadata": ("Secret metadata read", "from"),
     "admin": ("Secret administered", "on"),
+    "unknown": ("Secret touched by an unclassified command", "in"),
 }
 _FAILED = {
     "read": "Secret access failed",
@@ -172,16 +169,17 @@ class AuditPipeline:
         self._cap = settings.queue_size
         self._wake_at = max(1, settings.batch_size)
         self._closed = False
+        # Resource detection runs on a thread pool, which refuses work once the interpreter has
+        # begun to exit: a three-line script's records are built then, so detect now.
+        self._fallback_resource = None if _has_resource(tracer_provider) else audit_resource(tracer_provider)
+        self._checkpoints = checkpoints_for(settings)  # None without a signing key
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         atexit.register(_at_exit, ref)
         if settings.handle_sigterm:
             _install_sigterm()
-        if exporter is None and settings.exporter == "otlp" and settings.encoder == "fast":
-            from secret_audit._internal.senders import preload
-
-            preload(settings.otlp_protocol)
+        preload_sink(settings, exporter)
         if settings.spool_dir:
             from secret_audit._internal.spool import Spool
 
@@ -202,7 +200,7 @@ class AuditPipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sequence = 0
-        self._prev = chain.GENESIS
+        self._prev = contract.GENESIS
         self._sink: Sink | None = None
         self._batch_seqs: list[int] = []
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
@@ -214,6 +212,8 @@ class AuditPipeline:
         self._courier: _Courier | None = None
         self._spool: Spool | None = None
         self._spool_failed = False
+        # Set at exit while the endpoint is failing: what is left goes to the spool, not the wire.
+        self._spool_only = False
         self._next_replay = 0.0
         self._replay_delay = 0.2
         self.degraded = False
@@ -232,6 +232,8 @@ class AuditPipeline:
         # a queue-full count). If their batch is lost too, that is reported again, not forgotten.
         self._open_reports: dict[int, tuple[int, int] | int] = {}
         self._waiting = 0
+        if self._checkpoints is not None:
+            self._checkpoints.reset()
 
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
@@ -336,20 +338,33 @@ class AuditPipeline:
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Flush what is queued within the shutdown timeout, then stop the worker and sink."""
+        """Flush what is queued within the shutdown timeout, then stop the worker and sink.
+
+        While the endpoint is failing, what is left is spooled at once instead of waiting out the
+        timeout; what can be neither sent nor spooled in time is reported on stderr.
+        """
         if self._closed:
             return
         limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
-        self.flush(limit)
+        spooling = self.settings.spool_dir is not None and not self._spool_failed
+        if self.degraded and spooling:
+            self._spool_only = True
+        flushed = self.flush(limit)
+        if not flushed and spooling and not self._spool_only:
+            self._spool_only = True
+            flushed = self.flush(_SPOOL_GRACE)
         self._closed = True
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(limit)
+            thread.join(limit if flushed else 0.5)
+        if not flushed:
+            self._report_abandoned()
         if self._courier is not None:
             self._courier.close()
         if self._spool is not None:
+            self._say_spooled(self._spool)
             self._spool.close()
         sink = self._sink
         if sink is not None:
@@ -357,6 +372,33 @@ class AuditPipeline:
                 sink.close()
             except Exception:
                 _log.debug("audit sink close failed", exc_info=True)
+
+    def _say_spooled(self, spool: Spool) -> None:
+        """At exit, tell operators what waits on disk and how it leaves."""
+        waiting = spool.stats()
+        if not waiting["records"]:
+            return
+        problem = getattr(self._sink, "problem", None)
+        _log.warning(
+            "secret-audit: %s wait in the spool %s%s; they are sent when a process with these settings "
+            "starts again, or now with: secret-audit spool replay %s",
+            _records(waiting["records"]), spool.directory, f" ({problem})" if problem else "",
+            spool.directory,
+        )
+
+    def _report_abandoned(self) -> None:
+        """At exit, say on stderr what was neither exported nor spooled: it cannot reach the stream."""
+        waiting = sum(len(a.items) if a.items is not None else 1 for a in list(self._dq)
+                      if not isinstance(a, _Marker))
+        unsent = len(self._batch_seqs) + (len(self._inflight[1]) if self._inflight else 0)
+        if waiting or unsent:
+            problem = getattr(self._sink, "problem", None)
+            _log.error(
+                "secret-audit: lost %s at exit (%d accesses not yet built, %d records not yet sent)%s: "
+                "the shutdown timeout (%s) passed; %s",
+                _records(waiting + unsent), waiting, unsent, f" ({problem})" if problem else "",
+                PREFIX + "SHUTDOWN_TIMEOUT_MS", _FIX_LOSS,
+            )
 
     # ---- worker -------------------------------------------------------------------------------
 
@@ -382,6 +424,9 @@ class AuditPipeline:
             if self.degraded and not self._dq and not stopping and time.monotonic() >= self._next_probe:
                 self._probe()
             if stopping and not self._dq:
+                if self._attest(final=True):
+                    self._export_batch()
+                    self._settle()
                 return
 
     def _drain(self, *, force: bool) -> None:
@@ -406,16 +451,19 @@ class AuditPipeline:
                     item.ticket.complete(False)
             if len(self._batch_seqs) >= batch_size:
                 self._after_slice()
+                self._attest()
                 self._export_batch()
             elif built >= _SLICE:
                 built = 0
                 self._after_slice()
+                self._attest()
                 if len(dq) < self._cap // 4:
                     # Hand the GIL back between slices so that application threads are not
                     # stalled for a whole switch interval (5 ms) behind a long batch.
                     os.sched_yield()
         self._after_slice()
         self._report_drops()
+        self._attest()
         if force or markers or self._batch_tickets:
             self._export_batch()
         self._settle()
@@ -432,7 +480,10 @@ class AuditPipeline:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._tracer = provider.get_tracer(SCOPE, __version__)
         if self._sink is None:
-            resource = audit_resource(self._tracer_provider)
+            if self._fallback_resource is not None and not _has_resource(self._tracer_provider):
+                resource = self._fallback_resource
+            else:
+                resource = audit_resource(self._tracer_provider)
             self._sink = build_sink(self.settings, resource, SCOPE, __version__, self._custom_exporter)
             self._open_spool()
         return self._tracer, self._sink
@@ -442,7 +493,8 @@ class AuditPipeline:
         if directory is None or self._spool is not None or self._spool_failed:
             return
         if not isinstance(self._sink, FastSink):
-            _log.warning("secret-audit: the spool needs the fast OTLP exporter; not spooling")
+            if not self.settings.spool_default:  # the default spool does not apply to custom exporters
+                _log.warning("secret-audit: the spool needs the fast OTLP exporter; not spooling")
             self._spool_failed = True
             return
         try:
@@ -628,28 +680,15 @@ class AuditPipeline:
         """Give the record its place in the stream (sequence, chain) and hand it to the sink."""
         self._sequence += 1
         seq = self._sequence
-        attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
-        attrs["audit.stream.id"] = self.stream_id
-        attrs["audit.sequence"] = seq
-        attrs["audit.chain.prev"] = self._prev
+        prev = self._prev
         if shape is not None:
             severity, severity_text = shape.severity, shape.severity_text
         else:
             sev, severity_text = _SEVERITY.get(attrs.get("audit.outcome", "error"), _SEVERITY["error"])
             severity = sev.value
         trace_id, span_id, flags, trace_hex, span_hex = ids
-        digest = chain.chain_hash(
-            chain.canonical_bytes(
-                time_unix_nano=start_ns,
-                event_name=event_name,
-                severity_number=severity,
-                body=body,
-                trace_id=trace_hex,
-                span_id=span_hex,
-                attributes=attrs,
-            )
-        )
-        attrs[chain.HASH_ATTRIBUTE] = digest
+        digest = contract.stamp(attrs, self.stream_id, seq, prev, start_ns, event_name, severity, body,
+                                trace_hex, span_hex)
         self._prev = digest
         record = _new_record(
             RecordData,
@@ -657,14 +696,24 @@ class AuditPipeline:
              event_name),
         )
         if fast is not None and shape is not None:
-            tail = self._tail.encode(attrs["audit.duration_ms"], seq, attrs["audit.chain.prev"], digest)
+            tail = self._tail.encode(attrs["audit.duration_ms"], seq, prev, digest)
             fast.add_encoded(record, shape.encoded, len(shape.attrs), tail)
         else:
             assert self._sink is not None
             self._sink.add(record)
         self._batch_seqs.append(seq)
-        if self.settings.echo:
+        if self.settings.echo and event_name != contract.EVENT_CHECKPOINT:
             _echo_line(body)
+
+    def _attest(self, final: bool = False) -> bool:
+        """Stamp the stream's signed checkpoint when one is due, or its final one; True if one was made."""
+        checkpoints = self._checkpoints
+        if checkpoints is None or not checkpoints.due(self._sequence, final):
+            return False
+        attrs, now, body = checkpoints.build(self.stream_id, self._sequence, self._prev, final)
+        self._emit(contract.EVENT_CHECKPOINT, attrs, now, body, _NO_IDS)
+        checkpoints.stamped(self._sequence, self._prev, final)
+        return True
 
     def _report_drops(self) -> None:
         """Turn counted losses into their own chained record, so a sink sees what it never got."""
@@ -717,18 +766,31 @@ class AuditPipeline:
             spool = self._spool
             if spool is None or not spool.pending():
                 # Sent on the courier thread: the next batch is built while this one is on the wire.
-                if self._courier is None:
-                    self._courier = _Courier(sink)
-                self._courier.start(body)
-                self._inflight = (body, seqs, tickets)
-                return
-            durable = self._spool_or_retry(sink, body, seqs)
+                courier = self._courier or self._new_courier(sink)
+                if courier is not None and not self._spool_only:
+                    courier.start(body)
+                    self._inflight = (body, seqs, tickets)
+                    return
+            if self._spool_only and spool is not None:
+                durable = self._spool_or_retry(sink, body, seqs)
+            elif spool is None or not spool.pending():
+                durable = self._deliver_body_with_retry(sink, body, seqs)
+            else:
+                durable = self._spool_or_retry(sink, body, seqs)
         else:
             durable = self._deliver_with_retry(sink)
             sink.discard()
             if durable:
                 self.exported += len(seqs)
         self._after_export(durable, seqs, tickets)
+
+    def _new_courier(self, sink: FastSink) -> _Courier | None:
+        """The sender thread, or None where no thread may start (at exit, from Python 3.12 on)."""
+        try:
+            self._courier = _Courier(sink)
+        except RuntimeError:
+            return None
+        return self._courier
 
     def _settle(self) -> None:
         """Wait for the batch in flight and do its bookkeeping: retry, spool, tickets, loss reports."""
@@ -784,11 +846,14 @@ class AuditPipeline:
         with self._lock:
             self.lost_export += count
             self._lost_ranges.append((first, last))
+        problem = getattr(self._sink, "problem", None)
         _log.error(
-            "secret-audit: lost %d audit records (sequence %d..%d): the exporter kept failing",
-            count,
+            "secret-audit: lost %s (sequence %d..%d): the exporter kept failing%s; %s",
+            _records(count),
             first,
             last,
+            f" ({problem})" if problem else "",
+            _FIX_LOSS,
         )
 
     def _spool_or_retry(self, sink: FastSink, body: bytes, seqs: list[int]) -> bool:
@@ -857,7 +922,7 @@ class AuditPipeline:
     def _replay(self) -> None:
         """Send spooled requests oldest first, several per request; stop at the first failure."""
         spool, sink = self._spool, self._sink
-        if spool is None or not isinstance(sink, FastSink):
+        if spool is None or not isinstance(sink, FastSink) or self._spool_only:
             return
         try:
             while True:
@@ -881,6 +946,8 @@ class AuditPipeline:
         except Exception:
             _log.exception("secret-audit: replaying the audit spool failed")
             self._next_replay = time.monotonic() + self._replay_delay
+        finally:
+            spool.release()  # oldest() took the spool's replay claim
 
     def _replay_one_by_one(self, spool: Spool, sink: FastSink, batches: list[SpooledBatch]) -> str:
         """A refused combined request: find which spooled requests the endpoint refuses."""
@@ -951,6 +1018,22 @@ class _Courier:
             self._results.put(_safe_send(self._sink, body))
 
 
+_FIX_LOSS = (
+    "fix the endpoint, and keep the spool on (OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR) so that an "
+    "outage is waited out on disk"
+)
+
+
+def _records(count: int) -> str:
+    return f"{count} audit record{'' if count == 1 else 's'}"
+
+
+def _has_resource(provider: TracerProvider | None) -> bool:
+    from opentelemetry.sdk.resources import Resource
+
+    return isinstance(getattr(provider or trace.get_tracer_provider(), "resource", None), Resource)
+
+
 def _safe_deliver(sink: Sink) -> str:
     try:
         return str(sink.deliver())
@@ -1002,6 +1085,8 @@ def _worst(records: list[dict[str, Any]]) -> str:
 
 
 _SLICE = 64
+# At exit, after the shutdown timeout, how long writing what is left to the spool may take.
+_SPOOL_GRACE = 5.0
 # Spooled requests replayed together in one request, up to this size (the store takes 16 MiB).
 _REPLAY_BYTES = 4 * 1024 * 1024
 

@@ -1,369 +1,124 @@
-"""Which Redis commands touch which keys, how, and what their replies say, without ever keeping a value."""
+"""Which Redis commands touch which keys, how, and what their replies say, without ever keeping a value.
+
+The table is built at import from the server's key specifications (``redis_keyspecs``, generated
+by ``scripts/gen_redis_commands.py``), with the hand-tuned classifications below on top, so that
+the wrapper never asks the server anything and finds a command with one dict lookup.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["COMMANDS", "Command", "lookup"]
+from secret_audit._internal import redis_replies as rr
+from secret_audit._internal.redis_keys import (
+    DELETE,
+    META,
+    READ,
+    UNKNOWN,
+    WRITE,
+    KeyFn,
+    at,
+    compile_specs,
+    describe_specs,
+    no_keys,
+    upper,
+)
+from secret_audit._internal.redis_keyspecs import SERVER, SPECS
+from secret_audit._internal.redis_replies import ResultFn
 
-READ, WRITE, DELETE, META = "read", "write", "delete", "metadata"
+__all__ = [
+    "COMMANDS", "ENUMERATORS", "LISTS", "SERVER", "SUBCOMMAND", "UNKNOWN_COMMAND",
+    "Command", "keyless", "lookup", "rows",
+]
 
 Args = Sequence[Any]
-KeyFn = Callable[[Args], list[tuple[Any, str]]]
-ResultFn = Callable[[Args, Any, int], Sequence[str | None]]
+PLAIN, SUBCOMMAND, LISTS = 0, 1, 2
 
 
 class Command(NamedTuple):
-    """How one command names its keys and how its reply maps to a result per key."""
+    """How one command names its keys and how its reply maps to a result per key.
+
+    ``kind`` is SUBCOMMAND for a container sent split (``"XINFO", "STREAM", key``), whose action
+    then names the subcommand too, and LISTS for commands whose reply lists key names (KEYS, SCAN):
+    their ``result`` returns those names, which are audited as metadata reads when secret.
+    """
 
     keys: KeyFn
     result: ResultFn
+    kind: int = PLAIN
 
 
-# ---- key extraction ----------------------------------------------------------------------
+# ---- hand-tuned classifications on top of the flags --------------------------------------------
 
-
-def _at(index: int, op: str) -> KeyFn:
-    def keys(args: Args) -> list[tuple[Any, str]]:
-        return [(args[index], op)] if len(args) > index else []
-
-    return keys
-
-
-def _all(op: str, start: int = 1, stop_from_end: int = 0) -> KeyFn:
-    def keys(args: Args) -> list[tuple[Any, str]]:
-        end = len(args) - stop_from_end
-        return [(k, op) for k in args[start:end]]
-
-    return keys
-
-
-def _pairs(op: str) -> KeyFn:
-    def keys(args: Args) -> list[tuple[Any, str]]:
-        return [(k, op) for k in args[1::2]]
-
-    return keys
-
-
-def _two(first: str, second: str) -> KeyFn:
-    def keys(args: Args) -> list[tuple[Any, str]]:
-        if len(args) < 3:
-            return []
-        return [(args[1], first), (args[2], second)]
-
-    return keys
-
-
-def _bitop(args: Args) -> list[tuple[Any, str]]:
-    """BITOP operation destkey key [key ...]: the sources are read, the destination written."""
-    if len(args) < 4:
-        return []
-    return [(args[2], WRITE)] + [(k, READ) for k in args[3:]]
+# One operation per key spec, in the server's order, where the flags say less than we know.
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    "GETEX": (READ,), "HGETEX": (READ,),  # they return values; the update is only to expiry
+    "TTL": (META,), "PTTL": (META,), "EXPIRETIME": (META,), "PEXPIRETIME": (META,),
+    "HTTL": (META,), "HPTTL": (META,), "HEXPIRETIME": (META,), "HPEXPIRETIME": (META,),
+    "HKEYS": (META,),  # field names, not values
+    "PFCOUNT": (META,),  # a cardinality (RW only because it caches it)
+    "RENAME": (DELETE, WRITE), "RENAMENX": (DELETE, WRITE),  # the old name is gone
+    "SMOVE": (DELETE, WRITE),  # the caller names the member: nothing is returned
+    "XCLAIM": (READ,), "XAUTOCLAIM": (READ,),  # they return the claimed entries
+    "XINFO GROUPS": (META,), "XINFO CONSUMERS": (META,),
+}
 
 
 def _sort(args: Args) -> list[tuple[Any, str]]:
-    """SORT key [... STORE destination]: the values come back (read), or land in destination."""
+    """SORT key [BY pattern] [LIMIT o c] [GET pattern ...] [STORE destination].
+
+    BY and GET patterns with ``*`` name keys built from the sorted values, which are never
+    recorded: the pattern itself is audited as the name (BY as metadata, GET as read).
+    """
     if len(args) < 2:
         return []
     keys = [(args[1], READ)]
-    for i in range(2, len(args) - 1):
-        if _upper(args[i]) == "STORE":
+    i = 2
+    while i < len(args) - 1:
+        word = upper(args[i])
+        if word in ("BY", "GET"):
+            pattern = args[i + 1]
+            if (isinstance(pattern, str) and "*" in pattern) or (
+                isinstance(pattern, bytes) and b"*" in pattern
+            ):
+                keys.append((pattern, META if word == "BY" else READ))
+            i += 2
+        elif word == "STORE":
             keys.append((args[i + 1], WRITE))
-            break
+            i += 2
+        else:
+            i += 3 if word == "LIMIT" else 1
     return keys
 
 
 def _migrate(args: Args) -> list[tuple[Any, str]]:
     """MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH ...] [KEYS key ...].
 
-    The value leaves for another server: a read (without COPY the key is also gone here,
-    which the next access shows).
+    The value leaves for another server: a read (without COPY the key is also gone here, which
+    the next access shows). The server's KEYS spec is marked incomplete: a key may be named KEYS.
     """
     if len(args) < 6:
         return []
     if args[3] not in ("", b""):
         return [(args[3], READ)]
     for i in range(6, len(args)):
-        if _upper(args[i]) == "KEYS":
+        if upper(args[i]) == "KEYS":
             return [(k, READ) for k in args[i + 1 :]]
     return []
 
 
-def _msetex(args: Args) -> list[tuple[Any, str]]:
-    """MSETEX numkeys key value [key value ...] [options]."""
-    try:
-        count = int(args[1])
-    except (IndexError, TypeError, ValueError):
+def _bitfield(args: Args) -> list[tuple[Any, str]]:
+    """BITFIELD key [GET ...] [SET ...] [INCRBY ...]: only GETs is a read (its flags vary the same way)."""
+    if len(args) < 2:
         return []
-    return [(k, WRITE) for k in args[2 : 2 + 2 * max(count, 0) : 2]]
+    writes = any(upper(a) in ("SET", "INCRBY") for a in args[2:])
+    return [(args[1], WRITE if writes else READ)]
 
 
-def _numkeys(op: str) -> KeyFn:
-    """EVAL/EVALSHA/FCALL: ``CMD script numkeys key... arg...``; only declared keys count."""
-
-    def keys(args: Args) -> list[tuple[Any, str]]:
-        try:
-            count = int(args[2])
-        except (IndexError, TypeError, ValueError):
-            return []
-        return [(k, op) for k in args[3 : 3 + max(count, 0)]]
-
-    return keys
-
-
-# ---- reply interpretation -----------------------------------------------------------------
-
-
-def _none(_args: Args, _reply: Any, n: int) -> Sequence[str | None]:
-    return [None] * n
-
-
-def _empty(reply: Any) -> bool:
-    return reply is None or (isinstance(reply, (dict, list, bytes, str)) and len(reply) == 0)
-
-
-def _found(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    return ["not_found" if _empty(reply) else "found"] * n
-
-
-def _any_found(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    """HMGET and JSON paths: a key counts as found when any requested part exists."""
-    if isinstance(reply, list):
-        return ["found" if any(v is not None for v in reply) else "not_found"] * n
-    return _found(_args, reply, n)
-
-
-def _each_found(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if isinstance(reply, list) and len(reply) == n:
-        return ["not_found" if v is None else "found" for v in reply]
-    return [None] * n
-
-
-def _exists(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if n == 1 and isinstance(reply, int):
-        return ["found" if reply else "not_found"]
-    if isinstance(reply, int) and reply == 0:
-        return ["not_found"] * n
-    return [None] * n
-
-
-def _type(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    return ["not_found" if reply in ("none", b"none") else "found"] * n
-
-
-def _ttl(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    return ["not_found" if reply == -2 else "found"] * n
-
-
-def _deleted(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if isinstance(reply, int) and not isinstance(reply, bool):
-        if reply == 0:
-            return ["not_found"] * n
-        if reply >= n:
-            return ["deleted"] * n
-    return [None] * n
-
-
-def _field_deleted(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if isinstance(reply, int):
-        return ["deleted" if reply else "not_found"] * n
-    return [None] * n
-
-
-def _set_if(success: str, failure: str) -> ResultFn:
-    def result(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-        ok = reply is True or reply == 1 or reply in ("OK", b"OK")
-        return [success if ok else failure] * n
-
-    return result
-
-
-def _hset(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if isinstance(reply, int):
-        return ["created" if reply > 0 else "updated"] * n
-    return [None] * n
-
-
-def _upper(token: Any) -> str:
-    if isinstance(token, bytes):
-        return token.decode("latin-1").upper()
-    return str(token).upper() if isinstance(token, str) else ""
-
-
-def _set(args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    """SET key value [NX|XX] [GET] ...: NX/XX/GET make the reply say created or updated."""
-    opts = {_upper(a) for a in args[3:]}
-    if "GET" in opts:
-        if "NX" in opts or "XX" in opts:
-            return [None] * n
-        return ["created" if reply is None else "updated"] * n
-    written = reply is True or reply in ("OK", b"OK")
-    if "IFEQ" in opts:  # Valkey 8.1+: set only if the current value equals the given one
-        return ["updated" if written else "unchanged"] * n
-    if "NX" in opts:
-        return ["created" if written else "unchanged"] * n
-    if "XX" in opts:
-        return ["updated" if written else "not_found"] * n
-    return [None] * n
-
-
-def _expire(args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    """EXPIRE key seconds [NX|XX|GT|LT]: 0 means "no such key" only without a condition."""
-    if reply == 1:
-        return ["updated"] * n
-    if reply == 0 and len(args) <= 3:
-        return ["not_found"] * n
-    return [None] * n
-
-
-def _restore(args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    """RESTORE fails when the key exists, unless REPLACE: then created or updated is unknown."""
-    if any(_upper(a) == "REPLACE" for a in args[4:]):
-        return [None] * n
-    return _set_if("created", "unchanged")(args, reply, n)
-
-
-def _json_set(args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    """JSON.SET key path value [NX|XX]: only the conditional forms tell created from updated."""
-    opts = {_upper(a) for a in args[4:]}
-    written = reply is True or reply in ("OK", b"OK")
-    if "NX" in opts:
-        return ["created" if written else "unchanged"] * n
-    if "XX" in opts:
-        return ["updated" if written else "not_found"] * n
-    return [None] * n
-
-
-def _getset(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    return ["created" if reply is None else "updated"] * n
-
-
-def _copy(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if reply in (1, True):
-        return ["found", "created"][:n]
-    return [None, "unchanged"][:n]
-
-
-def _rename(_args: Args, reply: Any, n: int) -> Sequence[str | None]:
-    if reply in (True, "OK", b"OK", 1):
-        return ["deleted", None][:n]
-    return ["unchanged", "unchanged"][:n]
-
-
-# ---- the table ----------------------------------------------------------------------------
-
-_GET_LIKE = Command(_at(1, READ), _found)
-_META1 = Command(_at(1, META), _none)
-_WRITE1 = Command(_at(1, WRITE), _none)
-
-COMMANDS: dict[str, Command] = {
-    # strings
-    "GET": _GET_LIKE,
-    "GETEX": _GET_LIKE,
-    "GETDEL": _GET_LIKE,
-    "GETRANGE": Command(_at(1, READ), _none),
-    "SUBSTR": Command(_at(1, READ), _none),
-    "LCS": Command(_two(READ, READ), _none),  # LCS key1 key2 [LEN] [IDX] ...: options are no keys
-    "MGET": Command(_all(READ), _each_found),
-    "SET": Command(_at(1, WRITE), _set),
-    "SETNX": Command(_at(1, WRITE), _set_if("created", "unchanged")),
-    "SETEX": _WRITE1,
-    "PSETEX": _WRITE1,
-    "GETSET": Command(_at(1, WRITE), _getset),
-    "MSET": Command(_pairs(WRITE), _none),
-    "MSETNX": Command(_pairs(WRITE), _set_if("created", "unchanged")),
-    "MSETEX": Command(_msetex, _none),
-    "DELIFEQ": Command(_at(1, DELETE), _set_if("deleted", "unchanged")),
-    # bitmaps read and write the string value bit by bit
-    "GETBIT": Command(_at(1, READ), _none),
-    "BITCOUNT": Command(_at(1, READ), _none),
-    "BITPOS": Command(_at(1, READ), _none),
-    "BITFIELD_RO": Command(_at(1, READ), _none),
-    "BITFIELD": _WRITE1,
-    "SETBIT": _WRITE1,
-    "BITOP": Command(_bitop, _none),
-    "APPEND": _WRITE1,
-    "SETRANGE": _WRITE1,
-    "INCR": _WRITE1,
-    "INCRBY": _WRITE1,
-    "INCRBYFLOAT": _WRITE1,
-    "DECR": _WRITE1,
-    "DECRBY": _WRITE1,
-    "STRLEN": _META1,
-    # hashes
-    "HGET": _GET_LIKE,
-    "HMGET": Command(_at(1, READ), _any_found),
-    "HGETALL": _GET_LIKE,
-    "HVALS": _GET_LIKE,
-    "HRANDFIELD": _GET_LIKE,
-    "HGETDEL": Command(_at(1, READ), _any_found),
-    "HGETEX": Command(_at(1, READ), _any_found),
-    "HSCAN": Command(_at(1, READ), _none),
-    "HSET": Command(_at(1, WRITE), _hset),
-    "HMSET": _WRITE1,
-    "HSETNX": Command(_at(1, WRITE), _set_if("created", "unchanged")),
-    "HSETEX": _WRITE1,
-    "HINCRBY": _WRITE1,
-    "HINCRBYFLOAT": _WRITE1,
-    "HDEL": Command(_at(1, DELETE), _field_deleted),
-    "HKEYS": _META1,
-    "HLEN": _META1,
-    "HEXISTS": Command(_at(1, META), _exists),
-    "HSTRLEN": _META1,
-    "HTTL": _META1,
-    "HEXPIRE": _WRITE1,
-    "HPEXPIRE": _WRITE1,
-    "HEXPIREAT": _WRITE1,
-    "HPEXPIREAT": _WRITE1,
-    "HPERSIST": _WRITE1,
-    "HPTTL": _META1,
-    "HEXPIRETIME": _META1,
-    "HPEXPIRETIME": _META1,
-    # generic keys
-    "DEL": Command(_all(DELETE), _deleted),
-    "UNLINK": Command(_all(DELETE), _deleted),
-    "EXISTS": Command(_all(META), _exists),
-    "TYPE": Command(_at(1, META), _type),
-    "TTL": Command(_at(1, META), _ttl),
-    "PTTL": Command(_at(1, META), _ttl),
-    "EXPIRETIME": Command(_at(1, META), _ttl),
-    "PEXPIRETIME": Command(_at(1, META), _ttl),
-    "TOUCH": Command(_all(META), _exists),
-    "OBJECT": Command(_at(2, META), _none),
-    "MEMORY USAGE": Command(_at(1, META), _none),
-    "EXPIRE": Command(_at(1, WRITE), _expire),
-    "PEXPIRE": Command(_at(1, WRITE), _expire),
-    "EXPIREAT": Command(_at(1, WRITE), _expire),
-    "PEXPIREAT": Command(_at(1, WRITE), _expire),
-    "PERSIST": _WRITE1,
-    "MOVE": Command(_at(1, WRITE), _none),
-    "DUMP": _GET_LIKE,
-    "RESTORE": Command(_at(1, WRITE), _restore),
-    "SORT": Command(_sort, _none),
-    "SORT_RO": Command(_at(1, READ), _none),
-    "MIGRATE": Command(_migrate, _none),
-    "COPY": Command(_two(READ, WRITE), _copy),
-    "RENAME": Command(_two(DELETE, WRITE), _rename),
-    "RENAMENX": Command(_two(DELETE, WRITE), _rename),
-    # scripts and functions: only their declared keys are knowable
-    "EVAL": Command(_numkeys(WRITE), _none),
-    "EVALSHA": Command(_numkeys(WRITE), _none),
-    "EVAL_RO": Command(_numkeys(READ), _none),
-    "EVALSHA_RO": Command(_numkeys(READ), _none),
-    "FCALL": Command(_numkeys(WRITE), _none),
-    "FCALL_RO": Command(_numkeys(READ), _none),
-    # RedisJSON
-    "JSON.GET": _GET_LIKE,
-    "JSON.MGET": Command(_all(READ, 1, 1), _each_found),
-    "JSON.SET": Command(_at(1, WRITE), _json_set),
-    "JSON.MSET": Command(_all(WRITE), _none),
-    "JSON.DEL": Command(_at(1, DELETE), _field_deleted),
-    "JSON.FORGET": Command(_at(1, DELETE), _field_deleted),
-    "JSON.TYPE": Command(_at(1, META), _found),
-    "JSON.STRLEN": _META1,
-    "JSON.OBJKEYS": _META1,
-}
+def _json_mget(args: Args) -> list[tuple[Any, str]]:
+    """JSON.MGET key [key ...] path."""
+    return [(k, READ) for k in args[1:-1]]
 
 
 def _json_mset(args: Args) -> list[tuple[Any, str]]:
@@ -371,7 +126,149 @@ def _json_mset(args: Args) -> list[tuple[Any, str]]:
     return [(k, WRITE) for k in args[1::3]]
 
 
-COMMANDS["JSON.MSET"] = Command(_json_mset, _none)
+KEYS: dict[str, KeyFn] = {"SORT": _sort, "SORT_RO": _sort, "MIGRATE": _migrate, "BITFIELD": _bitfield}
+KEY_NOTES = {
+    "SORT": "key: read; `BY` pattern: metadata; `GET` pattern: read (the pattern is the name); "
+    "`STORE` destination: write",
+    "SORT_RO": "key: read; `BY` pattern: metadata; `GET` pattern: read (the pattern is the name)",
+    "MIGRATE": "key, or each key after `KEYS`: read",
+    "BITFIELD": "key: write with a `SET` or `INCRBY` subcommand, else read",
+}
+
+_GET_LIKE = rr.found
+_ZADD_OPTS = frozenset({"NX", "XX", "GT", "LT", "CH", "INCR"})
+
+RESULTS: dict[str, ResultFn] = {
+    # strings and generic
+    "GET": _GET_LIKE, "GETEX": _GET_LIKE, "GETDEL": _GET_LIKE, "DUMP": _GET_LIKE,
+    "MGET": rr.each_found, "SET": rr.set_, "SETNX": rr.set_if("created", "unchanged"),
+    "GETSET": rr.getset, "MSETNX": rr.set_if("created", "unchanged"),
+    "DELIFEQ": rr.set_if("deleted", "unchanged"),
+    "RESTORE": rr.restore, "RESTORE-ASKING": rr.restore,
+    "DEL": rr.deleted, "UNLINK": rr.deleted, "EXISTS": rr.exists, "TOUCH": rr.exists,
+    "TYPE": rr.type_, "TTL": rr.ttl, "PTTL": rr.ttl, "EXPIRETIME": rr.ttl, "PEXPIRETIME": rr.ttl,
+    "EXPIRE": rr.expire, "PEXPIRE": rr.expire, "EXPIREAT": rr.expire, "PEXPIREAT": rr.expire,
+    "COPY": rr.copy, "RENAME": rr.rename, "RENAMENX": rr.rename,
+    "OBJECT ENCODING": rr.found, "OBJECT FREQ": rr.found, "OBJECT IDLETIME": rr.found,
+    "OBJECT REFCOUNT": rr.found, "MEMORY USAGE": rr.found,
+    # hashes
+    "HGET": _GET_LIKE, "HGETALL": _GET_LIKE, "HVALS": _GET_LIKE, "HRANDFIELD": _GET_LIKE,
+    "HKEYS": _GET_LIKE, "HMGET": rr.any_found, "HGETDEL": rr.any_found, "HGETEX": rr.any_found,
+    "HSET": rr.hset, "HSETNX": rr.set_if("created", "unchanged"), "HDEL": rr.field_deleted,
+    "HEXISTS": rr.exists, "HLEN": rr.length,
+    # lists
+    "LPOP": rr.found, "RPOP": rr.found, "BLPOP": rr.popped_from, "BRPOP": rr.popped_from,
+    "LMPOP": rr.popped_from, "BLMPOP": rr.popped_from, "LMOVE": rr.moved, "BLMOVE": rr.moved,
+    "RPOPLPUSH": rr.moved, "BRPOPLPUSH": rr.moved, "LPUSH": rr.pushed, "RPUSH": rr.pushed,
+    "LPUSHX": rr.pushed_x, "RPUSHX": rr.pushed_x, "LINSERT": rr.pushed_x, "LSET": rr.ok_updated,
+    "LREM": rr.removed, "LRANGE": rr.hit, "LINDEX": rr.hit, "LPOS": rr.hit, "LLEN": rr.length,
+    # sets
+    "SADD": rr.added(2, 1), "SREM": rr.removed, "SPOP": rr.found, "SRANDMEMBER": rr.found,
+    "SMEMBERS": rr.found, "SISMEMBER": rr.exists, "SMISMEMBER": rr.any_found, "SCARD": rr.length,
+    "SMOVE": rr.smove, "SINTER": rr.hit, "SDIFF": rr.hit,
+    # sorted sets
+    "ZADD": rr.added(2, 2, _ZADD_OPTS), "ZREM": rr.removed, "ZREMRANGEBYLEX": rr.removed,
+    "ZREMRANGEBYRANK": rr.removed, "ZREMRANGEBYSCORE": rr.removed, "ZPOPMIN": rr.found,
+    "ZPOPMAX": rr.found, "BZPOPMIN": rr.popped_from, "BZPOPMAX": rr.popped_from,
+    "ZMPOP": rr.popped_from, "BZMPOP": rr.popped_from, "ZRANDMEMBER": rr.found,
+    "ZRANGE": rr.hit, "ZRANGEBYSCORE": rr.hit, "ZRANGEBYLEX": rr.hit, "ZREVRANGE": rr.hit,
+    "ZREVRANGEBYSCORE": rr.hit, "ZREVRANGEBYLEX": rr.hit, "ZSCORE": rr.hit, "ZRANK": rr.hit,
+    "ZREVRANK": rr.hit, "ZMSCORE": rr.any_found, "ZCARD": rr.length, "ZINTER": rr.hit, "ZDIFF": rr.hit,
+    # streams
+    "XADD": rr.xadd, "XDEL": rr.removed, "XTRIM": rr.removed, "XRANGE": rr.hit, "XREVRANGE": rr.hit,
+    "XREAD": rr.streams, "XREADGROUP": rr.streams, "XACK": rr.changed, "XCLAIM": rr.hit,
+    "XINFO STREAM": rr.found, "XGROUP DESTROY": rr.removed,
+    # HyperLogLog and geo
+    "PFADD": rr.changed, "GEOADD": rr.added(2, 3, frozenset({"NX", "XX", "CH"})),
+    "GEOPOS": rr.any_found, "GEOHASH": rr.any_found, "GEODIST": rr.hit, "GEOSEARCH": rr.hit,
+    "GEORADIUS_RO": rr.hit, "GEORADIUSBYMEMBER_RO": rr.hit,
+}
+
+
+def listed(_args: Args, reply: Any, _keys: Any) -> list[Any]:
+    """The key names a KEYS, SCAN or RANDOMKEY reply lists (a cluster client may map node to reply)."""
+    if isinstance(reply, (str, bytes)):
+        return [reply]
+    if isinstance(reply, dict):
+        return [name for part in reply.values() for name in listed(_args, part, _keys)]
+    if isinstance(reply, (list, tuple)):
+        cursor = reply[0] if len(reply) == 2 else None
+        if isinstance(cursor, (int, bytes, str)) and isinstance(reply[1], (list, tuple)):
+            reply = reply[1]  # SCAN: (cursor, names)
+        return [name for name in reply if isinstance(name, (str, bytes))]
+    return []
+
+
+ENUMERATORS = ("KEYS", "SCAN", "RANDOMKEY", "CLUSTERSCAN", "CLUSTER GETKEYSINSLOT")
+rr.LABELS[listed] = "each secret name the reply lists: metadata, `found`"
+
+# Modules the server here lacks (RedisJSON, valkey-json): classified by hand.
+MODULES: dict[str, tuple[Command, str, str]] = {
+    "JSON.GET": (Command(at(1, READ), rr.found), "key", READ),
+    "JSON.MGET": (Command(_json_mget, rr.each_found), "key …", READ),
+    "JSON.SET": (Command(at(1, WRITE), rr.json_set), "key", WRITE),
+    "JSON.MSET": (Command(_json_mset, rr.none), "key (every 3rd argument)", WRITE),
+    "JSON.DEL": (Command(at(1, DELETE), rr.field_deleted), "key", DELETE),
+    "JSON.FORGET": (Command(at(1, DELETE), rr.field_deleted), "key", DELETE),
+    "JSON.TYPE": (Command(at(1, META), rr.found), "key", META),
+    "JSON.STRLEN": (Command(at(1, META), rr.none), "key", META),
+    "JSON.OBJKEYS": (Command(at(1, META), rr.none), "key", META),
+}
+# Containers only a Sentinel lists: keyless, so never "unknown".
+KEYLESS = ("SENTINEL",)
+
+UNKNOWN_COMMAND = Command(at(1, UNKNOWN), rr.none)
+_KEYLESS = Command(no_keys, rr.none)
+
+
+def _command(name: str, specs: Sequence[Any], shift: int) -> Command:
+    if name in ENUMERATORS:
+        return Command(no_keys, listed, LISTS)
+    keys = KEYS.get(name) or compile_specs(specs, OPERATIONS.get(name), shift=shift)
+    return Command(keys, RESULTS.get(name, rr.none))
+
+
+def _dispatch(subs: dict[str, Command]) -> Command:
+    """A container sent split: its second argument picks the subcommand."""
+
+    def keys(args: Args) -> list[tuple[Any, str]]:
+        sub = subs.get(upper(args[1])) if len(args) > 1 else None
+        return sub.keys(args) if sub is not None else []
+
+    def result(args: Args, reply: Any, found: Any) -> Sequence[Any]:
+        sub = subs.get(upper(args[1])) if len(args) > 1 else None
+        return sub.result(args, reply, found) if sub is not None else [None] * len(found)
+
+    kind = SUBCOMMAND | (LISTS if any(s.kind & LISTS for s in subs.values()) else 0)
+    return Command(keys, result, kind)
+
+
+def _takes_keys(name: str, specs: Sequence[Any]) -> bool:
+    return name in ENUMERATORS or any("not_key" not in s[2] for s in specs)
+
+
+def _build() -> tuple[dict[str, Command], frozenset[str]]:
+    """The table, and the containers none of whose subcommands takes a key."""
+    table: dict[str, Command] = {}
+    containers: dict[str, dict[str, Command]] = {}
+    keyed: set[str] = set()
+    for name, (_, specs) in SPECS.items():
+        container, _, sub = name.partition(" ")
+        table[name] = _command(name, specs, 1 if sub else 0)
+        if sub:
+            containers.setdefault(container, {})[sub] = _command(name, specs, 0)
+            if _takes_keys(name, specs):
+                keyed.add(container)
+    for container, subs in containers.items():
+        table[container] = _dispatch(subs)
+    for name in KEYLESS:
+        table[name] = _KEYLESS
+    for name, (command, _, _) in MODULES.items():
+        table[name] = command
+    return table, frozenset(containers.keys() - keyed) | frozenset(KEYLESS)
+
+
+COMMANDS, _KEYLESS_CONTAINERS = _build()
 
 
 def lookup(name: Any) -> Command | None:
@@ -381,5 +278,33 @@ def lookup(name: Any) -> Command | None:
         if isinstance(name, bytes):
             name = name.decode("latin-1")
         if isinstance(name, str):
-            spec = COMMANDS.get(name.upper())
+            name = name.upper()
+            spec = COMMANDS.get(name)
+            if spec is None and name.partition(" ")[0] in _KEYLESS_CONTAINERS:
+                spec = _KEYLESS  # a subcommand this table lacks, of a container that takes no keys
     return spec
+
+
+def rows() -> list[tuple[str, str, list[tuple[str, str]], str, bool]]:
+    """(group, command, [(key, operation)], what the reply tells, hand-tuned) for the docs."""
+    out = []
+    for name, (group, specs) in SPECS.items():
+        if name in ENUMERATORS:
+            out.append((group, name, [("names in the reply", META)], rr.LABELS[listed], True))
+            continue
+        if not _takes_keys(name, specs):
+            continue
+        keys = [(KEY_NOTES[name], "")] if name in KEY_NOTES else describe_specs(specs, OPERATIONS.get(name))
+        result = RESULTS.get(name, rr.none)
+        tuned = name in OPERATIONS or name in KEYS
+        out.append((group, name, keys, rr.LABELS.get(result, ""), tuned))
+    for name, (command, where, op) in MODULES.items():
+        out.append(("json", name, [(where, op)], rr.LABELS.get(command.result, ""), True))
+    return out
+
+
+def keyless() -> list[str]:
+    """Every command the server lists that names no key: never audited, never "unknown"."""
+    keyed = {name.partition(" ")[0] for name, (_, specs) in SPECS.items() if _takes_keys(name, specs)}
+    return [name for name, (_, specs) in SPECS.items() if not _takes_keys(name, specs) and name not in keyed]
+

@@ -15,7 +15,8 @@ from secret_audit._internal.errors import error_type, safe_prefix
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.matcher import KeyMatcher
 from secret_audit._internal.pipeline import AuditPipeline
-from secret_audit._internal.redis_commands import Command, lookup
+from secret_audit._internal.redis_commands import LISTS, SUBCOMMAND, UNKNOWN_COMMAND, Command, lookup
+from secret_audit._internal.redis_keys import META, upper
 
 __all__ = ["RedisSource", "Wrappers"]
 
@@ -186,12 +187,19 @@ class Wrappers:
     """Factories for the wrapt wrappers; ``submit`` and ``is_secret`` are bound at instrument time."""
 
     def __init__(
-        self, submit: Submit, is_secret: KeyMatcher, *, closed_pipeline: AuditPipeline | None = None
+        self,
+        submit: Submit,
+        is_secret: KeyMatcher,
+        *,
+        closed_pipeline: AuditPipeline | None = None,
+        unknown_commands: bool = True,
     ) -> None:
         self.submit = submit
         self.is_secret = is_secret
         # Set only in fail-closed mode: the pipeline whose durability each secret call waits for.
         self.closed = closed_pipeline
+        # How a command missing from the table is classified (its first argument, as "unknown").
+        self.unknown = UNKNOWN_COMMAND if unknown_commands else None
 
     # ---- shared pieces ---------------------------------------------------------------------
 
@@ -202,7 +210,9 @@ class Wrappers:
         except (IndexError, TypeError):
             return None
         if spec is None:
-            return None
+            spec = self.unknown
+            if spec is None:
+                return None
         is_secret = self.is_secret
         try:
             keys = spec.keys(args)
@@ -210,31 +220,44 @@ class Wrappers:
         except Exception:  # never let classification change the caller's call
             _note_internal_error()
             return None
-        return (spec, keys, hits) if hits else None
+        if hits:
+            return (spec, keys, hits)
+        if keys or not spec.kind & LISTS:
+            return None
+        return (spec, keys, hits)  # KEYS, SCAN...: the reply tells which secrets they name
 
     @staticmethod
     def _results(
         args: Sequence[Any], found: Found, reply: Any, error: BaseException | None
-    ) -> Sequence[str | None]:
+    ) -> Sequence[Any]:
         """What the reply tells about each key (found, created, ...); read now, the reply is not kept."""
         if error is not None:
             return ()
         spec, keys, _ = found
         try:
-            return spec.result(args, reply, len(keys))
+            return spec.result(args, reply, keys)
         except Exception:
             return ()
 
-    @staticmethod
     def _make_items(
-        args: Sequence[Any], found: Found, results: Sequence[str | None], error: BaseException | None
+        self, args: Sequence[Any], found: Found, results: Sequence[Any], error: BaseException | None
     ) -> tuple[Item, ...]:
-        """One Item per secret key of one command."""
-        _, keys, hits = found
+        """One Item per secret key of one command (for KEYS, SCAN...: per secret name listed)."""
+        spec, keys, hits = found
         action = args[0]
         if not isinstance(action, str):
             action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
         action = action.upper()
+        if spec.kind:
+            if spec.kind & SUBCOMMAND and len(args) > 1:
+                action = f"{action} {upper(args[1])}"
+            if spec.kind & LISTS:
+                is_secret = self.is_secret
+                return tuple(
+                    Item(name=_key_name(name), operation=META, action=action, result="found")
+                    for name in results
+                    if is_secret(name)
+                )
         return tuple(
             Item(
                 name=_key_name(keys[i][0]),

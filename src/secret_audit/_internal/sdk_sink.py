@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk._logs import (
+    LoggerProvider,
+    LogRecordProcessor,
+    ReadableLogRecord,
+    ReadWriteLogRecord,
+)
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -30,6 +35,16 @@ class _Collector(LogRecordProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _readable(record: ReadWriteLogRecord) -> ReadableLogRecord:
+    """What the SDK's own processors hand exporters: the console exporter needs its ``to_json``."""
+    return ReadableLogRecord(
+        log_record=record.log_record,
+        resource=record.resource or Resource.get_empty(),
+        instrumentation_scope=record.instrumentation_scope,
+        limits=record.limits,
+    )
 
 
 class SdkSink(Sink):
@@ -62,7 +77,7 @@ class SdkSink(Sink):
         return len(self._collector.batch)
 
     def deliver(self) -> str:
-        result = self._exporter.export(self._collector.batch)  # type: ignore[arg-type]
+        result = self._exporter.export([_readable(r) for r in self._collector.batch])
         return SendResult.OK if result is LogRecordExportResult.SUCCESS else SendResult.RETRY
 
     def discard(self) -> None:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from secret_audit._internal.config import PREFIX, resolve_endpoint
 from secret_audit.version import __version__
 
 __all__ = ["GrpcSender", "HttpSender", "SendResult", "Sender", "build_sender", "preload"]
@@ -29,6 +30,8 @@ class Sender(Protocol):
     """Delivers one encoded ExportLogsServiceRequest."""
 
     endpoint: str
+    # What the last failed send saw, in words a user can act on; None after a success.
+    problem: str | None
 
     def send(self, body: bytes) -> str:
         """Return a SendResult value."""
@@ -77,6 +80,7 @@ class HttpSender:
         import urllib3
 
         self.endpoint = endpoint
+        self.problem: str | None = None
         self._headers = {
             "Content-Type": "application/x-protobuf",
             "User-Agent": f"otel-secret-audit/{__version__}",
@@ -110,17 +114,52 @@ class HttpSender:
                 "POST", self.endpoint, body=data, headers=self._headers, timeout=self._timeout, retries=False
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            _log.debug("audit export to %s failed: %s", self.endpoint, type(exc).__name__)
-            return SendResult.RETRY
+            return self._failed(_http_problem(exc), SendResult.RETRY)
         if 200 <= resp.status < 300:
+            self.problem = None
             return SendResult.OK
         if resp.status in _RETRYABLE_HTTP:
-            return SendResult.RETRY
-        _log.error("audit export refused by %s: HTTP %d", self.endpoint, resp.status)
-        return SendResult.REFUSED
+            return self._failed(f"HTTP {resp.status}", SendResult.RETRY)
+        hint = ""
+        if resp.status == 404:
+            hint = (": no OTLP logs receiver at this path (OTLP/HTTP logs go to /v1/logs; "
+                    f"set {PREFIX}EXPORTER_OTLP_ENDPOINT)")
+        elif resp.status in (401, 403):
+            hint = f": set the endpoint's token in {PREFIX}EXPORTER_OTLP_HEADERS"
+        return self._failed(f"refused with HTTP {resp.status}{hint}", SendResult.REFUSED)
+
+    def _failed(self, problem: str, result: str) -> str:
+        _note(self, problem)
+        return result
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _note(sender: Sender, problem: str) -> None:
+    """Say once, on stderr, what a failing endpoint answered: retries and the spool say nothing."""
+    if problem != sender.problem:
+        _log.warning("secret-audit: audit export to %s failed: %s", sender.endpoint, problem)
+    sender.problem = problem
+
+
+def _http_problem(exc: BaseException) -> str:
+    text = repr(exc)
+    if "BadStatusLine" in text and "\\x00\\x00" in text:
+        return (f"the endpoint answered with HTTP/2 frames (a gRPC port?) to an OTLP/HTTP request: "
+                f"set {PREFIX}EXPORTER_OTLP_PROTOCOL=grpc or use the OTLP/HTTP port")
+    if "Connection refused" in text:
+        return "connection refused (nothing listens there)"
+    return type(exc).__name__
+
+
+def _grpc_problem(code: Any, details: str) -> str:
+    if "http1.x" in details or "Failed parsing HTTP/2" in details:
+        return (f"the endpoint answered HTTP/1.1 to a gRPC request: "
+                f"set {PREFIX}EXPORTER_OTLP_PROTOCOL=http/protobuf (with a /v1/logs URL)")
+    if "Connection refused" in details:
+        return "connection refused (nothing listens there)"
+    return f"{getattr(code, 'name', code)}"
 
 
 def _default_ca_bundle() -> str | None:
@@ -156,6 +195,7 @@ class GrpcSender:
         import grpc
 
         self.endpoint = endpoint
+        self.problem: str | None = None
         target = endpoint.split("://", 1)[-1].rstrip("/")
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
         compression = grpc.Compression.Gzip if gzip_body else None
@@ -185,10 +225,14 @@ class GrpcSender:
                 grpc.StatusCode.OUT_OF_RANGE,
                 grpc.StatusCode.DATA_LOSS,
             }
+            details = exc.details() if hasattr(exc, "details") else ""
+            problem = _grpc_problem(code, str(details or ""))
             if code in retryable:
+                _note(self, problem)
                 return SendResult.RETRY
-            _log.error("audit export refused by %s: %s", self.endpoint, code)
+            _note(self, f"refused: {problem}")
             return SendResult.REFUSED
+        self.problem = None
         return SendResult.OK
 
     def close(self) -> None:
@@ -222,22 +266,13 @@ def build_sender(
         timeout /= 1000
     compression = _env(env, "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
     gzip_body = (compression or "").lower() == "gzip"
+    endpoint, _ = resolve_endpoint(protocol, override_endpoint, env)
     if protocol == "grpc":
-        grpc_endpoint: str = (
-            override_endpoint
-            or _env(env, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-            or "http://localhost:4317"
-        )
-        endpoint = grpc_endpoint
         insecure_env = _env(env, "OTEL_EXPORTER_OTLP_LOGS_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
         insecure = endpoint.startswith("http://") or (insecure_env or "").lower() == "true"
         if "://" not in endpoint and insecure_env is None:
             insecure = True
         return GrpcSender(endpoint, headers, timeout=timeout, insecure=insecure, gzip_body=gzip_body)
-    http_endpoint = override_endpoint or _env(env, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
-    if http_endpoint is None:
-        base = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-        http_endpoint = base.rstrip("/") + "/v1/logs"
     ca_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
     verify: str | bool = ca_file or True
     cert_file = _env(
@@ -245,4 +280,4 @@ def build_sender(
     )
     key_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
     cert: Any = (cert_file, key_file) if cert_file and key_file else cert_file
-    return HttpSender(http_endpoint, headers, timeout=timeout, gzip_body=gzip_body, verify=verify, cert=cert)
+    return HttpSender(endpoint, headers, timeout=timeout, gzip_body=gzip_body, verify=verify, cert=cert)

@@ -61,6 +61,11 @@ class FastSink(Sink):
             resource_schema_url=self._schema_url,
         )
 
+    @property
+    def problem(self) -> str | None:
+        """What the endpoint's last failure looked like, for loss reports."""
+        return self._sender.problem
+
     def send(self, body: bytes) -> str:
         """Send an encoded request (a fresh batch or a spooled one)."""
         return self._sender.send(body)

@@ -113,7 +113,8 @@ class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             case_sensitive=settings.redis_key_patterns_case_sensitive,
         )
         closed = pipeline if settings.mode_for("redis") == "closed" else None
-        wrappers = Wrappers(pipeline.submit, matcher, closed_pipeline=closed)
+        unknown = settings.redis_unknown_commands == "audit"
+        wrappers = Wrappers(pipeline.submit, matcher, closed_pipeline=closed, unknown_commands=unknown)
 
         def patch(_redis: Any) -> None:
             for owner, method, factory in _targets():

@@ -19,7 +19,7 @@ class BodyError(Exception):
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read and, for gzip, inflate the body; 413 past the limit, 415 for an unknown encoding."""
+    """Read and, for gzip, inflate every member; 413 past the limit, 415 for an unknown encoding."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
         raise BodyError(415, f"unsupported content-encoding {encoding!r}: use gzip or none")
@@ -36,13 +36,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     if encoding != "gzip":
         return body
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BodyError(400, f"malformed gzip body: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyError(413, f"inflated body is over the limit of {limit} bytes")
-    if not inflater.eof:
-        raise BodyError(400, "truncated gzip body")
-    return out
+    # A gzip body may hold several members (RFC 1952 2.2), each one inflated in turn and joined: a
+    # reader that stops after the first would answer 200 for records it never saw.
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, limit + 1 - size)  # never 0, which would mean no limit
+        except zlib.error as exc:
+            at = len(body) - len(rest)
+            raise BodyError(400, f"malformed gzip body (the member at byte {at}): {exc}") from None
+        parts.append(part)
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise BodyError(413, f"inflated body is over the limit of {limit} bytes")
+        if not inflater.eof:
+            raise BodyError(400, "truncated gzip body")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)

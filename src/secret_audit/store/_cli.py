@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 import psycopg
 
-from secret_audit._internal.config import ConfigurationError
-from secret_audit.store.config import STORE, StoreConfig, load_store_config
+from secret_audit.exceptions import ConfigurationError
+from secret_audit.store import _client, _layout
+from secret_audit.store._proofs import open_proofs, render
+from secret_audit.store.config import STORE, StoreConfig, default_data_dir, load_store_config
 
 __all__ = ["run"]
 
@@ -36,17 +38,52 @@ def _when(value: str | None, name: str) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
+class _NoStore(Exception):
+    """The data directory or database a command was pointed at holds no usable audit store."""
+
+
+def _opened(config: StoreConfig) -> str:
+    """What a command opens, in words: the data directory or the database, and which setting named it."""
+    if config.database_url:
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(config.database_url)
+        except psycopg.ProgrammingError:
+            raise ConfigurationError("DATABASE_URL", "<not shown>",
+                                     "a PostgreSQL URL such as postgresql://user@host:5432/dbname") from None
+        host = f"{info.get('host') or 'localhost'}" + (f":{info['port']}" if info.get("port") else "")
+        return f"database {info.get('dbname') or 'postgres'} on {host} (DATABASE_URL)"
+    named = "the default" if config.data_dir == default_data_dir() else STORE + "DATA_DIR"
+    return f"{config.data_dir} ({named}; DATABASE_URL unset)"
+
+
 @contextmanager
-def _owner(config: StoreConfig) -> Iterator[psycopg.Connection[Any]]:
-    """A connection as the schema owner, starting the embedded server when no DATABASE_URL is set."""
-    from secret_audit.store.migrations import migrate
+def _owner(config: StoreConfig, *, create: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as the schema owner, starting the embedded server when no DATABASE_URL is set.
+
+    Only ``create`` (``store migrate``) makes or upgrades a store; every other command opens an
+    existing one, so a wrong directory or URL is an error instead of a new, empty, "verified" store.
+    """
+    from secret_audit.store.migrations import SCHEMA_VERSION, migrate, schema_version
     from secret_audit.store.service import resolve_database
 
+    where = _opened(config)
+    fix = "create one with `secret-audit store migrate` (or `store serve`), or point DATABASE_URL or " \
+          f"{STORE}DATA_DIR at an existing store"
+    if not create and not config.database_url and not (config.data_dir / "PG_VERSION").is_file():
+        raise _NoStore(f"no audit store in {where}: no PostgreSQL data directory there; {fix}")
     url, embedded = resolve_database(config)
     if embedded is not None:
         print(f"secret-audit: embedded PostgreSQL, data directory {embedded.data_dir}", file=sys.stderr)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn, config.app_role)
+        if create:
+            migrate(conn, config.app_role)
+        else:
+            version = schema_version(conn)
+            if version == 0:
+                raise _NoStore(f"no audit store in {where}: it has no audit schema; {fix}")
+            if version < SCHEMA_VERSION:
+                raise _NoStore(f"the audit store in {where} is at schema version {version}; this "
+                               f"secret-audit needs {SCHEMA_VERSION}: run `secret-audit store migrate`")
         yield conn
 
 
@@ -56,18 +93,24 @@ def run(args: argparse.Namespace) -> int:
         config = load_store_config()
         handler = _HANDLERS[args.command]
         return handler(args, config)
-    except ConfigurationError as exc:
+    except (ConfigurationError, _NoStore, _client.StoreUnusable) as exc:
         return _err(str(exc))
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _err(f"cannot reach the database: {first}")
+        try:
+            where = _opened(config)
+        except ConfigurationError as bad:
+            return _err(str(bad))
+        return _err(f"cannot use the database ({where}): {first}")
 
 
 def _store(args: argparse.Namespace, config: StoreConfig) -> int:
+    if args.store_command == "wait":
+        return _client.wait(args)
     if args.store_command == "migrate":
         from secret_audit.store.migrations import SCHEMA_VERSION
 
-        with _owner(config):
+        with _owner(config, create=True):
             print(f"schema at version {SCHEMA_VERSION}")
         return 0
     host = args.host or config.host
@@ -144,15 +187,11 @@ def _tokens(args: argparse.Namespace, config: StoreConfig) -> int:
             print(raw)
             return 0
         if args.tokens_command == "list":
-            from rich.console import Console
-            from rich.table import Table
-
-            table = Table("id", "name", "role", "tenant", "created", "revoked")
-            for t in tokens.list_tokens(conn):
-                table.add_row(t["token_id"], t["name"], t["role"], t["tenant"] or "",
-                              f"{t['created_at']:%Y-%m-%d %H:%M}",
-                              f"{t['revoked_at']:%Y-%m-%d %H:%M}" if t["revoked_at"] else "")
-            Console().print(table)
+            rows = [{**t, "created_at": f"{t['created_at']:%Y-%m-%d %H:%M}",
+                     "revoked_at": f"{t['revoked_at']:%Y-%m-%d %H:%M}" if t["revoked_at"] else None}
+                    for t in tokens.list_tokens(conn)]
+            _layout.table(rows, (("id", "token_id"), ("name", "name"), ("role", "role"), ("tenant", "tenant"),
+                                 ("created", "created_at"), ("revoked", "revoked_at")))
             return 0
         if tokens.revoke_token(conn, args.token_id):
             print(f"revoked {args.token_id}")
@@ -187,9 +226,17 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         missing = [p for p in args.archive if not Path(p).is_file()]
         if missing:
             return _err(f"no such archive: {missing[0]}")
-        return _report(verify_archives([Path(p) for p in args.archive]), args.json)
+        try:
+            archived = verify_archives([Path(p) for p in args.archive])
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            return _err(f"cannot verify {', '.join(args.archive)}: not a readable retention archive "
+                        f"({type(exc).__name__}: {exc})")
+        if archived.rows == 0 and not args.allow_empty:
+            return _nothing("no audit records in the archives")
+        return _report(archived, args.json)
     start, end = _when(args.start, "--start"), _when(args.end, "--end")
     with _owner(config) as conn:
+        proofs = open_proofs(args, conn, start, end)
         conds, params = where_clause(Filters(start=start, end=end), args.tenant)
         count = psycopg.sql.SQL("SELECT count(*) FROM audit_events WHERE {}").format(and_all(conds))
         row = conn.execute(count, params).fetchone()
@@ -197,7 +244,8 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
         with _progress(total, "verifying") as bar:
             task = bar.add_task("verify", total=total)
             report = verify(conn, start=start, end=end, tenant=args.tenant,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n), also=proofs)
+        sections = proofs.finish() if proofs is not None else {}
         gaps = [
             {"finding_id": g.finding_id, "stream_id": g.stream_id, "missing": g.missing,
              "ranges": [list(r) for r in g.ranges]}
@@ -209,13 +257,52 @@ def _verify(args: argparse.Namespace, config: StoreConfig) -> int:
             body=f"Audit log verified offline: {report.total_breaks} breaks in {report.rows} rows",
             extra={"audit.verify.rows": report.rows, "audit.verify.breaks": report.total_breaks},
         )
-    return _report(report, args.json, gaps)
+        empty = None if args.allow_empty else _nothing_verified(conn, start, end, args.tenant)
+    if empty is not None:
+        if args.json:
+            doc = {**report.as_dict(), "ok": False, "empty": True}
+            print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return _nothing(empty)
+    return _report(report, args.json, gaps, sections)
 
 
-def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None) -> int:
+def _nothing(reason: str) -> int:
+    """A verify run that checked nothing: said, and not a pass."""
+    print(f"secret-audit: {reason}: nothing to verify (--allow-empty accepts that)", file=sys.stderr)
+    return 1
+
+
+def _nothing_verified(conn: psycopg.Connection[Any], start: dt.datetime | None, end: dt.datetime | None,
+                      tenant: str | None) -> str | None:
+    """Why a run checked no producer's record, if it did not: an empty store is not a verified one.
+
+    The store's own stream (its audit of reads, this verify run included) does not count.
+    """
+    from secret_audit.store._query import Filters, and_all, where_clause
+    from secret_audit.store._selfaudit import STORE_SERVICE
+
+    scope = f" for tenant {tenant}" if tenant else ""
+    if start is None and end is None:
+        found = conn.execute(
+            "SELECT 1 FROM audit_streams WHERE service_name IS DISTINCT FROM %s "
+            "AND (%s::text IS NULL OR tenant = %s) LIMIT 1", (STORE_SERVICE, tenant, tenant),
+        ).fetchone()
+        return None if found else f"the store holds no audit streams{scope}"
+    conds, params = where_clause(Filters(start=start, end=end), tenant)
+    query = psycopg.sql.SQL("SELECT 1 FROM audit_events WHERE {} "
+                            "AND service_name IS DISTINCT FROM %s LIMIT 1")
+    found = conn.execute(query.format(and_all(conds)), [*params, STORE_SERVICE]).fetchone()
+    return None if found else f"no audit records in the window{scope}"
+
+
+def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None,
+            sections: dict[str, Any] | None = None) -> int:
     doc = report.as_dict()
     if gaps is not None:
         doc["open_gaps"] = gaps  # found on ingest and not (wholly) filled by late records since
+    for name, section in (sections or {}).items():
+        doc[name] = section.as_dict()
+        doc["ok"] = doc["ok"] and section.ok
     if as_json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -236,6 +323,8 @@ def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None
                 print(f"  {g['stream_id']}: {ranges}")
             if len(gaps) > 20:
                 print(f"  ... and {len(gaps) - 20} more (--json lists them all)")
+        for name, section in (sections or {}).items():
+            print("\n".join(render(name, section)))
     return 0 if doc["ok"] else 1
 
 
@@ -262,90 +351,12 @@ def _retention(args: argparse.Namespace, config: StoreConfig) -> int:
     return 0
 
 
-def _client_settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    url = (args.url or os.environ.get(STORE + "URL") or "http://127.0.0.1:4318").rstrip("/")
-    token = os.environ.get(args.token_env)
-    if not token:
-        raise ConfigurationError(args.token_env, "",
-                                 "a bearer token (make one with `secret-audit tokens create`)")
-    return url, {"Authorization": f"Bearer {token}"}
-
-
-def _filter_params(args: argparse.Namespace) -> dict[str, str]:
-    params = {}
-    for name in ("secret", "source", "operation", "outcome", "principal", "enduser", "client_address",
-                 "trace_id", "event_name", "stream_id", "tenant", "start", "end"):
-        value = getattr(args, name, None)
-        if value is not None:
-            params[name] = value
-    return params
-
-
-_COLUMNS = ("time", "secret_name", "secret_source", "operation", "action", "outcome", "principal",
-            "enduser_id", "client_address", "integrity")
-
-
 def _query(args: argparse.Namespace, config: StoreConfig) -> int:
-    import httpx
-
-    url, headers = _client_settings(args)
-    params: dict[str, Any] = {**_filter_params(args), "limit": min(max(args.limit, 1), 1000)}
-    events: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        while True:
-            resp = client.get("/api/audit-logs", params=params)
-            if resp.status_code != 200:
-                return _err(f"{resp.status_code} {_detail(resp)}")
-            page = resp.json()
-            events += page["events"]
-            if args.json:
-                for e in page["events"]:
-                    print(orjson.dumps(e).decode())
-            if not args.all or not page["next_cursor"]:
-                break
-            params["cursor"] = page["next_cursor"]
-    if not args.json:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*_COLUMNS)
-        for e in events:
-            table.add_row(*(str(e.get(c) or "") for c in _COLUMNS))
-        Console().print(table)
-    return 0
-
-
-def _detail(resp: Any) -> str:
-    try:
-        return str(resp.json().get("detail") or resp.json().get("message"))
-    except ValueError:
-        return str(resp.text[:200])
+    return _client.query(args)
 
 
 def _tail(args: argparse.Namespace, config: StoreConfig) -> int:
-    import httpx
-
-    url, headers = _client_settings(args)
-    params: dict[str, Any] = _filter_params(args)
-    if args.max_events:
-        params["max_events"] = args.max_events
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30, read=None)) as client, \
-                client.stream("GET", "/api/audit-logs/stream", params=params) as resp:
-            if resp.status_code != 200:
-                resp.read()
-                return _err(f"{resp.status_code} {_detail(resp)}")
-            for line in resp.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                event = orjson.loads(line[6:])
-                if args.json:
-                    print(orjson.dumps(event).decode(), flush=True)
-                else:
-                    print("  ".join(str(event.get(c) or "-") for c in _COLUMNS), flush=True)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return _client.tail(args)
 
 
 _HANDLERS = {

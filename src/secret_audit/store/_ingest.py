@@ -8,19 +8,19 @@ import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
-from secret_audit._internal import chain
+from secret_audit import contract
+from secret_audit.store._bounds import HELD_KIND, TimeBounds, Window
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
 from secret_audit.store._otlp import Record
 from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, preparer
-from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, event_json, is_audit_event, time_of_stamp
+from secret_audit.store._results import ROW_TIME, Finding, IngestResult
+from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
 
 try:
@@ -43,90 +43,53 @@ _CODES = bytes(
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY's header: signature, flags, no extension
 _TRAILER = b"\xff\xff"
 _CHUNK = 64  # rows per write: about 40 kB, so the server digests the rows while the next are made
-_JSON_SLOTS = tuple(i for i, name in enumerate(("id", *COLUMNS)) if name in ("attributes", "resource"))
-_ROW_COLUMNS = ("id", *COLUMNS)
-_ROW_TIME = 1 + COLUMNS.index("time")
 _DAY_US = 86_400_000_000
 _BY_SEQUENCE = operator.attrgetter("sequence")
-# The request's streams: registered if new, locked, their heads read; plus the commit's clock and the
-# first id of each block of ids the request needs. The sequence steps by a block (schema version 4:
-# ID_BLOCK); its step is read with the ids, so any step gives unique ids.
+# The request's streams, in one round trip of pipelined statements: each stream locked (an advisory
+# lock per stream, taken in key order so that concurrent requests cannot deadlock; the app role may not
+# lock rows), registered if new (audit_streams is append-only: a stream's tenant is its first
+# record's), then their tenants and heads read (a head is the stream's latest audit_stream_heads row),
+# with the commit's clock and the first id of each block of ids the request needs. The sequence steps
+# by a block (schema version 4: ID_BLOCK); its step is read with the ids, so any step gives unique ids.
+_LOCK = """
+SELECT count(pg_advisory_xact_lock(7461628, k))
+FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest(%s::text[]) AS s ORDER BY 1) AS keys
+"""
+_REGISTER = """
+INSERT INTO audit_streams (stream_id, tenant, service_name)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
+ON CONFLICT (stream_id) DO NOTHING
+"""
 _HEADS = """
-WITH heads AS (
-    INSERT INTO audit_streams (stream_id, tenant, service_name)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
-    ON CONFLICT (stream_id) DO UPDATE SET stream_id = EXCLUDED.stream_id
-    RETURNING stream_id, tenant, last_sequence::text, last_hash
-)
 SELECT now(), step,
        array(SELECT nextval('audit_events_id_seq') FROM generate_series(1, (%s + step - 1) / step)),
-       (SELECT array_agg(ARRAY[stream_id, tenant, last_sequence, last_hash]) FROM heads)
+       (SELECT array_agg(ARRAY[s.stream_id, s.tenant, coalesce(h.last_sequence, 0)::text,
+                               coalesce(h.last_hash, ''), coalesce(h.record_count, 0)::text,
+                               coalesce(h.findings, 0)::text])
+        FROM audit_streams s
+        LEFT JOIN LATERAL (
+            SELECT last_sequence, last_hash, record_count, findings FROM audit_stream_heads h
+            WHERE h.stream_id = s.stream_id ORDER BY h.id DESC LIMIT 1
+        ) h ON true
+        WHERE s.stream_id = ANY(%s::text[]))
 FROM (SELECT seqincrement AS step FROM pg_sequence WHERE seqrelid = 'audit_events_id_seq'::regclass) s
 """
-# Each stream's head moves forward (never back: late records fill gaps below it) and its counts grow.
+# Each stream's new head (it moves forward, never back: late records fill gaps below it) and its counts
+# so far, appended to the history.
 _ADVANCE = """
-UPDATE audit_streams AS a
-SET last_sequence = greatest(a.last_sequence, u.seq),
-    last_hash = CASE WHEN u.seq >= a.last_sequence THEN u.hash ELSE a.last_hash END,
-    record_count = a.record_count + u.stored, findings = a.findings + u.findings, last_seen = now()
-FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
-    AS u(stream_id, seq, hash, stored, findings)
-WHERE a.stream_id = u.stream_id
+INSERT INTO audit_stream_heads (stream_id, last_sequence, last_hash, record_count, findings)
+SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::int8[])
 """
-
-
-@dataclass(slots=True)
-class Finding:
-    """An integrity problem seen on ingest or by the verifier, with its evidence."""
-
-    stream_id: str
-    kind: str
-    sequence: int | None
-    detail: str
-    tenant: str | None = None
-    expected: str | None = None
-    actual: str | None = None
-    range_first: int | None = None  # gap: the missing sequences; gap_filled: the ones that arrived late
-    range_last: int | None = None
-
-
-@dataclass
-class IngestResult:
-    """What one request did: the counts feed OTLP partial success, /stats and the live stream."""
-
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    dropped_non_audit: int = 0
-    errors: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)  # ("id", *COLUMNS), as sent to COPY
-    received_at: Any = None
-
-    def events(self) -> list[dict[str, Any]]:
-        """The stored rows in the API's JSON form, built on demand for live subscribers."""
-        out = []
-        for row in self.rows:
-            values = dict(zip(_ROW_COLUMNS, row, strict=True))
-            for i in _JSON_SLOTS:
-                values[_ROW_COLUMNS[i]] = orjson.loads(row[i][1:])
-            values["time"] = time_of_stamp(row[_ROW_TIME])
-            values["received_at"] = self.received_at
-            out.append(event_json(values))
-        return out
-
-    def reject(self, index: int, reason: str) -> None:
-        """Count one refused record and keep the first few reasons for the response."""
-        self.rejected += 1
-        if len(self.errors) < 5:
-            self.errors.append(f"record {index}: {reason}")
 
 
 class Ingestor:
     """Turns decoded requests into committed rows; one instance per store process, thread-safe."""
 
-    def __init__(self, non_audit: str = "reject", native: bool = True) -> None:
+    def __init__(
+        self, non_audit: str = "reject", native: bool = True, bounds: TimeBounds | None = None
+    ) -> None:
         self.non_audit = non_audit
+        self.bounds = bounds  # record times outside them are stored at the receive time (None: any time)
         # the C checks, row builder and COPY encoder when built (and not turned off), else their twins
         self.native = native and _native is not None
         self._prepare = preparer(self.native)
@@ -137,25 +100,40 @@ class Ingestor:
         self._lock = threading.Lock()
 
     def ingest(
-        self, conn: psycopg.Connection[Any], records: list[Record], scope_tenant: str | None = None
+        self,
+        conn: psycopg.Connection[Any],
+        records: list[Record],
+        scope_tenant: str | None = None,
+        refuse: frozenset[str] = frozenset(),
     ) -> IngestResult:
-        """Store every acceptable record of one request atomically and report what happened."""
+        """Store every acceptable record of one request atomically and report what happened; records
+        named in ``refuse`` are refused (event names that only the store itself writes)."""
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, Any] = {}
         prepare = self._prepare
+        window = self.bounds.window() if self.bounds is not None else None
+        low, high = (window.low, window.high) if window is not None else (0, 0)
+        held: dict[int, int] = {}  # records stored at the receive time: index -> their own time's stamp
         for i, rec in enumerate(records):
             name = rec.event_name
-            if name != "secret.access" and not is_audit_event(name):
-                if self.non_audit == "drop":
-                    result.dropped_non_audit += 1
-                else:
-                    result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
-                continue
+            if name != "secret.access":
+                if not is_audit_event(name):
+                    if self.non_audit == "drop":
+                        result.dropped_non_audit += 1
+                    else:
+                        result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
+                    continue
+                if name in refuse:
+                    result.reject(i, f"event_name {name!r} is written only by the audit store itself")
+                    continue
             p = prepare(i, rec, scope_tenant, resources)
             if isinstance(p, str):
                 result.reject(i, p)
             else:
+                if window is not None and not low <= p.stamp <= high:
+                    held[i] = p.stamp
+                    p.stamp = window.now
                 by_stream[p.stream_id].append(p)
         if not by_stream:
             return result
@@ -173,7 +151,7 @@ class Ingestor:
             # our own transaction, begun and committed in the round trips that carry the first and
             # last statements (psycopg's transaction() would take one more round trip for each)
             try:
-                self._write(conn, by_stream, result, own=True)
+                self._write(conn, by_stream, result, own=True, held=held, window=window)
             except BaseException:
                 if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
@@ -181,7 +159,7 @@ class Ingestor:
                 raise
         else:  # a caller's transaction (our part is a savepoint in it), or a non-autocommit connection
             with conn.transaction():
-                self._write(conn, by_stream, result, own=False)
+                self._write(conn, by_stream, result, own=False, held=held, window=window)
         return result
 
     def _write(
@@ -190,6 +168,8 @@ class Ingestor:
         by_stream: dict[str, list[Prepared]],
         result: IngestResult,
         own: bool,
+        held: dict[int, int],
+        window: Window | None,
     ) -> None:
         streams = sorted(by_stream)
         first = [by_stream[s][0] for s in streams]
@@ -199,17 +179,16 @@ class Ingestor:
         with conn.pipeline() if own else contextlib.nullcontext():
             if own:
                 conn.execute("BEGIN")
+            conn.execute(_LOCK, (streams,))
+            conn.execute(_REGISTER, (streams, [p.tenant for p in first], [p.service_name for p in first]))
             drawn = conn.execute(
-                _HEADS,
-                (streams, [p.tenant for p in first], [p.service_name for p in first],
-                 sum(len(ps) for ps in by_stream.values())),
-                binary=True,
+                _HEADS, (sum(len(ps) for ps in by_stream.values()), streams), binary=True
             ).fetchone()
         assert drawn is not None
-        state = {r[0]: (r[1], int(r[2]), r[3]) for r in drawn[3]}
+        state = {r[0]: (r[1], int(r[2]), r[3], int(r[4]), int(r[5])) for r in drawn[3]}
         walks: list[_Walk] = []
         for s in streams:
-            tenant, head_seq, head_hash = state[s]
+            tenant, head_seq, head_hash, _, _ = state[s]
             kept = []
             for p in sorted(by_stream[s], key=_BY_SEQUENCE):
                 if p.tenant != tenant:
@@ -228,6 +207,7 @@ class Ingestor:
         step = drawn[1]
         ids = itertools.chain.from_iterable(range(base, base + step) for base in drawn[2])
         rows: list[list[Any]] = []
+        kept_held: list[tuple[str, str | None, int, int]] = []
         # Hashing and row building happen while the server already digests the rows sent so far.
         with conn.cursor() as cur:
             # psycopg's default bytea dumper (it also unwraps DB-API Binary objects) runs in Python
@@ -238,7 +218,7 @@ class Ingestor:
                     write, encode = copy.write, _native.encode_rows
                     write(_SIGNATURE)
                     sent = 0
-                    for _ in _kept_rows(walks, ids, rows):
+                    for _ in _kept_rows(walks, ids, rows, held, kept_held):
                         if len(rows) - sent == _CHUNK:
                             write(encode(rows[sent:], _CODES))
                             sent = len(rows)
@@ -246,14 +226,19 @@ class Ingestor:
                 else:
                     copy.set_types(_TYPES)
                     write_row = copy.write_row
-                    for row in _kept_rows(walks, ids, rows):
+                    for row in _kept_rows(walks, ids, rows, held, kept_held):
                         write_row(row)
+        if kept_held and self.bounds is not None and window is not None:
+            for stream, tenant, lo, hi, detail, stored in self.bounds.runs(kept_held, window.now):
+                result.findings.append(Finding(stream, HELD_KIND, lo, detail, tenant, stored, None, lo, hi))
+                result.warnings.append(f"stream {stream}, {detail}")
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:
             if f.kind != "gap_filled":  # a fill is good news, not a problem
                 per_stream[f.stream_id] += 1
         updates = [
-            (w.stream, w.head_seq, w.head_hash, w.stored, per_stream[w.stream])
+            (w.stream, w.head_seq, w.head_hash, state[w.stream][3] + w.stored,
+             state[w.stream][4] + per_stream[w.stream])
             for w in walks
             if w.stored or w.head_seq != w.start_seq
         ]
@@ -263,7 +248,7 @@ class Ingestor:
                 _insert_findings(conn, result.findings)
             if live is not None and live.wanted and rows:
                 # delivered with the commit, to the other store processes' live streams
-                stamps = [r[_ROW_TIME] for r in rows]
+                stamps = [r[ROW_TIME] for r in rows]
                 bounds = [time_of_stamp(min(stamps)), time_of_stamp(max(stamps))]
                 for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
@@ -330,7 +315,7 @@ class _Walk:
         """Yield each record to store, with its integrity set; count duplicates and refusals."""
         batch = self.batch
         if (self.plain is not None and not self.known_prev
-                and self.plain(batch, self.head_seq, self.head_hash, chain.GENESIS)):
+                and self.plain(batch, self.head_seq, self.head_hash, contract.GENESIS)):
             # the common case, judged and finished in C: the next sequences, every hash as claimed and
             # linked; all "ok", nothing to find. Anything else is judged below, record by record.
             self.head_seq, self.head_hash, self.stored = batch[-1].sequence, batch[-1].claimed, len(batch)
@@ -369,7 +354,7 @@ class _Walk:
                 self._finding("hash_mismatch", seq,
                               "the record's content does not match its audit.chain.hash",
                               p.computed, claimed)
-            expected_prev = chain.GENESIS if seq == 1 else known_hash.get(seq - 1)
+            expected_prev = contract.GENESIS if seq == 1 else known_hash.get(seq - 1)
             if expected_prev is not None:
                 if p.prev != expected_prev:
                     integrity = "chain_break" if integrity == "ok" else integrity
@@ -410,14 +395,23 @@ class _Walk:
             self._filled(run_first, run_last)
 
 
-def _kept_rows(walks: list[_Walk], ids: Iterator[int], rows: list[list[Any]]) -> Iterator[list[Any]]:
-    """Each stored record's row, given its id and kept in ``rows``, as the walks judge them."""
+def _kept_rows(
+    walks: list[_Walk],
+    ids: Iterator[int],
+    rows: list[list[Any]],
+    held: dict[int, int],
+    kept_held: list[tuple[str, str | None, int, int]],
+) -> Iterator[list[Any]]:
+    """Each stored record's row, given its id and kept in ``rows``, as the walks judge them; the held
+    records stored (see _bounds) are noted in ``kept_held``."""
     append = rows.append
     for walk in walks:
         for p in walk.run():
             row = p.row
             row[ROW_ID] = next(ids)
             append(row)
+            if held and p.index in held:
+                kept_held.append((walk.stream, walk.tenant, p.sequence, held[p.index]))
             yield row
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._otlp import Record
 from secret_audit.store._rows import _PG_EPOCH_US, COLUMNS, TYPED, stamp_of
 
@@ -53,7 +53,7 @@ _TYPED_SET = frozenset(TYPED)
 _STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
 _STR_OR_NONE = frozenset({str, type(None)})
 assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
-_HASH_KEY = chain.HASH_ATTRIBUTE
+_HASH_KEY = contract.CHAIN_HASH
 # JSONB columns travel as jsonb's binary wire form (a version byte, then the JSON text), built here
 # once: a request's few resources once each, the empty remainder of a fully typed record never.
 JSONB_EMPTY = b"\x01{}"
@@ -173,7 +173,7 @@ def finish_python(p: Prepared) -> str | None:
     hashed = attrs.copy()
     del hashed[_HASH_KEY]
     try:
-        canonical = chain.canonical_bytes(
+        canonical = contract.canonical_bytes(
             time_unix_nano=rec.time_unix_nano,
             event_name=rec.event_name,
             severity_number=rec.severity_number,
@@ -190,7 +190,7 @@ def finish_python(p: Prepared) -> str | None:
         _has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)
     ):
         return "NUL characters cannot be stored"
-    p.computed = chain.chain_hash(canonical)
+    p.computed = contract.chain_hash(canonical)
     typed = list(map(attrs.get, _STR_NAMES))
     duration = attrs.get("audit.duration_ms")
     present = len(_STR_NAMES) + 1 - typed.count(None)  # + audit.sequence, always there

@@ -17,7 +17,10 @@ from secret_audit.store._otlp import BadPayload, Record, decode_json, protobuf_d
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.tokens import Principal
 
-__all__ = ["mount"]
+__all__ = ["STORE_ONLY", "mount"]
+
+# Event names only the store itself writes (its own audit of reads): refused from any sender.
+STORE_ONLY = frozenset({"audit.query"})
 
 _PROTOBUF = ("application/x-protobuf", "application/protobuf")
 _JSON = "application/json"
@@ -46,7 +49,7 @@ def mount(app: FastAPI, api: Api) -> None:
 
     def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
         with store.connection() as conn:
-            result = store.ingestor.ingest(conn, records, tenant)
+            result = store.ingestor.ingest(conn, records, tenant, STORE_ONLY)
         store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
         store.hub.publish(result.events)
         return result
@@ -81,6 +84,8 @@ def mount(app: FastAPI, api: Api) -> None:
         message = "; ".join(result.errors)
         if result.rejected > len(result.errors):
             message += f" (and {result.rejected - len(result.errors)} more)"
+        if result.warnings:  # stored, but not as sent: OTLP lets a partial success carry a warning
+            message = "; ".join(filter(None, [message, *result.warnings[:5]]))
         if is_pb:
             resp = ExportLogsServiceResponse()
             if result.rejected or message:
@@ -88,7 +93,7 @@ def mount(app: FastAPI, api: Api) -> None:
                 resp.partial_success.error_message = message
             return Response(resp.SerializeToString(), media_type="application/x-protobuf")
         doc: dict[str, Any] = {}
-        if result.rejected:
+        if result.rejected or message:
             doc["partialSuccess"] = {"rejectedLogRecords": str(result.rejected), "errorMessage": message}
         return _json(doc)
 

@@ -3,7 +3,7 @@
 import os
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from psycopg import sql
 
@@ -21,7 +21,9 @@ def mount(app: FastAPI, api: Api) -> None:
     _json = json_response
 
     @app.get("/stats", tags=["operations"], summary="Ingest rate, queue depth, findings, stream heads")
-    def stats(caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]) -> Response:
+    def stats(
+        request: Request, caller: Annotated[Principal, Depends(authorize(READ, "read store statistics"))]
+    ) -> Response:
         scope = sql.SQL("WHERE tenant = %s" if caller.tenant else "")
         params = [caller.tenant] if caller.tenant else []
         with store.connection() as conn:
@@ -32,15 +34,24 @@ def mount(app: FastAPI, api: Api) -> None:
             streams = conn.execute(
                 sql.SQL(
                     "SELECT stream_id, tenant, service_name, last_sequence, record_count, findings, "
-                    "last_seen FROM audit_streams {} ORDER BY last_seen DESC LIMIT 1000"
+                    "last_seen FROM audit_stream_state {} ORDER BY last_seen DESC LIMIT 1000"
                 ).format(scope),
                 params,
             ).fetchall()
+            api.audit(conn, caller, request, "GET /stats", "success",
+                      f"Store statistics read by {caller.name}: {len(streams)} streams")
         out = store.counters.snapshot()
         pool = store.pool.get_stats() if store.pool is not None else {}
         out["queue_depth"] += int(pool.get("requests_waiting", 0))
         out["live_streams"] = store.hub.active
         out["pid"] = os.getpid()  # the counters above are this process's (store serve --workers N)
+        out["settings"] = {  # what this process runs with, as operators set it (never the database URL)
+            "native": store.ingestor.native, "pool_size": store.config.pool_size,
+            "ingest_concurrency": store.config.ingest_concurrency, "non_audit": store.config.non_audit,
+            "max_body_bytes": store.config.max_body_bytes, "app_role": store.role or None,
+            "workers": store.config.workers, "max_clock_skew_seconds": store.config.max_clock_skew_s,
+            "max_record_age_days": store.config.max_record_age_days,
+        }
         recorded = {str(k): int(n) for k, n in kinds}
         # open problems: a gap counts while any of its sequences is still missing; fills are not problems
         problems = {k: n for k, n in recorded.items() if k not in ("gap", "gap_filled")}

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from secret_audit._internal import chain
+from secret_audit import contract
+from secret_audit.contract import is_audit_event
 
 __all__ = [
     "COLUMNS",
@@ -19,6 +20,7 @@ __all__ = [
     "event_json",
     "is_audit_event",
     "stamp_of",
+    "stamp_of_time",
     "time_of_stamp",
 ]
 
@@ -86,11 +88,6 @@ _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 _PG_EPOCH_US = (_PG_EPOCH - _EPOCH) // _DELTA(microseconds=1)
 
 
-def is_audit_event(event_name: str) -> bool:
-    """Audit records are ``secret.access`` and the ``audit.*`` family; everything else is telemetry."""
-    return event_name == "secret.access" or event_name.startswith("audit.")
-
-
 def stamp_of(time_unix_nano: int) -> int:
     """A record timestamp as timestamptz's binary form (microseconds since 2000), which COPY takes as is."""
     # ingest sends the time column as int8: no datetime is made per row (binary COPY carries no type)
@@ -101,6 +98,11 @@ def time_of_stamp(stamp: int) -> dt.datetime:
     """The moment a stamp_of() value stands for."""
     # timedelta(days, seconds, microseconds): positional arguments are cheaper than keywords
     return _PG_EPOCH + _DELTA(0, 0, stamp)
+
+
+def stamp_of_time(moment: dt.datetime) -> int:
+    """The stamp_of() value of a stored row's time."""
+    return (moment - _PG_EPOCH) // _DELTA(microseconds=1)
 
 
 def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def canonical_of_row(row: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a stored row, exactly as the producer hashed them."""
-    return chain.canonical_bytes(
+    return contract.canonical_bytes(
         time_unix_nano=int(row["time_unix_nano"]),
         event_name=row["event_name"],
         severity_number=int(row["severity_number"]),

@@ -10,25 +10,15 @@ from typing import Any
 import orjson
 import psycopg
 
-from secret_audit._internal import chain
+from secret_audit import contract
+from secret_audit.contract import severity_for
 from secret_audit.store._ingest import Ingestor, IngestResult
 from secret_audit.store._otlp import Record
 from secret_audit.version import __version__
 
-__all__ = ["Chainer", "SelfAudit", "severity_for"]
+__all__ = ["STORE_SERVICE", "Chainer", "SelfAudit", "severity_for"]
 
-_SEVERITY = {
-    "success": (9, "INFO"),
-    "not_found": (13, "WARN"),
-    "denied": (13, "WARN"),
-    "error": (17, "ERROR"),
-}
-
-
-def severity_for(outcome: str | None) -> tuple[int, str]:
-    """The contract's severity for an outcome: INFO, WARN or ERROR."""
-    return _SEVERITY.get(outcome or "success", _SEVERITY["error"])
-
+STORE_SERVICE = "secret-audit-store"  # service.name of the store's own stream
 
 class Chainer:
     """One chained stream written by this process; the lock keeps sequence order equal to commit order."""
@@ -41,7 +31,7 @@ class Chainer:
             self.resource["service.namespace"] = tenant
         self.tenant = tenant
         self._seq = 0
-        self._prev = chain.GENESIS
+        self._prev = contract.GENESIS
         self._lock = threading.Lock()
 
     def append(
@@ -62,17 +52,8 @@ class Chainer:
             now = time.time_ns()
             at = time_unix_nano or now
             attrs = dict(attributes)
-            attrs["audit.event.id"] = f"{self.stream_id}:{seq}"
-            attrs["audit.stream.id"] = self.stream_id
-            attrs["audit.sequence"] = seq
-            attrs["audit.chain.prev"] = self._prev
-            digest = chain.chain_hash(
-                chain.canonical_bytes(
-                    time_unix_nano=at, event_name=event_name, severity_number=severity[0], body=body,
-                    trace_id=trace_id, span_id=span_id, attributes=attrs,
-                )
-            )
-            attrs[chain.HASH_ATTRIBUTE] = digest
+            digest = contract.stamp(attrs, self.stream_id, seq, self._prev, at, event_name, severity[0], body,
+                                    trace_id, span_id)
             rec = Record(at, now, severity[0], severity[1], body, event_name, trace_id, span_id, attrs,
                          self.resource, "secret_audit.store", __version__)
             result = self.ingestor.ingest(conn, [rec], self.tenant)
@@ -85,7 +66,7 @@ class SelfAudit(Chainer):
     """The store's own trail: each query, stream, verify and refusal is written before the answer."""
 
     def __init__(self, ingestor: Ingestor) -> None:
-        super().__init__(ingestor, {"service.name": "secret-audit-store"})
+        super().__init__(ingestor, {"service.name": STORE_SERVICE})
 
     def record(
         self,

@@ -28,6 +28,11 @@ def client_of(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def _route(request: Request) -> str:
+    # the path as routed (never the query string, which may hold filters)
+    return f"{request.method} {request.url.path}"[:200]
+
+
 def no_nul(name: str, value: str | None) -> str | None:
     """Refuse NUL in a text parameter with 400 (PostgreSQL cannot store it)."""
     if value is not None and "\x00" in value:
@@ -56,6 +61,7 @@ class Api:
         ) -> Principal:
             if creds is None:
                 store.counters.bump("unauthorized")
+                store.refusals.note(client_of(request), _route(request), "no bearer token")
                 raise HTTPException(401, "a bearer token is required",
                                     headers={"WWW-Authenticate": "Bearer"})
             with store.connection() as conn:
@@ -66,6 +72,8 @@ class Api:
                            f"Audit store refused {action} to {principal.name} (role {principal.role})")
             if principal is None:
                 store.counters.bump("unauthorized")
+                # the presented token is never recorded: it may be someone's secret pasted by mistake
+                store.refusals.note(client_of(request), _route(request), "unknown or revoked token")
                 raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
             if not allowed:
                 raise HTTPException(403, f"role {principal.role!r} may not {action}")

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from secret_audit.store import _events, _routes_ingest, _routes_ops, _routes_query
 from secret_audit.store._heap import settle_heap
 from secret_audit.store._limit import BodyLimit
-from secret_audit.store._web import INGEST, Api, json_response
+from secret_audit.store._web import Api, json_response
 from secret_audit.store.config import load_store_config
 from secret_audit.store.service import Store
 from secret_audit.version import __version__
@@ -51,7 +51,7 @@ def create_app(store: Store, *, manage_store: bool = True) -> FastAPI:
 
     api = Api(store)
     _routes_ingest.mount(app, api)
-    _events.mount(app, store, api.authorize(INGEST, "post custom audit events"))
+    _events.mount(app, api)
     _routes_query.mount(app, api)
     _routes_ops.mount(app, api)
     return app

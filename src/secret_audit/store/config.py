@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secret_audit._internal.config import PREFIX, ConfigurationError, _bool, _int_range, _read
+from secret_audit.environ import PREFIX, ConfigurationError
+from secret_audit.environ import int_range as _int_range
+from secret_audit.environ import parse_bool as _bool
+from secret_audit.environ import read as _read
 
 __all__ = ["NON_AUDIT_MODES", "StoreConfig", "default_data_dir", "load_store_config"]
 
@@ -38,6 +41,8 @@ class StoreConfig:
     app_role: str = "secret_audit_app"
     archive_dir: Path = Path("audit-archive")
     native: bool = True  # the C extension's OTLP reader, checks, rows and COPY when built; false: Python
+    max_clock_skew_s: int = 300  # records further ahead of the store's clock are held (see _bounds)
+    max_record_age_days: int = 31  # records further behind it are held; at most 31: three months a request
 
 
 def _int(env: Mapping[str, str], suffix: str, default: int, low: int, high: int) -> int:
@@ -69,4 +74,6 @@ def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
         app_role=role,
         archive_dir=Path(archive).expanduser() if archive else Path("audit-archive"),
         native=_read(env, "STORE_NATIVE", _bool, True),
+        max_clock_skew_s=_int(env, "MAX_CLOCK_SKEW_SECONDS", 300, 0, 86400),
+        max_record_age_days=_int(env, "MAX_RECORD_AGE_DAYS", 31, 1, 31),
     )

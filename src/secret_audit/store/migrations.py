@@ -10,7 +10,7 @@ from psycopg import sql
 
 __all__ = [
     "HASHED_FILTERS", "ID_BLOCK", "KEY_HASH", "MIGRATIONS", "SCHEMA_VERSION", "ensure_partitions", "migrate",
-    "partition_bounds",
+    "partition_bounds", "schema_version",
 ]
 
 _CORE = """
@@ -146,6 +146,9 @@ END $$;
 """
 
 # Role privileges: the service runs as the app role, which may insert and read but never change a row.
+# Every table it may read is listed with what it may do there; anything else is revoked, also from an
+# app role that older versions granted more (schema 1..6 let it UPDATE audit_streams). A table of a
+# later schema is skipped while it does not exist yet (upgrade tests migrate step by step).
 _ROLES = """
 DO $$
 BEGIN
@@ -153,17 +156,29 @@ BEGIN
         CREATE ROLE {role} NOLOGIN;
     END IF;
 END $$;
-REVOKE ALL ON audit_events, audit_findings, audit_streams, audit_tokens, audit_retention_log FROM PUBLIC;
-GRANT SELECT, INSERT ON audit_events, audit_findings TO {role};
-GRANT USAGE ON SEQUENCE audit_events_id_seq, audit_findings_id_seq TO {role};
-GRANT SELECT, INSERT, UPDATE ON audit_streams TO {role};
-GRANT SELECT ON audit_tokens, audit_retention_log TO {role};
 DO $$
+DECLARE
+    t record;
 BEGIN
-    IF to_regclass('audit_gaps') IS NOT NULL THEN  -- from schema 2
-        REVOKE ALL ON audit_gaps FROM PUBLIC;
-        GRANT SELECT ON audit_gaps TO {role};
-    END IF;
+    FOR t IN SELECT * FROM (VALUES
+        ('audit_events', 'SELECT, INSERT'), ('audit_findings', 'SELECT, INSERT'),
+        ('audit_streams', 'SELECT, INSERT'), ('audit_stream_heads', 'SELECT, INSERT'),
+        ('audit_stream_archives', 'SELECT'), ('audit_tokens', 'SELECT'), ('audit_retention_log', 'SELECT'),
+        ('audit_gaps', 'SELECT'), ('audit_stream_state', 'SELECT')) AS v(name, privileges)
+    LOOP
+        IF to_regclass(t.name) IS NOT NULL THEN
+            EXECUTE format('REVOKE ALL ON %I FROM PUBLIC, %I', t.name, {role_lit});
+            EXECUTE format('GRANT %s ON %I TO %I', t.privileges, t.name, {role_lit});
+        END IF;
+    END LOOP;
+    FOR t IN SELECT * FROM (VALUES ('audit_events_id_seq'), ('audit_findings_id_seq'),
+                                   ('audit_stream_heads_id_seq')) AS v(name)
+    LOOP
+        IF to_regclass(t.name) IS NOT NULL THEN
+            EXECUTE format('REVOKE ALL ON SEQUENCE %I FROM PUBLIC, %I', t.name, {role_lit});
+            EXECUTE format('GRANT USAGE ON SEQUENCE %I TO %I', t.name, {role_lit});
+        END IF;
+    END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION audit_ensure_partition(timestamptz, timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit_ensure_partition(timestamptz, timestamptz, text) TO {role};
@@ -253,8 +268,96 @@ CREATE INDEX audit_events_client ON audit_events (hashtextextended(client_addres
     WHERE client_address IS NOT NULL;
 """
 
+# 7: nothing verify relies on stays in a row the app role may change. Stream heads (the last sequence
+# and hash, the counts) move out of audit_streams, which the app role could UPDATE, into
+# audit_stream_heads: one row per stream and request, only ever inserted; a stream's head is its latest
+# row. Retention's per-stream archive marks go to audit_stream_archives (written by the owner).
+# audit_streams keeps only what a stream's first record fixed (tenant, service), and is append-only like
+# the rest: triggers refuse UPDATE, DELETE and TRUNCATE on every table verify reads, for the owner too.
+# Retention may prune a head row only once a later one of its stream exists (audit_heads_guard).
+_HEAD_HISTORY = """
+CREATE TABLE audit_stream_heads (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stream_id text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    last_sequence bigint NOT NULL,
+    last_hash text NOT NULL,
+    record_count bigint NOT NULL,
+    findings bigint NOT NULL
+);
+CREATE INDEX audit_stream_heads_stream ON audit_stream_heads (stream_id, id);
+
+CREATE TABLE audit_stream_archives (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    stream_id text NOT NULL,
+    partition_name text NOT NULL,
+    archived_count bigint NOT NULL,
+    archived_through bigint NOT NULL,
+    archived_hash text NOT NULL
+);
+CREATE INDEX audit_stream_archives_stream ON audit_stream_archives (stream_id, archived_through);
+
+INSERT INTO audit_stream_heads (stream_id, at, last_sequence, last_hash, record_count, findings)
+SELECT stream_id, last_seen, last_sequence, last_hash, record_count, findings FROM audit_streams
+WHERE last_sequence > 0 OR record_count > 0 OR findings > 0
+ORDER BY last_seen, stream_id;
+INSERT INTO audit_stream_archives (stream_id, partition_name, archived_count, archived_through, archived_hash)
+SELECT stream_id, '(before schema 7)', archived_count, archived_through, archived_hash FROM audit_streams
+WHERE archived_count > 0;
+ALTER TABLE audit_streams DROP COLUMN last_seen, DROP COLUMN last_sequence, DROP COLUMN last_hash,
+    DROP COLUMN record_count, DROP COLUMN findings, DROP COLUMN archived_count,
+    DROP COLUMN archived_through, DROP COLUMN archived_hash;
+
+CREATE FUNCTION audit_heads_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT 1 FROM audit_stream_heads n WHERE n.stream_id = OLD.stream_id AND n.id > OLD.id
+    ) THEN
+        RETURN OLD;  -- a superseded head: retention prunes the history, never a stream's latest head
+    END IF;
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE TRIGGER audit_streams_append_only BEFORE UPDATE OR DELETE ON audit_streams
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_streams_no_truncate BEFORE TRUNCATE ON audit_streams
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_stream_heads_append_only BEFORE UPDATE OR DELETE ON audit_stream_heads
+    FOR EACH ROW EXECUTE FUNCTION audit_heads_guard();
+CREATE TRIGGER audit_stream_heads_no_truncate BEFORE TRUNCATE ON audit_stream_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_stream_archives_append_only BEFORE UPDATE OR DELETE ON audit_stream_archives
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_stream_archives_no_truncate BEFORE TRUNCATE ON audit_stream_archives
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_retention_no_truncate BEFORE TRUNCATE ON audit_retention_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+
+-- each stream with its latest head and its archived part, for /stats and verify
+CREATE VIEW audit_stream_state AS
+SELECT s.stream_id, s.tenant, s.service_name, s.first_seen,
+       coalesce(h.at, s.first_seen) AS last_seen,
+       coalesce(h.last_sequence, 0) AS last_sequence, coalesce(h.last_hash, '') AS last_hash,
+       coalesce(h.record_count, 0) AS record_count, coalesce(h.findings, 0) AS findings,
+       a.archived_count, a.archived_through, a.archived_hash
+FROM audit_streams s
+LEFT JOIN LATERAL (
+    SELECT at, last_sequence, last_hash, record_count, findings FROM audit_stream_heads h
+    WHERE h.stream_id = s.stream_id ORDER BY h.id DESC LIMIT 1
+) h ON true
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(archived_count), 0)::bigint AS archived_count,
+           coalesce(max(archived_through), 0)::bigint AS archived_through,
+           coalesce((array_agg(archived_hash ORDER BY archived_through DESC))[1], '') AS archived_hash
+    FROM audit_stream_archives a WHERE a.stream_id = s.stream_id
+) a;
+"""
+
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _CORE), (2, _GAP_RANGES), (3, _TRACE_HASH), (4, _ID_BLOCKS), (5, _BYTEWISE), (6, _HASHED_KEYS),
+    (7, _HEAD_HISTORY),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -279,6 +382,15 @@ def migrate(conn: psycopg.Connection[Any], app_role: str = "secret_audit_app") -
         if app_role:
             _grant(conn, app_role)
     return applied
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The store's schema version without changing anything: 0 where no store was ever created."""
+    row = conn.execute("SELECT to_regclass('audit_schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM audit_schema_migrations").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _grant(conn: psycopg.Connection[Any], role: str) -> None:

@@ -15,11 +15,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
 from secret_audit.store._rows import event_json
 from secret_audit.store.verify import Break, VerifyReport
 
-__all__ = ["Expired", "apply_retention", "expired_partitions", "verify_archives"]
+__all__ = ["Expired", "apply_retention", "expired_partitions", "prune_heads", "verify_archives"]
 
 
 @dataclass
@@ -98,10 +98,9 @@ def apply_retention(
             part.archive, part.sha256 = str(path), digest.hexdigest()
             with conn.cursor() as cur:
                 cur.executemany(
-                    "UPDATE audit_streams SET archived_count = archived_count + %s, "
-                    "archived_hash = CASE WHEN %s > archived_through THEN %s ELSE archived_hash END, "
-                    "archived_through = greatest(archived_through, %s) WHERE stream_id = %s",
-                    [(n, seq, h, seq, s) for s, (seq, h, n) in heads.items()],
+                    "INSERT INTO audit_stream_archives (stream_id, partition_name, archived_count, "
+                    "archived_through, archived_hash) VALUES (%s, %s, %s, %s, %s)",
+                    [(s, part.name, n, seq, h) for s, (seq, h, n) in heads.items()],
                 )
             conn.execute(
                 "INSERT INTO audit_retention_log (partition_name, rows, archive, archive_sha256) "
@@ -111,7 +110,21 @@ def apply_retention(
             conn.execute(sql.SQL("ALTER TABLE audit_events DETACH PARTITION {}").format(ident))
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         done.append(part)
+    if not dry_run:
+        prune_heads(conn, (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=days))
     return done
+
+
+def prune_heads(conn: psycopg.Connection[Any], before: dt.datetime) -> int:
+    """Drop stream heads written before ``before`` that a later head of their stream supersedes (the
+    table's trigger refuses any other delete): the history stays as long as the records."""
+    with conn.transaction():
+        cur = conn.execute(
+            "DELETE FROM audit_stream_heads h WHERE h.at < %s AND EXISTS "
+            "(SELECT 1 FROM audit_stream_heads n WHERE n.stream_id = h.stream_id AND n.id > h.id)",
+            (before,),
+        )
+    return cur.rowcount
 
 
 def _lines(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
@@ -136,7 +149,7 @@ def verify_archives(paths: list[Path]) -> VerifyReport:
             report.rows += 1
             seq = int(e["sequence"])
             attrs = e["attributes"]
-            computed = chain.chain_hash(chain.canonical_bytes(
+            computed = contract.chain_hash(contract.canonical_bytes(
                 time_unix_nano=int(e["time_unix_nano"]), event_name=e["event_name"],
                 severity_number=int(e["severity_number"]), body=e["body"], trace_id=e["trace_id"],
                 span_id=e["span_id"], attributes=attrs,
@@ -144,7 +157,7 @@ def verify_archives(paths: list[Path]) -> VerifyReport:
             if computed != attrs.get("audit.chain.hash"):
                 _add(report, Break("modified", stream, seq, "archived record does not match its hash",
                                    None, e["time"], computed, attrs.get("audit.chain.hash")))
-            expected = chain.GENESIS if seq == 1 else (prev_hash if seq == prev_seq + 1 else None)
+            expected = contract.GENESIS if seq == 1 else (prev_hash if seq == prev_seq + 1 else None)
             if expected is not None and attrs.get("audit.chain.prev") != expected:
                 _add(report, Break("chain_break", stream, seq, "archived link does not match",
                                    None, e["time"], expected, attrs.get("audit.chain.prev")))

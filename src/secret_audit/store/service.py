@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,10 +14,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from secret_audit.store._bounds import TimeBounds
 from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._hub import Hub
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._live import Announcement, LiveBus
+from secret_audit.store._refusals import Bucket, Refusals
 from secret_audit.store._rows import event_json
 from secret_audit.store._selfaudit import SelfAudit
 from secret_audit.store._stats import Counters
@@ -44,12 +47,14 @@ class Store:
         self._url = database_url
         self._embedded: EmbeddedPostgres | None = None
         self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self.ingestor = Ingestor(config.non_audit, config.native)
+        self.ingestor = Ingestor(config.non_audit, config.native,
+                                 TimeBounds(config.max_clock_skew_s, config.max_record_age_days))
         self.self_audit = SelfAudit(self.ingestor)
         self.counters = Counters()
         self.hub = Hub()
         self.live: LiveBus | None = None
         self.role: str | None = None
+        self.refusals = Refusals(self._write_refusals)
 
     @property
     def embedded(self) -> Path | None:
@@ -108,8 +113,30 @@ class Store:
         with self.pool.connection() as conn:
             yield conn
 
+    def _write_refusals(self, buckets: list[Bucket], summaries: bool) -> None:
+        """Unauthenticated calls into the store's own trail: each bucket's first call, or its summary."""
+        with self.connection() as conn:
+            for b in buckets:
+                minute = dt.datetime.fromtimestamp(b.minute, dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+                if summaries:
+                    reasons = ", ".join(f"{n} {r}" for r, n in sorted(b.reasons.items()))
+                    body = (f"Audit store refused {b.count} unauthenticated calls from {b.address} in the "
+                            f"minute from {minute} ({reasons}); the first was written at once")
+                else:
+                    body = (f"Audit store refused an unauthenticated call from {b.address}: "
+                            f"{next(iter(b.reasons))}, {b.route}")
+                result = self.self_audit.record(
+                    conn, event_name="audit.query", action=b.route, outcome="denied", principal="anonymous",
+                    client_address=b.address if b.address[0] != "(" else None, body=body,
+                    extra={"audit.refused.count": b.count, "audit.refused.minute": minute,
+                           "audit.refused.reasons": dict(b.reasons)},
+                )
+                self.hub.publish(result.events)
+
     def close(self) -> None:
         """Stop the live bus, close the pool and stop an embedded server we started."""
+        if self.pool is not None:
+            self.refusals.close()  # the summaries still pending, while the database is there
         if self.live is not None:
             self.live.stop()
             self.live = self.ingestor.live = None

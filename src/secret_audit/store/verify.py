@@ -11,7 +11,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from secret_audit._internal import chain
+from secret_audit import contract
+from secret_audit.store._columns import COLUMN_KINDS, NO_STREAM, ColumnCheck
 from secret_audit.store._query import Filters, and_all, where_clause
 from secret_audit.store._rows import canonical_of_row
 
@@ -26,6 +27,7 @@ BREAK_KINDS = (
     "unregistered_stream",
     "head_mismatch",
     "count_mismatch",
+    *COLUMN_KINDS,
 )
 
 
@@ -89,9 +91,17 @@ _MAX_KEPT = 1000
 class _Walker:
     """Walks one stream's rows in sequence order, comparing each with its predecessor."""
 
-    def __init__(self, report: VerifyReport, registry: dict[str, tuple[int, str, int, int, str]]) -> None:
+    def __init__(
+        self,
+        report: VerifyReport,
+        registry: dict[str, tuple[int, str, int, int, str]],
+        tenants: dict[str, str | None] | None = None,
+        columns: ColumnCheck | None = None,
+    ) -> None:
         self.report = report
         self.registry = registry
+        self.tenants = tenants or {}
+        self.columns = columns or ColumnCheck({})
         self.stream: str | None = None
         self.prev_seq = 0
         self.prev_hash: str | None = None
@@ -132,18 +142,21 @@ class _Walker:
                            "rows exist for a stream the store never ingested",
                            int(row["id"]), _iso(row["time"])))
 
-    def row(self, row: dict[str, Any]) -> None:
+    def row(self, row: dict[str, Any]) -> str:
+        """Check one row against its predecessor; returns the hash recomputed from its content."""
         seq = int(row["sequence"])
         stream = str(self.stream)
         where = (int(row["id"]), _iso(row["time"]))
-        computed = chain.chain_hash(canonical_of_row(row))
+        computed = contract.chain_hash(canonical_of_row(row))
         if computed != row["chain_hash"]:
             self.add(Break("modified", stream, seq, "the row's content does not match its chain hash",
                            *where, computed, row["chain_hash"]))
+        for kind, detail, expected, actual in self.columns.problems(row, self.tenants.get(stream, NO_STREAM)):
+            self.add(Break(kind, stream, seq, detail, *where, expected, actual))
         if seq == self.prev_seq:
             self.add(Break("duplicate_sequence", stream, seq, "two rows carry the same sequence", *where))
         elif seq == 1 or seq == self.prev_seq + 1:
-            expected = chain.GENESIS if seq == 1 else self.prev_hash
+            expected = contract.GENESIS if seq == 1 else self.prev_hash
             if expected is not None and row["chain_prev"] != expected:
                 self.add(Break("chain_break", stream, seq,
                                "audit.chain.prev does not match the previous row's hash",
@@ -161,6 +174,7 @@ class _Walker:
                 self.losses.append((lo, hi))
         self.prev_seq, self.prev_hash = seq, str(row["chain_hash"])
         self.count += 1
+        return computed
 
     def _explained(self, first: int, last: int) -> bool:
         # The producer reports export losses in a later audit.dropped record; those gaps are not tampering.
@@ -203,20 +217,26 @@ def verify(
     end: dt.datetime | None = None,
     tenant: str | None = None,
     progress: Callable[[int], None] | None = None,
+    also: Callable[[dict[str, Any], str], None] | None = None,
 ) -> VerifyReport:
-    """Re-check every row in the window (default: the whole store) and report all breaks."""
+    """Re-check every row in the window (default: the whole store) and report all breaks.
+
+    ``also`` sees every row, in stream and sequence order, with the hash recomputed from its content
+    (the signed and reconciling checks ride on this one scan).
+    """
     report = VerifyReport()
     conds, params = where_clause(Filters(start=start, end=end), tenant)
     whole = start is None and end is None
-    registry = {
-        str(r[0]): (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
-        for r in conn.execute(
-            "SELECT stream_id, last_sequence, last_hash, record_count, archived_count, archived_through, "
-            "archived_hash FROM audit_streams"
-        )
-    }
+    registry = {}
+    tenants = {}
+    for r in conn.execute(
+        "SELECT stream_id, last_sequence, last_hash, record_count, archived_count, archived_through, "
+        "archived_hash, tenant FROM audit_stream_state"
+    ):
+        registry[str(r[0])] = (int(r[1]), str(r[2]), int(r[3]) - int(r[4]), int(r[5]), str(r[6]))
+        tenants[str(r[0])] = r[7]
     seen: set[str] = set()
-    walker = _Walker(report, registry)
+    walker = _Walker(report, registry, tenants, ColumnCheck.load(conn))
     with conn.transaction(), conn.cursor("verify_scan", row_factory=dict_row) as cur:
         cur.itersize = 2000
         cur.execute(
@@ -231,7 +251,9 @@ def verify(
                 walker.finish()
                 walker.start(conn, row, whole)
                 seen.add(row["stream_id"])
-            walker.row(row)
+            computed = walker.row(row)
+            if also is not None:
+                also(row, computed)
             report.rows += 1
             batch += 1
             if progress is not None and batch >= 1000:
