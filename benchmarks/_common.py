@@ -18,7 +18,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import free_port, valkey_server, wait_port  # noqa: E402
 
-__all__ = ["drain", "free_port", "interleave", "otlp_sink", "report", "valkey_server", "wait_port"]
+__all__ = [
+    "Samples",
+    "drain",
+    "free_port",
+    "interleave",
+    "launcher_env",
+    "otlp_sink",
+    "report",
+    "valkey_server",
+    "wait_port",
+]
 
 T = TypeVar("T")
 
@@ -48,6 +58,14 @@ def otlp_sink() -> Iterator[str]:
         proc.wait(5)
 
 
+class Samples(dict[str, list[float]]):
+    """Per-operation times by variant (µs), with ``rounds``: each round's mean cost per operation."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__((name, []) for name in names)
+        self.rounds: dict[str, list[float]] = {name: [] for name in names}
+
+
 def interleave(
     variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
     op: Callable[[], object],
@@ -55,9 +73,14 @@ def interleave(
     rounds: int,
     per_round: int,
     settle: Callable[[], None] | None = None,
-) -> dict[str, list[float]]:
-    """Time ``op`` per call under each variant, rotating variants every round; returns µs samples."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+) -> Samples:
+    """Time ``op`` under each variant, rotating variants every round.
+
+    Besides each call's own time, a round's mean cost per operation is its wall time plus the CPU
+    this process spends in ``settle`` (flushing what the round left queued), over its operations:
+    work a background thread does on the app's GIL shows there, not in the per-call median.
+    """
+    samples = Samples(list(variants))
     names = list(variants)
     clock = time.perf_counter_ns
     for r in range(rounds):
@@ -69,35 +92,73 @@ def interleave(
                 for _ in range(per_round // 10):  # warm-up
                     op()
                 out = samples[name]
+                started = clock()
                 for _ in range(per_round):
                     t0 = clock()
                     op()
                     out.append((clock() - t0) / 1000)
-            finally:
+                wall = clock() - started
+                cpu = time.process_time_ns()
                 if settle is not None:
                     settle()
+                deferred = time.process_time_ns() - cpu
+                samples.rounds[name].append((wall + deferred) / per_round / 1000)
+            finally:
                 leave()
     return samples
 
 
 def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
-    """Print median per-op and ratio to the baseline; return the ratios."""
-    base = statistics.median(samples[baseline])
-    base_mean = statistics.fmean(samples[baseline])
-    print(f"\n{title}  ({len(samples[baseline])} samples per variant)")
-    print(f"  {'variant':<24} {'median':>9} {'ratio':>6}  {'mean':>9} {'ratio':>6}  {'p99':>9}")
+    """Print, per variant, the median over rounds of the mean cost per op (it leads: that is the
+    app's throughput), its ratio to the baseline and the range of the rounds' ratios, then the
+    median per op and p99; return the ratios (``name`` mean-based, ``name:median`` per-op) and ``name:us``, the mean in µs."""
+    per_round = getattr(samples, "rounds", None) or {n: [statistics.fmean(v)] for n, v in samples.items()}
+    base = statistics.median(per_round[baseline])
+    base_med = statistics.median(samples[baseline])
+    n_rounds = len(per_round[baseline])
+    print(f"\n{title}  ({n_rounds} rounds, {len(samples[baseline])} operations per variant)")
+    print(
+        f"  {'variant':<24} {'mean/op':>9} {'ratio':>6} {'rounds':>11}  {'median':>9} {'ratio':>6}  {'p99':>9}"
+    )
     ratios = {}
     for name, values in samples.items():
+        mean = statistics.median(per_round[name])
+        # each round against the baseline's round of the same index: the machine drifts between rounds
+        paired = [m / b for m, b in zip(per_round[name], per_round[baseline], strict=True)]
         med = statistics.median(values)
-        mean = statistics.fmean(values)
         p99 = statistics.quantiles(values, n=100)[98]
-        ratios[name] = med / base
-        ratios[name + ":mean"] = mean / base_mean
+        ratios[name] = mean / base
+        ratios[name + ":median"] = med / base_med
+        ratios[name + ":spread"] = max(paired) - min(paired)
+        ratios[name + ":us"] = mean
         print(
-            f"  {name:<24} {med:7.1f}µs {med / base:5.2f}x  {mean:7.1f}µs {mean / base_mean:5.2f}x"
-            f"  {p99:7.1f}µs"
+            f"  {name:<24} {mean:7.1f}µs {mean / base:5.2f}x {min(paired):5.2f}-{max(paired):4.2f}"
+            f"  {med:7.1f}µs {med / base_med:5.2f}x  {p99:7.1f}µs"
         )
     return ratios
+
+
+# The test environment installs the grpc instrumentation for the GCP tests. An app that does not
+# use grpc would not have it, and it imports grpc itself, which would hide an import of ours.
+GRPC_INSTRUMENTATIONS = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
+
+
+def launcher_env(sink: str, disabled: str = "", **extra: str) -> dict[str, str]:
+    """An ``opentelemetry-instrument`` app's environment, exporting OTLP/HTTP to ``sink`` (so the
+    distro needs no grpc), with the grpc instrumentations and ``disabled`` entry points off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_SERVICE_NAME="bench",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink,
+        OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=sink + "/v1/logs",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=",".join(filter(None, (GRPC_INSTRUMENTATIONS, disabled))),
+    )
+    env.update(extra)
+    return env
 
 
 def env_flag(name: str, default: str) -> str:

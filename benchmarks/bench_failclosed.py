@@ -57,7 +57,7 @@ def main() -> int:
         )
         r = report("GET of a 64-byte secret", samples, "bare")
     print(
-        f"fail-closed GET: {r['fail-closed (acknowledged)']:.2f}x median when acknowledged, "
+        f"fail-closed GET: {r['fail-closed (acknowledged)']:.2f}x mean when acknowledged, "
         f"{r['fail-closed (spooled)']:.2f}x when spooled; fail-open {r['fail-open']:.2f}x "
         f"(a cost to document, no target)"
     )

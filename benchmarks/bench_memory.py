@@ -1,72 +1,194 @@
-"""Resident memory of an audited redis-py process over a bare one (target: at most +20 MiB).
+"""Resident memory of an app under ``opentelemetry-instrument``, with us and without us.
 
-Each variant runs in its own fresh interpreter doing the same 20,000 GETs of a secret key; we
-read VmRSS (and the peak, VmHWM) from /proc at the end. Variants alternate, three runs each.
+1. One app process doing 20,000 GETs of a secret key (one in ten inside a request span): plain
+   python, the launcher with neither our nor the official redis instrumentation, the launcher with
+   ours only, and with the official one only. Each run is a fresh process; we read VmRSS and the
+   peak (VmHWM) from /proc at its end. Variants alternate, three runs each.
+2. A pre-fork server: gunicorn with 8 sync workers and ``--preload`` (the app, and so redis, is
+   imported once before the fork in every variant alike), each request making 50 GETs, driven by 8
+   client threads; then the proportional set size (PSS, which counts a page shared by n processes
+   as 1/n in each) of the 8 workers, summed, and their summed RSS.
+Records and spans go over OTLP/HTTP to a sink in another process.
 Run: .venv/bin/python benchmarks/bench_memory.py
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-from _common import otlp_sink, valkey_server
+from _common import free_port, launcher_env, otlp_sink, valkey_server, wait_port
 
-TARGET_MIB = 20.0
+TARGET_RSS_MIB = 10.0  # over the launcher without us
+TARGET_PREFORK_MIB = 40.0  # all 8 workers together
+BIN = Path(sys.executable).parent
+OURS = "secret_audit_redis,secret_audit_gcp_secret_manager"
+OFFICIAL = "redis"
 
 _CHILD = r"""
 import json, os, sys
-port, variant, sink = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 import redis
-if variant == "audited":
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink + "/v1/traces")))
-    trace.set_tracer_provider(provider)
-    os.environ["OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT"] = sink + "/v1/logs"
-    import secret_audit
-    from secret_audit.redis import RedisSecretAuditInstrumentor
-    RedisSecretAuditInstrumentor().instrument()
-client = redis.Redis(port=port)
+from opentelemetry import trace
+client = redis.Redis(port=int(os.environ["BENCH_REDIS_PORT"]))
 client.set("secret:mem", b"x" * 64)
-tracer = None
-if variant == "audited":
-    tracer = trace.get_tracer("bench")
+tracer = trace.get_tracer("bench")
 for i in range(20000):
-    if tracer is not None and i % 10 == 0:
+    if i % 10 == 0:
         with tracer.start_as_current_span("request"):
             client.get("secret:mem")
     else:
         client.get("secret:mem")
-if variant == "audited":
-    secret_audit.flush(60)
+if "secret_audit" in sys.modules:  # imported only where instrumented
+    sys.modules["secret_audit"].flush(60)
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"rss": int(status["VmRSS"].split()[0]) / 1024, "hwm": int(status["VmHWM"].split()[0]) / 1024}))
 """
 
+_WSGI = r"""
+import os
+import redis
+from opentelemetry import trace
+
+client = redis.Redis(port=int(os.environ["BENCH_REDIS_PORT"]))
+tracer = trace.get_tracer("bench")
+
+def app(environ, start_response):
+    with tracer.start_as_current_span("request"):
+        for _ in range(50):
+            client.get("secret:mem")
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
+    return launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
+
+
+# name -> (under the launcher?, entry points disabled)
+VARIANTS = {
+    "python, no launcher": (False, ""),
+    "launcher without us": (True, f"{OURS},{OFFICIAL}"),
+    "launcher + secret-audit": (True, OFFICIAL),
+    "launcher + official": (True, OURS),
+}
+
+
+def _argv(launched: bool, *argv: str) -> list[str]:
+    return [str(BIN / "opentelemetry-instrument"), *argv] if launched else list(argv)
+
+
+def one_process(sink: str, port: int) -> dict[str, dict[str, float]]:
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for _ in range(3):
+        for name, (launched, disabled) in VARIANTS.items():
+            out = subprocess.run(
+                _argv(launched, sys.executable, "-c", _CHILD),
+                env=env_for(sink, port, disabled), capture_output=True, text=True, check=True, timeout=300,
+            )
+            results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print("\none app process, 20,000 GETs (medians of 3 runs)")
+    medians = {}
+    for name, runs in results.items():
+        rss, hwm = statistics.median(r["rss"] for r in runs), statistics.median(r["hwm"] for r in runs)
+        medians[name] = {"rss": rss, "hwm": hwm}
+        low, high = min(r["rss"] for r in runs), max(r["rss"] for r in runs)
+        print(f"  {name:<26} RSS {rss:6.1f} MiB ({low:.1f}-{high:.1f})  peak {hwm:6.1f}")
+    return medians
+
+
+def _drive(port: int, requests: int, threads: int = 8) -> None:
+    left = [requests]
+    lock = threading.Lock()
+
+    def run() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    break
+                left[0] -= 1
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"status {resp.status}")
+        conn.close()
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appdir: str) -> tuple[float, float]:
+    """Summed PSS and RSS (MiB) of gunicorn's 8 workers after 800 requests of 50 GETs each."""
+    import psutil
+
+    http_port = free_port()
+    argv = _argv(launched, str(BIN / "gunicorn"), "-w", "8", "-b", f"127.0.0.1:{http_port}", "--chdir", appdir,
+                 "-k", "sync", "--preload", "--graceful-timeout", "5", "bench_wsgi:app")
+    proc = subprocess.Popen(argv, env=env_for(sink, port, disabled), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(http_port, proc)
+        master = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(master.children()) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _drive(http_port, 800)
+        time.sleep(1.0)  # let each worker's exporters finish their batches
+        workers = master.children()
+        if len(workers) != 8:
+            raise RuntimeError(f"{name}: {len(workers)} workers")
+        infos = [w.memory_full_info() for w in workers]
+        return sum(i.pss for i in infos) / 2**20, sum(i.rss for i in infos) / 2**20
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
 
 def main() -> int:
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "audited": []}
     with valkey_server() as (_host, port), otlp_sink() as sink:
+        one = one_process(sink, port)
+        appdir = tempfile.mkdtemp(prefix="sa-bench-wsgi-")
+        Path(appdir, "bench_wsgi.py").write_text(_WSGI)
+        forked: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
         for _ in range(3):
-            for variant in ("bare", "audited"):
-                out = subprocess.run(
-                    [sys.executable, "-c", _CHILD, str(port), variant, sink],
-                    capture_output=True, text=True, check=True, timeout=300,
-                )
-                results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    bare = statistics.median(r["rss"] for r in results["bare"])
-    audited = statistics.median(r["rss"] for r in results["audited"])
-    bare_hwm = statistics.median(r["hwm"] for r in results["bare"])
-    audited_hwm = statistics.median(r["hwm"] for r in results["audited"])
-    print(f"  bare redis-py:            RSS {bare:6.1f} MiB (peak {bare_hwm:6.1f})")
-    print(f"  + SDK, OTLP, secret-audit: RSS {audited:6.1f} MiB (peak {audited_hwm:6.1f})")
-    print(f"memory: +{audited - bare:.1f} MiB RSS, +{audited_hwm - bare_hwm:.1f} MiB peak over bare redis-py (target <= +{TARGET_MIB:.0f} MiB)")
+            for name, (launched, disabled) in VARIANTS.items():
+                forked[name].append(prefork(sink, port, name, launched, disabled, appdir))
+    print("\ngunicorn, 8 sync workers, 800 requests of 50 GETs (medians of 3 runs; the 8 workers summed)")
+    pf = {}
+    for name, runs in forked.items():
+        pss, rss = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        pf[name] = pss
+        low, high = min(r[0] for r in runs), max(r[0] for r in runs)
+        print(f"  {name:<26} PSS {pss:6.1f} MiB ({low:.1f}-{high:.1f})  RSS {rss:6.1f} MiB")
+    base = one["launcher without us"]
+    ours = one["launcher + secret-audit"]
+    official = one["launcher + official"]
+    print(
+        f"app RSS after 20k GETs under the launcher: {ours['rss'] - base['rss']:+.1f} MiB with us over the "
+        f"launcher without us (target <= +{TARGET_RSS_MIB:.0f} MiB; peak {ours['hwm'] - base['hwm']:+.1f}); "
+        f"official {official['rss'] - base['rss']:+.1f} MiB; plain python {one['python, no launcher']['rss']:.1f} MiB"
+    )
+    print(
+        f"pre-fork, 8 gunicorn workers: {pf['launcher + secret-audit'] - pf['launcher without us']:+.1f} MiB PSS "
+        f"with us over the launcher without us, {pf['launcher + secret-audit'] - pf['python, no launcher']:+.1f} MiB "
+        f"over plain gunicorn (target <= +{TARGET_PREFORK_MIB:.0f} MiB); official "
+        f"{pf['launcher + official'] - pf['launcher without us']:+.1f} MiB"
+    )
     return 0
 
 

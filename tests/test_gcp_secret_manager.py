@@ -449,11 +449,13 @@ def test_entry_point_and_missing_library(monkeypatch):
         "google-cloud-secret-manager >= 2.16.0"
     ]
 
-    def missing(name: str) -> Any:
-        raise ModuleNotFoundError(name)
+    real_find_spec = gcp_module.importlib.util.find_spec
+
+    def missing(name: str, *args: Any) -> Any:
+        return None if name.startswith("google.cloud.secretmanager") else real_find_spec(name, *args)
 
     # the launcher skips the per-instrumentor dependency check: a missing library must be a no-op
-    monkeypatch.setattr(gcp_module.importlib, "import_module", missing)
+    monkeypatch.setattr(gcp_module.importlib.util, "find_spec", missing)
     before = peek_pipeline()
     inst = GcpSecretManagerSecretAuditInstrumentor()
     inst.instrument(skip_dep_check=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import wrapt
 
-__all__ = ["unwrap_ours", "wrap"]
+__all__ = ["unwrap_ours", "when_imported", "wrap"]
 
 _PROXY_TYPES: tuple[type, ...] = tuple(
     t for t in (getattr(wrapt, "BaseObjectProxy", None), wrapt.ObjectProxy) if isinstance(t, type)
@@ -46,6 +46,26 @@ def _ours(obj: Any) -> tuple[Any, Any] | None:
 
 def _inner(proxy: Any) -> Any:
     return proxy.__wrapped__
+
+
+def when_imported(module: str, patch: Callable[[Any], None]) -> Callable[[], None]:
+    """Run ``patch(module)`` when the app imports ``module`` (at once if it already has), so that we
+    never import a library ourselves; returns a function that disarms a hook not yet run.
+
+    wrapt keeps its post-import hooks for good, so a disarmed hook stays registered and does nothing.
+    """
+    armed = [True]
+
+    def hook(loaded: Any) -> None:
+        if armed[0]:
+            patch(loaded)
+
+    wrapt.register_post_import_hook(hook, module)
+
+    def disarm() -> None:
+        armed[0] = False
+
+    return disarm
 
 
 def wrap(owner: Any, attr: str, wrapper: Callable[..., Any]) -> None:

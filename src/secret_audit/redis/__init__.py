@@ -11,14 +11,15 @@ Or, with no code change: ``opentelemetry-instrument python app.py``.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import sys
+from collections.abc import Callable, Collection
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from secret_audit._internal.bootstrap import pipeline_for
 from secret_audit._internal.matcher import KeyMatcher
-from secret_audit._internal.patching import unwrap_ours, wrap
+from secret_audit._internal.patching import unwrap_ours, when_imported, wrap
 from secret_audit._internal.redis_source import Wrappers
 from secret_audit.redis.package import _instruments
 
@@ -97,6 +98,8 @@ class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     replacing the environment).
     """
 
+    _disarm: Callable[[], None] | None = None
+
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
@@ -112,9 +115,19 @@ class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         closed = pipeline if settings.mode_for("redis") == "closed" else None
         unknown = settings.redis_unknown_commands == "audit"
         wrappers = Wrappers(pipeline.submit, matcher, closed_pipeline=closed, unknown_commands=unknown)
-        for owner, method, factory in _targets():
-            wrap(owner, method, getattr(wrappers, factory))
+
+        def patch(_redis: Any) -> None:
+            for owner, method, factory in _targets():
+                wrap(owner, method, getattr(wrappers, factory))
+
+        # Wrapped when the app imports redis (at once if it has): we never import it ourselves.
+        self._disarm = when_imported("redis", patch)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        if self._disarm is not None:
+            self._disarm()
+            self._disarm = None
+        if "redis" not in sys.modules:
+            return  # never imported, so never wrapped
         for owner, method, _ in _targets():
             unwrap_ours(owner, method)

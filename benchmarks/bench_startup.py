@@ -1,0 +1,86 @@
+"""Start-up under ``opentelemetry-instrument`` for an app that only imports redis: with us vs without.
+
+The same launcher and environment, once as installed and once with our two entry points disabled
+(``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``), run alternately; each run is a whole process, timed
+from spawn to exit, its peak memory read from the kernel (``ru_maxrss`` of the reaped child). The
+app prints whether google-cloud-secret-manager or grpc got imported, since it never uses them.
+Run: .venv/bin/python benchmarks/bench_startup.py   (BENCH_STARTUP_RUNS, default 9)
+The official redis instrumentation stays on in both launcher variants; grpc's is off in both.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import launcher_env, otlp_sink
+
+TARGET_MS = 50.0
+TARGET_MIB = 8.0
+OURS = "secret_audit_redis,secret_audit_gcp_secret_manager"
+_APP = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
+_APP = "import sys, redis; print(int('grpc' in sys.modules), int('google.cloud.secretmanager_v1' in sys.modules))"
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MiB (the reaped child's own rusage) and what the process printed."""
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        pid = os.posix_spawn(
+            argv[0], argv, env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)],
+        )
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if status != 0:
+            raise RuntimeError(f"{argv} exited with {status}: {err.read().decode(errors='replace')[-2000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read().decode().strip()
+
+
+def main() -> int:
+    runs = int(os.environ.get("BENCH_STARTUP_RUNS", "9"))
+    launcher = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    argv = [launcher, sys.executable, "-c", _APP]
+    plain = [sys.executable, "-c", _APP]
+    with otlp_sink() as sink:
+        variants = {
+            "python, no launcher": (plain, launcher_env(sink, "")),
+            "launcher without us": (argv, launcher_env(sink, OURS)),
+            "launcher with us": (argv, launcher_env(sink, "")),
+        }
+        results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in variants}
+        for cmd, env in variants.values():  # warm-up: the page cache, .pyc files
+            run_once(cmd, env)
+        for _ in range(runs):
+            for name, (cmd, env) in variants.items():
+                results[name].append(run_once(cmd, env))
+    print(f"\nstart-up of `import redis` ({runs} alternating runs each; medians, min-max)")
+    for name, values in results.items():
+        walls = [v[0] * 1000 for v in values]
+        peaks = [v[1] for v in values]
+        grpc, gcp = values[-1][2].split()
+        print(
+            f"  {name:<22} {statistics.median(walls):6.0f} ms ({min(walls):.0f}-{max(walls):.0f})"
+            f"  peak {statistics.median(peaks):6.1f} MiB ({min(peaks):.1f}-{max(peaks):.1f})"
+            f"  grpc imported: {'yes' if grpc == '1' else 'no'}, secretmanager imported: {'yes' if gcp == '1' else 'no'}"
+        )
+    with_us, without = results["launcher with us"], results["launcher without us"]
+    # pair by pair (run i of each), so that a drift of the machine between runs cancels out
+    d_ms = statistics.median((a[0] - b[0]) * 1000 for a, b in zip(with_us, without, strict=True))
+    d_mib = statistics.median(a[1] - b[1] for a, b in zip(with_us, without, strict=True))
+    print(
+        f"start-up under opentelemetry-instrument: +{d_ms:.0f} ms (target <= +{TARGET_MS:.0f} ms), "
+        f"+{d_mib:.1f} MiB peak (target <= +{TARGET_MIB:.0f} MiB) with us over the launcher without us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
