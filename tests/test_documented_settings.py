@@ -150,7 +150,8 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Check]] = {
     (P + "ENABLED", "true"): ({P + "ENABLED": "true"}, lambda r, t: default_trail(r)),
     (P + "ENABLED", "false"): ({P + "ENABLED": "false"}, lambda r, t: (
         r.returncode == 0 or pytest.fail(r.stderr), r.records == [] or pytest.fail("audited"),
-        r.stats is None or pytest.fail("a pipeline"))),
+        r.stats is None or pytest.fail("a pipeline"),
+        r.stderr.count("disabled by OTEL_PYTHON_SECRET_AUDIT_ENABLED") == 1 or pytest.fail(r.stderr))),
     (P + "REDIS_KEY_PATTERNS", "*"): ({P + "REDIS_KEY_PATTERNS": "plain:*"}, lambda r, t: (
         r.actions() == [("SET", f"plain:{r.prefix}")] or pytest.fail(str(r.actions())))),
     (P + "REDIS_KEY_PATTERNS_CASE_SENSITIVE", "true"): (

@@ -104,3 +104,41 @@ def test_scripts_lock_sh_rewrites_the_same_pins(tmp_path):
         text = (tmp_path / "requirements" / f"{kind}.lock").read_text()
         pins = {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
         assert pins == {name: pin[0] for name, pin in lock(kind).items()}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level module names a file imports, at any depth, absolute imports only."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+def test_the_demo_lock_holds_everything_the_demo_imports():
+    """A fresh clone runs `bash scripts/demo.sh` on the demo lock alone: every distribution that
+    examples/demo.py and the local modules it reaches import must be pinned there."""
+    from importlib.metadata import packages_distributions
+
+    local = {p.stem: p for folder in (ROOT / "examples", ROOT / "tests") for p in folder.glob("*.py")}
+    local |= {"secret_service": ROOT / "examples" / "secret_service" / "app.py"}
+    todo, seen, third_party = [ROOT / "examples" / "demo.py", ROOT / "examples" / "secret_service" / "app.py"], set(), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            if name in local:
+                todo.append(local[name])
+            elif name not in sys.stdlib_module_names and name not in ("secret_audit", "__future__"):
+                third_party.add(name)
+    owners = packages_distributions()
+    pins = lock("demo")
+    missing = {name: owners.get(name) for name in third_party
+               if not any(canonicalize_name(d) in pins for d in owners.get(name, [name]))}
+    assert not missing, f"the demo imports these, not pinned in requirements/demo.lock (pyproject extra demo): {missing}"

@@ -74,7 +74,7 @@ def assert_no_value(proc: subprocess.CompletedProcess[str], clone: Path) -> None
     for value in VALUES:
         assert value not in proc.stdout
         assert value not in proc.stderr
-    for path in clone.glob("*.jsonl"):
+    for path in [*clone.glob("*.jsonl"), *clone.glob("*.log")]:
         text = path.read_text()
         for value in VALUES:
             assert value not in text
@@ -92,7 +92,7 @@ def test_the_readme_quickstart_runs_as_written(clone, redis_url):
     assert {e["service_name"] for e in events if e["event_name"] == "secret.access"} == {"payments"}
     assert "every chain verifies" in proc.stdout
     assert "[AUDIT] Secret accessed: secret:ses-credentials from redis" in proc.stderr
-    spans = (clone / "spans.jsonl").read_text()
+    spans = (clone / "spans.log").read_text()
     assert '"name": "secret.read"' in spans or '"name": "GET /api/secrets/twilio"' in spans
     assert (clone / ".venv" / "bin" / "secret-audit").exists()  # installed into its own environment
     assert_no_value(proc, clone)

@@ -101,6 +101,7 @@ def test_an_unusable_default_spool_fail_open_starts_and_says_so_fail_closed_refu
     assert opened.stderr.count("starting without a spool") == 1
     assert closed.returncode == 1
     assert "fail-closed mode needs a spool" in closed.stderr
+    assert "SPOOL_DIR (unset: the per-user default)=" in closed.stderr  # not blamed on a variable never set
     assert len(closed.stderr.strip().splitlines()) == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -151,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start and end and dt.datetime.fromisoformat(end) <= dt.datetime.fromisoformat(start):
+        parser.error(f"--end {end} is not after --start {start}: the window would hold nothing")
     try:
         return _run(args)
     except BrokenPipeError:

@@ -87,6 +87,9 @@ USER_ERRORS = [
     (["query", "--url", CLOSED, "--bogus"], ["--bogus"]),
     (["store", "wait", "--url", CLOSED, "--timeout", "1"], ["was not ready within 1 s", CLOSED]),
     (["store", "wait", "--timeout", "0"], ["--timeout", "0"]),
+    (["store", "wait", "--url", "nope", "--timeout", "60"], ["--url='nope'", "http://"]),
+    (["query", "--start", "2026-12-01", "--end", "2026-01-01"], ["--end", "is not after --start"]),
+    (["verify", "--start", "2026-12-01T00:00:00Z", "--end", "2026-12-01T00:00:00Z"], ["is not after --start"]),
 ]
 
 
@@ -292,3 +295,19 @@ def test_archives_that_are_not_archives_are_one_line(tmp_path):
     assert "no audit records in the archives: nothing to verify" in proc.stderr
     assert "OK" not in proc.stdout
     assert cli("verify", "--archive", str(empty), "--allow-empty").returncode == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_taken_port_says_so_before_starting_anything(tmp_path, workers):
+    import socket
+
+    data = tmp_path / "pgdata"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = cli("store", "serve", "--port", port, "--workers", workers,
+                   OTEL_PYTHON_SECRET_AUDIT_STORE_DATA_DIR=str(data))
+    assert_one_line_error(proc, f"cannot listen on 127.0.0.1:{port}", "--port")
+    assert "listening on" not in proc.stderr
+    assert not data.exists()  # no database was started for a server that could not listen

@@ -47,8 +47,9 @@ def _with_spool(settings: Settings) -> Settings:
     closed = [s for s in SOURCES if settings.mode_for(s) == "closed"]
     if not settings.spool_default or closed:
         why = "fail-closed mode needs a spool" if closed else "the spool you chose must be usable"
+        variable = PREFIX + "SPOOL_DIR" + (" (unset: the per-user default)" if settings.spool_default else "")
         raise ConfigurationError(
-            PREFIX + "SPOOL_DIR", settings.spool_dir,
+            variable, settings.spool_dir,
             f"a directory this process can create and write ({problem}; {why}); or 'off'",
         )
     global _WARNED_NO_SPOOL
@@ -63,6 +64,7 @@ def _with_spool(settings: Settings) -> Settings:
 
 
 _WARNED_NO_SPOOL = False
+_SAID_DISABLED = False
 
 
 def _under_launcher() -> bool:
@@ -86,7 +88,10 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
             os._exit(1)
         raise
     if not settings.enabled:
-        _log.warning("otel-secret-audit: disabled by OTEL_PYTHON_SECRET_AUDIT_ENABLED")
+        global _SAID_DISABLED
+        if not _SAID_DISABLED:  # once, not once per instrumentor
+            _SAID_DISABLED = True
+            _log.warning("otel-secret-audit: disabled by OTEL_PYTHON_SECRET_AUDIT_ENABLED")
         return None
     # the pipeline's metrics, through the app's MeterProvider (or one given, as contrib instrumentors take)
     meters.observe(kwargs.get("meter_provider"))

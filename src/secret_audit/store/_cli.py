@@ -120,6 +120,10 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
         return _err(f"--workers must be between 1 and 64, got {workers}")
     if workers > 1 and "prometheus" in config.metrics:
         return _err("--workers > 1 needs OTEL_PYTHON_SECRET_AUDIT_STORE_METRICS=otlp (a scrape sees one)")
+    busy = _cannot_listen(host, port)
+    if busy is not None:  # said now, before a database is started and "listening" is printed
+        return _err(f"cannot listen on {host}:{port}: {busy} (another store? choose --port or "
+                    f"{STORE}PORT)")
     if workers > 1:
         return _serve_workers(config, host, port, workers)
     import uvicorn
@@ -141,6 +145,20 @@ def _store(args: argparse.Namespace, config: StoreConfig) -> int:
     finally:
         store.close()
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the address cannot be bound, as uvicorn would bind it; None when it can."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _where(data_dir: Path | None) -> str:

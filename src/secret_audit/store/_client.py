@@ -31,7 +31,8 @@ class StoreUnusable(Exception):
     """The store could not be reached, or answered something other than the API's success."""
 
 
-def _settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+def _store_url(args: argparse.Namespace) -> str:
+    """The store's URL from --url or the environment, refused at once when it cannot be one."""
     env_url = os.environ.get(STORE + "URL")
     url = args.url or env_url or "http://127.0.0.1:4318"
     named = "--url" if args.url else STORE + "URL"
@@ -43,18 +44,23 @@ def _settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         usable = False
     if not usable:
         raise ConfigurationError(named, url, "an http:// or https:// URL of the store, such as http://127.0.0.1:4318")
+    return url.rstrip("/")
+
+
+def _settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    url = _store_url(args)
     token = os.environ.get(args.token_env)
     if not token:
         raise ConfigurationError(args.token_env, "",
                                  "a bearer token (make one with `secret-audit tokens create`)")
-    return url.rstrip("/"), {"Authorization": f"Bearer {token}"}
+    return url, {"Authorization": f"Bearer {token}"}
 
 
 def wait(args: argparse.Namespace) -> int:
     """Until the store answers ready (its database too), so scripts can start it in the background."""
     import time
 
-    url = (args.url or os.environ.get(STORE + "URL") or "http://127.0.0.1:4318").rstrip("/")
+    url = _store_url(args)
     deadline = time.monotonic() + args.timeout
     last = "no answer"
     while True:
