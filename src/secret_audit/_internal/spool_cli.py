@@ -100,13 +100,15 @@ def _replay(spool: Spool) -> int:
     failed = done.failed
     assert failed is not None
     what = f"the spooled request for stream {failed.stream}, sequences {failed.first_seq}..{failed.last_seq}"
-    cause = f" ({heard.last})" if heard.last else ""
+    said = getattr(sender, "problem", None) or heard.last  # the sender's own words, without a log prefix
+    cause = f" ({said})" if said else ""
     if done.stopped == SendResult.REFUSED:
         _say(f"{sender.endpoint} refused {what}{cause}: kept in the spool with everything after it; "
              f"fix the endpoint or its settings ({PREFIX}EXPORTER_OTLP_*) and run again")
     else:
         _say(f"{sender.endpoint} did not take the request{cause}: {left} records still wait in the spool "
-             f"(sent {done.sent}{others}); run again once the endpoint answers")
+             f"(sent {done.sent}{others}); run again once the endpoint answers, or fix its settings "
+             f"({PREFIX}EXPORTER_OTLP_*)")
     return 1
 
 
