@@ -150,9 +150,8 @@ def test_demo_writes_an_ocsf_copy_of_the_whole_trail_and_every_event_is_valid_oc
     official OCSF schema (the targeted 1.1.0 and the newest packaged), none holding a value."""
     import ottl_eval
     from ocsf_schema import VERSIONS, problems
-    from test_ocsf import ocsf_statements
-
     from secret_audit import ocsf
+    from test_ocsf import ocsf_statements
 
     result = demo_run["result"]
     assert result.ocsf_file == result.trail_file.parent / "audit-trail.ocsf.jsonl"
