@@ -244,6 +244,7 @@ class Result:
     endpoints: dict[str, str] = field(default_factory=dict)
     watched: watch.Watch = field(default_factory=watch.Watch)
     full_trail_file: Path | None = None
+    ocsf_file: Path | None = None
 
 
 def _drive(app_url: str, vault: SecretManager) -> list[tuple[str, int]]:
@@ -370,6 +371,12 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
         full = store.cli("query", "--all", "--limit", "1000", "--json")
         full_trail_file = workdir / "audit-trail-all.jsonl"
         full_trail_file.write_text(full.stdout)
+        # the same whole trail as OCSF 1.1.0 events (docs/ocsf.md), oldest first, for a SIEM or a security lake
+        as_ocsf = store.cli("query", "--all", "--limit", "1000", "--order", "asc", "--format", "ocsf")
+        if as_ocsf.returncode != 0:
+            raise RuntimeError(f"secret-audit query --format ocsf failed: {as_ocsf.stderr}")
+        ocsf_file = workdir / "audit-trail.ocsf.jsonl"
+        ocsf_file.write_text(as_ocsf.stdout)
         watch.detections([json.loads(line) for line in full.stdout.splitlines() if line.strip()], seen)
         hook.wait_for("burst", by="principal")  # the store's alert for mallory's burst, delivered in seconds
         seen.alerts = list(hook.alerts)
@@ -391,7 +398,7 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
     verify_output = verify.stdout if verify.returncode == 0 else verify.stdout + verify.stderr
     return Result(events, verify.returncode, verify_output.strip(), spans_by_trace, trail_file,
                   echo_file, Path(f"{key}.pub"), checkpoints, requests, vault.mode, time.monotonic() - started,
-                  endpoints, seen, full_trail_file)
+                  endpoints, seen, full_trail_file, ocsf_file)
 
 
 def _table(events: list[dict[str, Any]]) -> str:
@@ -428,6 +435,9 @@ def main() -> int:
     print(f"  {result.trail_file}  JSON lines, one stored event each, oldest first, written by "
           "`secret-audit query --all --order asc --json` from the store (in production the collector's `file` "
           "exporter keeps the rotated copy)")
+    print(f"  {result.ocsf_file}  the whole trail as OCSF 1.1.0 events (API Activity, Base Event), one per "
+          "line, by `secret-audit query --all --order asc --format ocsf` (docs/ocsf.md), for a SIEM or a security "
+          "lake")
     print(f"  {result.echo_file}  the app's own [AUDIT] lines (OTEL_PYTHON_SECRET_AUDIT_ECHO=true), for grep")
     watch.report(result.watched)
     print(f"\nDone in {result.seconds:.1f}s; Redis, the Secret Manager stand-in, the store, PostgreSQL and the app "

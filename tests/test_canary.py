@@ -102,6 +102,14 @@ def test_sync_canary_never_leaks(audit, redis_url, key, caplog, capfd):
     echo = [rec.getMessage() for rec in caplog.records if rec.name.startswith("secret_audit")]
     assert sum(1 for line in echo if line.startswith("[AUDIT] ")) == len(records)
     assert_no_canary("\n".join(echo), canary)
+    # the same records as OCSF events (docs/ocsf.md): still no value, and every one valid OCSF
+    from ocsf_schema import problems, record_of_log
+    from secret_audit import ocsf
+
+    mapped = [ocsf.event(record_of_log(item)) for item in audit.log_exporter.get_finished_logs()]
+    assert len(mapped) == len(records)
+    assert_no_canary("\n".join(map(repr, mapped)), canary)
+    assert [p for e in mapped for p in problems(e)] == []
 
 
 def test_signed_checkpoints_carry_hashes_only(redis_url, key, tmp_path, caplog):

@@ -126,7 +126,7 @@ def test_audit_config_routes_audit_records_only_to_audit_sinks():
     (route,) = router["table"]
     assert route["context"] == "log"
     audit_pipes = set(route["pipelines"])
-    assert audit_pipes == {"logs/audit", "logs/audit_syslog"}
+    assert audit_pipes == {"logs/audit", "logs/audit_splunk", "logs/audit_syslog"}
     assert router["default_pipelines"] == ["logs/app"]
     for p in audit_pipes | set(router["default_pipelines"]):
         assert pipes[p]["receivers"] == ["routing/logs"]
@@ -151,7 +151,13 @@ def test_audit_config_routes_audit_records_only_to_audit_sinks():
     assert ex["syslog/audit"]["tls"]["insecure"] == "${env:SYSLOG_TLS_INSECURE:-false}"
     assert ex["otlphttp/audit_store"]["headers"]["authorization"] == "Bearer ${env:AUDIT_STORE_TOKEN}"
     assert pipes["traces"]["exporters"] == ["otlp/jaeger"]
-    assert pipes["logs/audit_syslog"]["processors"] == ["transform/syslog"]
+    # the SIEM legs get OCSF events (transform/ocsf on their own copies); the store and the file copy
+    # get the record exactly as the producer hashed it
+    assert pipes["logs/audit_syslog"]["processors"] == ["transform/ocsf", "transform/syslog"]
+    assert pipes["logs/audit_splunk"]["processors"] == ["transform/ocsf"]
+    assert pipes["logs/audit_splunk"]["exporters"] == ["splunk_hec/audit"]
+    assert not pipes["logs/audit"].get("processors")
+    assert set(pipes["logs/audit"]["exporters"]) == {"otlphttp/audit_store", "file/audit"}
     rx = cfg["receivers"]["otlp"]["protocols"]
     assert rx["grpc"]["endpoint"].endswith(":-0.0.0.0:4317}")
     assert rx["http"]["endpoint"].endswith(":-0.0.0.0:4318}")

@@ -145,6 +145,43 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
     assert echo.count("[AUDIT]") == len(events)
 
 
+def test_demo_writes_an_ocsf_copy_of_the_whole_trail_and_every_event_is_valid_ocsf(demo_run):
+    """audit-trail.ocsf.jsonl: one OCSF event per stored record (every event name), each valid against the
+    official OCSF schema (the targeted 1.1.0 and the newest packaged), none holding a value."""
+    import ottl_eval
+    from ocsf_schema import VERSIONS, problems
+    from secret_audit import ocsf
+    from test_ocsf import ocsf_statements
+
+    result = demo_run["result"]
+    assert result.ocsf_file == result.trail_file.parent / "audit-trail.ocsf.jsonl"
+    text = result.ocsf_file.read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    stored = [json.loads(line) for line in result.full_trail_file.read_text().splitlines()]
+    # the same trail: every record the demo produced, the store's own audit.query records of the
+    # demo's reads included, plus the reads the OCSF query itself made on the way
+    by_uid = {e["metadata"]["uid"]: e for e in events}
+    assert len(by_uid) == len(events)
+    assert {e["attributes"]["audit.event.id"] for e in stored} <= set(by_uid)
+    for record in stored:
+        assert by_uid[record["attributes"]["audit.event.id"]] == ocsf.event(record)
+    names = {e["metadata"]["event_code"] for e in events}
+    assert names >= {"secret.access", "audit.checkpoint", "audit.query"}
+    assert {e["class_uid"] for e in events} == {6003, 0}
+    for version in VERSIONS:
+        assert [(e["metadata"]["uid"], p) for e in events for p in problems(e, version)] == []
+    # oldest first, like the other copies
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+    # never a value
+    for value in [*demo.SEED.values(), b"rotated-demo-value"]:
+        assert value.decode() not in text
+    # the collector's transform/ocsf makes the same events from the same records
+    statements = ocsf_statements()
+    for record in stored:
+        plain = {k: v for k, v in record.items() if k not in ("received_at", "integrity")}
+        assert ottl_eval.run(statements, plain)["log"]["body"] == ocsf.event(plain)
+
+
 def test_demo_stops_everything_it_started(demo_run):
     result = demo_run["result"]
     assert set(result.endpoints) >= {"redis", "store", "app", "jaeger_stand_in", "secret_manager_stand_in"}

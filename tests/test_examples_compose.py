@@ -170,6 +170,8 @@ def test_real_collector_resolves_the_compose_overrides(tmp_path):
     pipes = resolved["service"]["pipelines"]
     assert pipes["logs/audit"]["exporters"] == ["otlphttp/audit_store", "file/audit"]
     assert pipes["logs/audit_syslog"]["exporters"] == ["syslog/audit"]
+    assert pipes["logs/audit_splunk"]["exporters"] == ["debug"]  # no Splunk here
+    assert resolved["exporters"]["debug"] == {"verbosity": "basic"}
     assert resolved["exporters"]["syslog/audit"]["port"] == 601
     assert resolved["exporters"]["syslog/audit"]["tls"]["insecure"] is True
     assert resolved["exporters"]["file/audit"]["path"] == "/var/log/otelcol/audit/secret-audit.jsonl"

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="search the audit log through the store's API")
     _add_filters(query)
-    _add_client(query, ("table", "vertical", "json"), "a table, or vertical where the table is wider than it")
+    _add_client(query, ("table", "vertical", "json", "ocsf"),
+                "a table, or vertical where the table is wider than it")
     query.add_argument("--limit", type=between(1, 1000), default=50,
                        help="events to show, 1 to 1000 (default 50); with --all, events per page")
     query.add_argument("--all", action="store_true", help="follow cursors to the last page")
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="follow the live audit stream")
     _add_filters(tail, window=False)
-    _add_client(tail, ("line", "vertical", "json"), "one line per event")
+    _add_client(tail, ("line", "vertical", "json", "ocsf"), "one line per event")
     tail.add_argument("--max-events", type=between(1, 1_000_000), help="stop after this many events")
     return parser
 

@@ -176,6 +176,25 @@ def test_query_on_a_pipe_writes_json_lines_oldest_last_unless_asked(stored):
     assert _query(stored, "--start", "2999-01-01T00:00:00", "--end", "2999-01-02T00:00:00+02:00").stdout == ""
 
 
+def test_query_format_ocsf_writes_one_valid_ocsf_event_per_stored_event(stored):
+    """`--format ocsf`: the same events as `--json`, each mapped by secret_audit.ocsf and valid OCSF 1.1.0."""
+    from ocsf_schema import problems
+    from secret_audit import ocsf
+
+    stored_events = [orjson.loads(line) for line in _query(stored, "--json").stdout.splitlines()]
+    lines = _query(stored, "--format", "ocsf").stdout.splitlines()
+    assert [orjson.loads(line) for line in lines] == [ocsf.event(e) for e in stored_events]
+    assert len(lines) == 3
+    for line in lines:
+        event = orjson.loads(line)
+        assert problems(event) == []
+        assert event["class_uid"] == 6003
+        assert event["resources"][0]["name"] == "api-key"
+        assert event["metadata"]["processed_time"] > 0  # the store's receive time
+        assert event["metadata"]["log_provider"] == "secret_audit"  # the scope, now in the API's events
+        assert event["unmapped"]["store.integrity"] == stored_events[0]["integrity"]
+
+
 def test_query_table_forced_on_a_pipe_is_never_cut(stored):
     out = _query(stored, "--format", "table", COLUMNS="80").stdout
     header = out.splitlines()[0].split()
@@ -258,6 +277,9 @@ def test_tail_formats(stored, server_url, tokens):
     assert plain[0].split("  ")[1:4] == ["payments", "tailed", "redis"]
     vertical = _tail(stored, server_url, tokens, "--format", "vertical")
     assert vertical.count("-[ ") == 2
+    events = [orjson.loads(line) for line in _tail(stored, server_url, tokens, "--format", "ocsf").splitlines()]
+    assert [e["resources"][0]["name"] for e in events] == ["tailed", "tailed"]
+    assert {e["type_uid"] for e in events} == {600302}
     assert "service" in vertical
     assert "payments" in vertical
 

@@ -23,6 +23,8 @@ from secret_audit.store.config import STORE
 
 __all__ = ["StoreUnusable", "query", "tail", "wait"]
 
+# layouts printed one line per event as pages or messages arrive
+_LINES = {"json": _layout.json_line, "ocsf": _layout.ocsf_line}
 _FILTERS = ("secret", "source", "operation", "outcome", "principal", "enduser", "client_address",
             "trace_id", "event_name", "stream_id", "tenant", "start", "end")
 
@@ -135,9 +137,9 @@ def query(args: argparse.Namespace) -> int:
     with _reaching(url), httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         while True:
             page = _page(client.get("/api/audit-logs", params=params), url)
-            if layout == "json":
+            if layout in _LINES:
                 for event in page["events"]:
-                    _layout.json_line(event)
+                    _LINES[layout](event)
             elif layout == "vertical":
                 _layout.vertical(page["events"], len(shown) + 1)
             shown += page["events"]
@@ -178,8 +180,8 @@ def _follow(url: str, headers: dict[str, str], params: dict[str, Any], layout: s
                 continue
             event = orjson.loads(text[6:])
             shown += 1
-            if layout == "json":
-                _layout.json_line(event)
+            if layout in _LINES:
+                _LINES[layout](event)
             elif layout == "vertical":
                 _layout.vertical([event], shown)
             else:

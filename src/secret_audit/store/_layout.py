@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["FIELDS", "default", "fits", "json_line", "line", "table", "table_width", "vertical"]
+__all__ = ["FIELDS", "default", "fits", "json_line", "line", "ocsf_line", "table", "table_width", "vertical"]
 
 # (header, event key): the table's columns and a tail line's fields, in order
 FIELDS = (
@@ -48,6 +48,13 @@ def fits(width: int) -> bool:
 def json_line(event: dict[str, Any], out: TextIO | None = None) -> None:
     """One event as one line of JSON, exactly as the API returned it."""
     print(orjson.dumps(event).decode(), file=out or sys.stdout, flush=True)
+
+
+def ocsf_line(event: dict[str, Any], out: TextIO | None = None) -> None:
+    """One event as one line of OCSF JSON (docs/ocsf.md), for SIEMs and security lakes that take OCSF."""
+    from secret_audit import ocsf
+
+    print(ocsf.json_line(event), file=out or sys.stdout, flush=True)
 
 
 def line(event: dict[str, Any], out: TextIO | None = None) -> None:

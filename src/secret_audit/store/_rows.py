@@ -134,6 +134,7 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "id": str(row["id"]),
         "time": row["time"].isoformat().replace("+00:00", "Z"),
         "time_unix_nano": str(row["time_unix_nano"]),
+        "observed_unix_nano": None if row["observed_unix_nano"] is None else str(row["observed_unix_nano"]),
         "received_at": row["received_at"].isoformat().replace("+00:00", "Z"),
         "event_name": row["event_name"],
         "severity_number": row["severity_number"],
@@ -144,6 +145,8 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "tenant": row["tenant"],
         "service_name": row["service_name"],
         "service_instance_id": row["service_instance_id"],
+        "scope_name": row["scope_name"],
+        "scope_version": row["scope_version"],
         "integrity": row["integrity"],
     }
     for col in TYPED_COLUMNS:
