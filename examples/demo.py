@@ -99,7 +99,7 @@ def _serve(cmd: list[str], env: dict[str, str], port_var: str, log: Path, health
             return proc, url
         except RuntimeError:
             _stop(proc)
-            if attempt == 2 or "address already in use" not in log.read_text(errors="replace"):
+            if attempt == 2 or "address already in use" not in log.read_text(errors="replace").lower():
                 raise
     raise AssertionError("unreachable")
 

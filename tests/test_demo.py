@@ -313,7 +313,7 @@ def test_a_port_taken_between_pick_and_bind_is_retried(tmp_path, monkeypatch):
         with demo.audit_store(tmp_path) as store:
             assert not store.url.endswith(f":{busy}")
             assert store.cli("verify", "--allow-empty").returncode == 0
-    assert "address already in use" in (tmp_path / "store.log").read_text()
+    assert "address already in use" in (tmp_path / "store.log").read_text().lower()
     assert not (tmp_path / "pgdata").exists()
 
 
