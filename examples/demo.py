@@ -401,11 +401,17 @@ def run(workdir: Path, *, quiet: bool = False, inspect: Callable[[Store], None] 
                   endpoints, seen, full_trail_file, ocsf_file)
 
 
-def _table(events: list[dict[str, Any]]) -> str:
+def _table(events: list[dict[str, Any]], checkpoints: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()) -> str:
+    """The accesses in stream order, with the signed checkpoints that sit between them."""
     cols = [("seq", 3), ("time", 12), ("path", 8), ("end user", 19), ("client", 13), ("source", 18),
             ("action", 19), ("secret", 27), ("outcome", 16), ("ms", 6), ("trace", 8)]
     lines = ["  ".join(f"{name:<{width}}" for name, width in cols)]
-    for e in events:
+    for e in sorted([*events, *checkpoints], key=lambda e: (e["stream_id"], e["sequence"])):
+        if e["event_name"] == "audit.checkpoint":
+            final = " (final)" if e["attributes"].get("audit.checkpoint.final") else ""
+            lines.append(f"{e['sequence']:<3}  {e['time'][11:23]:<12}  -- signed checkpoint{final}: records up to "
+                         f"{e['attributes']['audit.checkpoint.head_sequence']} attested")
+            continue
         outcome = e["outcome"] + (f"/{e['result']}" if e.get("result") else "")
         row = [str(e["sequence"]), e["time"][11:23], e["access_path"] or "-", e.get("enduser_id") or "-",
                e.get("client_address") or "-", e["secret_source"], e["action"], e["secret_name"], outcome,
@@ -419,7 +425,7 @@ def main() -> int:
     result = run(out)
     events = result.events
     print(f"\nAudit trail in the store ({len(events)} secret.access records, read back with `secret-audit query`):")
-    print(_table(events))
+    print(_table(events, result.checkpoints))
     internal = sum(1 for e in events if e["access_path"] == "internal")
     print(f"  {internal} internal (server code), {len(events) - internal} external (API clients)")
     print(f"\nSigned verification (`secret-audit verify --public-key {result.public_key} --strict`, exit "
