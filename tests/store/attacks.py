@@ -1,7 +1,7 @@
 """The attacks of issue 18 on a stored stream, done as an attacker would: the store's own role, or a superuser.
 
 Each one leaves the trail consistent by the unkeyed rules: every row's hash matches its content and every
-link matches its predecessor, and the stream head in audit_streams is set to agree.
+link matches its predecessor, and the stream's head (its latest audit_stream_heads row) is set to agree.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ def insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
 
 
 def set_head(conn: psycopg.Connection[Any], stream: str, last: dict[str, Any], count: int) -> bool:
-    """Point audit_streams at the forged head; False when the role may not (the store refused it)."""
+    """Append a head naming the forged last record, as ingest appends one (schema 7: heads are only ever
+    inserted, and a stream's head is its latest row); False when the role may not (the store refused it)."""
     try:
         with conn.transaction():
-            conn.execute("UPDATE audit_streams SET last_sequence = %s, last_hash = %s, record_count = %s "
-                         "WHERE stream_id = %s", (last["sequence"], last["chain_hash"], count, stream))
+            conn.execute("INSERT INTO audit_stream_heads (stream_id, last_sequence, last_hash, record_count, findings) "
+                         "SELECT %s, %s, %s, %s, coalesce((SELECT findings FROM audit_stream_heads "
+                         "WHERE stream_id = %s ORDER BY id DESC LIMIT 1), 0)",
+                         (stream, last["sequence"], last["chain_hash"], count, stream))
     except psycopg.errors.InsufficientPrivilege:
         return False
     return True
@@ -86,4 +89,5 @@ def delete_stream(forced: psycopg.Connection[Any], stream: str) -> None:
     """As superuser with triggers off: the stream's rows, findings and head, gone."""
     forced.execute("DELETE FROM audit_events WHERE stream_id = %s", (stream,))
     forced.execute("DELETE FROM audit_findings WHERE stream_id = %s", (stream,))
+    forced.execute("DELETE FROM audit_stream_heads WHERE stream_id = %s", (stream,))
     forced.execute("DELETE FROM audit_streams WHERE stream_id = %s", (stream,))
