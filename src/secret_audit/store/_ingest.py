@@ -7,7 +7,7 @@ import itertools
 import operator
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -17,15 +17,30 @@ from psycopg.types.string import BytesBinaryDumper
 from secret_audit import contract
 from secret_audit.store._bounds import HELD_KIND, TimeBounds, Window
 from secret_audit.store._live import CHANNEL, LiveBus, announcements
-from secret_audit.store._otlp import Record
-from secret_audit.store._prepare import INTEGRITY, ROW_ID, Prepared, finisher, preparer
-from secret_audit.store._results import ROW_TIME, Finding, IngestResult
+from secret_audit.store._otlp import RecordTuple
+from secret_audit.store._prepare import (
+    INTEGRITY,
+    P_COMPUTED,
+    P_INDEX,
+    P_ROW,
+    P_SEQUENCE,
+    ROW_CLAIMED,
+    ROW_ID,
+    ROW_PREV,
+    ROW_STREAM,
+    ROW_TENANT,
+    ROW_TIME,
+    Prepared,
+    finish,
+    prepare,
+)
+from secret_audit.store._results import Finding, IngestResult
 from secret_audit.store._rows import COLUMN_TYPES, COLUMNS, is_audit_event, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions
 
 try:
     from secret_audit.store import _native
-except ImportError:  # not built: psycopg formats the rows (_prepare says the same for finish)
+except ImportError:  # not built: psycopg formats the rows
     _native = None  # type: ignore[assignment]
 
 __all__ = ["Finding", "IngestResult", "Ingestor"]
@@ -44,7 +59,8 @@ _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY's header: signatu
 _TRAILER = b"\xff\xff"
 _CHUNK = 64  # rows per write: about 40 kB, so the server digests the rows while the next are made
 _DAY_US = 86_400_000_000
-_BY_SEQUENCE = operator.attrgetter("sequence")
+_BY_SEQUENCE = operator.itemgetter(P_SEQUENCE)
+_ROW_SERVICE = 1 + COLUMNS.index("service_name")
 # The request's streams, in one round trip of pipelined statements: each stream locked (an advisory
 # lock per stream, taken in key order so that concurrent requests cannot deadlock; the app role may not
 # lock rows), registered if new (audit_streams is append-only: a stream's tenant is its first
@@ -90,11 +106,8 @@ class Ingestor:
     ) -> None:
         self.non_audit = non_audit
         self.bounds = bounds  # record times outside them are stored at the receive time (None: any time)
-        # the C checks, row builder and COPY encoder when built (and not turned off), else their twins
+        # the C COPY encoder when built (and not turned off), else psycopg's
         self.native = native and _native is not None
-        self._prepare = preparer(self.native)
-        self._finish = finisher(self.native)
-        self._plain = _native.walk_plain if self.native else None
         self.live: LiveBus | None = None  # set by a serving store: commits announced to other processes
         self._months: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
@@ -102,7 +115,7 @@ class Ingestor:
     def ingest(
         self,
         conn: psycopg.Connection[Any],
-        records: list[Record],
+        records: Sequence[RecordTuple],
         scope_tenant: str | None = None,
         refuse: frozenset[str] = frozenset(),
     ) -> IngestResult:
@@ -111,18 +124,17 @@ class Ingestor:
         result = IngestResult()
         by_stream: dict[str, list[Prepared]] = defaultdict(list)
         resources: dict[int, Any] = {}
-        prepare = self._prepare
         window = self.bounds.window() if self.bounds is not None else None
         low, high = (window.low, window.high) if window is not None else (0, 0)
         held: dict[int, int] = {}  # records stored at the receive time: index -> their own time's stamp
         for i, rec in enumerate(records):
-            name = rec.event_name
+            name = rec[5]  # event_name
             if name != "secret.access":
                 if not is_audit_event(name):
                     if self.non_audit == "drop":
                         result.dropped_non_audit += 1
                     else:
-                        result.reject(i, f"event_name {rec.event_name!r} is not an audit record")
+                        result.reject(i, f"event_name {name!r} is not an audit record")
                     continue
                 if name in refuse:
                     result.reject(i, f"event_name {name!r} is written only by the audit store itself")
@@ -131,13 +143,14 @@ class Ingestor:
             if isinstance(p, str):
                 result.reject(i, p)
             else:
-                if window is not None and not low <= p.stamp <= high:
-                    held[i] = p.stamp
-                    p.stamp = window.now
-                by_stream[p.stream_id].append(p)
+                row = p[P_ROW]
+                if window is not None and not low <= row[ROW_TIME] <= high:
+                    held[i] = row[ROW_TIME]
+                    row[ROW_TIME] = window.now
+                by_stream[row[ROW_STREAM]].append(p)
         if not by_stream:
             return result
-        days = {p.stamp // _DAY_US for ps in by_stream.values() for p in ps}
+        days = {p[P_ROW][ROW_TIME] // _DAY_US for ps in by_stream.values() for p in ps}
         months = {(t.year, t.month) for t in (time_of_stamp(d * _DAY_US) for d in days)}
         with self._lock:
             missing = months - self._months
@@ -180,7 +193,8 @@ class Ingestor:
             if own:
                 conn.execute("BEGIN")
             conn.execute(_LOCK, (streams,))
-            conn.execute(_REGISTER, (streams, [p.tenant for p in first], [p.service_name for p in first]))
+            conn.execute(_REGISTER, (streams, [p[P_ROW][ROW_TENANT] for p in first],
+                                     [p[P_ROW][_ROW_SERVICE] for p in first]))
             drawn = conn.execute(
                 _HEADS, (sum(len(ps) for ps in by_stream.values()), streams), binary=True
             ).fetchone()
@@ -191,14 +205,12 @@ class Ingestor:
             tenant, head_seq, head_hash, _, _ = state[s]
             kept = []
             for p in sorted(by_stream[s], key=_BY_SEQUENCE):
-                if p.tenant != tenant:
-                    result.reject(p.index, "audit.stream.id belongs to another tenant")
+                if p[P_ROW][ROW_TENANT] != tenant:
+                    result.reject(p[P_INDEX], "audit.stream.id belongs to another tenant")
                 else:
                     kept.append(p)
             if kept:
-                walks.append(
-                    _Walk(conn, s, tenant, head_seq, head_hash, kept, result, self._finish, self._plain)
-                )
+                walks.append(_Walk(conn, s, tenant, head_seq, head_hash, kept, result))
         if not walks:
             if own:
                 conn.execute("COMMIT")  # the streams registered above
@@ -272,12 +284,8 @@ class _Walk:
         head_hash: str,
         batch: list[Prepared],
         result: IngestResult,
-        finish: Callable[[Prepared], str | None],
-        plain: Callable[[list[Prepared], int, str, str], bool] | None = None,
     ) -> None:
         self.stream = stream
-        self.finish = finish
-        self.plain = plain
         self.tenant = tenant
         self.start_seq = self.head_seq = head_seq
         self.head_hash = head_hash
@@ -288,9 +296,9 @@ class _Walk:
         self.known_prev: dict[int, str] = {}
         if head_seq:
             self.known_hash[head_seq] = head_hash
-        if batch[0].sequence <= head_seq:
+        if batch[0][P_SEQUENCE] <= head_seq:
             # overlap with stored rows: a retry, or late records filling a gap
-            late = [p.sequence for p in batch if p.sequence <= head_seq]
+            late = [p[P_SEQUENCE] for p in batch if p[P_SEQUENCE] <= head_seq]
             wanted = {q for s in late for q in (s - 1, s, s + 1)}
             found = conn.execute(
                 "SELECT sequence, chain_hash, chain_prev FROM audit_events "
@@ -311,16 +319,30 @@ class _Walk:
         self._finding("gap_filled", first, f"late records {first}..{last} arrived: no longer missing",
                       first=first, last=last)
 
+    def _plain(self) -> bool:
+        """Finish the batch and say whether it is the common case: the next sequences after the head, each
+        hash recomputed as claimed and linked to the one before (all "ok", nothing to find)."""
+        expected = self.head_seq
+        link = self.head_hash if expected else contract.GENESIS
+        for p in self.batch:
+            expected += 1
+            row = p[P_ROW]
+            if (p[P_SEQUENCE] != expected or row[ROW_PREV] != link or finish(p) is not None
+                    or p[P_COMPUTED] != row[ROW_CLAIMED]):
+                return False  # a gap, duplicate, late record, refusal, mismatch or break: judged below
+            link = row[ROW_CLAIMED]
+        return True
+
     def run(self) -> Iterator[Prepared]:
         """Yield each record to store, with its integrity set; count duplicates and refusals."""
         batch = self.batch
-        if (self.plain is not None and not self.known_prev
-                and self.plain(batch, self.head_seq, self.head_hash, contract.GENESIS)):
-            # the common case, judged and finished in C: the next sequences, every hash as claimed and
-            # linked; all "ok", nothing to find. Anything else is judged below, record by record.
-            self.head_seq, self.head_hash, self.stored = batch[-1].sequence, batch[-1].claimed, len(batch)
+        if not self.known_prev and self._plain():
+            last = batch[-1]
+            self.head_seq, self.head_hash = last[P_SEQUENCE], last[P_ROW][ROW_CLAIMED]
+            self.stored = len(batch)
             yield from batch
             return
+        # Anything else is judged record by record (finish runs again: it only recomputes).
         result = self.result
         existing = set(self.known_prev)
         known_hash = self.known_hash
@@ -328,39 +350,39 @@ class _Walk:
         seen: dict[int, str] = {}
         start_seq = self.start_seq
         head_seq = self.head_seq
-        finish = self.finish
         stored = 0
         run_first = run_last = 0  # the current run of late records stored (sequences at or below the head)
-        for p in self.batch:
-            seq = p.sequence
-            claimed = p.claimed
+        for p in batch:
+            seq = p[P_SEQUENCE]
+            row = p[P_ROW]
+            claimed = row[ROW_CLAIMED]
             if seq in existing or seq in seen:
                 original = known_hash.get(seq) if seq in existing else seen[seq]
                 if original == claimed:
                     result.duplicates += 1
                 else:
-                    result.reject(p.index, "audit.event.id already stored with different content")
+                    result.reject(p[P_INDEX], "audit.event.id already stored with different content")
                     self._finding("duplicate_conflict", seq,
                                   "a second, different record arrived with an event id already stored",
                                   original, claimed)
                 continue
             reason = finish(p)
             if reason is not None:
-                result.reject(p.index, reason)
+                result.reject(p[P_INDEX], reason)
                 continue
             integrity = "ok"
-            if p.computed != claimed:
+            if p[P_COMPUTED] != claimed:
                 integrity = "hash_mismatch"
                 self._finding("hash_mismatch", seq,
                               "the record's content does not match its audit.chain.hash",
-                              p.computed, claimed)
+                              p[P_COMPUTED], claimed)
             expected_prev = contract.GENESIS if seq == 1 else known_hash.get(seq - 1)
             if expected_prev is not None:
-                if p.prev != expected_prev:
+                if row[ROW_PREV] != expected_prev:
                     integrity = "chain_break" if integrity == "ok" else integrity
                     self._finding("chain_break", seq,
                                   "audit.chain.prev does not match the previous record's hash",
-                                  expected_prev, p.prev)
+                                  expected_prev, row[ROW_PREV])
             elif seq > head_seq + 1:
                 integrity = "gap_before" if integrity == "ok" else integrity
                 first, last = head_seq + 1, seq - 1
@@ -374,8 +396,8 @@ class _Walk:
                     self._finding("chain_break", seq + 1,
                                   "a late record's hash does not match its successor's audit.chain.prev",
                                   claimed, successor_prev)
-            if integrity != "ok":  # finish built the row as "ok"
-                p.row[INTEGRITY] = integrity
+            if integrity != "ok":  # prepare built the row as "ok"
+                row[INTEGRITY] = integrity
             known_hash[seq] = claimed
             seen[seq] = claimed
             if seq > head_seq:
@@ -407,11 +429,11 @@ def _kept_rows(
     append = rows.append
     for walk in walks:
         for p in walk.run():
-            row = p.row
+            row = p[P_ROW]
             row[ROW_ID] = next(ids)
             append(row)
-            if held and p.index in held:
-                kept_held.append((walk.stream, walk.tenant, p.sequence, held[p.index]))
+            if held and p[P_INDEX] in held:
+                kept_held.append((walk.stream, walk.tenant, p[P_SEQUENCE], held[p[P_INDEX]]))
             yield row
 
 

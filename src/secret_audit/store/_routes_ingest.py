@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import psycopg
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from secret_audit.store._body import BodyError, read_body
 from secret_audit.store._ingest import IngestResult
-from secret_audit.store._otlp import BadPayload, Record, decode_json, protobuf_decoder
+from secret_audit.store._otlp import BadPayload, RecordTuple, decode_json, protobuf_decoder
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.tokens import Principal
 
@@ -47,7 +48,7 @@ def mount(app: FastAPI, api: Api) -> None:
         asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
     )
 
-    def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
+    def _ingest(records: Sequence[RecordTuple], tenant: str | None) -> IngestResult:
         with store.connection() as conn:
             result = store.ingestor.ingest(conn, records, tenant, STORE_ONLY)
         store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
