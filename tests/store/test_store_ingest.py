@@ -90,6 +90,20 @@ def test_a_typed_attribute_of_another_kind_is_kept_in_jsonb_and_verifies(client,
     assert (report.rows, report.total_breaks) == (2, 0)
 
 
+def test_stream_ids_with_quotes_braces_and_backslashes_are_registered_and_advanced(client, tokens, owner):
+    # the statements take a request's streams as array literals: each element is quoted and escaped
+    streams = ['we"ird', "back\\slash\\", "{braces},comma", "NULL", " spaced "]
+    recs = [r for s in streams for r in chained(2, stream=s)]
+    assert post_pb(client, tokens, recs).status_code == 200
+    assert sorted(r[0] for r in owner.execute("SELECT stream_id FROM audit_streams")) == sorted(streams)
+    heads = owner.execute("SELECT stream_id, last_sequence FROM audit_stream_state").fetchall()
+    assert sorted(heads) == sorted((s, 2) for s in streams)
+    assert post_pb(client, tokens, [r for s in streams for r in chained(1, stream=s, start_seq=3,
+               prev=next(x for x in recs if x["attributes"]["audit.stream.id"] == s
+                         and x["attributes"]["audit.sequence"] == 2)["attributes"]["audit.chain.hash"])]).status_code == 200
+    assert count(owner, "integrity = 'ok'") == 15
+
+
 def test_retried_batch_creates_no_duplicates(client, tokens, owner, store):
     recs = chained(10)
     assert post_pb(client, tokens, recs[:6]).status_code == 200

@@ -192,11 +192,12 @@ class Ingestor:
         with conn.pipeline() if own else contextlib.nullcontext():
             if own:
                 conn.execute("BEGIN")
-            conn.execute(_LOCK, (streams,))
-            conn.execute(_REGISTER, (streams, [p[P_ROW][ROW_TENANT] for p in first],
-                                     [p[P_ROW][_ROW_SERVICE] for p in first]))
+            names = _array(streams)
+            conn.execute(_LOCK, (names,))
+            conn.execute(_REGISTER, (names, _array([p[P_ROW][ROW_TENANT] for p in first]),
+                                     _array([p[P_ROW][_ROW_SERVICE] for p in first])))
             drawn = conn.execute(
-                _HEADS, (sum(len(ps) for ps in by_stream.values()), streams), binary=True
+                _HEADS, (sum(len(ps) for ps in by_stream.values()), names), binary=True
             ).fetchone()
         assert drawn is not None
         state = {r[0]: (r[1], int(r[2]), r[3], int(r[4]), int(r[5])) for r in drawn[3]}
@@ -265,11 +266,18 @@ class Ingestor:
                 for note in announcements(live.origin, [r[ROW_ID] for r in rows], bounds):
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
             if updates:
-                conn.execute(_ADVANCE, [list(column) for column in zip(*updates, strict=True)])
+                conn.execute(_ADVANCE, [_array(column) for column in zip(*updates, strict=True)])
             if own:
                 conn.execute("COMMIT")
         result.accepted = len(rows)
         result.rows = rows
+
+
+def _array(values: Sequence[str | int | None]) -> str:
+    """A PostgreSQL array literal of text or integers (the statements cast it): psycopg dumps a str in C,
+    where a list goes through its Python array dumper, 0.2 ms a request."""
+    return "{" + ",".join("NULL" if v is None else str(v) if isinstance(v, int)
+                          else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 class _Walk:

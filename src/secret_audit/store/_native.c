@@ -811,7 +811,7 @@ put_u64(char *out, uint64_t v)
 }
 
 /* The type's name only: a value never goes into an error message. */
-static Py_ssize_t
+static int
 wrong_type(PyObject *v, char code, Py_ssize_t column)
 {
     PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(v), "__name__");
@@ -822,21 +822,98 @@ wrong_type(PyObject *v, char code, Py_ssize_t column)
     return -1;
 }
 
-/* The size of one value in binary COPY (length word included), or -1 with an exception set. */
-static Py_ssize_t
-field_size(PyObject *v, char code, Py_ssize_t column)
+/* The COPY stream being written: one pass over the rows into a buffer that grows as needed. */
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+} out_buffer;
+
+/* Room for `more` bytes at the end: a pointer to it, or NULL with MemoryError set. */
+static char *
+room(out_buffer *o, Py_ssize_t more)
 {
+    if (o->cap - o->len < more) {
+        if (more > PY_SSIZE_T_MAX / 2 - o->len) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        Py_ssize_t cap = o->cap * 2 > o->len + more ? o->cap * 2 : o->len + more;
+        char *grown = PyMem_Realloc(o->buf, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        o->buf = grown;
+        o->cap = cap;
+    }
+    char *at = o->buf + o->len;
+    o->len += more;
+    return at;
+}
+
+/* Exact types first: a pointer comparison, where the limited API's subtype check is a call. */
+#define IS(v, exact, check) (Py_IS_TYPE((v), &(exact)) || check(v))
+
+/* One value in binary COPY form (length word included); 0 or -1 with an exception set. */
+static int
+put_field(out_buffer *o, PyObject *v, char code, Py_ssize_t column)
+{
+    char *at;
     if (v == Py_None) {
-        return 4;
+        if ((at = room(o, 4)) == NULL) {
+            return -1;
+        }
+        put_u32(at, 0xFFFFFFFFu);
+        return 0;
     }
     switch (code) {
-    case 'q':
-    case 'h':
-        return PyLong_Check(v) ? (code == 'q' ? 12 : 6) : wrong_type(v, code, column);
-    case 'd':
-        return PyFloat_Check(v) ? 12 : wrong_type(v, code, column);
+    case 'q': {
+        if (!IS(v, PyLong_Type, PyLong_Check)) {
+            return wrong_type(v, code, column);
+        }
+        long long n = PyLong_AsLongLong(v);
+        if ((n == -1 && PyErr_Occurred()) || (at = room(o, 12)) == NULL) {
+            return -1;
+        }
+        put_u32(at, 8);
+        put_u64(at + 4, (uint64_t)n);
+        return 0;
+    }
+    case 'h': {
+        if (!IS(v, PyLong_Type, PyLong_Check)) {
+            return wrong_type(v, code, column);
+        }
+        long n = PyLong_AsLong(v);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (n < INT16_MIN || n > INT16_MAX) {
+            PyErr_Format(PyExc_OverflowError, "column %zd: out of the smallint range", column);
+            return -1;
+        }
+        if ((at = room(o, 6)) == NULL) {
+            return -1;
+        }
+        put_u32(at, 2);
+        put_u16(at + 4, (uint16_t)(int16_t)n);
+        return 0;
+    }
+    case 'd': {
+        if (!IS(v, PyFloat_Type, PyFloat_Check)) {
+            return wrong_type(v, code, column);
+        }
+        double d = PyFloat_AsDouble(v); /* a float's own value: no __float__ is called */
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof bits);
+        if ((at = room(o, 12)) == NULL) {
+            return -1;
+        }
+        put_u32(at, 8);
+        put_u64(at + 4, bits);
+        return 0;
+    }
     case 't': {
-        if (!PyUnicode_Check(v)) {
+        if (!IS(v, PyUnicode_Type, PyUnicode_Check)) {
             return wrong_type(v, code, column);
         }
         Py_ssize_t n;
@@ -853,97 +930,36 @@ field_size(PyObject *v, char code, Py_ssize_t column)
             PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
             return -1;
         }
-        return 4 + n;
+        if ((at = room(o, 4 + n)) == NULL) {
+            return -1;
+        }
+        put_u32(at, (uint32_t)n);
+        memcpy(at + 4, text, (size_t)n);
+        return 0;
     }
-    case 'b':
-        if (!PyBytes_Check(v)) {
+    case 'b': {
+        if (!IS(v, PyBytes_Type, PyBytes_Check)) {
             return wrong_type(v, code, column);
         }
-        if (PyBytes_Size(v) > INT32_MAX - 4) {
+        char *data;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(v, &data, &n) < 0) {
+            return -1;
+        }
+        if (n > INT32_MAX - 4) {
             PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
             return -1;
         }
-        return 4 + PyBytes_Size(v);
+        if ((at = room(o, 4 + n)) == NULL) {
+            return -1;
+        }
+        put_u32(at, (uint32_t)n);
+        memcpy(at + 4, data, (size_t)n);
+        return 0;
+    }
     default:
         PyErr_Format(PyExc_ValueError, "unknown type code %c", code);
         return -1;
-    }
-}
-
-/* Write one value (its type already checked by field_size) if it fits in `room` bytes: the bytes
-   written, -1 with an exception set, or -2 when it does not fit. */
-static Py_ssize_t
-put_field(char *out, Py_ssize_t room, PyObject *v, char code, Py_ssize_t column)
-{
-    if (v == Py_None) {
-        if (room < 4) {
-            return -2;
-        }
-        put_u32(out, 0xFFFFFFFFu);
-        return 4;
-    }
-    switch (code) {
-    case 'q': {
-        long long n = PyLong_AsLongLong(v);
-        if (n == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (room < 12) {
-            return -2;
-        }
-        put_u32(out, 8);
-        put_u64(out + 4, (uint64_t)n);
-        return 12;
-    }
-    case 'h': {
-        long n = PyLong_AsLong(v);
-        if (n == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (n < INT16_MIN || n > INT16_MAX) {
-            PyErr_Format(PyExc_OverflowError, "column %zd: out of the smallint range", column);
-            return -1;
-        }
-        if (room < 6) {
-            return -2;
-        }
-        put_u32(out, 2);
-        put_u16(out + 4, (uint16_t)(int16_t)n);
-        return 6;
-    }
-    case 'd': {
-        double d = PyFloat_AsDouble(v);
-        uint64_t bits;
-        memcpy(&bits, &d, sizeof bits);
-        if (room < 12) {
-            return -2;
-        }
-        put_u32(out, 8);
-        put_u64(out + 4, bits);
-        return 12;
-    }
-    case 't': {
-        Py_ssize_t n;
-        const char *text = PyUnicode_AsUTF8AndSize(v, &n); /* cached by field_size */
-        if (text == NULL) {
-            return -1;
-        }
-        if (room - 4 < n) {
-            return -2;
-        }
-        put_u32(out, (uint32_t)n);
-        memcpy(out + 4, text, (size_t)n);
-        return 4 + n;
-    }
-    default: { /* 'b' */
-        Py_ssize_t n = PyBytes_Size(v);
-        if (room - 4 < n) {
-            return -2;
-        }
-        put_u32(out, (uint32_t)n);
-        memcpy(out + 4, PyBytes_AsString(v), (size_t)n);
-        return 4 + n;
-    }
     }
 }
 
@@ -967,56 +983,35 @@ encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "too many columns");
         return NULL;
     }
-    Py_ssize_t n_rows = PyList_Size(rows);
-    Py_ssize_t total = 0;
-    for (Py_ssize_t r = 0; r < n_rows; r++) {
+    /* No Python code runs while the rows are read (no calls out, the GIL held), so nothing can change
+       them under this loop; the list is asked for its size on every turn all the same. */
+    out_buffer o = {NULL, 0, 0};
+    if (room(&o, PyList_Size(rows) * 1024 + 2) == NULL) { /* about a row of the audit table each */
+        goto failed;
+    }
+    o.len = 0;
+    for (Py_ssize_t r = 0; r < PyList_Size(rows); r++) {
         PyObject *row = PyList_GetItem(rows, r);
+        char *at;
         if (row == NULL || !PyList_Check(row) || PyList_Size(row) != width) {
             PyErr_Format(PyExc_TypeError, "row %zd: expected a list of %zd values", r, width);
-            return NULL;
+            goto failed;
         }
-        total += 2;
-        for (Py_ssize_t c = 0; c < width; c++) {
-            Py_ssize_t n = field_size(PyList_GetItem(row, c), codes[c], c);
-            if (n < 0) {
-                return NULL;
-            }
-            total += n;
-        }
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL) {
-        return NULL;
-    }
-    /* No Python code runs from here on (no calls out, no GC-tracked allocation, the GIL held), so the
-       rows are still what was measured; the end is checked all the same. */
-    char *at = PyBytes_AsString(out), *end = at + total;
-    for (Py_ssize_t r = 0; r < n_rows; r++) {
-        PyObject *row = PyList_GetItem(rows, r);
-        if (end - at < 2 || PyList_Size(row) != width) {
-            goto changed;
+        if ((at = room(&o, 2)) == NULL) {
+            goto failed;
         }
         put_u16(at, (uint16_t)width);
-        at += 2;
         for (Py_ssize_t c = 0; c < width; c++) {
-            Py_ssize_t n = put_field(at, end - at, PyList_GetItem(row, c), codes[c], c);
-            if (n == -2) {
-                goto changed;
+            if (put_field(&o, PyList_GetItem(row, c), codes[c], c) < 0) {
+                goto failed;
             }
-            if (n < 0) {
-                Py_DECREF(out);
-                return NULL;
-            }
-            at += n;
         }
     }
-    if (at != end) {
-        goto changed;
-    }
+    PyObject *out = PyBytes_FromStringAndSize(o.buf != NULL ? o.buf : "", o.len);
+    PyMem_Free(o.buf);
     return out;
-changed:
-    Py_DECREF(out);
-    PyErr_SetString(PyExc_RuntimeError, "the rows changed while they were encoded");
+failed:
+    PyMem_Free(o.buf);
     return NULL;
 }
 
