@@ -14,7 +14,7 @@ import orjson
 
 from secret_audit import contract
 from secret_audit.store._otlp import RecordTuple
-from secret_audit.store._rows import COLUMNS, TYPED, TYPED_ATTRS, stamp_of
+from secret_audit.store._rows import _PG_EPOCH_US, COLUMNS, TYPED, TYPED_ATTRS
 
 __all__ = [
     "INTEGRITY", "JSONB_EMPTY", "P_COMPUTED", "P_INDEX", "P_REC", "P_ROW", "P_SEQUENCE", "Prepared",
@@ -129,7 +129,7 @@ def prepare(
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
-    stamp = stamp_of(time_unix_nano or observed or time.time_ns())
+    stamp = (time_unix_nano or observed or time.time_ns()) // 1000 - _PG_EPOCH_US  # _rows.stamp_of, inline
     row = [None, stamp, time_unix_nano, observed, rec[5], severity, severity_text, body, rec[6], rec[7],
            tenant, service, instance, scope_name, scope_version, *typed, None, resource_jsonb, "ok"]
     return [seq, index, row, rec, ""]
