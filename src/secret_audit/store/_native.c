@@ -851,6 +851,23 @@ room(out_buffer *o, Py_ssize_t more)
     return at;
 }
 
+/* A length word and n bytes. */
+static int
+put_bytes(out_buffer *o, const char *data, Py_ssize_t n, Py_ssize_t column)
+{
+    if (n > INT32_MAX - 4) {
+        PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
+        return -1;
+    }
+    char *at = room(o, 4 + n);
+    if (at == NULL) {
+        return -1;
+    }
+    put_u32(at, (uint32_t)n);
+    memcpy(at + 4, data, (size_t)n);
+    return 0;
+}
+
 /* Exact types first: a pointer comparison, where the limited API's subtype check is a call. */
 #define IS(v, exact, check) (Py_IS_TYPE((v), &(exact)) || check(v))
 
@@ -926,16 +943,7 @@ put_field(out_buffer *o, PyObject *v, char code, Py_ssize_t column)
                          column);
             return -1;
         }
-        if (n > INT32_MAX - 4) {
-            PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
-            return -1;
-        }
-        if ((at = room(o, 4 + n)) == NULL) {
-            return -1;
-        }
-        put_u32(at, (uint32_t)n);
-        memcpy(at + 4, text, (size_t)n);
-        return 0;
+        return put_bytes(o, text, n, column);
     }
     case 'b': {
         if (!IS(v, PyBytes_Type, PyBytes_Check)) {
@@ -946,16 +954,7 @@ put_field(out_buffer *o, PyObject *v, char code, Py_ssize_t column)
         if (PyBytes_AsStringAndSize(v, &data, &n) < 0) {
             return -1;
         }
-        if (n > INT32_MAX - 4) {
-            PyErr_Format(PyExc_OverflowError, "column %zd: value too long for COPY", column);
-            return -1;
-        }
-        if ((at = room(o, 4 + n)) == NULL) {
-            return -1;
-        }
-        put_u32(at, (uint32_t)n);
-        memcpy(at + 4, data, (size_t)n);
-        return 0;
+        return put_bytes(o, data, n, column);
     }
     default:
         PyErr_Format(PyExc_ValueError, "unknown type code %c", code);
