@@ -59,6 +59,7 @@ _VARIANT_ENV = {"native": {}, "python": {"OTEL_PYTHON_SECRET_AUDIT_STORE_NATIVE"
 def _app_env(endpoint: str, redis_url: str, headers: str = "") -> dict[str, str]:
     env = {**os.environ, "REDIS_URL": redis_url, "OTEL_SERVICE_NAME": "payments",
            "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": endpoint,
+           "OTEL_PYTHON_SECRET_AUDIT_SHUTDOWN_TIMEOUT_MS": "600000",
            "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
     if headers:
         env["OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS"] = headers
@@ -76,6 +77,8 @@ def _redis() -> Iterator[str]:
 
 
 def _run_apps(count: int, events: int, env_of: Callable[[int], dict[str, str]]) -> None:
+    """Run the apps to their end: each exits only once its last record has been sent (its exporter
+    waits up to 10 minutes at exit, where by default it would spool what is left after 10 s)."""
     per = events // count
     apps = [subprocess.Popen([str(BIN / "opentelemetry-instrument"), sys.executable, str(APP), str(per)],
                              env=env_of(i), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -259,7 +262,7 @@ def end_to_end(admin: psycopg.Connection[Any], url: str, workers: int, events: i
         watcher.start()
         try:
             _run_apps(apps, events, lambda i: _app_env(endpoint, redis_url, f"authorization=Bearer%20{token}"))
-            watcher.join(600)
+            watcher.join(60)  # the apps exited with everything sent: it is stored or was refused
         finally:
             done.set()
             watcher.join()
