@@ -137,7 +137,7 @@ def test_demo_makes_one_verified_trail_across_cache_and_vault(demo_run):
     assert trail.count("\n") == len(events)
     # the JSON-lines copy reads like a log: oldest first
     written = [json.loads(line) for line in trail.splitlines()]
-    assert [e["sequence"] for e in written] == list(range(1, len(events) + 1))
+    assert [e["sequence"] for e in written] == sorted(e["sequence"] for e in events)  # checkpoints not among them
     assert [e["time"] for e in written] == sorted(e["time"] for e in written)
     assert echo.count("[AUDIT]") == len(events)
 
