@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 from secret_audit.store import _ingest, _otlp
-from secret_audit.store._ingest import Ingestor, IngestResult, _Walk
+from secret_audit.store._ingest import Ingestor, IngestResult
 from secret_audit.store._otlp import (
     BadPayload,
     Record,
@@ -33,7 +33,8 @@ from secret_audit.store._otlp import (
     decode_protobuf_python,
     protobuf_decoder,
 )
-from secret_audit.store._prepare import P_ROW, P_SEQUENCE, Prepared, prepare
+from secret_audit.store._prepare import P_ROW, P_SEQUENCE, Prepared, finish, prepare
+from secret_audit.store._walk import Walk
 from secret_audit.store.config import load_store_config
 
 from . import fuzz
@@ -362,7 +363,7 @@ def test_the_ingest_layout_matches_psycopgs():
     for i, rec in enumerate(decode_protobuf(to_protobuf(chained(20, note="x") + chained(3)))):
         p = prepare(i, rec, None, {})
         assert not isinstance(p, str)
-        assert _ingest.finish(p) is None
+        assert finish(p) is None
         p[P_ROW][0] = 1000 + i
         rows.append(p[P_ROW])
     assert (_ingest._SIGNATURE + native.encode_rows(rows, _ingest._CODES) + _ingest._TRAILER
@@ -482,8 +483,8 @@ def _walked(recs: list[dict[str, Any]], head_seq: int, head_hash: str, plain: bo
     result = IngestResult()
     with monkeypatch.context() as m:
         if not plain:
-            m.setattr(_Walk, "_plain", lambda self: False)
-        walk = _Walk(None, "s", None, head_seq, head_hash, batch, result)  # type: ignore[arg-type]
+            m.setattr(Walk, "_plain", lambda self: False)
+        walk = Walk(None, "s", None, head_seq, head_hash, batch, result)  # type: ignore[arg-type]
         stored = [(p[P_SEQUENCE], p[P_ROW]) for p in walk.run()]
     return (stored, walk.head_seq, walk.head_hash, walk.stored, result.duplicates, result.rejected,
             result.errors, [(f.kind, f.sequence, f.expected, f.actual, f.range_first, f.range_last)
