@@ -104,6 +104,19 @@ def test_stream_ids_with_quotes_braces_and_backslashes_are_registered_and_advanc
     assert count(owner, "integrity = 'ok'") == 15
 
 
+def test_a_nul_in_a_stream_id_is_refused_per_record(client, tokens, owner):
+    # the stream id reaches the per-request statements before the hash is checked: a NUL there made
+    # the whole request fail with 503, which senders retry for ever
+    good = chained(2)
+    bad = chained(1, stream="a\x00b")
+    resp = post_pb(client, tokens, good + bad)
+    assert resp.status_code == 200, resp.content
+    parsed = ExportLogsServiceResponse.FromString(resp.content)
+    assert parsed.partial_success.rejected_log_records == 1
+    assert "record 2: NUL characters cannot be stored" in parsed.partial_success.error_message
+    assert count(owner) == 2
+
+
 def test_retried_batch_creates_no_duplicates(client, tokens, owner, store):
     recs = chained(10)
     assert post_pb(client, tokens, recs[:6]).status_code == 200
