@@ -5,13 +5,16 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         # optional: without a C compiler (or Python headers) the install goes on, and the store uses
-        # the pure-Python twins of its functions (the generated protobuf classes in _otlp,
-        # _prepare's checks and rows, psycopg's COPY)
+        # the pure-Python twins of its two functions (the generated protobuf classes in _otlp, psycopg's
+        # COPY). The source uses only the limited C API of Python 3.10 (it defines Py_LIMITED_API
+        # itself), so one abi3 build serves every later Python.
         Extension(
             "secret_audit.store._native",
             ["src/secret_audit/store/_native.c"],
             optional=True,
+            py_limited_api=True,
             extra_compile_args=["-O2"],
         ),
     ],
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -64,7 +64,7 @@ from secret_audit.store._embedded import EmbeddedPostgres
 from secret_audit.store._heap import settle_heap
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import Record, decode_protobuf
-from secret_audit.store._prepare import finish, prepare
+from secret_audit.store._prepare import P_ROW, finish, prepare
 from secret_audit.store._rows import COLUMNS, time_of_stamp
 from secret_audit.store.migrations import ensure_partitions, migrate
 from store.records import chained, rehash, to_protobuf
@@ -191,8 +191,8 @@ def run_naive(conninfo: str, decoded: list[list[Record]]) -> float:
         for p in prepared:
             finish(p)  # type: ignore[arg-type]
         rows.append([
-            (time_of_stamp(p.row[1]),  # type: ignore[union-attr]
-             *(v[1:].decode() if isinstance(v, bytes) else v for v in p.row[2:]))  # type: ignore[union-attr]
+            (time_of_stamp(p[P_ROW][1]),
+             *(v[1:].decode() if isinstance(v, bytes) else v for v in p[P_ROW][2:]))
             for p in prepared
         ])
     with psycopg.connect(conninfo) as conn:

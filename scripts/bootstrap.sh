@@ -25,7 +25,9 @@ install() {
   .venv/bin/python -m pip install -q --require-hashes --no-deps \
     -r <(awk '/^pip==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' "$lock")
   .venv/bin/python -m pip install -q --require-hashes -r "$lock"
-  # the project and its C extension, built with the locked setuptools: nothing unpinned comes from an index
+  # the project and its C extension, built with the locked setuptools: nothing unpinned comes from an index.
+  # A per-version build left in place by older code would be imported before the abi3 one: remove it.
+  rm -f src/secret_audit/store/_native.cpython-*.so
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   out=$(.venv/bin/python -m pip check) || { echo "$out" >&2; exit 1; }
   .venv/bin/python -c "import secret_audit" # fail loudly if the install did not work

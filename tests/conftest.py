@@ -29,6 +29,13 @@ from secret_audit._internal.pipeline import peek_pipeline, set_pipeline  # noqa:
 from servers import valkey_server  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-seconds", type=float, default=30.0,
+        help="how long the differential fuzz of the store's C extension runs (tests/store/fuzz.py; 0 skips it)",
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_address() -> Iterator[tuple[str, int]]:
     url = os.environ.get("REDIS_URL")

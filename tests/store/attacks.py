@@ -1,8 +1,7 @@
 """The attacks of issue 18 on a stored stream, done as an attacker would: the store's own role, or a superuser.
 
 Each one leaves the trail consistent by the unkeyed rules: every row's hash matches its content and every
-link matches its predecessor, and the stream's head (its latest row in audit_stream_heads, an append-only
-history that the app role may insert into) is set to agree.
+link matches its predecessor, and the stream's head (its latest audit_stream_heads row) is set to agree.
 """
 
 from __future__ import annotations
@@ -30,11 +29,14 @@ def insert(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
 
 
 def set_head(conn: psycopg.Connection[Any], stream: str, last: dict[str, Any], count: int) -> bool:
-    """Append a head row naming the forged head; False when the role may not (the store refused it)."""
+    """Append a head naming the forged last record, as ingest appends one (schema 7: heads are only ever
+    inserted, and a stream's head is its latest row); False when the role may not (the store refused it)."""
     try:
         with conn.transaction():
-            conn.execute("INSERT INTO audit_stream_heads (stream_id, last_sequence, last_hash, record_count, "
-                         "findings) VALUES (%s, %s, %s, %s, 0)", (stream, last["sequence"], last["chain_hash"], count))
+            conn.execute("INSERT INTO audit_stream_heads (stream_id, last_sequence, last_hash, record_count, findings) "
+                         "SELECT %s, %s, %s, %s, coalesce((SELECT findings FROM audit_stream_heads "
+                         "WHERE stream_id = %s ORDER BY id DESC LIMIT 1), 0)",
+                         (stream, last["sequence"], last["chain_hash"], count, stream))
     except psycopg.errors.InsufficientPrivilege:
         return False
     return True

@@ -169,33 +169,44 @@ def store_legacy(conn: Any, records: list[dict[str, Any]]) -> None:
     """Store chained records as the code of schema versions 1..6 did, for upgrade tests on an old schema:
     rows built by the ingest's own row builder, each stream registered with its head in audit_streams."""
     from secret_audit.store._otlp import decode_protobuf_python
-    from secret_audit.store._prepare import finish_python, prepare_python
+    from secret_audit.store._prepare import (
+        P_ROW,
+        P_SEQUENCE,
+        ROW_CLAIMED,
+        ROW_STREAM,
+        ROW_TENANT,
+        ROW_TIME,
+        finish,
+        prepare,
+    )
     from secret_audit.store._rows import COLUMNS, time_of_stamp
     from secret_audit.store.migrations import ensure_partitions
 
     prepared = []
     for i, rec in enumerate(decode_protobuf_python(to_protobuf(records))):
-        p = prepare_python(i, rec, None)
+        p = prepare(i, rec, None)
         assert not isinstance(p, str), p
-        assert finish_python(p) is None
+        assert finish(p) is None
         prepared.append(p)
-    ensure_partitions(conn, {(t.year, t.month) for t in (time_of_stamp(p.stamp) for p in prepared)})
+    ensure_partitions(conn, {(t.year, t.month) for t in (time_of_stamp(p[P_ROW][ROW_TIME]) for p in prepared)})
     cols = ", ".join(COLUMNS)
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy(f"COPY audit_events ({cols}) FROM STDIN") as copy:
             for p in prepared:
-                row = list(p.row[1:])
+                row = list(p[P_ROW][1:])
                 row[0] = time_of_stamp(row[0])
                 row[COLUMNS.index("attributes")] = row[COLUMNS.index("attributes")][1:].decode()
                 row[COLUMNS.index("resource")] = row[COLUMNS.index("resource")][1:].decode()
                 copy.write_row(row)
-        for p in sorted(prepared, key=lambda p: p.sequence):
+        for p in sorted(prepared, key=lambda p: p[P_SEQUENCE]):
+            row = p[P_ROW]
             cur.execute(
                 "INSERT INTO audit_streams (stream_id, tenant, service_name, last_sequence, last_hash, "
                 "record_count) VALUES (%s, %s, %s, %s, %s, 1) ON CONFLICT (stream_id) DO UPDATE SET "
                 "last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash, "
                 "record_count = audit_streams.record_count + 1",
-                (p.stream_id, p.tenant, p.service_name, p.sequence, p.claimed),
+                (row[ROW_STREAM], row[ROW_TENANT], row[1 + COLUMNS.index("service_name")], p[P_SEQUENCE],
+                 row[ROW_CLAIMED]),
             )
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from secret_audit.store._otlp import decode_json, decode_protobuf
+from secret_audit.store._otlp import Record, decode_json, decode_protobuf
 
 # Tagged values, so an empty string and an unset value stay apart: (kind, payload).
 _scalars = st.one_of(
@@ -69,7 +69,7 @@ def test_every_value_kind_decodes_the_same_from_protobuf_and_json(attributes, bo
     record.attributes.extend(KeyValue(key=k, value=_pb(v)) for k, v in attributes.items())
     record.body.CopyFrom(_pb(body))
     expected = {k: _plain(v) for k, v in attributes.items()}
-    from_pb = decode_protobuf(req.SerializeToString())
+    from_pb = [Record(*r) for r in decode_protobuf(req.SerializeToString())]  # the C reader's are tuples
     from_json = decode_json(json_format.MessageToJson(req).encode())
     for decoded in (from_pb, from_json):
         assert len(decoded) == 1

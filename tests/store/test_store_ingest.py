@@ -65,6 +65,58 @@ def test_json_whole_double_and_string_ints_still_verify(client, tokens, owner):
     assert owner.execute("SELECT integrity, duration_ms FROM audit_events").fetchone() == ("ok", 5.0)
 
 
+@pytest.mark.parametrize("value", [None, True, [1, "a"]])
+def test_a_typed_attribute_of_another_kind_is_kept_in_jsonb_and_verifies(client, tokens, owner, value):
+    # enduser.id without a value (an unset AnyValue), a bool or a list: the column stays NULL and the
+    # attribute is kept in the JSONB remainder exactly as sent. (Before, an unset one was dropped from
+    # both, and verify then reported the stored record as a hash mismatch.)
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+    from secret_audit.store.verify import verify
+
+    recs = chained(2, **{"enduser.id": value})
+    req = ExportLogsServiceRequest.FromString(to_protobuf(recs))
+    for lr in req.resource_logs[0].scope_logs[0].log_records:
+        kv = next(kv for kv in lr.attributes if kv.key == "enduser.id")
+        kv.value.CopyFrom(AnyValue() if value is None else AnyValue(bool_value=True) if value is True else
+                          AnyValue(array_value=ArrayValue(values=[AnyValue(int_value=1), AnyValue(string_value="a")])))
+    resp = client.post("/v1/logs", content=req.SerializeToString(), headers={**PB, **tokens.header("ingest")})
+    assert resp.status_code == 200
+    assert not ExportLogsServiceResponse.FromString(resp.content).HasField("partial_success")
+    rows = owner.execute("SELECT enduser_id, attributes, integrity FROM audit_events ORDER BY sequence").fetchall()
+    assert rows == [(None, {"enduser.id": value}, "ok")] * 2
+    report = verify(owner)
+    assert (report.rows, report.total_breaks) == (2, 0)
+
+
+def test_stream_ids_with_quotes_braces_and_backslashes_are_registered_and_advanced(client, tokens, owner):
+    # the statements take a request's streams as array literals: each element is quoted and escaped
+    streams = ['we"ird', "back\\slash\\", "{braces},comma", "NULL", " spaced "]
+    recs = [r for s in streams for r in chained(2, stream=s)]
+    assert post_pb(client, tokens, recs).status_code == 200
+    assert sorted(r[0] for r in owner.execute("SELECT stream_id FROM audit_streams")) == sorted(streams)
+    heads = owner.execute("SELECT stream_id, last_sequence FROM audit_stream_state").fetchall()
+    assert sorted(heads) == sorted((s, 2) for s in streams)
+    assert post_pb(client, tokens, [r for s in streams for r in chained(1, stream=s, start_seq=3,
+               prev=next(x for x in recs if x["attributes"]["audit.stream.id"] == s
+                         and x["attributes"]["audit.sequence"] == 2)["attributes"]["audit.chain.hash"])]).status_code == 200
+    assert count(owner, "integrity = 'ok'") == 15
+
+
+def test_a_nul_in_a_stream_id_is_refused_per_record(client, tokens, owner):
+    # the stream id reaches the per-request statements before the hash is checked: a NUL there made
+    # the whole request fail with 503, which senders retry for ever
+    good = chained(2)
+    bad = chained(1, stream="a\x00b")
+    resp = post_pb(client, tokens, good + bad)
+    assert resp.status_code == 200, resp.content
+    parsed = ExportLogsServiceResponse.FromString(resp.content)
+    assert parsed.partial_success.rejected_log_records == 1
+    assert "record 2: NUL characters cannot be stored" in parsed.partial_success.error_message
+    assert count(owner) == 2
+
+
 def test_retried_batch_creates_no_duplicates(client, tokens, owner, store):
     recs = chained(10)
     assert post_pb(client, tokens, recs[:6]).status_code == 200

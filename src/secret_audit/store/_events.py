@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from secret_audit import contract
-from secret_audit.store._otlp import Record
+from secret_audit.store._otlp import make_record
 from secret_audit.store._rows import is_audit_event
 from secret_audit.store._selfaudit import Chainer, severity_for
 from secret_audit.store._web import INGEST, Api
@@ -88,8 +88,9 @@ def _post(store: Store, chains: _Chains, event: CustomEvent, caller: Principal) 
             resource: dict[str, Any] = {"service.name": event.service_name or "custom"}
             if caller.tenant:
                 resource["service.namespace"] = caller.tenant
-            rec = Record(event.time_unix_nano or 0, 0, severity[0], severity[1], event.body, event.event_name,
-                         event.trace_id, event.span_id, attrs, resource, "secret_audit.custom", __version__)
+            rec = make_record(event.time_unix_nano or 0, 0, severity[0], severity[1], event.body,
+                              event.event_name, event.trace_id, event.span_id, attrs, resource,
+                              "secret_audit.custom", __version__)
             if not rec.time_unix_nano:
                 raise HTTPException(400, "a pre-chained event needs its time_unix_nano")
             result = store.ingestor.ingest(conn, [rec], caller.tenant)

@@ -1,29 +1,19 @@
-from collections.abc import Callable
+# The store's C extension (_native.c): its whole surface. Each function has a pure-Python twin, the
+# reference: _otlp.decode_protobuf_python, and psycopg's binary COPY.
 from typing import Any
 
-def configure(
-    *,
-    dumps: Callable[..., bytes],
-    sort_keys: int,
-    sha256: Callable[..., Any],
-    jsonb: Callable[[Any], bytes],
-    fallback: Callable[[Any], str | None],
-    typed: frozenset[str],
-    str_names: tuple[str, ...],
-    empty: bytes,
-    hash_key: str,
-    duration: str,
-    prepare: Callable[..., Any],
-    facts: Callable[[dict[str, Any]], tuple[str | None, str | None, str | None, str | None, bytes]],
-    prepared: type,
-    record: type,
-    epoch_us: int,
-    keys: tuple[str, str, str, str],
-) -> None: ...
-def prepare(
-    index: int, rec: Any, scope_tenant: str | None, resources: dict[int, Any] | None = None, /
-) -> Any: ...
-def finish(p: Any, /) -> str | None: ...
-def encode_rows(rows: list[list[Any]], types: bytes, /) -> bytes: ...
-def walk_plain(batch: list[Any], head_seq: int, head_hash: str, genesis: str, /) -> bool: ...
-def decode_logs(body: bytes, record: type, b64encode: Callable[[bytes], bytes], /) -> Any: ...
+from secret_audit.store._otlp import RecordTuple
+
+# The decoder's limits, the same as _otlp's: past one of them decode_logs raises ValueError.
+MAX_DEPTH: int
+MAX_RECORDS: int
+MAX_ITEMS: int
+
+def decode_logs(body: bytes, names: tuple[str, ...], kinds: bytes, /) -> list[RecordTuple] | None:
+    """An ExportLogsServiceRequest's records in _otlp.Record's order, the typed columns last (for each
+    of names, the attribute's value when it has its kind: b"t" str, b"d" float, b"q" int; else None);
+    None when the request is not in the plain form the C reader takes."""
+
+def encode_rows(rows: list[list[Any]], codes: bytes, /) -> bytes:
+    """Rows as binary COPY tuples (no header or trailer), one type code per column: b"q" int8,
+    b"h" int2, b"d" float8, b"t" text, b"b" bytes as they are."""

@@ -1,16 +1,17 @@
-"""Decoding OTLP/HTTP log requests (protobuf or JSON) into plain records the store can check and keep."""
+"""Decoding OTLP/HTTP log requests (protobuf or JSON) into record tuples the store can check and keep."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from secret_audit.store._rows import TYPED, TYPED_ATTRS
 
 try:
     from secret_audit.store import _native
@@ -18,17 +19,29 @@ except ImportError:  # not built: the generated protobuf classes decode every re
     _native = None  # type: ignore[assignment]
 
 __all__ = [
-    "BadPayload", "Record", "decode_json", "decode_protobuf", "decode_protobuf_python", "protobuf_decoder",
+    "MAX_DEPTH", "MAX_ITEMS", "MAX_RECORDS", "BadPayload", "Record", "RecordTuple", "decode_json",
+    "decode_protobuf", "decode_protobuf_python", "make_record", "protobuf_decoder", "typed_of",
 ]
+
+# Limits on what one request may hold, the same for every decoder (the C reader's are compared with
+# these by a test). Past one of them the request is refused whole with 400: the C reader before it
+# makes the objects, the generated classes after they have parsed the request. Lengths need no limit
+# of their own: each is a slice of the body, which the server bounds (..._STORE_MAX_BODY_BYTES).
+MAX_DEPTH = 32  # AnyValue nesting: a body or attribute value is 1, each array or kvlist adds 1
+MAX_RECORDS = 100_000  # log records in one request
+MAX_ITEMS = 10_000  # KeyValues in one attribute map or kvlist, values in one array
+
+_TOO_DEEP = f"a value nested deeper than {MAX_DEPTH} levels"
+_TOO_MANY_RECORDS = f"more than {MAX_RECORDS} log records in one request"
+_TOO_MANY_ITEMS = f"more than {MAX_ITEMS} items in one attribute map, array or key-value list"
 
 
 class BadPayload(ValueError):
     """The request body is not a valid OTLP logs request; the whole request is refused with 400."""
 
 
-@dataclass(slots=True)
-class Record:
-    """One log record as received, with the resource and scope it came under."""
+class Record(NamedTuple):
+    """One log record as received, with the resource and scope it came under, and its typed columns."""
 
     time_unix_nano: int
     observed_unix_nano: int
@@ -42,9 +55,38 @@ class Record:
     resource: dict[str, Any]
     scope_name: str
     scope_version: str
+    # for each attribute of _rows.TYPED, in its order: the value when it has the column's type, else None
+    typed: tuple[Any, ...]
 
 
-def _pb_value(v: AnyValue) -> Any:
+# What ingest takes: a Record, or the plain tuple in Record's order that the C reader makes.
+RecordTuple = tuple[int, int, int, str, Any, str, str, str, dict[str, Any], dict[str, Any], str, str,
+                    tuple[Any, ...]]
+
+_KINDS = tuple(kind for _, kind in TYPED.values())
+_CODES = bytes({str: ord("t"), float: ord("d"), int: ord("q")}[kind] for kind in _KINDS)
+
+
+def typed_of(attributes: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The typed columns of an attribute map: each one's value when it has the column's type (exactly: a
+    bool is not an int), else None; any other value stays in the JSONB remainder, as sent."""
+    return tuple([v if type(v) is kind else None
+                  for v, kind in zip(map(attributes.get, TYPED_ATTRS), _KINDS, strict=True)])
+
+
+def make_record(
+    time_unix_nano: int, observed_unix_nano: int, severity_number: int, severity_text: str, body: Any,
+    event_name: str, trace_id: str, span_id: str, attributes: dict[str, Any], resource: dict[str, Any],
+    scope_name: str, scope_version: str,
+) -> Record:
+    """A Record with its typed columns read from its attributes."""
+    return Record(time_unix_nano, observed_unix_nano, severity_number, severity_text, body, event_name,
+                  trace_id, span_id, attributes, resource, scope_name, scope_version, typed_of(attributes))
+
+
+def _pb_value(v: AnyValue, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise BadPayload(_TOO_DEEP)
     kind = v.WhichOneof("value")
     if kind == "string_value":
         return v.string_value
@@ -55,18 +97,25 @@ def _pb_value(v: AnyValue) -> Any:
     if kind == "bool_value":
         return v.bool_value
     if kind == "array_value":
-        return [_pb_value(x) for x in v.array_value.values]
+        values = v.array_value.values
+        if len(values) > MAX_ITEMS:
+            raise BadPayload(_TOO_MANY_ITEMS)
+        return [_pb_value(x, depth + 1) for x in values]
     if kind == "kvlist_value":
-        return {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values}
+        return _pb_attributes(v.kvlist_value.values, depth + 1)
     if kind == "bytes_value":
         return base64.b64encode(v.bytes_value).decode()
     return None
 
 
-def _pb_attributes(kvs: Any) -> dict[str, Any]:
+def _pb_attributes(kvs: Any, depth: int = 1) -> dict[str, Any]:
     # The common kinds inline: this loop runs for every attribute of every record. A non-empty
     # string_value can only mean a string (another kind set in the oneof reads as ""), which
     # spares the oneof lookup for most attributes.
+    if len(kvs) > MAX_ITEMS:
+        raise BadPayload(_TOO_MANY_ITEMS)
+    if kvs and depth > MAX_DEPTH:  # every value here is at this depth, a string as much as a list
+        raise BadPayload(_TOO_DEEP)
     out: dict[str, Any] = {}
     for kv in kvs:
         v = kv.value
@@ -80,7 +129,7 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
         elif kind == "double_value":
             out[kv.key] = v.double_value
         else:
-            out[kv.key] = _pb_value(v)
+            out[kv.key] = _pb_value(v, depth)
     return out
 
 
@@ -90,6 +139,8 @@ def decode_protobuf_python(body: bytes) -> list[Record]:
         req = ExportLogsServiceRequest.FromString(body)
     except Exception as exc:  # protobuf raises DecodeError (or RuntimeError on deep nesting)
         raise BadPayload(f"malformed protobuf: {exc}") from None
+    if sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs) > MAX_RECORDS:
+        raise BadPayload(_TOO_MANY_RECORDS)
     out: list[Record] = []
     append = out.append
     for rl in req.resource_logs:
@@ -100,26 +151,30 @@ def decode_protobuf_python(body: bytes) -> list[Record]:
             for lr in sl.log_records:
                 body_value = lr.body
                 kind = body_value.WhichOneof("value")
+                attributes = _pb_attributes(lr.attributes)
                 append(
                     Record(
                         lr.time_unix_nano,
                         lr.observed_time_unix_nano,
                         lr.severity_number,
                         lr.severity_text,
-                        body_value.string_value if kind == "string_value" else _pb_value(body_value),
+                        body_value.string_value if kind == "string_value" else _pb_value(body_value, 1),
                         lr.event_name,
                         lr.trace_id.hex(),
                         lr.span_id.hex(),
-                        _pb_attributes(lr.attributes),
+                        attributes,
                         resource,
                         scope_name,
                         scope_version,
+                        typed_of(attributes),
                     )
                 )
     return out
 
 
-def _json_value(v: Any) -> Any:
+def _json_value(v: Any, depth: int = 1) -> Any:
+    if depth > MAX_DEPTH:
+        raise BadPayload(_TOO_DEEP)
     if not isinstance(v, dict) or not v:
         return None
     if "stringValue" in v:
@@ -137,9 +192,9 @@ def _json_value(v: Any) -> Any:
     if "boolValue" in v:
         return _expect(v["boolValue"], bool)
     if "arrayValue" in v:
-        return [_json_value(x) for x in _list(_obj(v["arrayValue"]).get("values"))]
+        return [_json_value(x, depth + 1) for x in _items(_obj(v["arrayValue"]).get("values"))]
     if "kvlistValue" in v:
-        return _json_kvs(_obj(v["kvlistValue"]).get("values"))
+        return _json_kvs(_obj(v["kvlistValue"]).get("values"), depth + 1)
     if "bytesValue" in v:
         return _expect(v["bytesValue"], str)
     return None
@@ -167,6 +222,13 @@ def _list(v: Any) -> list[Any]:
     return v
 
 
+def _items(v: Any) -> list[Any]:
+    items = _list(v)
+    if len(items) > MAX_ITEMS:
+        raise BadPayload(_TOO_MANY_ITEMS)
+    return items
+
+
 def _json_int(v: Any, what: str) -> int:
     if isinstance(v, bool):
         raise BadPayload(f"{what} must be an integer")
@@ -180,14 +242,14 @@ def _json_int(v: Any, what: str) -> int:
     raise BadPayload(f"{what} must be an integer (a JSON number or a decimal string)")
 
 
-def _json_kvs(items: Any) -> dict[str, Any]:
+def _json_kvs(items: Any, depth: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in _list(items):
+    for item in _items(items):
         kv = _obj(item)
         key = kv.get("key", "")  # proto3 JSON omits a default (empty) key
         if not isinstance(key, str):
             raise BadPayload("attribute key must be a string")
-        out[key] = _json_value(kv.get("value"))
+        out[key] = _json_value(kv.get("value"), depth)
     return out
 
 
@@ -230,9 +292,11 @@ def decode_json(body: bytes) -> list[Record]:
             sl = _obj(sl_item)
             scope = _obj(sl.get("scope"))
             for lr_item in _list(sl.get("logRecords")):
+                if len(out) == MAX_RECORDS:
+                    raise BadPayload(_TOO_MANY_RECORDS)
                 lr = _obj(lr_item)
                 out.append(
-                    Record(
+                    make_record(
                         _json_int(lr.get("timeUnixNano", 0), "timeUnixNano"),
                         _json_int(lr.get("observedTimeUnixNano", 0), "observedTimeUnixNano"),
                         _severity(lr.get("severityNumber")),
@@ -250,13 +314,16 @@ def decode_json(body: bytes) -> list[Record]:
     return out
 
 
-def _decode_protobuf_native(body: bytes) -> list[Record]:
+def _decode_protobuf_native(body: bytes) -> Sequence[RecordTuple]:
     # the C reader takes the plain form; whatever it is unsure of, the generated classes decode or refuse
-    records: list[Record] | None = _native.decode_logs(body, Record, base64.b64encode)
+    try:
+        records = _native.decode_logs(body, TYPED_ATTRS, _CODES)
+    except ValueError as exc:  # past one of the limits, which the generated classes would refuse too
+        raise BadPayload(str(exc)) from None
     return decode_protobuf_python(body) if records is None else records
 
 
-def protobuf_decoder(native: bool = True) -> Callable[[bytes], list[Record]]:
+def protobuf_decoder(native: bool = True) -> Callable[[bytes], Sequence[RecordTuple]]:
     """The protobuf decoder to use: the C reader when it is built and wanted, else the generated classes."""
     return _decode_protobuf_native if native and _native is not None else decode_protobuf_python
 

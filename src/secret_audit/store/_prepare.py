@@ -1,59 +1,55 @@
-"""One received record to one table row: contract checks first, then hash and row while COPY streams."""
+"""One received record to one table row: the contract's checks first, then the hash while COPY streams.
+
+This is the store's per-record hot loop, in Python whichever decoder made the records: the C reader
+hands over tuples with the typed columns already picked out (see _otlp.Record), so what is left here
+is the contract's policy, which has one definition.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import orjson
 
 from secret_audit import contract
-from secret_audit.store._otlp import Record
-from secret_audit.store._rows import _PG_EPOCH_US, COLUMNS, TYPED, stamp_of
-
-try:
-    from secret_audit.store import _native
-except ImportError:  # not built (no C compiler at install time): the Python twins do the same work
-    _native = None  # type: ignore[assignment]
+from secret_audit.store._otlp import RecordTuple
+from secret_audit.store._rows import _PG_EPOCH_US, COLUMNS, TYPED, TYPED_ATTRS
 
 __all__ = [
-    "INTEGRITY", "JSONB_EMPTY", "ROW_ID", "Prepared", "finish", "finish_python", "finisher",
-    "jsonb", "prepare", "prepare_python", "preparer",
+    "INTEGRITY", "JSONB_EMPTY", "P_COMPUTED", "P_INDEX", "P_REC", "P_ROW", "P_SEQUENCE", "Prepared",
+    "ROW_ID", "ROW_PREV", "ROW_CLAIMED", "ROW_SEQUENCE", "ROW_STREAM", "ROW_TENANT", "ROW_TIME",
+    "finish", "jsonb", "prepare",
 ]
 
 _BIGINT_MAX = (1 << 63) - 1
 
-@dataclass(slots=True)
-class Prepared:
-    """A record that passed the cheap checks; its hash and row are made while the COPY streams."""
-
-    index: int
-    stream_id: str
-    sequence: int
-    prev: str
-    claimed: str
-    tenant: str | None
-    stamp: int  # the row's time, as _rows.stamp_of gives it
-    service_name: str | None
-    instance: str | None
-    resource_jsonb: bytes
-    rec: Record
-    computed: str = ""
-    row: list[Any] = field(default_factory=list)
-
-
-# A row is ("id", *COLUMNS): the id slot is filled when ids are drawn, just before COPY.
+# A row is ("id", *COLUMNS), as COPY takes it: the id slot is filled when ids are drawn, just before COPY.
 ROW_ID = 0
+ROW_TIME = 1 + COLUMNS.index("time")
+ROW_TENANT = 1 + COLUMNS.index("tenant")
+ROW_STREAM = 1 + COLUMNS.index("stream_id")
+ROW_SEQUENCE = 1 + COLUMNS.index("sequence")
+ROW_PREV = 1 + COLUMNS.index("chain_prev")
+ROW_CLAIMED = 1 + COLUMNS.index("chain_hash")
+_ROW_REST = 1 + COLUMNS.index("attributes")
 INTEGRITY = 1 + COLUMNS.index("integrity")
-_TYPED_ITEMS = tuple((key, kind) for key, (_, kind) in TYPED.items())
+assert COLUMNS[COLUMNS.index("scope_version") + 1:COLUMNS.index("attributes")] == tuple(
+    column for column, _ in TYPED.values()), "the typed columns follow scope_version, in TYPED's order"
+
+# A prepared record is a list (one is made per record, and a class's __init__ would cost more than
+# its checks): [sequence, index in the request, row, the record, its recomputed hash].
+Prepared = list[Any]
+P_SEQUENCE, P_INDEX, P_ROW, P_REC, P_COMPUTED = range(5)
+
+# where the checked attributes are in a record's typed columns
+_EVENT_ID, _STREAM_ID, _PREV, _CLAIMED, _SEQUENCE = (
+    TYPED_ATTRS.index(name) for name in (contract.EVENT_ID, contract.STREAM_ID, contract.CHAIN_PREV,
+                                          contract.CHAIN_HASH, contract.SEQUENCE))
 _TYPED_SET = frozenset(TYPED)
-_STR_NAMES = tuple(name for name, kind in _TYPED_ITEMS if kind is str)
-_STR_OR_NONE = frozenset({str, type(None)})
-assert tuple(TYPED)[len(_STR_NAMES):] == ("audit.duration_ms", "audit.sequence")
+_N_TYPED = len(TYPED)
 _HASH_KEY = contract.CHAIN_HASH
+_canonical = contract.canonical_bytes
 # JSONB columns travel as jsonb's binary wire form (a version byte, then the JSON text), built here
 # once: a request's few resources once each, the empty remainder of a fully typed record never.
 JSONB_EMPTY = b"\x01{}"
@@ -64,25 +60,20 @@ def jsonb(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value) if value else JSONB_EMPTY
 
 
-def _is_hash(v: Any) -> TypeGuard[str]:
-    # 64 lowercase hex digits: fromhex also takes upper case and spaces, which the round trip refuses
-    if type(v) is not str or len(v) != 64:
-        return False
-    try:
-        return bytes.fromhex(v).hex() == v
-    except ValueError:
-        return False
-
-
 def _are_hashes(prev: Any, claimed: Any) -> bool:
-    # both at once, the common case: one round trip over the 128 characters
-    if type(prev) is not str or type(claimed) is not str or len(prev) != 64 or len(claimed) != 64:
+    # both at once, the common case: one round trip over the 128 characters (fromhex also takes upper
+    # case and spaces, which the round trip refuses)
+    if prev is None or claimed is None or len(prev) != 64 or len(claimed) != 64:
         return False
-    both = prev + claimed
+    both: str = prev + claimed
     try:
         return bytes.fromhex(both).hex() == both
     except ValueError:
         return False
+
+
+def _is_hash(v: Any) -> bool:
+    return _are_hashes(v, v)
 
 
 def _has_nul(value: Any) -> bool:
@@ -95,37 +86,38 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def prepare_python(
-    index: int, rec: Record, scope_tenant: str | None, resources: dict[int, Any] | None = None
+def prepare(
+    index: int, rec: RecordTuple, scope_tenant: str | None, resources: dict[int, Any] | None = None
 ) -> Prepared | str:
-    """Check one audit record against the contract; return its row or the reason it is refused."""
-    attrs = rec.attributes
-    stream = attrs.get("audit.stream.id")
-    seq = attrs.get("audit.sequence")
-    prev: Any = attrs.get("audit.chain.prev")  # both checked by _are_hashes
-    claimed: Any = attrs.get(_HASH_KEY)
-    if not isinstance(stream, str) or not stream:
+    """Check one audit record against the contract; its prepared form, or the reason it is refused.
+
+    The row is whole but for its id, its JSONB remainder and its integrity, which finish and the chain
+    walk set. ``resources`` caches what each resource (a dict shared by a request's records) gives."""
+    (time_unix_nano, observed, severity, severity_text, body, _, _, _, _, resource, scope_name,
+     scope_version, typed) = rec
+    stream = typed[_STREAM_ID]  # each typed column holds a value of its type or None
+    seq = typed[_SEQUENCE]
+    if not stream:
         return "missing audit.stream.id"
-    if type(seq) is not int or not 1 <= seq <= _BIGINT_MAX:
+    if "\x00" in stream:  # it reaches the request's statements before finish checks the hashed texts
+        return "NUL characters cannot be stored"
+    if seq is None or not 1 <= seq <= _BIGINT_MAX:
         return "audit.sequence must be an integer >= 1"
-    if attrs.get("audit.event.id") != f"{stream}:{seq}":
+    if typed[_EVENT_ID] != f"{stream}:{seq}":
         return "audit.event.id must be '<audit.stream.id>:<audit.sequence>'"
-    if not _are_hashes(prev, claimed):
-        if not _is_hash(prev):
+    if not _are_hashes(typed[_PREV], typed[_CLAIMED]):
+        if not _is_hash(typed[_PREV]):
             return "audit.chain.prev must be 64 lowercase hex digits"
         return "audit.chain.hash must be 64 lowercase hex digits"
-    body = rec.body
-    if body is not None and not isinstance(body, str):
+    if body is not None and type(body) is not str:
         return "body must be a string"
-    if not 0 <= rec.time_unix_nano <= _BIGINT_MAX or not 0 <= rec.observed_unix_nano <= _BIGINT_MAX:
+    if not 0 <= time_unix_nano <= _BIGINT_MAX or not 0 <= observed <= _BIGINT_MAX:
         return "timestamp out of range"
-    if not 0 <= rec.severity_number <= 24:
+    if not 0 <= severity <= 24:
         return "severity_number must be 0..24"
     # the other texts that reach a column unhashed (the hashed ones are checked by finish)
-    if "\x00" in rec.severity_text or "\x00" in rec.scope_name or "\x00" in rec.scope_version:
+    if "\x00" in severity_text or "\x00" in scope_name or "\x00" in scope_version:
         return "NUL characters cannot be stored"
-    resource = rec.resource
-    # a request's records share a few resources: read each once
     key = id(resource)
     facts = resources.get(key) if resources is not None else None
     if facts is None:
@@ -139,8 +131,10 @@ def prepare_python(
         if tenant not in (None, scope_tenant):
             return f"tenant {tenant!r} is outside this token's scope"
         tenant = scope_tenant
-    stamp = stamp_of(rec.time_unix_nano or rec.observed_unix_nano or time.time_ns())
-    return Prepared(index, stream, seq, prev, claimed, tenant, stamp, service, instance, resource_jsonb, rec)
+    stamp = (time_unix_nano or observed or time.time_ns()) // 1000 - _PG_EPOCH_US  # _rows.stamp_of, inline
+    row = [None, stamp, time_unix_nano, observed, rec[5], severity, severity_text, body, rec[6], rec[7],
+           tenant, service, instance, scope_name, scope_version, *typed, None, resource_jsonb, "ok"]
+    return [seq, index, row, rec, ""]
 
 
 def _resource_facts(
@@ -164,104 +158,33 @@ def _resource_facts(
     )
 
 
-def finish_python(p: Prepared) -> str | None:
-    """Recompute the record's hash and build its row; returns the reason when it cannot be stored."""
-    rec = p.rec
-    attrs = rec.attributes
+def finish(p: Prepared) -> str | None:
+    """Recompute the record's hash (into p[P_COMPUTED]) and complete its row with the attributes that
+    have no column; returns the reason when it cannot be stored."""
+    rec = p[P_REC]
+    attrs = rec[8]
     # the producer's canonical form hashes every attribute but the hash itself; a plain copy without it
-    # is cheaper than the filtering the producer's function would otherwise do
+    # is cheaper than the filtering canonical_bytes would otherwise do
     hashed = attrs.copy()
     del hashed[_HASH_KEY]
     try:
-        canonical = contract.canonical_bytes(
-            time_unix_nano=rec.time_unix_nano,
-            event_name=rec.event_name,
-            severity_number=rec.severity_number,
-            body=rec.body,
-            trace_id=rec.trace_id,
-            span_id=rec.span_id,
-            attributes=hashed,
-        )
+        canonical = _canonical(time_unix_nano=rec[0], event_name=rec[5], severity_number=rec[2], body=rec[4],
+                               trace_id=rec[6], span_id=rec[7], attributes=hashed)
     except (TypeError, ValueError) as exc:
         return f"attributes cannot be canonicalised: {exc}"
     # orjson writes NUL as \u0000; only then is the exact (slower) check needed. Most records have no
     # backslash at all, which one memchr finds out.
     if b"\\" in canonical and b"\\u0000" in canonical and (
-        _has_nul(attrs) or _has_nul(rec.body) or _has_nul(rec.event_name)
+        _has_nul(attrs) or _has_nul(rec[4]) or _has_nul(rec[5])
     ):
         return "NUL characters cannot be stored"
-    p.computed = contract.chain_hash(canonical)
-    typed = list(map(attrs.get, _STR_NAMES))
-    duration = attrs.get("audit.duration_ms")
-    present = len(_STR_NAMES) + 1 - typed.count(None)  # + audit.sequence, always there
-    if _STR_OR_NONE.issuperset(map(type, typed)) and (duration is None or type(duration) is float):
-        if duration is not None:
-            present += 1
-        # the common case: every attribute has its column, so nothing is left for JSONB
-        rest = (JSONB_EMPTY if len(attrs) == present
-                else jsonb({k: v for k, v in attrs.items() if k not in _TYPED_SET}))
-        typed.append(duration)
-        typed.append(p.sequence)
+    p[P_COMPUTED] = contract.chain_hash(canonical)
+    typed = rec[12]
+    # an attribute has its column when its value has the column's type; any other stays in JSONB as sent
+    if len(attrs) == _N_TYPED - typed.count(None):
+        rest = JSONB_EMPTY  # the common case: every attribute has its column
     else:
-        # a contract field with an unexpected type stays in JSONB, exactly as sent
-        typed.append(duration)
-        typed.append(p.sequence)
-        remainder = dict(attrs)
-        for i, (name, kind) in enumerate(_TYPED_ITEMS):
-            v = typed[i]
-            if v is not None and type(v) is kind:
-                del remainder[name]
-            else:
-                typed[i] = None
-        rest = jsonb(remainder)
-    p.row = [
-        None,
-        p.stamp,
-        rec.time_unix_nano,
-        rec.observed_unix_nano,
-        rec.event_name,
-        rec.severity_number,
-        rec.severity_text,
-        rec.body,
-        rec.trace_id,
-        rec.span_id,
-        p.tenant,
-        p.service_name,
-        p.instance,
-        rec.scope_name,
-        rec.scope_version,
-        *typed,
-        rest,
-        p.resource_jsonb,
-        "ok",
-    ]
+        rest = jsonb({k: v for k, v in attrs.items()
+                      if k not in _TYPED_SET or typed[TYPED_ATTRS.index(k)] is None})
+    p[P_ROW][_ROW_REST] = rest
     return None
-
-
-# The C twins (secret_audit/store/_native.c) take only the common case: prepare hands every record it
-# would refuse to prepare_python, which words the refusal; finish calls the same orjson and hashlib
-# functions with the same arguments, and hands every record out of the ordinary to finish_python.
-if _native is not None:
-    _native.configure(
-        dumps=orjson.dumps, sort_keys=orjson.OPT_SORT_KEYS, sha256=hashlib.sha256, jsonb=jsonb,
-        fallback=finish_python, typed=_TYPED_SET, str_names=_STR_NAMES, empty=JSONB_EMPTY,
-        hash_key=_HASH_KEY, duration="audit.duration_ms", prepare=prepare_python,
-        facts=_resource_facts, prepared=Prepared, record=Record, epoch_us=_PG_EPOCH_US,
-        keys=("audit.stream.id", "audit.sequence", "audit.chain.prev", "audit.event.id"),
-    )
-
-_Prepare = Callable[[int, Record, "str | None", "dict[int, Any] | None"], "Prepared | str"]
-
-
-def preparer(native: bool = True) -> _Prepare:
-    """The prepare to use: the C one when it is built and wanted, else prepare_python."""
-    return _native.prepare if native and _native is not None else prepare_python
-
-
-def finisher(native: bool = True) -> Callable[[Prepared], str | None]:
-    """The finish to use: the C one when it is built and wanted, else finish_python."""
-    return _native.finish if native and _native is not None else finish_python
-
-
-prepare = preparer()
-finish = finisher()

@@ -1,20 +1,22 @@
-"""Search the audit table: filters to SQL, stable (time, id) order, opaque cursors."""
+"""Reading the audit tables: one filter model to SQL, stable (time, id) pages, opaque cursors, findings."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict, Field
 
 from secret_audit.store._rows import event_json
 from secret_audit.store.migrations import HASHED_FILTERS, KEY_HASH
 
-__all__ = ["BadFilter", "Filters", "Page", "and_all", "search", "since", "where_clause"]
+__all__ = ["FILTER_COLUMNS", "BadFilter", "Equalities", "Filters", "Page", "and_all", "integrity_findings",
+           "search", "since", "where_clause"]
 
 # filter name -> column; every one is an equality match served by an index or a partition scan.
 FILTER_COLUMNS = {
@@ -36,27 +38,26 @@ class BadFilter(ValueError):
     """A filter or cursor that cannot be used; answered with 400 and this message."""
 
 
-@dataclass(frozen=True)
-class Filters:
-    """The same filters for the query API, the live stream and the CLI."""
+_Text = Annotated[str | None, Field(max_length=1024)]
 
-    secret: str | None = None
-    source: str | None = None
-    operation: str | None = None
-    outcome: str | None = None
-    principal: str | None = None
-    enduser: str | None = None
-    client_address: str | None = None
-    trace_id: str | None = None
-    event_name: str | None = None
-    stream_id: str | None = None
-    tenant: str | None = None
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
 
-    def describe(self) -> dict[str, str]:
-        """The filters in use, for the store's own audit event about this query."""
-        return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in asdict(self).items() if v}
+class Equalities(BaseModel):
+    """The equality filters, the same for the query API, the live stream and the CLI; the API reads them
+    from the query string as this model (see _routes_query)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    secret: _Text = None
+    source: _Text = None
+    operation: _Text = None
+    outcome: _Text = None
+    principal: _Text = None
+    enduser: _Text = None
+    client_address: _Text = None
+    trace_id: _Text = None
+    event_name: _Text = None
+    stream_id: _Text = None
+    tenant: _Text = None
 
     def matches(self, event: dict[str, Any]) -> bool:
         """Apply the equality filters to an event or row in memory: the live stream, and the recheck
@@ -66,6 +67,21 @@ class Filters:
             if want is not None and event.get(col) != want:
                 return False
         return True
+
+
+class Filters(Equalities):
+    """The equality filters and a time window: what a search selects."""
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def describe(self) -> dict[str, str]:
+        """The filters in use, for the store's own audit event about this query."""
+        used = self.model_dump(exclude_none=True)
+        return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in used.items() if v}
+
+
+assert tuple(Equalities.model_fields) == tuple(FILTER_COLUMNS), "one name per filter, in one order"
 
 
 @dataclass
@@ -179,3 +195,47 @@ def search(
     next_cursor = encode_cursor(rows[-1]["time"], int(rows[-1]["id"])) if more and rows else None
     # a hash collision may leave a page short; the cursor still names the last row read
     return Page([event_json(r) for r in rows if filters.matches(r)], next_cursor)
+
+
+_FINDING_COLUMNS = ("id", "found_at", "tenant", "stream_id", "kind", "sequence", "detail", "expected",
+                    "actual", "range_first", "range_last")
+
+
+def integrity_findings(
+    conn: psycopg.Connection[Any],
+    scope_tenant: str | None,
+    *,
+    stream_id: str | None = None,
+    kind: str | None = None,
+    still_open: bool | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Integrity findings after an id, in id order; ``still_open`` keeps only those that are (True) or are
+    no longer (False) a problem: a gap counts until every missing sequence has arrived, gap_filled never."""
+    from secret_audit.store._gaps import open_gaps  # _gaps builds on this module
+
+    conds: list[sql.Composable] = [sql.SQL("id > %s")]
+    params: list[Any] = [after]
+    for column, value in (("stream_id", stream_id), ("kind", kind), ("tenant", scope_tenant)):
+        if value is not None:
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    if still_open is not None:
+        closed = sql.SQL("(kind = 'gap_filled' OR id IN (SELECT id FROM audit_gaps WHERE filled >= size))")
+        conds.append(sql.SQL("NOT {}").format(closed) if still_open else closed)
+    query = sql.SQL("SELECT {} FROM audit_findings WHERE {} ORDER BY id LIMIT %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, _FINDING_COLUMNS)), and_all(conds))
+    rows = conn.execute(query, [*params, limit]).fetchall()
+    items = [dict(zip(_FINDING_COLUMNS, r, strict=True)) for r in rows]
+    gap_ids = [item["id"] for item in items if item["kind"] == "gap"]
+    still = ({g.finding_id: g.ranges for g in open_gaps(conn, scope_tenant, ids=gap_ids)} if gap_ids else {})
+    for item in items:
+        if item["kind"] == "gap":
+            ranges = still.get(item["id"], [])
+            item["open"] = bool(ranges)
+            item["open_ranges"] = [list(x) for x in ranges]
+        else:
+            item["open"] = item["kind"] != "gap_filled"
+            item["open_ranges"] = None
+    return items

@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 
+from secret_audit.store._prepare import ROW_TIME
 from secret_audit.store._rows import COLUMNS, event_json, time_of_stamp
 
-__all__ = ["ROW_TIME", "Finding", "IngestResult"]
+__all__ = ["Finding", "IngestResult"]
 
 _ROW_COLUMNS = ("id", *COLUMNS)
 _JSON_SLOTS = tuple(i for i, name in enumerate(_ROW_COLUMNS) if name in ("attributes", "resource"))
-ROW_TIME = 1 + COLUMNS.index("time")  # the time column's place in a row as sent to COPY
 
 
 @dataclass(slots=True)

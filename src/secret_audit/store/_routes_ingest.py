@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import psycopg
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from secret_audit.store._body import BodyError, read_body
 from secret_audit.store._ingest import IngestResult
-from secret_audit.store._otlp import BadPayload, Record, decode_json, protobuf_decoder
+from secret_audit.store._otlp import BadPayload, RecordTuple, decode_json, protobuf_decoder
 from secret_audit.store._web import INGEST, Api, json_response
 from secret_audit.store.tokens import Principal
 
@@ -48,7 +49,10 @@ def mount(app: FastAPI, api: Api) -> None:
         asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
     )
 
-    def _ingest(records: list[Record], tenant: str | None) -> IngestResult:
+    _Decode = Callable[[bytes], Sequence[RecordTuple]]
+
+    def _ingest(body: bytes, decode: _Decode, tenant: str | None) -> IngestResult:
+        records = decode(body)  # BadPayload: nothing was stored
         with store.connection() as conn:
             result = store.ingestor.ingest(conn, records, tenant, STORE_ONLY)
         store.counters.add(result.accepted, result.duplicates, result.rejected, result.dropped_non_audit)
@@ -72,9 +76,9 @@ def mount(app: FastAPI, api: Api) -> None:
         started = time.perf_counter()
         try:
             async with slots:
-                # decoding a large batch takes milliseconds: keep it off the event loop
-                records = await run_in_threadpool(decode_protobuf if is_pb else decode_json, body)
-                result = await run_in_threadpool(_ingest, records, principal.tenant)
+                # decoding and storing a batch take milliseconds: off the event loop, in one hand-off
+                result = await run_in_threadpool(_ingest, body, decode_protobuf if is_pb else decode_json,
+                                                 principal.tenant)
         except BadPayload as exc:
             return _otlp_error(400, str(exc), is_pb)
         except psycopg.Error as exc:

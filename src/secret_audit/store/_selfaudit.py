@@ -13,7 +13,7 @@ import psycopg
 from secret_audit import contract
 from secret_audit.contract import severity_for
 from secret_audit.store._ingest import Ingestor, IngestResult
-from secret_audit.store._otlp import Record
+from secret_audit.store._otlp import make_record
 from secret_audit.version import __version__
 
 __all__ = ["STORE_SERVICE", "Chainer", "SelfAudit", "severity_for"]
@@ -54,8 +54,8 @@ class Chainer:
             attrs = dict(attributes)
             digest = contract.stamp(attrs, self.stream_id, seq, self._prev, at, event_name, severity[0], body,
                                     trace_id, span_id)
-            rec = Record(at, now, severity[0], severity[1], body, event_name, trace_id, span_id, attrs,
-                         self.resource, "secret_audit.store", __version__)
+            rec = make_record(at, now, severity[0], severity[1], body, event_name, trace_id, span_id, attrs,
+                              self.resource, "secret_audit.store", __version__)
             result = self.ingestor.ingest(conn, [rec], self.tenant)
             if result.accepted == 1:
                 self._seq, self._prev = seq, digest
