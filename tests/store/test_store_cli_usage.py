@@ -23,7 +23,6 @@ import orjson
 import pytest
 
 from otlp_receiver import otlp_receiver
-from servers import free_port
 
 from .records import chained, to_protobuf
 
@@ -54,7 +53,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
         assert needle in proc.stderr, proc.stderr
 
 
-CLOSED = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+def _refusing_port() -> int:
+    """A port bound but never listening: connections to it are refused, and no other server can take it
+    while the tests run (a port merely found free can be taken by a parallel server in between)."""
+    import socket
+
+    _HELD.append(sock := socket.socket())
+    sock.bind(("127.0.0.1", 0))
+    return int(sock.getsockname()[1])
+
+
+_HELD: list[Any] = []
+CLOSED = f"http://127.0.0.1:{_refusing_port()}"  # nothing listens there
 
 USER_ERRORS = [
     (["query", "--url", CLOSED], ["cannot reach the store at " + CLOSED, "Connection refused"]),
@@ -105,7 +115,7 @@ def test_store_url_from_the_environment_is_named_when_wrong():
 
 def test_database_errors_are_one_line():
     assert_one_line_error(cli("tokens", "list", DATABASE_URL="not a postgres url"), "DATABASE_URL")
-    port = free_port()
+    port = _refusing_port()
     assert_one_line_error(cli("verify", DATABASE_URL=f"postgresql://nobody@127.0.0.1:{port}/audit"),
                           f"database audit on 127.0.0.1:{port} (DATABASE_URL)", "Connection refused")
 
