@@ -103,7 +103,9 @@ def early_resource(provider: trace.TracerProvider | None = None) -> Resource | N
     return audit_resource(provider)
 
 
-def audit_resource(provider: trace.TracerProvider | None = None, detected: Resource | None = None) -> Resource:
+def audit_resource(
+    provider: trace.TracerProvider | None = None, detected: Resource | None = None
+) -> Resource:
     """Reuse the tracer provider's resource so audit records and spans name the same service."""
     provider = provider or trace.get_tracer_provider()
     resource = getattr(provider, "resource", None)
