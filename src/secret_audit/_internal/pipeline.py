@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -26,7 +26,7 @@ from secret_audit._internal.export import audit_resource, build_sink, early_reso
 from secret_audit._internal.handoff import Handoff, Marker
 from secret_audit._internal.ledger import CREATED, Kind, Ledger
 from secret_audit._internal.otlp import RecordData
-from secret_audit._internal.shapes import NO_IDS, SCOPE, SEVERITY, Ids, RecordBuilder, Shape, echo_line
+from secret_audit._internal.shapes import SCOPE, SEVERITY, RecordBuilder, echo_line
 from secret_audit._internal.stream import Stream
 from secret_audit.version import __version__
 
@@ -38,6 +38,7 @@ __all__ = ["AuditPipeline", "peek_pipeline", "set_pipeline"]
 _log = logging.getLogger("secret_audit")
 
 _new_record = tuple.__new__
+_ACCESS = contract.EVENT_ACCESS
 _SLICE = 64
 # At exit, after the shutdown timeout, how long writing what is left to the spool may take.
 _SPOOL_GRACE = 5.0
@@ -95,16 +96,8 @@ class AuditPipeline:
             self._checkpoints.reset()
 
     @property
-    def stream_id(self) -> str:
-        return self.stream.id
-
-    @property
     def closed(self) -> bool:
         return self.handoff.closed
-
-    @property
-    def degraded(self) -> bool:
-        return self.handoff.degraded
 
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
@@ -123,14 +116,6 @@ class AuditPipeline:
     def accepting(self) -> bool:
         """False while records cannot be made durable: fail-closed callers refuse before calling."""
         return self.handoff.accepting()
-
-    def submit_durable(self, access: Access, timeout: float) -> bool:
-        """Enqueue and wait until the access's records are acknowledged or spooled (fail-closed)."""
-        return self.handoff.wait_durable(access, timeout)
-
-    def refuse(self, reason: str) -> None:
-        """Count one fail-closed refusal; the worker reports it in the stream."""
-        self.handoff.refuse(reason)
 
     def wired_as(self, settings: Settings, exporter: Any, provider: Any) -> bool:
         """True when this open pipeline was built from exactly these settings and parts."""
@@ -281,47 +266,46 @@ class AuditPipeline:
         if built is None:
             return 0
         records, shapes, bodies, ids, span = built
-        start_ns = access.start_ns
-        for attrs, shape, body in zip(records, shapes, bodies, strict=True):
-            self._emit(contract.EVENT_ACCESS, attrs, start_ns, body, ids, shape)
+        trace_id, span_id, flags, trace_hex, span_hex = ids
+        start_ns, stream, add, encodes = access.start_ns, self.stream, self._backend.add, self._encodes
+        echo, batch = self._echo, self._batch
+        kinds = batch.kinds
+        seq = 0
+        for attrs, shape, body in zip(records, shapes, bodies):  # noqa: B905 - built together
+            severity = shape.severity
+            record = _new_record(RecordData, (start_ns, time_ns(), severity, shape.severity_text, body, attrs,
+                                              trace_id, span_id, flags, _ACCESS))
+            if encodes:  # the back end takes the shape's pre-encoded attributes and the stamped tail
+                seq, tail = stream.stamp_access(attrs, start_ns, severity, body, trace_hex, span_hex)
+                add(record, shape.encoded, shape.skip, tail)
+            else:
+                seq = stream.stamp(attrs, start_ns, _ACCESS, severity, body, trace_hex, span_hex)
+                add(record)
+            kind = shape.kind
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if echo:
+                echo_line(body)
+        n = len(records)
+        if not batch.records:
+            batch.first = seq - n + 1
+        batch.records += n
         if span is not None:
             self._builder.end_span(span, records, access.end_ns)
-        return len(records)
+        return n
 
-    def _emit(
-        self,
-        event_name: str,
-        attrs: dict[str, Any],
-        start_ns: int,
-        body: str,
-        ids: Ids,
-        shape: Shape | None = None,
-    ) -> int:
-        """Stamp the record in the stream and hand it to the back end; returns its sequence."""
-        if shape is not None:
-            severity, severity_text, kind = shape.severity, shape.severity_text, shape.kind
-        else:
-            severity, severity_text = SEVERITY.get(attrs.get("audit.outcome", "error"), SEVERITY["error"])
-            kind = (event_name, attrs.get("secret.source"), attrs.get("audit.outcome"))
-        trace_id, span_id, flags, trace_hex, span_hex = ids
-        stream = self.stream
-        seq, prev, digest = stream.stamp(attrs, start_ns, event_name, severity, body, trace_hex, span_hex)
-        record = _new_record(
-            RecordData,
-            (start_ns, time.time_ns(), severity, severity_text, body, attrs, trace_id, span_id, flags,
-             event_name),
-        )
-        if shape is not None and self._encodes:
-            tail = stream.tail(attrs["audit.duration_ms"], seq, prev, digest)
-            self._backend.add(record, shape.encoded, shape.skip, tail)
-        else:
-            self._backend.add(record)
+    def _emit(self, event_name: str, attrs: dict[str, Any], time_unix_nano: int, body: str) -> int:
+        """Stamp a record of our own (a loss report, a checkpoint) and hand it to the back end."""
+        outcome = attrs.get("audit.outcome")
+        severity, severity_text = SEVERITY.get(outcome or "error", SEVERITY["error"])
+        seq = self.stream.stamp(attrs, time_unix_nano, event_name, severity, body)
+        self._backend.add(_new_record(RecordData, (time_unix_nano, time_ns(), severity, severity_text, body,
+                                                   attrs, 0, 0, 0, event_name)))
+        kind = (event_name, None, outcome)
+        self._batch.kinds[kind] = self._batch.kinds.get(kind, 0) + 1
         batch = self._batch
         if not batch.records:
             batch.first = seq
         batch.records += 1
-        kinds = batch.kinds
-        kinds[kind] = kinds.get(kind, 0) + 1
         if self._echo and event_name != contract.EVENT_CHECKPOINT:
             echo_line(body)
         return seq
@@ -332,7 +316,7 @@ class AuditPipeline:
         if checkpoints is None or not checkpoints.due(stream.sequence, final):
             return False
         attrs, now, body = checkpoints.build(stream.id, stream.sequence, stream.head, final)
-        self._emit(contract.EVENT_CHECKPOINT, attrs, now, body, NO_IDS)
+        self._emit(contract.EVENT_CHECKPOINT, attrs, now, body)
         checkpoints.stamped(stream.sequence, stream.head, final)
         return True
 
@@ -343,9 +327,9 @@ class AuditPipeline:
         if not due:
             return
         self._prepare()
-        now = time.time_ns()
+        now = time_ns()
         for event_name, attrs, body, what in due:
-            self._batch.reports[self._emit(event_name, attrs, now, body, NO_IDS)] = what
+            self._batch.reports[self._emit(event_name, attrs, now, body)] = what
 
     def _export_batch(self) -> None:
         # First the request in flight: a ticket is only complete once everything before it is, and

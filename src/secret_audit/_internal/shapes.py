@@ -117,14 +117,9 @@ def _ids(span_context: trace.SpanContext) -> Ids:
     return trace_id, span_id, int(span_context.trace_flags), f"{trace_id:032x}", f"{span_id:016x}"
 
 
-class Built(NamedTuple):
-    """One access, built: a record's attributes, shape and body per secret, its trace ids, its span."""
-
-    records: list[dict[str, Any]]
-    shapes: list[Shape]
-    bodies: list[str]
-    ids: Ids
-    span: Span | None
+# One access, built: a record's attributes, shape and body per secret, its trace ids, its span (a
+# plain tuple: a NamedTuple's constructor is a Python call, per access).
+Built = tuple[list[dict[str, Any]], list[Shape], list[str], Ids, Span | None]
 
 
 # Bounded so that high-cardinality key names cost at most about 2 MB of cached shapes.
@@ -157,9 +152,15 @@ class RecordBuilder:
         self._hmac_key = settings.hmac_key if settings.hash_names else None
         self._provider = tracer_provider
         self._tracer: trace.Tracer | None = None
-        self._shapes: dict[tuple[Any, ...], Shape] = {}
+        self._spans = settings.spans
+        # Shapes by situation (who, through which client), then by (item, count, outcome).
+        self._shapes: dict[tuple[Any, ...], dict[tuple[Any, ...], Shape]] = {}
+        self._count = 0  # shapes cached
         self._last_context: Context | None = None
         self._last_who: tuple[Any, trace.SpanContext, Ids] = (None, trace.INVALID_SPAN_CONTEXT, NO_IDS)
+        # the last situation: (source, client, context), its resource and principal, its shapes
+        self._last: tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]] = (
+            None, None, None, None, None, {})
 
     def tracer(self) -> trace.Tracer:
         """The audit spans' tracer, from the given provider or the global one when first needed."""
@@ -186,30 +187,30 @@ class RecordBuilder:
             parent = trace.get_current_span(ctx).get_span_context()
             parent_ids = _ids(parent)
             self._last_context, self._last_who = ctx, (who, parent, parent_ids)
-        principal = who.principal or settings.principal or source.principal(access.target)
-        base_resource = source.resource(access.target)
+        target = access.target
+        last = self._last
+        if last[2] is not ctx or last[1] is not target or last[0] is not source:
+            # Consecutive accesses mostly come from one request through one client: described once.
+            last = self._situation(source, target, ctx, who)
+        base_resource, principal, shapes = last[3], last[4], last[5]
         duration_ms = (access.end_ns - access.start_ns) / 1e6
         took = None
-        shapes = self._shapes
         records: list[dict[str, Any]] = []
         chosen: list[Shape] = []
         bodies: list[str] = []
+        outcome = access.outcome
         for item, count in _coalesce(items) if len(items) > 1 else ((items[0], 1),):
             error = item.error or access.error
             if error is None:
-                key: tuple[Any, ...] = (source.name, item, count, access.outcome, principal,
-                                        base_resource, who.enduser, who.client_address, who.access_path)
+                key: tuple[Any, ...] = (item, count, outcome)
                 try:
                     shape = shapes.get(key)
                 except TypeError:  # an unhashable value from a source: built every time
                     shape, key = None, ()
                 if shape is None:
-                    shape = self._shape(source, item, count, access.outcome, None, principal, base_resource,
-                                        who)
+                    shape = self._shape(source, item, count, outcome, None, principal, base_resource, who)
                     if key:
-                        if len(shapes) >= _SHAPES_LIMIT:
-                            shapes.clear()
-                        shapes[key] = shape
+                        self._keep(shapes, key, shape)
             else:
                 shape = self._shape(source, item, count, access.outcome, error, principal, base_resource, who)
             attrs = shape.attrs.copy()
@@ -223,15 +224,45 @@ class RecordBuilder:
                     took = _fmt_ms(duration_ms)
                 bodies.append(f"{shape.body}{took}{shape.tail}")
         # One audit span per instrumented call, following the span mode (and then the sampler).
-        mode = settings.spans
+        mode = self._spans
         if (
             mode == "off"
             or (mode == "in_trace" and not parent.is_valid)
             or (mode == "errors" and _worst(records) not in ("error", "denied"))
         ):
-            return Built(records, chosen, bodies, parent_ids, None)
+            return records, chosen, bodies, parent_ids, None
         span = self._start_span(ctx, records, access.start_ns)
-        return Built(records, chosen, bodies, _ids(span.get_span_context()), span)
+        return records, chosen, bodies, _ids(span.get_span_context()), span
+
+    def _situation(
+        self, source: Any, target: Any, ctx: Any, who: Any
+    ) -> tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]]:
+        """Who accesses, through which client: the resource and principal, and the shapes made for them."""
+        resource = source.resource(target)
+        principal = who.principal or self.settings.principal or source.principal(target)
+        situation = (source.name, principal, resource, who.enduser, who.client_address, who.access_path)
+        try:
+            shapes = self._shapes.get(situation)
+        except TypeError:  # an unhashable value from a source: its shapes are not kept
+            shapes = {}
+            self._last = (source, target, ctx, resource, principal, shapes)
+            return self._last
+        if shapes is None:
+            if len(self._shapes) >= _SHAPES_LIMIT:  # many end users or clients: start afresh
+                self._shapes.clear()
+                self._count = 0
+            shapes = self._shapes[situation] = {}
+        self._last = (source, target, ctx, resource, principal, shapes)
+        return self._last
+
+    def _keep(self, shapes: dict[tuple[Any, ...], Shape], key: tuple[Any, ...], shape: Shape) -> None:
+        """Cache a shape, forgetting them all at the bound (high-cardinality names cost at most ~2 MB)."""
+        if self._count >= _SHAPES_LIMIT:
+            self._count = 0
+            for cached in self._shapes.values():
+                cached.clear()
+        shapes[key] = shape
+        self._count += 1
 
     @staticmethod
     def end_span(span: Span, records: list[dict[str, Any]], end_ns: int) -> None:

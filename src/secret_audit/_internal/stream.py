@@ -15,6 +15,9 @@ from secret_audit._internal.otlp import AuditTail
 
 __all__ = ["Stream"]
 
+_ACCESS = contract.EVENT_ACCESS
+_DURATION = contract.DURATION_MS
+
 
 class Stream:
     """A fresh stream per process lifetime (and per child after fork): sequence 1, 2, 3 … from genesis."""
@@ -26,23 +29,25 @@ class Stream:
         self._tail = AuditTail(self.id)
 
     def stamp(
-        self,
-        attrs: dict[str, Any],
-        time_unix_nano: int,
-        event_name: str,
-        severity: int,
-        body: str,
-        trace_hex: str,
+        self, attrs: dict[str, Any], time_unix_nano: int, event_name: str, severity: int, body: str,
+        trace_hex: str = "", span_hex: str = "",
+    ) -> int:
+        """Give a record the next sequence, chained to the head; returns the sequence."""
+        self.sequence = seq = self.sequence + 1
+        self.head = contract.stamp(
+            attrs, self.id, seq, self.head, time_unix_nano, event_name, severity, body, trace_hex, span_hex
+        )
+        return seq
+
+    def stamp_access(
+        self, attrs: dict[str, Any], time_unix_nano: int, severity: int, body: str, trace_hex: str,
         span_hex: str,
-    ) -> tuple[int, str, str]:
-        """Give a record the next sequence and chain it to the head: ``(sequence, prev, digest)``."""
+    ) -> tuple[int, bytes | None]:
+        """Stamp an access record as ``stamp`` does, and encode the six attributes it ends with
+        (duration and the five chain fields) as OTLP bytes (None outside the fast layout)."""
         self.sequence = seq = self.sequence + 1
         prev = self.head
         self.head = digest = contract.stamp(
-            attrs, self.id, seq, prev, time_unix_nano, event_name, severity, body, trace_hex, span_hex
+            attrs, self.id, seq, prev, time_unix_nano, _ACCESS, severity, body, trace_hex, span_hex
         )
-        return seq, prev, digest
-
-    def tail(self, duration_ms: float, sequence: int, prev: str, digest: str) -> bytes | None:
-        """A stamped access record's last six attributes as OTLP bytes (None outside the fast layout)."""
-        return self._tail.encode(duration_ms, sequence, prev, digest)
+        return seq, self._tail.encode(attrs[_DURATION], seq, prev, digest)
