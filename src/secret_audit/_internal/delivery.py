@@ -249,6 +249,7 @@ class Delivery:
         if self.spool is not None:
             self.announce_spooled()
             self.spool.close()
+            self.spool = None  # stats() after shutdown reports no spool rather than failing
         if self.backend is not None:
             try:
                 self.backend.close()
