@@ -93,17 +93,44 @@ class CallCore:
 
     # ---- the wrappers -------------------------------------------------------------------------
 
-    def wrapper(self, hooks: Hooks, waits: Waits = None, begin: Begin = None) -> Wrapper:
-        """A wrapt wrapper for a sync method. ``waits(described)`` tells, in fail-closed mode, whether
-        this call waits (default: every described call); ``begin(instance)`` runs just before it."""
+    def wrapper(
+        self, hooks: Hooks, waits: Waits = None, begin: Begin = None, *, is_async: bool = False
+    ) -> Wrapper:
+        """A wrapt wrapper: ``waits(described)`` tells, in fail-closed mode, whether this call waits
+        (default: every described call); ``begin(instance)`` runs just before it. For a method that
+        returns a coroutine (``is_async``), the awaited call is timed, not the coroutine's creation."""
         describe, access, closed = hooks.describe, hooks.access, self.closed
         submit, note_error = self.handoff.submit, self.note_error
 
+        async def run(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs, described: Any,
+                      wait: bool) -> Any:
+            ctx, start = self._enter(wait, begin, instance)
+            try:
+                reply = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                end = time_ns()
+                self._hand_off(access, (instance, args, kwargs, described, start, end, ctx, None, exc))
+                raise
+            end = time_ns()
+            if not wait:
+                try:
+                    submit(access(instance, args, kwargs, described, start, end, ctx, reply, None))
+                except Exception:
+                    note_error()
+            elif not await self.handoff.wait_durable_async(
+                self._made(access, (instance, args, kwargs, described, start, end, ctx, reply, None))
+            ):
+                raise self._not_durable()
+            return reply
+
         def audited(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
+            # described now, also for a coroutine: a pipeline's stack is read before execute() empties it
             described = describe(instance, args, kwargs)
             if described is None:
                 return wrapped(*args, **kwargs)
             wait = closed and (waits is None or waits(described))
+            if is_async:
+                return run(wrapped, instance, args, kwargs, described, wait)
             if wait:
                 self.refuse_unless_accepting()
             ctx = get_current()
@@ -126,35 +153,5 @@ class CallCore:
             except Exception:
                 note_error()
             return reply
-
-        return audited
-
-    def async_wrapper(self, hooks: Hooks, waits: Waits = None, begin: Begin = None) -> Wrapper:
-        """The same for a method returning a coroutine: the awaited call is timed, not its creation."""
-        describe, access, closed = hooks.describe, hooks.access, self.closed
-
-        def audited(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
-            # described now: a pipeline's command stack is read before execute() empties it
-            described = describe(instance, args, kwargs)
-            if described is None:
-                return wrapped(*args, **kwargs)
-            wait = closed and (waits is None or waits(described))
-
-            async def run() -> Any:
-                ctx, start = self._enter(wait, begin, instance)
-                try:
-                    reply = await wrapped(*args, **kwargs)
-                except BaseException as exc:
-                    end = time_ns()
-                    self._hand_off(access, (instance, args, kwargs, described, start, end, ctx, None, exc))
-                    raise
-                call = (instance, args, kwargs, described, start, time_ns(), ctx, reply, None)
-                if not wait:
-                    self._hand_off(access, call)
-                elif not await self.handoff.wait_durable_async(self._made(access, call)):
-                    raise self._not_durable()
-                return reply
-
-            return run()
 
         return audited

@@ -252,5 +252,4 @@ class GcpWrappers:
 
     def for_method(self, method: str, is_async: bool) -> Wrapper:
         """The wrapt wrapper for one client method."""
-        make = self._core.async_wrapper if is_async else self._core.wrapper
-        return make(_Method(RPCS[method]))
+        return self._core.wrapper(_Method(RPCS[method]), is_async=is_async)

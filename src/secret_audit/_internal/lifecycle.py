@@ -60,8 +60,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _after_fork(ref: weakref.ref[AuditPipeline]) -> None:
     pipeline = ref()
-    if pipeline is not None and not pipeline.closed:
-        pipeline._reset()
+    if pipeline is not None:
+        pipeline.forked()
 
 
 def _at_exit(ref: weakref.ref[AuditPipeline]) -> None:

@@ -99,6 +99,11 @@ class AuditPipeline:
     def closed(self) -> bool:
         return self.handoff.closed
 
+    def forked(self) -> None:
+        """In a forked child: a stream of its own, an empty queue, no worker yet (lifecycle calls it)."""
+        if not self.handoff.closed:
+            self._reset()
+
     def stats(self) -> dict[str, Any]:
         """Counters for health checks and tests: what was queued, exported and lost."""
         out = self.counts()
@@ -213,18 +218,18 @@ class AuditPipeline:
         built = 0
         while dq:
             item = dq.popleft()
-            if type(item) is Marker:
+            if isinstance(item, Marker):
                 markers.append(item)
                 continue
             try:
-                built += self._take(item)  # type: ignore[arg-type]
-                if item.ticket is not None:  # type: ignore[union-attr]
-                    self._batch.tickets.append(item.ticket)  # type: ignore[union-attr]
+                built += self._take(item)
+                if item.ticket is not None:
+                    self._batch.tickets.append(item.ticket)
             except Exception:
                 self._ledger.internal_errors += 1
                 _log.exception("secret-audit: failed to build an audit record")
-                if item.ticket is not None:  # type: ignore[union-attr]
-                    item.ticket.complete(False)  # type: ignore[union-attr]
+                if item.ticket is not None:
+                    item.ticket.complete(False)
             if self._batch.records >= batch_size:
                 handoff.made_room()
                 self._attest()

@@ -249,11 +249,12 @@ class Wrappers:
         strategy = _StrategyCommands(is_secret, unknown, core.note_error)
         pipelines = Pipelines(commands)
         self.execute_command: Wrapper = core.wrapper(commands)
-        self.async_execute_command: Wrapper = core.async_wrapper(commands)
+        self.async_execute_command: Wrapper = core.wrapper(commands, is_async=True)
         self.strategy_execute_command: Wrapper = core.wrapper(strategy)
-        self.async_strategy_execute_command: Wrapper = core.async_wrapper(strategy)
+        self.async_strategy_execute_command: Wrapper = core.wrapper(strategy, is_async=True)
         self.pipeline_execute: Wrapper = core.wrapper(pipelines, pipelines.waits, pipelines.begin)
-        self.async_pipeline_execute: Wrapper = core.async_wrapper(pipelines, pipelines.waits, pipelines.begin)
+        self.async_pipeline_execute: Wrapper = core.wrapper(pipelines, pipelines.waits, pipelines.begin,
+                                                             is_async=True)
         self.pipeline_first_error: Wrapper = pipelines.first_error
         self.strategy_first_error: Wrapper = pipelines.strategy_first_error
 
