@@ -99,6 +99,11 @@ class AuditPipeline:
     def closed(self) -> bool:
         return self.handoff.closed
 
+    @property
+    def stream_id(self) -> str:
+        """This process's current stream (a forked child gets its own)."""
+        return self.stream.id
+
     def forked(self) -> None:
         """In a forked child: a stream of its own, an empty queue, no worker yet (lifecycle calls it)."""
         if not self.handoff.closed:
