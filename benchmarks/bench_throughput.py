@@ -137,7 +137,7 @@ def run(n: int, encoder: str, url: str, spans: bool = False, key: str | None = N
     cpu = time.process_time() - cpu
     stats = pipeline.stats()
     pipeline.shutdown(10)
-    stamped = pipeline.stats()["sequence"]  # the accesses, plus checkpoints when signing
+    stamped = pipeline.counts()["sequence"]  # the accesses, plus checkpoints when signing
     rep = _report(url)
     return {
         "encoder": encoder + ("+spans" if spans else "") + ("+signed" if key else ""),

@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from conftest import Audit, retire_pipeline
 from otlp_receiver import otlp_receiver
 from secret_audit._internal import pipeline as pipeline_mod
+from secret_audit._internal.handoff import Handoff
 from secret_audit._internal.redis_source import RedisSource
 from secret_audit.redis import RedisSecretAuditInstrumentor
 from test_launcher_e2e import launch as launch_app
@@ -180,7 +181,7 @@ def test_failure_inside_submit_never_changes_the_result(env, r, key, monkeypatch
     def boom(self, access):
         raise RuntimeError("audit pipeline exploded")
 
-    monkeypatch.setattr(pipeline_mod.AuditPipeline, "submit", boom)
+    monkeypatch.setattr(Handoff, "submit", boom)
     instrument_ours(helper, ours)
     assert r.set(key, "v") is True
     assert r.get(key) == b"v"

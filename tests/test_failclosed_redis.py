@@ -100,3 +100,39 @@ def test_async_and_pipeline_calls_are_fail_closed_too(closed, redis_url, key):
         other = redis.Redis.from_url(redis_url).pipeline()
         other.get("page-cache:1")
         assert other.execute() == [None]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_record_that_cannot_be_built_refuses_the_value_and_is_counted(closed, redis_url, key, monkeypatch, flavour):
+    """One spelling of fail-closed for every source and flavour: a record our code fails to make
+    refuses the value ("unbuilt", reported in the stream) and counts one error in stats()."""
+    from secret_audit._internal.redis_calls import Commands
+
+    plain = Commands.access
+    calls = []
+
+    def broken_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("audit bug")
+        return plain(*args)
+
+    redis.Redis.from_url(redis_url).set(key, "v")
+    monkeypatch.setattr(Commands, "access", broken_once)  # the wrappers take it when instrumented
+    with otlp_receiver() as rx:
+        pipeline = closed(rx.url)
+
+        async def go():
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                return await client.get(key)
+            finally:
+                await client.aclose()
+
+        with pytest.raises(AuditUnavailableError, match="could not be built"):
+            redis.Redis.from_url(redis_url).get(key) if flavour == "sync" else asyncio.run(go())
+        assert pipeline.stats()["call_errors"] == 1
+        assert pipeline.stats()["refused"] == {"unbuilt": 1}
+        assert redis.Redis.from_url(redis_url).get(key) == b"v"  # served again, and audited
+        refused = [r["attributes"] for r in rx.logs if r["event_name"] == "audit.refused"]
+    assert [(a["audit.refused.reason"], a["audit.refused.count"]) for a in refused] == [("unbuilt", 1)]

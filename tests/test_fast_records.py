@@ -24,8 +24,9 @@ from secret_audit._internal.otlp import (
     encode_log_record,
     encode_request,
 )
-from secret_audit._internal.pipeline import AuditPipeline, summary
+from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.redis_source import SOURCE
+from secret_audit._internal.shapes import summary
 from secret_audit._internal.sinks import FastSink
 from secret_audit.context import audit_context
 from test_otlp_encoder import sdk_bytes
@@ -82,9 +83,9 @@ def pipeline(request):
         env["OTEL_PYTHON_SECRET_AUDIT_HASH_NAMES"] = "true"
         env["OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY"] = "k" * 32
     p = AuditPipeline(load_settings(env))
-    p._ensure_sdk()
+    p._prepare()
     yield p
-    p._closed = True
+    p.handoff.closed = True
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -97,7 +98,7 @@ def pipeline(request):
     sequence=st.one_of(st.integers(0, 1000), st.integers(2**20, 2**62)),
 )
 def test_pre_encoded_records_equal_a_full_encode(pipeline, accesses, sequence):
-    sink = pipeline._sink
+    sink = pipeline._backend
     assert isinstance(sink, FastSink)
     seen: list[tuple[RecordData, bytes]] = []
 
@@ -109,16 +110,16 @@ def test_pre_encoded_records_equal_a_full_encode(pipeline, accesses, sequence):
         assert fast == encode_log_record(record)
         seen.append((record, fast))
 
-    sink.add_encoded = check  # type: ignore[method-assign]
-    pipeline._sequence = sequence
+    sink.add = check  # type: ignore[method-assign]
+    pipeline.stream.sequence = sequence
     records = 0
     try:
         for group, spec, duration in accesses:
             start = 1_700_000_000_000_000_000
             access = Access(SOURCE, start, start + duration, _context(spec), None, tuple(group), "success")
-            records += pipeline._build(access)
+            records += pipeline._take(access)
     finally:
-        del sink.add_encoded
+        del sink.add
     assert len(seen) == records
     for record, fast in seen:
         attrs = dict(record.attributes)
@@ -141,17 +142,17 @@ def test_pre_encoded_records_equal_a_full_encode(pipeline, accesses, sequence):
 
 
 def test_an_unhashable_value_from_a_source_is_still_recorded(pipeline):
-    sink = pipeline._sink
+    sink = pipeline._backend
     seen = []
-    sink.add_encoded = lambda record, prefix, skip, tail: seen.append(
+    sink.add = lambda record, prefix, skip, tail: seen.append(
         (encode_log_record(record, prefix, skip, tail), encode_log_record(record), record)
     )
     try:
         item = Item("secret:odd", "read", "GET", "found", version=["1", "2"])  # a list: not hashable
         start = 1_700_000_000_000_000_000
-        assert pipeline._build(Access(SOURCE, start, start + 1, otel_context.Context(), None, (item,), "success")) == 1
+        assert pipeline._take(Access(SOURCE, start, start + 1, otel_context.Context(), None, (item,), "success")) == 1
     finally:
-        del sink.add_encoded
+        del sink.add
     [(fast, full, record)] = seen
     assert fast == full
     assert record.attributes["secret.version"] == ["1", "2"]

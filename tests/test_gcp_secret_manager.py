@@ -397,13 +397,15 @@ def test_a_failure_in_our_code_never_breaks_the_call(gcp_audit, gcp_caller, monk
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("audit bug")
 
-    before = gcp_source._internal_errors[0]
+    from secret_audit._internal.pipeline import peek_pipeline
+
+    before = peek_pipeline().stats()["call_errors"]
     monkeypatch.setattr(gcp_source, "build_item", boom)
     result = call("get_secret", name=f"projects/{project}/secrets/s")
     assert result.name == f"projects/{project}/secrets/s"
     with pytest.raises(gexc.NotFound):
         call("get_secret", name=f"projects/{project}/secrets/nope")
-    assert gcp_source._internal_errors[0] == before + 2
+    assert peek_pipeline().stats()["call_errors"] == before + 2
 
 
 def test_uninstrument_restores_the_original_methods(gcp_server):

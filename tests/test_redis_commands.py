@@ -6,7 +6,8 @@ import pytest
 import redis
 
 from conftest import instrumented
-from secret_audit._internal import redis_commands, redis_source
+from secret_audit._internal import redis_commands
+from secret_audit._internal.pipeline import peek_pipeline
 from secret_audit._internal.redis_commands import Command
 from servers import valkey_server
 
@@ -282,7 +283,7 @@ def test_a_failing_classification_never_breaks_the_call(audit, r, key, monkeypat
     table["RPOP"] = Command(table["RPOP"].keys, boom)
     table["KEYS"] = table["KEYS"]._replace(result=boom)
     monkeypatch.setattr(redis_commands, "COMMANDS", table)
-    before = redis_source._internal_errors[0]
+    before = peek_pipeline().stats()["call_errors"]
     audit.clear()
     assert r.lpop(key) == b"a"
     assert r.rpop(key) == b"b"
@@ -290,6 +291,6 @@ def test_a_failing_classification_never_breaks_the_call(audit, r, key, monkeypat
     with r.pipeline() as pipe:
         pipe.lpush(key, "c").rpop(key).keys(key)
         assert pipe.execute() == [1, b"c", []]
-    assert redis_source._internal_errors[0] == before + 1
+    assert peek_pipeline().stats()["call_errors"] == before + 1
     got = [(x["audit.action"], x["audit.outcome"], x.get("audit.result")) for x in audit.attrs()]
     assert got == [("RPOP", "success", None), ("LPUSH", "success", "created"), ("RPOP", "success", None)]

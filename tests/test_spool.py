@@ -275,3 +275,16 @@ def test_a_spool_written_before_loss_reports_were_noted_is_upgraded_in_place(tmp
     finally:
         spool.close()
         second.close()
+
+
+def test_stats_after_shutdown_do_not_fail_on_the_closed_spool(tmp_path, redis_url, key, instrument):
+    """A health check or benchmark may read stats() after shutdown (at exit): the spool is closed then."""
+    with otlp_receiver() as rx:
+        pipeline = _spooling(instrument, rx, tmp_path)
+        redis.Redis.from_url(redis_url).get(key)
+        assert pipeline.flush(10)
+        assert pipeline.stats()["spool"]["records"] == 1
+        pipeline.shutdown(5)
+        stats = pipeline.stats()
+    assert stats["spooled"] == 1
+    assert stats["spool"] is None

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import replace
 from typing import Any
 
-from secret_audit._internal import meters
+from secret_audit._internal import lifecycle, meters
 from secret_audit._internal.config import SOURCES, ConfigurationError, Settings, load_settings
-from secret_audit._internal.pipeline import AuditPipeline, get_pipeline, peek_pipeline, set_pipeline
+from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
 
 __all__ = ["pipeline_for"]
 
@@ -102,10 +103,25 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
         if current is not None and current.wired_as(settings, exporter, provider):
             return current  # the second instrumentor of the same wiring shares the stream
         # Explicit wiring (tests, embedding apps) replaces the process pipeline; wrappers still
-        # holding the old one are forwarded to the new one (see AuditPipeline.submit).
-        fresh = AuditPipeline(settings, exporter=exporter, tracer_provider=provider)
+        # holding the old one are forwarded to the new one (see Handoff.submit).
+        fresh = _started(settings, exporter, provider)
         old = set_pipeline(fresh)
         if old is not None:
             old.shutdown()
         return fresh
-    return get_pipeline(settings)
+    with _LOCK:  # sources share one stream: the first to start makes the pipeline
+        current = peek_pipeline()
+        if current is None or current.closed:
+            current = _started(settings)
+            set_pipeline(current)
+        return current
+
+
+_LOCK = threading.Lock()
+
+
+def _started(settings: Settings, exporter: Any = None, provider: Any = None) -> AuditPipeline:
+    """A new pipeline with its lifecycle hooks (exit, SIGTERM, fork) installed."""
+    pipeline = AuditPipeline(settings, exporter=exporter, tracer_provider=provider)
+    lifecycle.install(pipeline)
+    return pipeline

@@ -16,7 +16,7 @@ from secret_audit._internal.sinks import FastSink, Sink
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
-__all__ = ["NullSink", "audit_resource", "build_sink", "preload_sink"]
+__all__ = ["NullSink", "audit_resource", "build_sink", "early_resource", "preload_sink"]
 
 
 class NullSink(Sink):
@@ -25,17 +25,17 @@ class NullSink(Sink):
     def __init__(self) -> None:
         self._count = 0
 
-    def add(self, record: RecordData) -> None:
+    def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
         self._count += 1
 
     def pending(self) -> int:
         return self._count
 
-    def deliver(self) -> str:
-        return SendResult.OK
-
-    def discard(self) -> None:
+    def seal(self) -> None:
         self._count = 0
+
+    def send(self, payload: object) -> str:
+        return SendResult.OK
 
     def close(self) -> None:
         return None
@@ -94,12 +94,23 @@ def preload_sink(settings: Settings, exporter: object) -> None:
         preload(settings.otlp_protocol)
 
 
-def audit_resource(provider: trace.TracerProvider | None = None) -> Resource:
+def early_resource(provider: trace.TracerProvider | None = None) -> Resource | None:
+    """Detect the resource now when no tracer provider carries one: detection runs on a thread
+    pool, which refuses work once the interpreter has begun to exit (when a short script's records
+    are built)."""
+    if isinstance(getattr(provider or trace.get_tracer_provider(), "resource", None), Resource):
+        return None
+    return audit_resource(provider)
+
+
+def audit_resource(
+    provider: trace.TracerProvider | None = None, detected: Resource | None = None
+) -> Resource:
     """Reuse the tracer provider's resource so audit records and spans name the same service."""
     provider = provider or trace.get_tracer_provider()
     resource = getattr(provider, "resource", None)
     if not isinstance(resource, Resource):
-        resource = Resource.create()
+        resource = detected or Resource.create()
     if "service.instance.id" not in resource.attributes:
         resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
     return resource

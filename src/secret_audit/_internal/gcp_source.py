@@ -1,20 +1,17 @@
-"""The google-cloud-secret-manager wrappers: classify, time and enqueue; the rest happens on the worker."""
+"""google-cloud-secret-manager: which calls touch which secret, and the call core's hooks for its clients."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
-from time import time_ns
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context
 
-from secret_audit._internal import failclosed
+from secret_audit._internal.callcore import Args, CallCore, Kwargs, Wrapper
 from secret_audit._internal.errors import error_type
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.pipeline import AuditPipeline
-from secret_audit.exceptions import AuditUnavailableError
+from secret_audit._internal.handoff import Handoff
 
 __all__ = [
     "RPCS",
@@ -219,118 +216,40 @@ class GcpSecretManagerSource:
 
 SOURCE = GcpSecretManagerSource()
 
-Submit = Callable[[Access], None]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+class _Method:
+    """The call core's hooks for one client method: every call is audited, its Item made at once."""
 
-_UNBUILT = "secret access refused: its audit record could not be built (fail-closed mode)"
+    __slots__ = ("rpc",)
 
+    def __init__(self, rpc: Rpc) -> None:
+        self.rpc = rpc
 
-class GcpWrappers:
-    """One wrapper core for sync and async client methods; ``submit`` is bound at instrument time.
+    def describe(self, instance: Any, args: Args, kwargs: Kwargs) -> Rpc:
+        return self.rpc
 
-    ``closed_on`` is the pipeline to wait on in fail-closed mode; None (fail-open) keeps the
-    caller's path to a check and an enqueue.
-    """
-
-    def __init__(self, submit: Submit, closed_on: AuditPipeline | None = None) -> None:
-        self.submit = submit
-        self.closed_on = closed_on
-
-    def for_method(self, method: str, is_async: bool) -> Wrapper:
-        """The wrapt wrapper for one client method."""
-        return partial(self._async_call if is_async else self._call, RPCS[method])
-
-    def _build(
+    def access(
         self,
-        rpc: Rpc,
         instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
+        rpc: Rpc,
         start: int,
+        end: int,
         ctx: Context,
         response: Any,
         error: BaseException | None,
-    ) -> Access | None:
-        """Describe the call; a failure here is counted and yields None, never an exception."""
-        end = time_ns()
-        try:
-            item = build_item(rpc, args, kwargs, response)
-            return Access(SOURCE, start, end, ctx, instance, (item,), "success", error)
-        except Exception:
-            _internal_errors[0] += 1
-            return None
-
-    def _record(self, access: Access | None) -> None:
-        """Enqueue without waiting; any failure here is counted, never raised to the caller."""
-        if access is None:
-            return
-        try:
-            self.submit(access)
-        except Exception:
-            _internal_errors[0] += 1
-
-    def _call(
-        self,
-        rpc: Rpc,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Wrap a sync client method: time the call, then enqueue (or, fail-closed, wait)."""
-        closed = self.closed_on
-        if closed is not None:
-            failclosed.before_call(closed)
-        ctx = get_current()
-        start = time_ns()
-        try:
-            response = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            # The call failed: no value leaves, so even fail-closed re-raises the original error.
-            self._record(self._build(rpc, instance, args, kwargs, start, ctx, None, exc))
-            raise
-        access = self._build(rpc, instance, args, kwargs, start, ctx, response, None)
-        if closed is None:
-            self._record(access)
-        elif access is None:
-            closed.refuse("unbuilt")
-            raise AuditUnavailableError(_UNBUILT)
-        else:
-            failclosed.durable(closed, access)
-        return response
-
-    def _async_call(
-        self,
-        rpc: Rpc,
-        wrapped: Callable[..., Awaitable[Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Wrap an async client method, timing the awaited call rather than coroutine creation."""
-
-        async def run() -> Any:
-            closed = self.closed_on
-            if closed is not None:
-                failclosed.before_call(closed)
-            ctx = get_current()
-            start = time_ns()
-            try:
-                response = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                self._record(self._build(rpc, instance, args, kwargs, start, ctx, None, exc))
-                raise
-            access = self._build(rpc, instance, args, kwargs, start, ctx, response, None)
-            if closed is None:
-                self._record(access)
-            elif access is None:
-                closed.refuse("unbuilt")
-                raise AuditUnavailableError(_UNBUILT)
-            else:
-                await failclosed.durable_async(closed, access)
-            return response
-
-        return run()
+    ) -> Access:
+        """Identifiers only, from the request and (for a new or aliased version) the response."""
+        item = build_item(rpc, args, kwargs, response)
+        return Access(SOURCE, start, end, ctx, instance, (item,), "success", error)
 
 
-_internal_errors = [0]
+class GcpWrappers:
+    """The wrapt wrappers of the client methods, sync and async, from the call core."""
+
+    def __init__(self, handoff: Handoff, *, closed: bool = False) -> None:
+        self._core = CallCore(handoff, closed=closed)
+
+    def for_method(self, method: str, is_async: bool) -> Wrapper:
+        """The wrapt wrapper for one client method."""
+        return self._core.wrapper(_Method(RPCS[method]), is_async=is_async)

@@ -324,7 +324,11 @@ def encode_request(
         scope += _ld(b"\x0a", scope_name.encode("utf-8"))
     if scope_version:
         scope += _ld(b"\x12", scope_version.encode("utf-8"))
-    scope_logs = _ld(b"\x0a", scope) + b"".join(_ld(b"\x12", r) for r in records)
+    framed: list[bytes] = [_ld(b"\x0a", scope)]
+    for r in records:  # each record's field header, then the record: joined once, not copied twice
+        n = len(r)
+        framed += (b"\x12", _SMALL[n] if n < 128 else _varint(n), r)
+    scope_logs = b"".join(framed)
     if scope_schema_url:
         scope_logs += _ld(b"\x1a", scope_schema_url.encode("utf-8"))
     resource_logs = _ld(b"\x0a", resource) + _ld(b"\x12", scope_logs)

@@ -1,4 +1,4 @@
-"""The SDK sink: records through a dedicated LoggerProvider to any LogRecordExporter (imported lazily)."""
+"""The SDK back end: records through a dedicated LoggerProvider to any LogRecordExporter (imported lazily)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def _readable(record: ReadWriteLogRecord) -> ReadableLogRecord:
 class SdkSink(Sink):
     """Emits through a dedicated SDK LoggerProvider, for custom exporters and the stock encoder."""
 
+    empty: list[ReadableLogRecord] = []  # noqa: RUF012 - never mutated: what the probe exports
+
     def __init__(self, resource: Resource, scope: str, version: str, exporter: LogRecordExporter) -> None:
         self._collector = _Collector()
         self._provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
@@ -57,7 +59,7 @@ class SdkSink(Sink):
         self._logger = self._provider.get_logger(scope, version)
         self._exporter = exporter
 
-    def add(self, record: RecordData) -> None:
+    def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
         span_context = SpanContext(
             record.trace_id, record.span_id, is_remote=False, trace_flags=TraceFlags(record.flags)
         )
@@ -76,12 +78,14 @@ class SdkSink(Sink):
     def pending(self) -> int:
         return len(self._collector.batch)
 
-    def deliver(self) -> str:
-        result = self._exporter.export([_readable(r) for r in self._collector.batch])
-        return SendResult.OK if result is LogRecordExportResult.SUCCESS else SendResult.RETRY
-
-    def discard(self) -> None:
+    def seal(self) -> list[ReadableLogRecord]:
+        sealed = [_readable(r) for r in self._collector.batch]
         self._collector.batch = []
+        return sealed
+
+    def send(self, payload: list[ReadableLogRecord]) -> str:
+        result = self._exporter.export(payload)
+        return SendResult.OK if result is LogRecordExportResult.SUCCESS else SendResult.RETRY
 
     def close(self) -> None:
         self._exporter.shutdown()  # type: ignore[no-untyped-call]

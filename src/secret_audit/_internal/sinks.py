@@ -1,6 +1,8 @@
-"""Where built records go: the sink interface, and the fast sink that writes OTLP bytes itself."""
+"""Delivery's back ends: the interface, and the fast one that writes and sends OTLP bytes itself."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
@@ -11,18 +13,30 @@ __all__ = ["FastSink", "Sink"]
 
 
 class Sink:
-    """Accumulates one batch of records and delivers it; ``deliver`` returns a SendResult value."""
+    """Accumulates one batch of records, seals it into a payload and sends payloads.
 
-    def add(self, record: RecordData) -> None:
+    ``send`` returns a SendResult value. A back end that ``encodes`` takes each record's
+    pre-encoded attribute bytes; one that is ``spoolable`` seals OTLP bytes, which the spool keeps.
+    """
+
+    encodes = False
+    spoolable = False
+    empty: Any = None  # the payload of an empty request, as the probe sends it
+    problem: str | None = None
+
+    def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
+        """Add a record whose first ``skip`` attributes are already encoded as ``prefix`` (and the
+        rest as ``tail``, when given); a back end that does not encode ignores them."""
         raise NotImplementedError
 
     def pending(self) -> int:
         raise NotImplementedError
 
-    def deliver(self) -> str:
+    def seal(self) -> Any:
+        """The pending batch as one payload; the back end starts a new batch."""
         raise NotImplementedError
 
-    def discard(self) -> None:
+    def send(self, payload: Any) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -32,6 +46,10 @@ class Sink:
 class FastSink(Sink):
     """Encodes each record once to protobuf and sends batches with our own sender."""
 
+    encodes = True
+    spoolable = True
+    empty = b""  # an empty ExportLogsServiceRequest
+
     def __init__(self, resource: Resource, scope: str, version: str, sender: Sender) -> None:
         self._resource = dict(resource.attributes)
         self._schema_url = resource.schema_url or ""
@@ -40,12 +58,7 @@ class FastSink(Sink):
         self._sender = sender
         self._batch: list[bytes] = []
 
-    def add(self, record: RecordData) -> None:
-        self._batch.append(encode_log_record(record))
-
-    def add_encoded(self, record: RecordData, prefix: bytes, skip: int, tail: bytes | None) -> None:
-        """Add a record whose first ``skip`` attributes are already encoded as ``prefix`` (and the
-        rest as ``tail``, when given)."""
+    def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
         self._batch.append(encode_log_record(record, prefix, skip, tail))
 
     def pending(self) -> int:
@@ -61,20 +74,19 @@ class FastSink(Sink):
             resource_schema_url=self._schema_url,
         )
 
+    def seal(self) -> bytes:
+        body = self.encode()
+        self._batch = []
+        return body
+
     @property
-    def problem(self) -> str | None:
+    def problem(self) -> str | None:  # type: ignore[override]
         """What the endpoint's last failure looked like, for loss reports."""
         return self._sender.problem
 
-    def send(self, body: bytes) -> str:
+    def send(self, payload: bytes) -> str:
         """Send an encoded request (a fresh batch or a spooled one)."""
-        return self._sender.send(body)
-
-    def deliver(self) -> str:
-        return self.send(self.encode())
-
-    def discard(self) -> None:
-        self._batch = []
+        return self._sender.send(payload)
 
     def close(self) -> None:
         self._sender.close()

@@ -70,7 +70,7 @@ class GcpSecretManagerSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore
         if pipeline is None:
             return
         closed = pipeline.settings.mode_for(SOURCE_NAME) == "closed"
-        wrappers = GcpWrappers(pipeline.submit, pipeline if closed else None)
+        wrappers = GcpWrappers(pipeline.handoff, closed=closed)
 
         def patch(mod: Any) -> None:
             for owner, method, is_async in _targets(mod):

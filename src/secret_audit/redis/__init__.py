@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from secret_audit._internal.bootstrap import pipeline_for
 from secret_audit._internal.matcher import KeyMatcher
 from secret_audit._internal.patching import unwrap_ours, when_imported, wrap
-from secret_audit._internal.redis_source import Wrappers
+from secret_audit._internal.redis_calls import Wrappers
 from secret_audit.redis.package import _instruments
 
 __all__ = ["RedisSecretAuditInstrumentor"]
@@ -112,9 +112,9 @@ class RedisSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             settings.redis_key_patterns,
             case_sensitive=settings.redis_key_patterns_case_sensitive,
         )
-        closed = pipeline if settings.mode_for("redis") == "closed" else None
+        closed = settings.mode_for("redis") == "closed"
         unknown = settings.redis_unknown_commands == "audit"
-        wrappers = Wrappers(pipeline.submit, matcher, closed_pipeline=closed, unknown_commands=unknown)
+        wrappers = Wrappers(pipeline.handoff, matcher, closed=closed, unknown_commands=unknown)
 
         def patch(_redis: Any) -> None:
             for owner, method, factory in _targets():

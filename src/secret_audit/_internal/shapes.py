@@ -1,0 +1,355 @@
+"""The record builder: what repeats between records of one kind of access is worked out once, as a shape.
+
+A shape holds a record's static attributes (named, HMAC'd where asked), its summary around the
+duration, its severity and its attributes pre-encoded as OTLP bytes; ``RecordBuilder.build`` fills
+in what varies per access and starts the access's audit span. The native engine will take over
+this per-record fill; it owns no stream state (the stream stamps) and no delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from secret_audit import contract
+from secret_audit._internal.config import Settings
+from secret_audit._internal.event import Access, Item
+from secret_audit._internal.otlp import encode_attributes
+from secret_audit.context import resolve
+from secret_audit.hashing import hash_name
+from secret_audit.version import __version__
+
+__all__ = ["NO_IDS", "SCOPE", "SEVERITY", "Built", "Ids", "RecordBuilder", "Shape", "echo_line", "summary"]
+
+SCOPE = "secret_audit"
+SEVERITY = {outcome: (SeverityNumber(n).value, text) for outcome, (n, text) in contract.SEVERITY.items()}
+
+_VERB = {
+    "read": ("Secret accessed", "from"),
+    "write": ("Secret stored", "to"),
+    "delete": ("Secret deleted", "from"),
+    "metadata": ("Secret metadata read", "from"),
+    "admin": ("Secret administered", "on"),
+    "unknown": ("Secret touched by an unclassified command", "in"),
+}
+_FAILED = {
+    "read": "Secret access failed",
+    "write": "Secret store failed",
+    "delete": "Secret delete failed",
+    "metadata": "Secret metadata read failed",
+    "admin": "Secret administration failed",
+}
+
+_echo = logging.getLogger("secret_audit.audit")
+_echo_ready = False
+
+
+def echo_line(body: str) -> None:
+    """Write the ``[AUDIT]`` line; asked-for lines go to stderr if logging was never configured."""
+    global _echo_ready
+    if not _echo_ready:
+        _echo_ready = True
+        if not _echo.hasHandlers():
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            _echo.addHandler(handler)
+        if _echo.getEffectiveLevel() > logging.INFO:
+            _echo.setLevel(logging.INFO)
+    _echo.info("[AUDIT] %s", body)
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.2f}ms"
+
+
+# Control characters in a key name must not let it forge a second line in a grep-able log.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
+def summary(attrs: dict[str, Any], took: str | None = None) -> str:
+    """Render the seed-000 one-line summary; it only ever names identifiers, never values."""
+    op = attrs["audit.operation"]
+    name = str(attrs["secret.name"]).translate(_ESCAPES)
+    source = attrs["secret.source"]
+    outcome = attrs["audit.outcome"]
+    if took is None:
+        took = _fmt_ms(attrs["audit.duration_ms"])
+    if outcome == "not_found":
+        return f"Secret not found: {name} in {source} ({took})"
+    if outcome in ("error", "denied"):
+        reason = attrs.get("audit.error") or attrs.get("error.type") or outcome
+        return f"{_FAILED.get(op, 'Secret access failed')}: {name} {_VERB[op][1]} {source}: {reason}"
+    verb, prep = _VERB.get(op, ("Secret accessed", "from"))
+    result = attrs.get("audit.result")
+    extra = f" ({result})" if result in ("created", "updated", "deleted", "unchanged") else ""
+    return f"{verb}: {name} {prep} {source}{extra} ({took})"
+
+
+class Shape(NamedTuple):
+    """What repeats between records of one kind of access: static attributes, body, their bytes."""
+
+    attrs: dict[str, Any]
+    body: str  # the whole body, or its part before the duration when ``tail`` is set
+    tail: str | None
+    severity: int
+    severity_text: str
+    encoded: bytes  # ``attrs`` as OTLP LogRecord attribute fields
+    skip: int  # how many attributes ``encoded`` holds
+    kind: tuple[str, Any, Any]  # what the metrics count it by: event, secret.source, audit.outcome
+
+
+# A record's trace fields: trace id, span id, flags, and the two ids in hex for the chain hash.
+Ids = tuple[int, int, int, str, str]
+NO_IDS: Ids = (0, 0, 0, "", "")
+
+
+def _ids(span_context: trace.SpanContext) -> Ids:
+    if not span_context.is_valid:
+        return NO_IDS
+    trace_id, span_id = span_context.trace_id, span_context.span_id
+    return trace_id, span_id, int(span_context.trace_flags), f"{trace_id:032x}", f"{span_id:016x}"
+
+
+# One access, built: a record's attributes, shape and body per secret, its trace ids, its span (a
+# plain tuple: a NamedTuple's constructor is a Python call, per access).
+Built = tuple[list[dict[str, Any]], list[Shape], list[str], Ids, Span | None]
+
+
+# Bounded so that high-cardinality key names cost at most about 2 MB of cached shapes.
+_SHAPES_LIMIT = 1024
+_RANK = {"success": 0, "not_found": 1, "denied": 2, "error": 3}
+
+
+def _worst(records: list[dict[str, Any]]) -> str:
+    return str(max((r["audit.outcome"] for r in records), key=lambda o: _RANK.get(o, 3)))
+
+
+def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
+    """Merge identical accesses within one call (e.g. a pipeline reading one key 100 times)."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for item in items:
+        key = (*item[:6], id(item.error))  # name, operation, action, result, resource, version
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [item, 1]
+        else:
+            group[1] += 1
+    return [(g[0], g[1]) for g in groups.values()]
+
+
+class RecordBuilder:
+    """Shapes (cached per kind of access), names, summaries and audit spans of one stream's records."""
+
+    def __init__(self, settings: Settings, tracer_provider: TracerProvider | None) -> None:
+        self.settings = settings
+        self._hmac_key = settings.hmac_key if settings.hash_names else None
+        self._provider = tracer_provider
+        self._tracer: trace.Tracer | None = None
+        self._spans = settings.spans
+        # Shapes by situation (who, through which client), then by (item, count, outcome).
+        self._shapes: dict[tuple[Any, ...], dict[tuple[Any, ...], Shape]] = {}
+        self._count = 0  # shapes cached
+        self._last_context: Context | None = None
+        self._last_who: tuple[Any, trace.SpanContext, Ids] = (None, trace.INVALID_SPAN_CONTEXT, NO_IDS)
+        # the last situation: (source, client, context), its resource and principal, its shapes
+        self._last: tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]] = (
+            None, None, None, None, None, {})
+
+    def tracer(self) -> trace.Tracer:
+        """The audit spans' tracer, from the given provider or the global one when first needed."""
+        if self._tracer is None:
+            provider = self._provider or trace.get_tracer_provider()
+            self._tracer = provider.get_tracer(SCOPE, __version__)
+        return self._tracer
+
+    def build(self, access: Access) -> Built | None:
+        """One record per distinct secret the access touched, and its span if wanted; None for none."""
+        settings = self.settings
+        source = access.source
+        ctx = access.context
+        items = access.items
+        if items is None:
+            items = access.expand(access.pending) if access.expand is not None else ()
+        if not items:
+            return None
+        if ctx is self._last_context:
+            who, parent, parent_ids = self._last_who
+        else:
+            # Accesses made in one request share its context: resolved once for all of them.
+            who = resolve(ctx, settings.default_access_path)
+            parent = trace.get_current_span(ctx).get_span_context()
+            parent_ids = _ids(parent)
+            self._last_context, self._last_who = ctx, (who, parent, parent_ids)
+        target = access.target
+        last = self._last
+        if last[2] is not ctx or last[1] is not target or last[0] is not source:
+            # Consecutive accesses mostly come from one request through one client: described once.
+            last = self._situation(source, target, ctx, who)
+        base_resource, principal, shapes = last[3], last[4], last[5]
+        duration_ms = (access.end_ns - access.start_ns) / 1e6
+        took = None
+        records: list[dict[str, Any]] = []
+        chosen: list[Shape] = []
+        bodies: list[str] = []
+        outcome = access.outcome
+        for item, count in _coalesce(items) if len(items) > 1 else ((items[0], 1),):
+            error = item.error or access.error
+            if error is None:
+                key: tuple[Any, ...] = (item, count, outcome)
+                try:
+                    shape = shapes.get(key)
+                except TypeError:  # an unhashable value from a source: built every time
+                    shape, key = None, ()
+                if shape is None:
+                    shape = self._shape(source, item, count, outcome, None, principal, base_resource, who)
+                    if key:
+                        self._keep(shapes, key, shape)
+            else:
+                shape = self._shape(source, item, count, access.outcome, error, principal, base_resource, who)
+            attrs = shape.attrs.copy()
+            attrs["audit.duration_ms"] = duration_ms
+            records.append(attrs)
+            chosen.append(shape)
+            if shape.tail is None:
+                bodies.append(shape.body)
+            else:
+                if took is None:
+                    took = _fmt_ms(duration_ms)
+                bodies.append(f"{shape.body}{took}{shape.tail}")
+        # One audit span per instrumented call, following the span mode (and then the sampler).
+        mode = self._spans
+        if (
+            mode == "off"
+            or (mode == "in_trace" and not parent.is_valid)
+            or (mode == "errors" and _worst(records) not in ("error", "denied"))
+        ):
+            return records, chosen, bodies, parent_ids, None
+        span = self._start_span(ctx, records, access.start_ns)
+        return records, chosen, bodies, _ids(span.get_span_context()), span
+
+    def _situation(
+        self, source: Any, target: Any, ctx: Any, who: Any
+    ) -> tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]]:
+        """Who accesses, through which client: the resource and principal, and the shapes made for them."""
+        resource = source.resource(target)
+        principal = who.principal or self.settings.principal or source.principal(target)
+        situation = (source.name, principal, resource, who.enduser, who.client_address, who.access_path)
+        try:
+            shapes = self._shapes.get(situation)
+        except TypeError:  # an unhashable value from a source: its shapes are not kept
+            shapes = {}
+            self._last = (source, target, ctx, resource, principal, shapes)
+            return self._last
+        if shapes is None:
+            if len(self._shapes) >= _SHAPES_LIMIT:  # many end users or clients: start afresh
+                self._shapes.clear()
+                self._count = 0
+            shapes = self._shapes[situation] = {}
+        self._last = (source, target, ctx, resource, principal, shapes)
+        return self._last
+
+    def _keep(self, shapes: dict[tuple[Any, ...], Shape], key: tuple[Any, ...], shape: Shape) -> None:
+        """Cache a shape, forgetting them all at the bound (high-cardinality names cost at most ~2 MB)."""
+        if self._count >= _SHAPES_LIMIT:
+            self._count = 0
+            for cached in self._shapes.values():
+                cached.clear()
+        shapes[key] = shape
+        self._count += 1
+
+    @staticmethod
+    def end_span(span: Span, records: list[dict[str, Any]], end_ns: int) -> None:
+        """End an access's span once its records are stamped: a lone record lends it all its attributes."""
+        if len(records) == 1:
+            span.set_attributes(records[0])
+        worst = _worst(records)
+        if worst in ("error", "denied"):
+            span.set_status(Status(StatusCode.ERROR, records[0].get("error.type")))
+        span.end(end_time=end_ns)
+
+    def _name(self, raw: str | bytes) -> str:
+        if self._hmac_key is not None:
+            return hash_name(raw, self._hmac_key)
+        if isinstance(raw, bytes):
+            return raw.decode("utf-8", "backslashreplace")
+        return raw
+
+    def _shape(
+        self,
+        source: Any,
+        item: Item,
+        count: int,
+        outcome: str,
+        error: BaseException | None,
+        principal: str | None,
+        base_resource: str | None,
+        who: Any,
+    ) -> Shape:
+        """Everything about a record that repeats from access to access, worked out once."""
+        error_type = error_text = None
+        if error is not None:
+            outcome, error_type, error_text = source.describe_error(error)
+        name = self._name(item.name)
+        attrs: dict[str, Any] = {"secret.name": name, "secret.source": source.name}
+        resource = item.resource or base_resource
+        if resource and self._hmac_key is not None and item.resource:
+            raw = item.name
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8", "surrogateescape")
+            resource = resource.replace(f"/secrets/{raw}", f"/secrets/{name}")
+        if resource:
+            attrs["secret.resource"] = resource
+        if item.version:
+            attrs["secret.version"] = item.version
+        attrs["audit.operation"] = item.operation
+        attrs["audit.action"] = item.action
+        if error_type is None and item.result == "not_found":
+            attrs["audit.outcome"] = "not_found"
+        else:
+            attrs["audit.outcome"] = outcome
+            if item.result and error_type is None:
+                attrs["audit.result"] = item.result
+        if count > 1:
+            attrs["audit.count"] = count
+        if error_type is not None:
+            attrs["error.type"] = error_type
+            if error_text:
+                attrs["audit.error"] = error_text
+        if principal:
+            attrs["audit.principal"] = principal
+        if who.enduser:
+            attrs["enduser.id"] = who.enduser
+        if who.client_address:
+            attrs["client.address"] = who.client_address
+        attrs["audit.access_path"] = who.access_path
+        marker = "\x00took\x00"
+        text = summary({**attrs, "audit.duration_ms": 0.0}, took=marker)
+        head, found, tail = text.partition(marker)
+        severity, severity_text = SEVERITY.get(attrs["audit.outcome"], SEVERITY["error"])
+        kind = (contract.EVENT_ACCESS, source.name, attrs["audit.outcome"])
+        return Shape(attrs, head, tail if found else None, severity, severity_text, encode_attributes(attrs),
+                     len(attrs), kind)
+
+    def _start_span(self, ctx: Context, records: list[dict[str, Any]], start_ns: int) -> Span:
+        """The audit span of one call: named by its operation, with its records' common facts."""
+        first = records[0]
+        ops = {r["audit.operation"] for r in records}
+        name = f"secret.{first['audit.operation']}" if len(ops) == 1 else "secret.access"
+        attrs: dict[str, Any] = {
+            "secret.source": first["secret.source"],
+            "audit.action": first["audit.action"],
+            "audit.outcome": _worst(records),
+            "audit.record_count": len(records),
+        }
+        if "secret.resource" in first:
+            attrs["secret.resource"] = first["secret.resource"]
+        return self.tracer().start_span(
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start_ns
+        )
