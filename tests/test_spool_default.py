@@ -43,6 +43,8 @@ def test_endpoint_down_at_exit_spools_at_once_and_the_next_process_sends_it(tmp_
     assert (folder / DESTINATION_FILE).read_text().split() == ["http/protobuf", DEAD]
     assert f"2 audit records wait in the spool {folder}" in proc.stderr
     assert f"secret-audit spool replay {folder}" in proc.stderr
+    # the replay command sends where its own environment says: the hint names those settings
+    assert "with the app's OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_* settings set" in proc.stderr
     assert app_env["VALUE"] not in proc.stderr
 
 
@@ -73,8 +75,23 @@ def test_spool_off_loses_on_an_outage_and_says_so(tmp_path, app_env):
                OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=DEAD, **app_env)
     assert proc.returncode == 0, proc.stderr
     assert spooled(Path(app_env["XDG_STATE_HOME"])) == {}
-    assert "lost 1 audit record (sequence 1..1)" in proc.stderr
+    assert "lost 1 audit record (sequence 1..1): the exporter kept failing" in proc.stderr
     assert "connection refused" in proc.stderr
+    assert "keep the spool on (OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR)" in proc.stderr
+
+
+def test_a_refused_batch_is_lost_with_advice_about_the_token_not_the_spool(tmp_path, app_env):
+    # the spool is on (the default), but a 4xx is never spooled: the advice must say what to check
+    with otlp_receiver() as rx:
+        rx.status = 401
+        proc = run(tmp_path, THREE_LINES, **app_env,
+                   OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=rx.url + "/v1/logs")
+    assert proc.returncode == 0, proc.stderr
+    assert "lost 1 audit record (sequence 1..1): the endpoint refused them" in proc.stderr
+    assert "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS" in proc.stderr
+    assert "keep the spool on" not in proc.stderr
+    assert sum(spooled(Path(app_env["XDG_STATE_HOME"])).values()) == 0  # nothing spooled
+    assert app_env["VALUE"] not in proc.stderr
 
 
 def test_an_unusable_chosen_spool_stops_start_up(tmp_path, app_env):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from opentelemetry import context as otel_context
 
 from secret_audit._internal import meters
+from secret_audit._internal.config import PREFIX
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import Sink
 
@@ -131,6 +132,11 @@ class Delivery:
         return True
 
     @property
+    def spool_dir(self) -> str | None:
+        """Where records wait during an outage, or None with the spool off; loss advice names it."""
+        return None if self.spool is None else str(self.spool.directory)
+
+    @property
     def problem(self) -> str | None:
         """What the endpoint's last failure looked like, for loss reports."""
         return getattr(self.backend, "problem", None)
@@ -237,9 +243,9 @@ class Delivery:
         problem = self.problem
         _log.warning(
             "secret-audit: %s wait in the spool %s%s; they are sent when a process with these settings "
-            "starts again, or now with: secret-audit spool replay %s",
+            "starts again, or now, with the app's %sEXPORTER_OTLP_* settings set: secret-audit spool replay %s",
             records_text(waiting["records"]), spool.directory, f" ({problem})" if problem else "",
-            spool.directory,
+            PREFIX, spool.directory,
         )
 
     def close(self) -> None:

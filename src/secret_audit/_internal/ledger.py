@@ -13,9 +13,9 @@ from typing import Any
 
 from secret_audit import contract
 from secret_audit._internal.config import PREFIX
-from secret_audit._internal.delivery import DELIVERED, REPLAYED, SPOOLED, Verdict, records_text
+from secret_audit._internal.delivery import DELIVERED, REFUSED, REPLAYED, SPOOLED, Verdict, records_text
 
-__all__ = ["CREATED", "EXPORTED", "SPOOLED_COLUMN", "Ledger", "Report"]
+__all__ = ["CREATED", "EXPORTED", "SPOOLED_COLUMN", "Ledger", "Report", "fix_for"]
 
 _log = logging.getLogger("secret_audit")
 
@@ -29,6 +29,22 @@ FIX_LOSS = (
     "fix the endpoint, and keep the spool on (OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR) so that an "
     "outage is waited out on disk"
 )
+FIX_REFUSED = (
+    "a refused request is neither retried nor spooled: check the endpoint's path and the token in "
+    "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS"
+)
+
+
+def fix_for(kind: str, spool_dir: str | None) -> str:
+    """The advice a lost batch's line ends with: it depends on why it was lost and where the spool is."""
+    if kind == REFUSED:
+        return FIX_REFUSED
+    if spool_dir is None:
+        return FIX_LOSS
+    return (
+        f"the spool {spool_dir} was full or could not be written: free its disk or raise "
+        f"{PREFIX}SPOOL_MAX_BYTES, and fix the endpoint"
+    )
 _REFUSALS = {
     "unavailable": "audit records could not be made durable",
     "not_durable": "the call's audit record was not durable in time",
@@ -82,7 +98,7 @@ class Ledger:
                 row = totals[kind] = [0, 0, 0]
             row[column] += n
 
-    def note(self, verdict: Verdict, stream_id: str) -> None:
+    def note(self, verdict: Verdict, stream_id: str, spool_dir: str | None = None) -> None:
         """Count what a verdict says; a lost batch of this stream is reported, with what it reported."""
         batch = verdict.batch
         if verdict.kind == DELIVERED:
@@ -95,7 +111,8 @@ class Ledger:
             self.replayed += batch.records
         elif batch.stream == stream_id:
             if batch.records:
-                self._lost(batch.first, batch.last, batch.records, verdict.problem)
+                self._lost(batch.first, batch.last, batch.records, verdict.problem,
+                           verdict.kind == REFUSED, fix_for(verdict.kind, spool_dir))
             # What the lost request's own loss reports said is reported again, not lost with it.
             for what in batch.reports.values():
                 self._again(what)
@@ -145,22 +162,24 @@ class Ledger:
             out.append((contract.EVENT_REFUSED, attrs, text, ("refused", reason, count)))
         return out
 
-    def abandoned(self, waiting: int, unsent: int, problem: str | None) -> None:
+    def abandoned(self, waiting: int, unsent: int, problem: str | None, spool_dir: str | None = None) -> None:
         """At exit, say on stderr what was neither exported nor spooled: it cannot reach the stream."""
         if waiting or unsent:
             _log.error(
                 "secret-audit: lost %s at exit (%d accesses not yet built, %d records not yet sent)%s: "
                 "the shutdown timeout (%s) passed; %s",
                 records_text(waiting + unsent), waiting, unsent, f" ({problem})" if problem else "",
-                PREFIX + "SHUTDOWN_TIMEOUT_MS", FIX_LOSS,
+                PREFIX + "SHUTDOWN_TIMEOUT_MS", FIX_LOSS if spool_dir is None else "raise it",
             )
 
-    def _lost(self, first: int, last: int, count: int, problem: str | None) -> None:
+    def _lost(self, first: int, last: int, count: int, problem: str | None, refused: bool, fix: str) -> None:
         self.lost_export += count
         self._lost_ranges.append((first, last))
         _log.error(
-            "secret-audit: lost %s (sequence %d..%d): the exporter kept failing%s; %s",
-            records_text(count), first, last, f" ({problem})" if problem else "", FIX_LOSS,
+            "secret-audit: lost %s (sequence %d..%d): %s%s; %s",
+            records_text(count), first, last,
+            "the endpoint refused them" if refused else "the exporter kept failing",
+            f" ({problem})" if problem else "", fix,
         )
 
     def _again(self, what: Report) -> None:

@@ -173,7 +173,7 @@ class AuditPipeline:
             thread.join(limit if flushed else 0.5)
         if not flushed:
             unsent = self._batch.records + delivery.in_flight()
-            self._ledger.abandoned(handoff.waiting(), unsent, delivery.problem)
+            self._ledger.abandoned(handoff.waiting(), unsent, delivery.problem, delivery.spool_dir)
         delivery.close()
 
     # ---- worker ------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ class AuditPipeline:
                     self._delivery.probe_soon()
                 for ticket in verdict.batch.tickets:
                     ticket.complete(durable)
-            self._ledger.note(verdict, stream_id)
+            self._ledger.note(verdict, stream_id, self._delivery.spool_dir)
 
 
 _PIPELINE: AuditPipeline | None = None
