@@ -243,7 +243,8 @@ class Delivery:
         problem = self.problem
         _log.warning(
             "secret-audit: %s wait in the spool %s%s; they are sent when a process with these settings "
-            "starts again, or now, with the app's %sEXPORTER_OTLP_* settings set: secret-audit spool replay %s",
+            "starts again, or now, with the app's %sEXPORTER_OTLP_* settings set: "
+            "secret-audit spool replay %s",
             records_text(waiting["records"]), spool.directory, f" ({problem})" if problem else "",
             PREFIX, spool.directory,
         )
