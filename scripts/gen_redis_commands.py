@@ -222,10 +222,15 @@ key pattern is audited with `audit.operation` `unknown`, unless
 `OTEL_PYTHON_SECRET_AUDIT_REDIS_UNKNOWN_COMMANDS=ignore`. Only the first argument is taken as a
 key: later arguments may be values.
 
-## Commands without keys (never audited)
+## Commands that touch every key
 
-`FLUSHALL`, `FLUSHDB` and `SWAPDB` delete or swap every key, secrets included, without naming
-one: no record says which secrets they removed.
+`FLUSHALL` and `FLUSHDB` delete every key, secrets included, and `SWAPDB` swaps two databases'
+keys, without naming one. Each is audited once per configured key pattern: `secret.name` is the
+pattern (for example `secret:*`), `audit.operation` `delete` (`write` for `SWAPDB`), and the
+result `deleted` (`updated`) once the server answered. That is all that can be said of which
+secrets they touched: the server is never asked what it held.
+
+## Commands without keys (never audited)
 
 {keyless}
 """

@@ -294,3 +294,54 @@ def test_a_failing_classification_never_breaks_the_call(audit, r, key, monkeypat
     assert peek_pipeline().stats()["call_errors"] == before + 1
     got = [(x["audit.action"], x["audit.outcome"], x.get("audit.result")) for x in audit.attrs()]
     assert got == [("RPOP", "success", None), ("LPUSH", "success", "created"), ("RPOP", "success", None)]
+
+
+def test_commands_that_wipe_every_key_are_audited_on_each_pattern(redis_url):
+    # FLUSHALL, FLUSHDB and SWAPDB name no key but remove or move every secret: one record per
+    # configured pattern, sync, in a pipeline and async; a private server, since FLUSHALL wipes all
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    env = {"OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS": "20",
+           "OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS": "secret:*,vault/*"}
+    with valkey_server() as (host, port), instrumented(env, RedisSecretAuditInstrumentor()) as audit:
+        client = redis.Redis(host=host, port=port, db=3)
+        client.set("secret:a", "v")
+        audit.clear()
+        assert client.flushdb() is True
+        assert client.get("secret:a") is None
+        assert client.swapdb(3, 4) is True
+        pipe = client.pipeline()
+        pipe.flushall()
+        assert pipe.execute() == [True]
+        client.dbsize()  # keyless and touching nothing: never audited
+
+        async def flush_async() -> None:
+            aclient = aredis.Redis(host=host, port=port)
+            assert await aclient.flushdb() is True
+            await aclient.aclose()
+
+        asyncio.run(flush_async())
+        patterns = ("secret:*", "vault/*")
+        expected = [(p, "delete", "FLUSHDB", "success", "deleted") for p in patterns]
+        expected += [("secret:a", "read", "GET", "not_found", None)]
+        expected += [(p, "write", "SWAPDB", "success", "updated") for p in patterns]
+        expected += [(p, "delete", "FLUSHALL", "success", "deleted") for p in patterns]
+        expected += [(p, "delete", "FLUSHDB", "success", "deleted") for p in patterns]
+        assert recs(audit) == expected
+        client.close()
+
+
+def test_a_failed_flush_is_audited_as_an_error_on_each_pattern(audit, redis_url):
+    with valkey_server("--rename-command", "FLUSHDB", "") as (host, port):
+        client = redis.Redis(host=host, port=port)
+        with pytest.raises(redis.exceptions.ResponseError):
+            client.flushdb()
+        client.close()
+    rows = recs(audit)
+    assert [r[:3] for r in rows] == [(p, "delete", "FLUSHDB") for p in audit.settings.redis_key_patterns]
+    assert {r[3] for r in rows} == {"error"}
+    assert {r[4] for r in rows} == {None}

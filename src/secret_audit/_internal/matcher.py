@@ -15,10 +15,11 @@ _CACHE_LIMIT = 65536
 class KeyMatcher:
     """Glob patterns compiled to one regex; results cached per key, bounded in size."""
 
-    __slots__ = ("_cache", "_match_all", "_regex")
+    __slots__ = ("_cache", "_match_all", "_regex", "patterns")
 
     def __init__(self, patterns: Iterable[str], *, case_sensitive: bool = False) -> None:
         pats = list(patterns)
+        self.patterns = tuple(pats)  # named by the records of commands that touch every key (FLUSHALL)
         self._match_all = "*" in pats
         flags = 0 if case_sensitive else re.IGNORECASE
         self._regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats), flags)

@@ -17,8 +17,16 @@ from secret_audit._internal.callcore import Args, CallCore, Kwargs, Wrapper
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.handoff import Handoff
 from secret_audit._internal.matcher import KeyMatcher
-from secret_audit._internal.redis_commands import LISTS, SUBCOMMAND, UNKNOWN_COMMAND, Command, lookup
-from secret_audit._internal.redis_keys import META, upper
+from secret_audit._internal.redis_commands import (
+    EVERY,
+    LISTS,
+    SUBCOMMAND,
+    UNKNOWN_COMMAND,
+    WHOLE,
+    Command,
+    lookup,
+)
+from secret_audit._internal.redis_keys import DELETE, META, upper
 from secret_audit._internal.redis_source import SOURCE
 
 __all__ = ["Commands", "Pipelines", "Wrappers"]
@@ -56,9 +64,9 @@ class Commands:
             return None
         if hits:
             return (spec, keys, hits)
-        if keys or not spec.kind & LISTS:
+        if keys or not spec.kind & (LISTS | EVERY):
             return None
-        return (spec, keys, hits)  # KEYS, SCAN...: the reply tells which secrets they name
+        return (spec, keys, hits)  # KEYS, SCAN...: the reply tells which secrets they name; FLUSHALL...
 
     def access(
         self,
@@ -124,6 +132,11 @@ class Commands:
                     for name in results
                     if is_secret(name)
                 )
+            if spec.kind & EVERY:
+                op = WHOLE.get(action, DELETE)
+                done = None if error is not None else ("deleted" if op == DELETE else "updated")
+                return tuple(Item(name=pattern, operation=op, action=action, result=done, error=error)
+                             for pattern in self.is_secret.patterns)
         return tuple(
             Item(
                 name=_key_name(keys[i][0]),

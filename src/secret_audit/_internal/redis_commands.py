@@ -28,12 +28,12 @@ from secret_audit._internal.redis_keyspecs import SERVER, SPECS
 from secret_audit._internal.redis_replies import ResultFn
 
 __all__ = [
-    "COMMANDS", "ENUMERATORS", "LISTS", "SERVER", "SUBCOMMAND", "UNKNOWN_COMMAND",
+    "COMMANDS", "ENUMERATORS", "EVERY", "LISTS", "SERVER", "SUBCOMMAND", "UNKNOWN_COMMAND", "WHOLE",
     "Command", "keyless", "lookup", "rows",
 ]
 
 Args = Sequence[Any]
-PLAIN, SUBCOMMAND, LISTS = 0, 1, 2
+PLAIN, SUBCOMMAND, LISTS, EVERY = 0, 1, 2, 4
 
 
 class Command(NamedTuple):
@@ -41,7 +41,8 @@ class Command(NamedTuple):
 
     ``kind`` is SUBCOMMAND for a container sent split (``"XINFO", "STREAM", key``), whose action
     then names the subcommand too, and LISTS for commands whose reply lists key names (KEYS, SCAN):
-    their ``result`` returns those names, which are audited as metadata reads when secret.
+    their ``result`` returns those names, which are audited as metadata reads when secret; and
+    EVERY for commands that touch every key without naming one (FLUSHALL): audited on each pattern.
     """
 
     keys: KeyFn
@@ -200,6 +201,10 @@ def listed(_args: Args, reply: Any, _keys: Any) -> list[Any]:
 
 
 ENUMERATORS = ("KEYS", "SCAN", "RANDOMKEY", "CLUSTERSCAN", "CLUSTER GETKEYSINSLOT")
+# Commands that delete or swap every key of a database, secrets included, naming none: audited on
+# each configured key pattern, since that is all that can be said of which secrets they touched.
+WHOLE = {"FLUSHALL": DELETE, "FLUSHDB": DELETE, "SWAPDB": WRITE}
+WHOLE_NOTE = "each configured key pattern (the secrets matching it, all of them)"
 rr.LABELS[listed] = "each secret name the reply lists: metadata, `found`"
 
 # Modules the server here lacks (RedisJSON, valkey-json): classified by hand.
@@ -224,6 +229,8 @@ _KEYLESS = Command(no_keys, rr.none)
 def _command(name: str, specs: Sequence[Any], shift: int) -> Command:
     if name in ENUMERATORS:
         return Command(no_keys, listed, LISTS)
+    if name in WHOLE:
+        return Command(no_keys, rr.none, EVERY)
     keys = KEYS.get(name) or compile_specs(specs, OPERATIONS.get(name), shift=shift)
     return Command(keys, RESULTS.get(name, rr.none))
 
@@ -292,6 +299,9 @@ def rows() -> list[tuple[str, str, list[tuple[str, str]], str, bool]]:
         if name in ENUMERATORS:
             out.append((group, name, [("names in the reply", META)], rr.LABELS[listed], True))
             continue
+        if name in WHOLE:
+            out.append((group, name, [(WHOLE_NOTE, WHOLE[name])], rr.LABELS[rr.none], True))
+            continue
         if not _takes_keys(name, specs):
             continue
         keys = [(KEY_NOTES[name], "")] if name in KEY_NOTES else describe_specs(specs, OPERATIONS.get(name))
@@ -306,5 +316,6 @@ def rows() -> list[tuple[str, str, list[tuple[str, str]], str, bool]]:
 def keyless() -> list[str]:
     """Every command the server lists that names no key: never audited, never "unknown"."""
     keyed = {name.partition(" ")[0] for name, (_, specs) in SPECS.items() if _takes_keys(name, specs)}
-    return [name for name, (_, specs) in SPECS.items() if not _takes_keys(name, specs) and name not in keyed]
+    return [name for name, (_, specs) in SPECS.items()
+            if not _takes_keys(name, specs) and name not in keyed and name not in WHOLE]
 
