@@ -40,7 +40,7 @@ ATTACK = {
 }
 OFF_HOURS = "Secret access by an API client off hours"
 ELSEWHERE = {"Audit records lost", "Audit record failed its integrity check on ingest",
-             "Secret calls refused in fail-closed mode"}
+             "Secret calls refused in fail-closed mode", "Secrets wiped or swapped in bulk"}
 
 
 def at(iso: str, hour: int) -> str:
@@ -71,14 +71,14 @@ def test_every_rule_validates_with_pysigmas_validators():
     assert [r for r in RULES if r.errors] == []
     issues = SigmaValidator(offline).validate_rules(iter(RULES.rules))
     assert issues == []
-    assert len(list(RULES)) == 11
+    assert len(list(RULES)) == 12
 
 
 def test_every_rule_converts_to_splunk_spl():
     from sigma.backends.splunk import SplunkBackend
 
     queries = SplunkBackend().convert(RULES)
-    assert len(queries) == len(STANDING) == 9  # the two building blocks stand only inside correlations
+    assert len(queries) == len(STANDING) == 10  # the two building blocks stand only inside correlations
     joined = "\n".join(queries)
     assert 'event_name="secret.access" audit.outcome IN ("denied", "not_found")' in joined
     assert "| stats count as event_count by _time enduser.id" in joined

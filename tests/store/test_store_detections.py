@@ -68,3 +68,21 @@ def test_fail_closed_refusals_fire_the_refusal_rule(store, tokens, redis_url):
     refused = [e for e in events if e["event_name"] == "audit.refused"]
     assert refused
     assert len(fired["Secret calls refused in fail-closed mode"]) == len(refused)
+
+
+def test_a_flushdb_fires_the_bulk_wipe_rule(store, tokens):
+    from servers import valkey_server
+
+    with serve(store) as url, valkey_server() as (host, port):
+        with producer(url, tokens["ingest"],
+                      OTEL_PYTHON_SECRET_AUDIT_REDIS_KEY_PATTERNS="secret:*,vault/*") as pipeline:
+            client = redis.Redis(host=host, port=port)
+            client.set("secret:kept", "v")
+            client.flushdb()
+            client.close()
+            assert pipeline.flush(10)
+        events = trail(url, tokens["auditor"])
+    fired = detect.evaluate(events)
+    wiped = [e["id"] for e in events if e["attributes"].get("audit.action") == "FLUSHDB"]
+    assert sorted(e["attributes"]["secret.name"] for e in events if e["id"] in wiped) == ["secret:*", "vault/*"]
+    assert sorted(i for hit in fired["Secrets wiped or swapped in bulk"] for i in hit.events) == sorted(wiped)
