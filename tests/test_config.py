@@ -22,10 +22,10 @@ BAD_BY_KIND = {
     "bool": ["maybe", "2", "tru", "enabled"],
     "choice": ["sometimes", "ALL-OF-THEM", "-"],
     "int": ["abc", "1.5", "-1", "99999999999999"],
-    "text": ["   ", ""],
+    "text": [],  # any text goes; an empty one reads as unset (test_an_empty_variable_reads_as_unset)
     "patterns": [" , ", ","],
     "failure_modes": ["sideways", "redis=", "=open", " , ", "gcp=closed"],
-    "directory": ["  "],
+    "directory": [__file__],  # a file, not a folder
     "signing_key": ["/nonexistent/sa/audit.key"],
     "key": [],  # the HMAC key's own tests: test_cross_field_and_key_errors
 }
@@ -294,3 +294,15 @@ def test_store_integer_settings_name_the_bad_variable(suffix, raw, expected, goo
              "MAX_CLOCK_SKEW_SECONDS": "max_clock_skew_s", "MAX_RECORD_AGE_DAYS": "max_record_age_days",
              }.get(suffix, "retention_days")
     assert getattr(config, field) == int(good)
+
+
+def test_an_empty_variable_reads_as_unset():
+    # OpenTelemetry's rule: ENABLED= or HANDLE_SIGTERM= in a container spec must not turn auditing
+    # or the SIGTERM flush off quietly, and FAILURE_MODE= must not stop start-up
+    default = load_settings({})
+    for s in config.SETTINGS:
+        for empty in ("", "  "):
+            got = load_settings({PREFIX + s.suffix: empty})
+            assert got == default, (s.suffix, empty)
+    assert load_settings({PREFIX + "ENABLED": ""}).enabled is True
+    assert load_settings({PREFIX + "HANDLE_SIGTERM": " "}).handle_sigterm is True

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from secret_audit.exceptions import ConfigurationError
 
-__all__ = ["PREFIX", "ConfigurationError", "int_range", "parse_bool", "read"]
+__all__ = ["PREFIX", "ConfigurationError", "int_range", "parse_bool", "read", "without_empty"]
 
 PREFIX = "OTEL_PYTHON_SECRET_AUDIT_"
 
@@ -15,6 +15,12 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 T = TypeVar("T")
+
+
+def without_empty(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that have a value: OpenTelemetry reads an empty variable as an unset one, so
+    ``ENABLED=`` in a container spec must not quietly turn auditing off."""
+    return {name: value for name, value in env.items() if value.strip()}
 
 
 def parse_bool(name: str, raw: str) -> bool:

@@ -22,7 +22,7 @@ from secret_audit._internal.parsers import (
     signing_key,
     text,
 )
-from secret_audit.environ import PREFIX, ConfigurationError, int_range, parse_bool, read
+from secret_audit.environ import PREFIX, ConfigurationError, int_range, parse_bool, read, without_empty
 from secret_audit.hashing import hmac_key_from_env
 
 __all__ = [
@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Parse and validate every setting, raising ConfigurationError on the first bad one."""
-    env = os.environ if env is None else env
+    env = without_empty(os.environ if env is None else env)
     values: dict[str, Any] = {s.field: read(env, s.suffix, s.parse, s.default)
                               for s in SETTINGS if s.field is not None and s.parse is not None}
     # the rules that read several variables together
