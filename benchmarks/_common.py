@@ -161,6 +161,11 @@ def launcher_env(sink: str, disabled: str = "", **extra: str) -> dict[str, str]:
     return env
 
 
+def verdict(value: float, target: float, at_most: bool = True) -> str:
+    """Whether a figure meets its goal of issue 19, in the words every summary line ends with."""
+    return "met" if (value <= target if at_most else value >= target) else "NOT met"
+
+
 def env_flag(name: str, default: str) -> str:
     return os.environ.get(name, default)
 

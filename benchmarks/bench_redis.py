@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _common import interleave, otlp_sink, report, valkey_server
+from _common import interleave, otlp_sink, report, valkey_server, verdict
 
 # The goals of issue 19, mean-based ratios against bare redis-py.
 TARGET_GET = 1.10
@@ -110,7 +110,7 @@ def main() -> int:
         for label, r, target in rows:
             print(
                 f"{label}: bare {r['bare:us']:.1f} µs mean; ours {r[OURS]:.2f}x mean "
-                f"(target <= {target:.2f}x; rounds spread {r[OURS + ':spread']:.2f}), "
+                f"(target <= {target:.2f}x: {verdict(r[OURS], target)}; rounds spread {r[OURS + ':spread']:.2f}), "
                 f"{r[OURS + ':median']:.2f}x median; official {r[OFFICIAL]:.2f}x mean, {r[OFFICIAL + ':median']:.2f}x median"
             )
         client.close()

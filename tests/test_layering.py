@@ -6,6 +6,9 @@
 - Nothing under ``secret_audit.store`` imports ``_internal``: the store shares only the public contract.
 - ``_internal`` imports no door and nothing of the store, so the layers cannot loop.
 - ``secret_audit.contract`` imports nothing of this package: it is the bottom layer.
+
+Every import counts: at module level or inside a function, and by name (``importlib.import_module``,
+``__import__``); an import by a name the source does not spell out counts as private.
 """
 
 from __future__ import annotations
@@ -28,13 +31,47 @@ def module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts)
 
 
+# What a dynamic import whose module name is not a literal counts as: it could be anything.
+COMPUTED = "secret_audit._internal.<computed name>"
+_BY_NAME = {"import_module", "__import__"}  # importlib.import_module(name, package), __import__(name)
+
+
+def _relative(name: str, package: str) -> str:
+    """``importlib.import_module``'s resolution of a leading-dot name against ``package``."""
+    level = len(name) - len(name.lstrip("."))
+    anchor = package.split(".")
+    anchor = anchor[: len(anchor) - level + 1]
+    return ".".join([*anchor, name[level:]] if name[level:] else anchor)
+
+
+def _by_name(node: ast.Call) -> str | None:
+    """The module an ``import_module`` or ``__import__`` call imports; COMPUTED when not a literal."""
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if called not in _BY_NAME:
+        return None
+    literal = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+               for a in node.args[:2]]
+    if not literal or literal[0] is None:
+        return COMPUTED
+    if literal[0].startswith("."):
+        return _relative(literal[0], literal[1]) if len(literal) > 1 and literal[1] else COMPUTED
+    return literal[0]
+
+
 def imports(path: Path, src: Path = SRC) -> set[str]:
-    """Every module the file imports, at any depth (function-level imports too), made absolute."""
+    """Every module the file imports, at any depth (function-level imports too), made absolute.
+
+    Imports by name count too: ``importlib.import_module`` and ``__import__`` with a literal name, and
+    COMPUTED for one whose name the source does not spell out.
+    """
     name = module_name(path, src)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and (target := _by_name(node)) is not None:
+            found.add(target)
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -63,6 +100,20 @@ def test_the_parser_sees_imports_of_every_shape(tmp_path):
     found = imports(f, tmp_path)
     assert {"secret_audit._internal.a", "secret_audit._internal", "secret_audit._internal.b",
             "secret_audit._internal.d"} <= found
+
+
+def test_the_parser_sees_imports_by_name_too(tmp_path):
+    pkg = tmp_path / "secret_audit" / "store"
+    pkg.mkdir(parents=True)
+    f = pkg / "x.py"
+    f.write_text("import importlib\nfrom importlib import import_module\n"
+                 "def f():\n    importlib.import_module('secret_audit._internal.e')\n"
+                 "    import_module('.._internal.f', 'secret_audit.store')\n"
+                 "    __import__('secret_audit._internal.g')\n"
+                 "    importlib.import_module(name)\n")
+    found = imports(f, tmp_path)
+    assert {"secret_audit._internal.e", "secret_audit._internal.f", "secret_audit._internal.g", COMPUTED} <= found
+    assert private(COMPUTED)  # a name the source does not spell out could be anything: it counts as private
 
 
 def test_the_walk_found_the_package():

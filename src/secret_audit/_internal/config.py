@@ -56,40 +56,43 @@ DEFAULT_REDIS_KEY_PATTERNS = (
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting in one immutable object so the hot path reads attributes, not the environment."""
+    """Every setting in one immutable object so the hot path reads attributes, not the environment.
 
-    enabled: bool = True
-    redis_key_patterns: tuple[str, ...] = DEFAULT_REDIS_KEY_PATTERNS
-    redis_key_patterns_case_sensitive: bool = False
-    redis_unknown_commands: str = "audit"
-    hash_names: bool = False
-    hmac_key: bytes | None = field(default=None, repr=False)
-    principal: str | None = None
-    default_access_path: str = "internal"
-    spans: str = "in_trace"
-    encoder: str = "fast"
-    echo: bool = False
-    exporter: str = "otlp"
-    otlp_endpoint: str | None = None
-    otlp_protocol: str = "http/protobuf"
-    otlp_headers: str | None = field(default=None, repr=False)
-    queue_size: int = 65536
-    queue_full_timeout_ms: int = 2000
-    batch_size: int = 512
-    schedule_delay_ms: int = 200
-    export_retry_timeout_ms: int = 60000
-    shutdown_timeout_ms: int = 10000
-    spool_dir: str | None = None
+    No field has a default: ``load_settings`` fills each from ``SETTINGS``, the one place defaults live.
+    """
+
+    enabled: bool
+    redis_key_patterns: tuple[str, ...]
+    redis_key_patterns_case_sensitive: bool
+    redis_unknown_commands: str
+    hash_names: bool
+    hmac_key: bytes | None = field(repr=False)
+    principal: str | None
+    default_access_path: str
+    spans: str
+    encoder: str
+    echo: bool
+    exporter: str
+    otlp_endpoint: str | None
+    otlp_protocol: str
+    otlp_headers: str | None = field(repr=False)
+    queue_size: int
+    queue_full_timeout_ms: int
+    batch_size: int
+    schedule_delay_ms: int
+    export_retry_timeout_ms: int
+    shutdown_timeout_ms: int
+    spool_dir: str | None
     # True when spool_dir is the per-user default rather than the user's own choice.
-    spool_default: bool = False
-    spool_max_bytes: int = 256 * 1024 * 1024
-    failure_mode: str = "open"
-    failure_modes: tuple[tuple[str, str], ...] = ()
-    fail_closed_timeout_ms: int = 5000
-    handle_sigterm: bool = True
-    signing_key_file: str | None = None
-    checkpoint_records: int = 10000
-    checkpoint_interval_ms: int = 1000
+    spool_default: bool
+    spool_max_bytes: int
+    failure_mode: str
+    failure_modes: tuple[tuple[str, str], ...]
+    fail_closed_timeout_ms: int
+    handle_sigterm: bool
+    signing_key_file: str | None
+    checkpoint_records: int
+    checkpoint_interval_ms: int
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""

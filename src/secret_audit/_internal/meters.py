@@ -15,28 +15,15 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
+from secret_audit.instruments import BUCKETS, create, of_scope
 from secret_audit.version import __version__
 
 __all__ = ["EXPORT_BUCKETS", "INSTRUMENTS", "observe", "record_export"]
 
 SCOPE = "secret_audit"
-# Seconds: a loopback request takes about a millisecond, a retried one up to the exporter timeout.
-EXPORT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
 # name -> (kind, unit, description): docs/semantic-conventions.md's metrics table lists the same.
-INSTRUMENTS: dict[str, tuple[str, str, str]] = {
-    "secret_audit.record.created": ("counter", "{record}", "Audit records made (chained and sequenced)."),
-    "secret_audit.record.exported": ("counter", "{record}", "Audit records the endpoint acknowledged."),
-    "secret_audit.record.spooled": ("counter", "{record}", "Audit records written to the disk spool."),
-    "secret_audit.record.replayed": ("counter", "{record}", "Spooled audit records delivered later."),
-    "secret_audit.record.lost": ("counter", "{record}", "Audit records lost, by cause."),
-    "secret_audit.queue.size": ("updowncounter", "{access}", "Accesses waiting in the pipeline's queue."),
-    "secret_audit.queue.capacity": ("updowncounter", "{access}", "Size of the pipeline's queue."),
-    "secret_audit.call.refused": ("counter", "{call}", "Secret calls refused in fail-closed mode."),
-    "secret_audit.checkpoint.signed": ("counter", "{checkpoint}", "Signed audit.checkpoint records made."),
-    "secret_audit.pipeline.degraded": ("gauge", "1", "1 while records cannot be made durable, else 0."),
-    "secret_audit.export.duration": ("histogram", "s", "Duration of one export request."),
-}
+INSTRUMENTS = of_scope(SCOPE)
+EXPORT_BUCKETS = BUCKETS["secret_audit.export.duration"]
 
 # audit.dropped.reason -> the pipeline's counter
 _LOST = (
@@ -120,19 +107,7 @@ def observe(provider: MeterProvider | None = None) -> None:
         if known:
             return
         meter = provider.get_meter(SCOPE, __version__)
-        makers = {
-            "counter": meter.create_observable_counter,
-            "updowncounter": meter.create_observable_up_down_counter,
-            "gauge": meter.create_observable_gauge,
-        }
-        for name, (kind, unit, description) in INSTRUMENTS.items():
-            if kind != "histogram":
-                makers[kind](name, callbacks=[_CALLBACKS[name]], unit=unit, description=description)
-        kind, unit, description = INSTRUMENTS["secret_audit.export.duration"]
-        histogram = meter.create_histogram(
-            "secret_audit.export.duration", unit=unit, description=description,
-            explicit_bucket_boundaries_advisory=list(EXPORT_BUCKETS),
-        )
+        histogram = create(meter, INSTRUMENTS, _CALLBACKS)["secret_audit.export.duration"]
         try:
             _providers[provider] = histogram
         except TypeError:

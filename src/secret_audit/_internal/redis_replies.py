@@ -99,12 +99,24 @@ def exists(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
     return [None] * n
 
 
-@_says("`found`, `not_found` when the length is 0")
-def length(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
+def _count(label: str) -> Callable[[Callable[[int, Args], str]], ResultFn]:
+    """For replies that are a count: ``verdict(count, args)`` names what happened to every key."""
+
+    def wrap(verdict: Callable[[int, Args], str]) -> ResultFn:
+        @_says(label)
+        def result(args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
+            count = _int(reply)
+            return [None if count is None else verdict(count, args)] * len(keys)
+
+        return result
+
+    return wrap
+
+
+@_count("`found`, `not_found` when the length is 0")
+def length(count: int, _args: Args) -> str:
     """LLEN, SCARD, ZCARD, HLEN: an empty list, set, zset or hash does not exist."""
-    n = len(keys)
-    count = _int(reply)
-    return [None if count is None else ("found" if count else "not_found")] * n
+    return "found" if count else "not_found"
 
 
 @_says("`found` or `not_found`")
@@ -138,12 +150,10 @@ def field_deleted(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
     return [None] * n
 
 
-@_says("`deleted`, or `unchanged` when nothing was removed")
-def removed(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
+@_count("`deleted`, or `unchanged` when nothing was removed")
+def removed(count: int, _args: Args) -> str:
     """SREM, ZREM, LREM, XDEL, XTRIM: a count of removed members, entries or elements."""
-    n = len(keys)
-    count = _int(reply)
-    return [None if count is None else ("deleted" if count else "unchanged")] * n
+    return "deleted" if count else "unchanged"
 
 
 def set_if(success: str, failure: str) -> ResultFn:
@@ -252,24 +262,16 @@ def smove(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
 # ---- lists, sets, sorted sets, streams, HyperLogLog, geo ------------------------------------
 
 
-@_says("`created` or `updated`")
-def pushed(args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
+@_count("`created` or `updated`")
+def pushed(count: int, args: Args) -> str:
     """LPUSH/RPUSH key element...: the new length equals the count pushed only for a new list."""
-    n = len(keys)
-    count = _int(reply)
-    if count is None:
-        return [None] * n
-    return ["created" if count == len(args) - 2 else "updated"] * n
+    return "created" if count == len(args) - 2 else "updated"
 
 
-@_says("`updated`, `not_found` (no such key), `unchanged` (LINSERT: no such pivot)")
-def pushed_x(_args: Args, reply: Any, keys: Keys) -> Sequence[str | None]:
+@_count("`updated`, `not_found` (no such key), `unchanged` (LINSERT: no such pivot)")
+def pushed_x(count: int, _args: Args) -> str:
     """LPUSHX/RPUSHX, LINSERT: 0 means no such list (LINSERT: -1, no such pivot)."""
-    n = len(keys)
-    count = _int(reply)
-    if count is None:
-        return [None] * n
-    return ["not_found" if count == 0 else "unchanged" if count < 0 else "updated"] * n
+    return "not_found" if count == 0 else "unchanged" if count < 0 else "updated"
 
 
 @_says("`updated`")

@@ -42,11 +42,6 @@ class AgainstReport(Findings):
     copy_records: int = 0
     matched: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for the CLI."""
-        return {"files": self.files, "copy_records": self.copy_records, "matched": self.matched,
-                **self.findings_dict()}
-
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as raw:

@@ -36,19 +36,6 @@ class SignedReport(Findings):
     reported_losses: int = 0
     archived_starts: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for the CLI."""
-        return {
-            "keys": self.keys,
-            "streams": self.streams,
-            "checkpoints": self.checkpoints,
-            "attested": self.attested,
-            "unattested": self.unattested,
-            "reported_losses": self.reported_losses,
-            "archived_starts": self.archived_starts,
-            **self.findings_dict(),
-        }
-
 
 @dataclass
 class _Gap:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from secret_audit.store.verify import Break
@@ -52,8 +52,10 @@ class Findings:
             self.warnings.append(Break(kind, stream, sequence, detail, *where))
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form for the CLI (each report adds its counts)."""
-        return self.findings_dict()
+        """JSON form for the CLI: a report's own fields (its counts), in their order, then the findings."""
+        mine = {f.name for f in fields(Findings)}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in mine}
+        return {**own, **self.findings_dict()}
 
     def findings_dict(self) -> dict[str, Any]:
         """The JSON form of the findings, for the CLI."""

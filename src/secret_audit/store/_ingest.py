@@ -238,7 +238,8 @@ class Ingestor:
                         write_row(row)
         if kept_held and self.bounds is not None and window is not None:
             for stream, tenant, lo, hi, detail, stored in self.bounds.runs(kept_held, window.now):
-                result.findings.append(Finding(stream, HELD_KIND, lo, detail, tenant, stored, None, lo, hi))
+                result.findings.append(Finding(HELD_KIND, stream, lo, detail, expected=stored, tenant=tenant,
+                                               range_first=lo, range_last=hi))
                 result.warnings.append(f"stream {stream}, {detail}")
         per_stream: dict[str, int] = defaultdict(int)
         for f in result.findings:

@@ -13,11 +13,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from secret_audit.instruments import STORE_SCOPE, Callback, create, of_scope
 from secret_audit.version import __version__
 
 if TYPE_CHECKING:
@@ -30,23 +31,11 @@ __all__ = ["INSTRUMENTS", "StoreMetrics"]
 
 _log = logging.getLogger("secret_audit.store")
 
-SCOPE = "secret_audit.store"
+SCOPE = STORE_SCOPE
 # name -> (kind, unit, description): docs/semantic-conventions.md's store metrics table lists the same.
-INSTRUMENTS: dict[str, tuple[str, str, str]] = {
-    "secret_audit.store.record.received": ("counter", "{record}", "Records received, by what ingest did."),
-    "secret_audit.store.ingest.duration": ("histogram", "s", "Decoding and storing one ingest request."),
-    "secret_audit.store.finding.open": ("updowncounter", "{finding}", "Integrity findings still open."),
-    "secret_audit.store.gap.open": ("updowncounter", "{gap}", "Sequence gaps not yet filled."),
-    "secret_audit.store.record.missing": ("updowncounter", "{record}", "Sequences missing in open gaps."),
-    "secret_audit.store.query.served": ("counter", "{query}", "Audited reads of the trail, by role."),
-    "secret_audit.store.subscriber.count": ("updowncounter", "{subscriber}", "Open live streams."),
-    "secret_audit.store.alert.sent": ("counter", "{alert}", "Alerts a webhook acknowledged."),
-    "secret_audit.store.alert.lost": ("counter", "{alert}", "Alerts dropped or never acknowledged."),
-}
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INSTRUMENTS = of_scope(SCOPE)
 _RESULTS = (("accepted", "accepted"), ("duplicate", "duplicates"), ("rejected", "rejected"),
             ("dropped", "dropped_non_audit"))
-Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
 class StoreMetrics:
@@ -77,15 +66,7 @@ class StoreMetrics:
                                     "service.instance.id": str(uuid.uuid4()), "process.pid": os.getpid()})
         self.provider = MeterProvider(metric_readers=readers, resource=resource)
         meter = self.provider.get_meter(SCOPE, __version__)
-        callbacks = self._callbacks()
-        makers = {"counter": meter.create_observable_counter,
-                  "updowncounter": meter.create_observable_up_down_counter}
-        for name, (kind, unit, description) in INSTRUMENTS.items():
-            if kind == "histogram":
-                self._duration = meter.create_histogram(name, unit=unit, description=description,
-                                                        explicit_bucket_boundaries_advisory=list(_BUCKETS))
-            else:
-                makers[kind](name, callbacks=[callbacks[name]], unit=unit, description=description)
+        self._duration = create(meter, INSTRUMENTS, self._callbacks())["secret_audit.store.ingest.duration"]
 
     def ingested(self, route: str, seconds: float) -> None:
         """Record one ingest request's duration (its decoding and its transaction)."""

@@ -9,6 +9,7 @@ import orjson
 
 from secret_audit.store._prepare import ROW_TIME
 from secret_audit.store._rows import COLUMNS, event_json, time_of_stamp
+from secret_audit.store.verify import Break
 
 __all__ = ["Finding", "IngestResult"]
 
@@ -16,17 +17,11 @@ _ROW_COLUMNS = ("id", *COLUMNS)
 _JSON_SLOTS = tuple(i for i, name in enumerate(_ROW_COLUMNS) if name in ("attributes", "resource"))
 
 
-@dataclass(slots=True)
-class Finding:
-    """An integrity problem seen on ingest or by the verifier, with its evidence."""
+@dataclass
+class Finding(Break):
+    """An integrity problem seen on ingest, with its evidence: a row of audit_findings, so with its tenant."""
 
-    stream_id: str
-    kind: str
-    sequence: int | None
-    detail: str
     tenant: str | None = None
-    expected: str | None = None
-    actual: str | None = None
     range_first: int | None = None  # gap: the missing sequences; gap_filled: the ones that arrived late
     range_last: int | None = None
 

@@ -64,7 +64,8 @@ class Walk:
     def _finding(self, kind: str, seq: int, detail: str, expected: str | None = None,
                  actual: str | None = None, first: int | None = None, last: int | None = None) -> None:
         self.result.findings.append(
-            Finding(self.stream, kind, seq, detail, self.tenant, expected, actual, first, last)
+            Finding(kind, self.stream, seq, detail, expected=expected, actual=actual, tenant=self.tenant,
+                    range_first=first, range_last=last)
         )
 
     def _filled(self, first: int, last: int) -> None:
