@@ -41,6 +41,8 @@ from typing import Any
 import psutil
 import psycopg
 import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -158,7 +160,12 @@ def _postgres() -> list[psutil.Process]:
 @contextlib.contextmanager
 def serving(admin: psycopg.Connection[Any], url: str, workers: int,
             env: dict[str, str]) -> Iterator[tuple[int, str, str, int]]:
-    """`store serve --workers N` on a fresh database: (port, ingest token, database URL, process id)."""
+    """`store serve --workers N` on a fresh database: (port, ingest token, database URL, process id).
+
+    Each replay starts from the same state of the server: a checkpoint just before it, so no checkpoint
+    of earlier replays' pages (one starts every couple of GB of WAL) lands inside one replay and not
+    another, and the database is dropped after it, so autovacuum never visits earlier replays' tables
+    during a later one. A replay still writes out (and pays for) its own pages past shared_buffers."""
     conninfo = fresh_db(admin, url)
     with psycopg.connect(conninfo, autocommit=True) as owner:
         token, _ = create_token(owner, "bench", "ingest", None)
@@ -169,10 +176,13 @@ def serving(admin: psycopg.Connection[Any], url: str, workers: int,
     )
     try:
         wait_port(port, server)
+        admin.execute("CHECKPOINT")
         yield port, token, conninfo, server.pid
     finally:
         server.terminate()
         server.wait(30)
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+            sql.Identifier(str(conninfo_to_dict(conninfo)["dbname"]))))
 
 
 def _check(conninfo: str, events: int) -> None:
@@ -296,6 +306,7 @@ def main() -> None:
     print(f"{args.events} records from {args.clients} instrumented app processes in {n_requests} requests "
           f"({args.events / n_requests:.0f} records, {size / n_requests / 1024:.0f} kB each); "
           f"{args.clients} keep-alive clients; durable commits")
+    print("load average before: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
     server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-store-http-")) / "pgdata", delete_on_stop=True)
     url = server.start()
     results: dict[str, list[dict[str, float]]] = {}
@@ -315,7 +326,8 @@ def main() -> None:
                     for w in workers:
                         e2e.setdefault(w, []).append(end_to_end(admin, url, w, args.events, args.clients))
                         line.append(f"end to end {w}w {e2e[w][-1]:,.0f}/s")
-                print(f"run {run + 1}: " + "; ".join(line), flush=True)
+                load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                print(f"run {run + 1} (load average after it {load}): " + "; ".join(line), flush=True)
     finally:
         server.stop()
     for name, rs in results.items():
