@@ -41,6 +41,7 @@ SPAN_MODES = ("all", "in_trace", "errors", "off")
 EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
 ACCESS_PATHS = ("internal", "external")
+AGENT_MODES = ("off", "process")
 
 DEFAULT_REDIS_KEY_PATTERNS = (
     "*secret*",
@@ -90,6 +91,7 @@ class Settings:
     signing_key_file: str | None = None
     checkpoint_records: int = 10000
     checkpoint_interval_ms: int = 1000
+    agent: str = "off"
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""
@@ -160,6 +162,8 @@ SETTINGS: tuple[Setting, ...] = (
        "a checkpoint after at most this many records"),
     _S("CHECKPOINT_INTERVAL_MS", "checkpoint_interval_ms", _int(10, 3_600_000), 1000, "int",
        "a checkpoint at least this often"),
+    _S("AGENT", "agent", choice(AGENT_MODES), "off", "choice",
+       "build and send records in this process, or in an audit agent process"),
     _S("SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _int(0, 600_000), 10000, "int",
        "how long exit waits for export"),
 )
