@@ -33,6 +33,7 @@ from secret_audit._internal.ring import (
     REFUSALS,
     SETTLED,
     TAIL,
+    TAKEN,
     WAIT,
     Ring,
     Slot,
@@ -204,11 +205,14 @@ class Member:
         if dropped != seen["dropped"]:
             handoff.note_dropped(dropped - seen["dropped"])
             seen["dropped"] = dropped
-        for reason, word in REFUSALS.items():
+            ring.set_word(TAKEN, dropped)
+        for i, (reason, word) in enumerate(REFUSALS.items(), 1):
             count = ring.word(word)
-            for _ in range(count - seen[reason]):
-                handoff.refuse(reason)
-            seen[reason] = count
+            if count != seen[reason]:
+                for _ in range(count - seen[reason]):
+                    handoff.refuse(reason)
+                seen[reason] = count
+                ring.set_word(TAKEN + i, count)
 
     def _messages(self, *, block: bool) -> None:
         """Take whatever the app sent: shapes, nudges; notice its end (exit, kill -9)."""

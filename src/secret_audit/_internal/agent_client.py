@@ -34,6 +34,7 @@ from secret_audit._internal.ring import (
     SETTLED,
     SLOTS,
     TAIL,
+    TAKEN,
     WAIT,
     Ring,
     open_ring,
@@ -45,8 +46,8 @@ __all__ = ["AgentHandoff", "start"]
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
 _FIX = (
-    f"see the agent's own error above; set {PREFIX}AGENT=off to run the pipeline in the app process, "
-    "or give the app a writable /dev/shm and permission to start a child process"
+    "look for the agent's own error above (it writes to this process's stderr), or for an OOM kill; "
+    f"set {PREFIX}AGENT=off to build and send records in the app process"
 )
 
 
@@ -326,6 +327,11 @@ class AgentHandoff:
             fallback = in_process(self.settings)
             if lost:
                 fallback.report_lost("agent_died", lost, "the audit agent died before they were durable")
+            if ring is not None:  # drops and refusals counted here that the agent's stream never took
+                fallback.handoff.note_dropped(max(0, ring.word(DROPPED) - ring.word(TAKEN)))
+                for i, (reason, word) in enumerate(REFUSALS.items(), 1):
+                    for _ in range(max(0, ring.word(word) - ring.word(TAKEN + i))):
+                        fallback.handoff.refuse(reason)
             self.fallback = fallback
         closed = "fail-closed calls are refused from now on" if self._closed_mode else (
             "records are now built and sent in this process (kill -9 now loses what is queued)")

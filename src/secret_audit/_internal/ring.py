@@ -18,8 +18,8 @@ import threading
 import time
 
 __all__ = [
-    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "TAIL", "WAIT",
-    "Ring", "Slot", "open_ring",
+    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "TAIL", "TAKEN",
+    "WAIT", "Ring", "Slot", "open_ring",
 ]
 
 HEADER = 128
@@ -30,6 +30,8 @@ WAIT = 1  # flag: a fail-closed caller waits on this slot, settle it at once
 # header words (u64): the agent writes the first four, the app the rest
 TAIL, SETTLED, LOST, DEGRADED, DROPPED, ERRORS = 0, 1, 2, 3, 4, 5
 REFUSALS = {"unavailable": 6, "not_durable": 7, "unbuilt": 8}
+# the agent's copy of the app's counters, as far as its stream has taken them: the rest is the app's to report
+TAKEN = 11  # DROPPED, then each of REFUSALS in order
 
 _ACCESS = struct.Struct("<BBHIqqQQQ")  # kind, flags, n ids, trace flags, start, end, trace hi, trace lo, span
 _IDS = [struct.Struct(f"<{n}I") for n in range(MAX_IDS + 1)]
