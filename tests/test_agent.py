@@ -9,6 +9,7 @@ crosses the ring or the agent's socket; audit spans stay in the caller's trace a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -225,3 +226,41 @@ def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, 
             assert request == []
         got[agent] = (len(audit), sorted(r["attributes"]["audit.action"] for r in records))
     assert got["off"] == got["process"]
+
+
+def test_settings_given_to_instrument_are_the_agents(redis_url, tmp_path):
+    """The agent gets the settings the app checked (here an endpoint set nowhere but in them), not
+    the environment read again; retiring the pipeline settles what was handed off and lets it go."""
+    import redis
+
+    import secret_audit
+    from conftest import retire_pipeline
+    from secret_audit._internal.config import load_settings
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    key = "secret:given:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        settings = load_settings({P + "EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs", P + "AGENT": "process",
+                                  P + "SPOOL_DIR": str(tmp_path / "spool")})
+        instrumentor = RedisSecretAuditInstrumentor()
+        instrumentor.instrument(settings=settings)
+        try:
+            client = redis.Redis.from_url(redis_url)
+            for _ in range(3):
+                client.get(key)
+            assert secret_audit.flush(10)
+            stats = secret_audit.stats()
+            agent = stats["agent"]["pid"]
+        finally:
+            instrumentor.uninstrument()
+            retire_pipeline()
+        records = records_when(rx, 3)
+    assert stats["agent"]["mode"] == "process"
+    assert stats["handed_off"] == stats["settled"] == 3
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{agent}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(agent, os.WNOHANG)
+    assert not Path(f"/proc/{agent}").exists()  # the agent left once its only app was gone

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED
+from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.pipeline import AuditPipeline
@@ -286,12 +286,10 @@ def main(argv: list[str]) -> int:
     from opentelemetry import context as otel_context
     from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
-    from secret_audit._internal.bootstrap import checked_settings
-
     # The agent's own exports are never traced or audited, whatever was loaded into it.
     otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
     listener = socket.socket(fileno=int(argv[0]))
-    settings = checked_settings({}, announce=False)
+    settings = settings_from(sys.stdin.buffer.read())  # exactly the settings the app checked
     return serve(listener, settings)
 
 

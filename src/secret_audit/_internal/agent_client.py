@@ -147,6 +147,16 @@ class AgentHandoff:
         """Count a failure inside our wrapper; the caller's call goes on as if we were not there."""
         self.errors += 1
 
+    def close(self, timeout: float) -> None:
+        """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go."""
+        self.flush(timeout)
+        self.closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv; close alone would not end it
+            sock.close()
+
     def flush(self, timeout: float) -> bool:
         """Block until everything handed off so far is settled by the agent (sent or spooled)."""
         if self.fallback is not None:
@@ -204,6 +214,13 @@ class AgentHandoff:
 
     def _put(self, access: Access, flags: int) -> int:
         """Write an access's slots; its last slot's index, or what became of it."""
+        if self.closed:  # replaced by a newer pipeline (re-wiring): hand over rather than lose the record
+            from secret_audit._internal.pipeline import peek_pipeline
+
+            current = peek_pipeline()
+            if current is not None and current.handoff is not self:
+                current.handoff.submit(access)
+            return _NOT_HANDED
         ring = self.ring or self._register()
         if ring is None:
             self.fallback.submit(access)
@@ -360,7 +377,7 @@ def _forked(ref: weakref.ref[AgentHandoff]) -> None:
 def start(settings: Settings) -> AgentHandoff:
     """Spawn this process tree's agent on a socket bound here (so nothing waits for it) and register."""
     address = agent_address()
-    proc = spawn(address)
+    proc = spawn(address, settings)
     handoff = AgentHandoff(settings, address, proc)
     handoff._register()
     return handoff

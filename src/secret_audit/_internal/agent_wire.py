@@ -7,6 +7,7 @@ SCM_RIGHTS), ``S`` is a shape's static attributes (JSON), ``F`` lets the agent f
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -14,9 +15,15 @@ import socket
 import struct
 import subprocess
 import sys
+from dataclasses import fields
 from typing import Any
 
-__all__ = ["EXPORTED", "FRAME", "SPOOLED", "agent_address", "agent_env", "exit_cause", "read_frame", "spawn"]
+from secret_audit._internal.config import Settings
+
+__all__ = [
+    "EXPORTED", "FRAME", "SPOOLED", "agent_address", "agent_env", "exit_cause", "read_frame",
+    "settings_bytes", "settings_from", "spawn",
+]
 
 FRAME = struct.Struct("<cI")  # message kind, payload length; then the payload
 EXPORTED, SPOOLED = 9, 10  # header words the agent keeps for the app's stats()
@@ -39,7 +46,26 @@ def agent_env() -> dict[str, str]:
     return env
 
 
-def spawn(address: bytes) -> subprocess.Popen[bytes]:
+def settings_bytes(settings: Settings) -> bytes:
+    """The app's settings as it checked them, for the agent (which must not read the environment again:
+    ``instrument(settings=...)`` and the spool check may differ from it)."""
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    key = values["hmac_key"]
+    values["hmac_key"] = key.hex() if key is not None else None
+    return json.dumps(values).encode()
+
+
+def settings_from(data: bytes) -> Settings:
+    """The agent's side of ``settings_bytes``."""
+    values = json.loads(data)
+    key = values["hmac_key"]
+    values["hmac_key"] = bytes.fromhex(key) if key is not None else None
+    values["redis_key_patterns"] = tuple(values["redis_key_patterns"])
+    values["failure_modes"] = tuple(tuple(m) for m in values["failure_modes"])
+    return Settings(**values)
+
+
+def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
     """Bind the agent's socket here, then start the agent on it in its own session, without waiting.
 
     Bound first, so that this process can register (the connection waits in the backlog) while the
@@ -50,11 +76,15 @@ def spawn(address: bytes) -> subprocess.Popen[bytes]:
     try:
         listener.bind(address)
         listener.listen(128)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "secret_audit._internal.agent", str(listener.fileno())],
-            pass_fds=(listener.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
+            pass_fds=(listener.fileno(),), start_new_session=True, stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, env=agent_env(),
         )
+        assert proc.stdin is not None
+        with proc.stdin:  # a few hundred bytes: the pipe takes them without waiting for the agent
+            proc.stdin.write(settings_bytes(settings))
+        return proc
     finally:
         listener.close()
 

@@ -88,11 +88,12 @@ class AgentPipeline:
         return bool(self.handoff.flush(timeout))
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Nothing to flush here (the agent drains the ring after the app); the fallback, if any, flushes."""
+        """Settle what was handed off and let the agent go (replaced by re-wiring); the fallback flushes."""
         fallback = self.handoff.fallback
         if fallback is not None:
             fallback.shutdown(timeout)
-        self.handoff.closed = True
+        limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
+        self.handoff.close(limit)
 
     def counts(self) -> dict[str, Any]:
         fallback = self.handoff.fallback
