@@ -62,7 +62,7 @@ class AgentHandoff:
         self._closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
         self._address, self._proc = address, proc
         self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
-        self._nudge_every = max(1, settings.batch_size // 2)
+        self._spans = settings.spans
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
         self.closed = False
@@ -230,32 +230,51 @@ class AgentHandoff:
         if found is None:
             return _NOTHING
         shapes, ctx, parent, ids = found
+        known = self._ids
         try:
-            sids = [self._shape_id(shape) for shape in shapes]
+            if len(shapes) == 1:  # most calls: one secret, its shape seen before
+                shape = shapes[0]
+                entry = known.get(id(shape))
+                sids = [entry[0] if entry is not None and entry[1] is shape else self._shape_id(shape)]
+            else:
+                sids = [self._shape_id(shape) for shape in shapes]
         except OSError as exc:  # the agent went away under us: the in-process pipeline takes this one
             self._lost_agent(f"its socket failed ({exc})")
             self.fallback.submit(access)
             return _NOT_HANDED
         start, end = access.start_ns, access.end_ns
-        if builder.wants_span(parent, [shape.attrs for shape in shapes]):
+        spans = self._spans
+        if (spans != "off" and (spans != "in_trace" or parent.is_valid)
+                and builder.wants_span(parent, [shape.attrs for shape in shapes])):
             ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)
-        trace_id, span_id, trace_flags = ids[0], ids[1], ids[2]
-        idx = _NOT_HANDED
-        for first in range(0, len(sids), MAX_IDS):
+        if len(sids) <= MAX_IDS:
             idx = ring.reserve()
             if idx < 0:
-                idx = ring.reserve_within(self._full_wait, self._nudge)
+                idx = self._room(ring, len(sids))
                 if idx < 0:
-                    lost = len(sids) - first
-                    with self._lock:
-                        self.dropped += lost
-                    ring.add(DROPPED, lost)
                     return _NOT_HANDED
-            last = first + MAX_IDS >= len(sids)
-            ring.write(idx, flags if last else 0, start, end, trace_id, span_id, trace_flags,
-                       sids[first:first + MAX_IDS])
-        if flags or idx % self._nudge_every == 0:
-            self._nudge()
+            ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids)
+        else:
+            for first in range(0, len(sids), MAX_IDS):
+                idx = ring.reserve()
+                if idx < 0:
+                    idx = self._room(ring, len(sids) - first)
+                    if idx < 0:
+                        return _NOT_HANDED
+                last = first + MAX_IDS >= len(sids)
+                ring.write(idx, flags if last else 0, start, end, ids[0], ids[1], ids[2],
+                           sids[first:first + MAX_IDS])
+        if flags:
+            self._nudge()  # a fail-closed caller waits: wake the reader now rather than at its next poll
+        return idx
+
+    def _room(self, ring: Ring, records: int) -> int:
+        """A full ring: wait the bounded time for room, else count the records as dropped (-1)."""
+        idx = ring.reserve_within(self._full_wait, self._nudge)
+        if idx < 0:
+            with self._lock:
+                self.dropped += records
+            ring.add(DROPPED, records)
         return idx
 
     def _shape_id(self, shape: Shape) -> int:
