@@ -264,3 +264,27 @@ def test_settings_given_to_instrument_are_the_agents(redis_url, tmp_path):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(agent, os.WNOHANG)
     assert not Path(f"/proc/{agent}").exists()  # the agent left once its only app was gone
+
+
+def test_an_agent_that_cannot_start_leaves_the_app_audited_in_process(redis_url, tmp_path):
+    """The agent exits at start (a sitecustomize only it loads): the app says so once, runs the
+    pipeline in-process and its records arrive."""
+    key = "secret:nostart:" + secrets.token_hex(4)
+    fails = str(HERE / "data" / "agent_fails")
+    with otlp_receiver() as rx:
+        env = env_for(rx, redis_url, tmp_path, PYTHONPATH=fails)
+        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "-c",
+                               "import os, sys, time, redis, secret_audit\n"
+                               "time.sleep(2)\n"  # the agent has exited by now
+                               "c = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+                               f"[c.get({key!r}) for _ in range(3)]\n"
+                               "secret_audit.flush(10)\n"
+                               "print('stats', __import__('json').dumps(secret_audit.stats(), default=str))\n"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "agent_fails: this agent exits at start" in proc.stderr
+    assert proc.stderr.count("the audit agent is gone: it exited before serving this process") == 1, proc.stderr
+    assert "exited with status 3" in proc.stderr
+    assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
