@@ -327,8 +327,8 @@ class AgentHandoff:
                 body = json.dumps({"pid": os.getpid()}).encode()
                 socket.send_fds(sock, [FRAME.pack(b"R", len(body)) + body], [fd])
                 os.close(fd)
-            except OSError as exc:
-                cause = f"it cannot be reached ({exc})"
+            except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
+                cause = f"it cannot be reached ({exc!r})"
             else:
                 self._sock, self.ring = sock, Ring(mm)
                 watcher = threading.Thread(target=self._watch, args=(sock,), name="secret-audit-agent-watch",
