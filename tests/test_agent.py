@@ -288,3 +288,35 @@ def test_an_agent_that_cannot_start_leaves_the_app_audited_in_process(redis_url,
     assert "exited with status 3" in proc.stderr
     assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
     assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+
+
+def test_records_name_the_apps_resource_and_stats_name_the_agent_at_once(redis_url, tmp_path):
+    """The agent's records carry the resource of the app's tracer provider (set in code here, so the
+    agent could not read it from the environment), and stats() right after start names the agent."""
+    key = "secret:resource:" + secrets.token_hex(4)
+    code = (
+        "import json, os, redis, secret_audit\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.resources import Resource\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider(resource=Resource({'service.name': 'named-in-code',"
+        " 'service.instance.id': 'instance-7'})))\n"
+        "from secret_audit.redis import RedisSecretAuditInstrumentor\n"
+        "RedisSecretAuditInstrumentor().instrument()\n"
+        "print('stats', json.dumps(secret_audit.stats(), default=str), flush=True)\n"
+        f"redis.Redis.from_url(os.environ['REDIS_URL']).get({key!r})\n"
+    )
+    with otlp_receiver() as rx:
+        env = {k: v for k, v in env_for(rx, redis_url, tmp_path).items() if not k.startswith("OTEL_SERVICE")}
+        env[P + "EXPORTER_OTLP_ENDPOINT"] = rx.url + "/v1/logs"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 1)
+    assert proc.returncode == 0, proc.stderr
+    stats = said(proc.stdout, "stats")[0]
+    assert stats["agent"]["mode"] == "process"
+    assert isinstance(stats["agent"]["pid"], int)
+    assert isinstance(stats["stream_id"], str)
+    assert len(records) == 1
+    assert records[0]["resource"]["service.name"] == "named-in-code"
+    assert records[0]["resource"]["service.instance.id"] == "instance-7"
+    assert records[0]["attributes"]["audit.stream.id"] == stats["stream_id"]

@@ -43,7 +43,7 @@ from secret_audit._internal.shapes import NO_IDS, Ids, Shape, fill
 
 __all__ = ["main"]
 
-_LINGER = 2.0  # seconds the agent waits for a newcomer once its last app is gone
+_LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
 _FIRST_WAIT = 30.0  # seconds for the first app to connect
 
 
@@ -74,9 +74,13 @@ class _Settle:
 class RingStream(AuditPipeline):
     """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
 
-    def __init__(self, settings: Settings, ring: Ring) -> None:
+    def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
         super().__init__(settings)
         self.ring = ring
+        if resource:  # the app's resource: records name the service and instance its spans name
+            from opentelemetry.sdk.resources import Resource
+
+            self._fallback_resource = Resource(resource)
         self._last_index = -1
 
     def _take(self, item: Any) -> int:
@@ -133,9 +137,11 @@ class Member:
         _, mm = open_ring(fds[0])
         os.close(fds[0])
         ring = Ring(mm)
-        stream = RingStream(self.settings, ring)
+        size = FRAME.unpack_from(message)[1]
+        registration = json.loads(message[FRAME.size:FRAME.size + size])
+        stream = RingStream(self.settings, ring, registration.get("resource"))
         hello = {"agent_pid": os.getpid(), "stream_id": stream.stream_id}
-        self._buffer = message[FRAME.size + FRAME.unpack_from(message)[1]:]
+        self._buffer = message[FRAME.size + size:]
         body = json.dumps(hello).encode()
         # the app may be gone already (killed right after handing off): its ring is read all the same
         with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ import time
 import weakref
 from typing import Any
 
-from secret_audit._internal.agent_wire import FRAME, agent_address, exit_cause, read_frame, spawn
+from secret_audit._internal import agent_wire as wire
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
 from secret_audit._internal.ring import (
@@ -82,6 +82,7 @@ class AgentHandoff:
         self.errors = 0
         self.agent_pid: int | None = None
         self.stream_id: str | None = None
+        self._hello = threading.Event()  # the agent said which agent and stream serve this ring
 
     # ---- the caller's side ----------------------------------------------------------------------
 
@@ -178,6 +179,8 @@ class AgentHandoff:
     def stats(self) -> dict[str, Any]:
         """The caller's counters, and what the agent wrote into the ring's header."""
         ring = self.ring
+        if ring is not None and self.fallback is None:
+            self._hello.wait(1.0)  # a ring just registered: its agent and stream are named within a moment
         handed = ring.next if ring is not None else 0
 
         def words(i: int) -> int:
@@ -292,7 +295,7 @@ class AgentHandoff:
                 "once": once,
             }).encode()
             assert self._sock is not None
-            self._sock.sendall(FRAME.pack(b"S", len(payload)) + payload)
+            self._sock.sendall(wire.FRAME.pack(b"S", len(payload)) + payload)
             if not once:
                 if len(self._ids) >= _SHAPE_IDS_LIMIT:
                     self._forget()
@@ -304,7 +307,7 @@ class AgentHandoff:
         assert self._sock is not None
         assert self.ring is not None
         body = json.dumps({"below": self._next_id, "at": self.ring.next}).encode()
-        self._sock.sendall(FRAME.pack(b"F", len(body)) + body)
+        self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
         self._ids.clear()
 
     def _nudge(self) -> None:
@@ -313,7 +316,7 @@ class AgentHandoff:
         if sock is not None:
             # a full socket buffer wakes the reader anyway; a closed one is the watcher's to report
             with contextlib.suppress(OSError):
-                sock.send(FRAME.pack(b"N", 0), socket.MSG_DONTWAIT)
+                sock.send(wire.FRAME.pack(b"N", 0), socket.MSG_DONTWAIT)
 
     def _register(self) -> Ring | None:
         """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""
@@ -324,8 +327,8 @@ class AgentHandoff:
                 fd, mm = open_ring()
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(self._address)
-                body = json.dumps({"pid": os.getpid()}).encode()
-                socket.send_fds(sock, [FRAME.pack(b"R", len(body)) + body], [fd])
+                body = json.dumps({"pid": os.getpid(), "resource": wire.resource_attributes()}).encode()
+                socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
                 os.close(fd)
             except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
                 cause = f"it cannot be reached ({exc!r})"
@@ -340,15 +343,16 @@ class AgentHandoff:
 
     def _watch(self, sock: socket.socket) -> None:
         """Wait for the agent's hello, then for its end: an end while this process lives is reported."""
-        hello = read_frame(sock)
+        hello = wire.read_frame(sock)
         if hello is not None:
             info = json.loads(hello[1])
             self.agent_pid, self.stream_id = int(info["agent_pid"]), str(info["stream_id"])
-            while read_frame(sock) is not None:
+            self._hello.set()
+            while wire.read_frame(sock) is not None:
                 pass
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
-            self._lost_agent(f"it {what} ({exit_cause(self._proc, self.agent_pid)})")
+            self._lost_agent(f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
 
     def _lost_agent(self, cause: str) -> None:
         """The agent is gone: report what it had not settled, run the pipeline in-process, say so once."""
@@ -395,8 +399,8 @@ def _forked(ref: weakref.ref[AgentHandoff]) -> None:
 
 def start(settings: Settings) -> AgentHandoff:
     """Spawn this process tree's agent on a socket bound here (so nothing waits for it) and register."""
-    address = agent_address()
-    proc = spawn(address, settings)
+    address = wire.agent_address()
+    proc = wire.spawn(address, settings)
     handoff = AgentHandoff(settings, address, proc)
     handoff._register()
     return handoff

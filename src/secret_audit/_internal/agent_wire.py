@@ -22,7 +22,7 @@ from secret_audit._internal.config import Settings
 
 __all__ = [
     "EXPORTED", "FRAME", "SPOOLED", "agent_address", "agent_env", "exit_cause", "read_frame",
-    "settings_bytes", "settings_from", "spawn",
+    "resource_attributes", "settings_bytes", "settings_from", "spawn",
 ]
 
 FRAME = struct.Struct("<cI")  # message kind, payload length; then the payload
@@ -65,6 +65,16 @@ def settings_from(data: bytes) -> Settings:
     return Settings(**values)
 
 
+def resource_attributes() -> dict[str, Any]:
+    """The app's resource (its tracer provider's, as in-process records carry it), for the agent's records."""
+    from secret_audit._internal.export import audit_resource
+
+    out: dict[str, Any] = {}
+    for key, value in audit_resource().attributes.items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
     """Bind the agent's socket here, then start the agent on it in its own session, without waiting.
 
@@ -78,8 +88,7 @@ def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
         listener.listen(128)
         proc = subprocess.Popen(
             [sys.executable, "-m", "secret_audit._internal.agent", str(listener.fileno())],
-            pass_fds=(listener.fileno(),), start_new_session=True, stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, env=agent_env(),
+            pass_fds=(listener.fileno(),), start_new_session=True, stdin=subprocess.PIPE, env=agent_env(),
         )
         assert proc.stdin is not None
         with proc.stdin:  # a few hundred bytes: the pipe takes them without waiting for the agent

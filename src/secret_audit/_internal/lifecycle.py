@@ -97,6 +97,7 @@ class AgentPipeline:
 
     def counts(self) -> dict[str, Any]:
         fallback = self.handoff.fallback
+        handed = self.handoff.stats()  # first: it waits a moment for a just-started agent to name the stream
         out: dict[str, Any] = {"stream_id": self.stream_id, "exported": 0, "lost_export": 0,
                                "internal_errors": 0, "spooled": 0, "replayed": 0, "records": [],
                                "checkpoints_signed": 0}
@@ -108,7 +109,7 @@ class AgentPipeline:
             ring = self.handoff.ring
             if ring is not None:
                 out["exported"], out["spooled"] = ring.word(EXPORTED), ring.word(SPOOLED)
-        out.update({k: v for k, v in self.handoff.stats().items() if fallback is None or k == "agent"})
+        out.update({k: v for k, v in handed.items() if fallback is None or k == "agent"})
         return out
 
     def stats(self) -> dict[str, Any]:
