@@ -198,14 +198,17 @@ def test_no_value_crosses_the_ring_or_the_agents_socket(redis_url, tmp_path):
         assert value.encode() not in seen
 
 
+@pytest.mark.parametrize("via", ["app", "agent"])
 @pytest.mark.parametrize("sampler", ["parentbased_always_on", "parentbased_always_off"])
-def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, sampler):
-    """The audit span is made in the app, through its tracer provider: a child of the request span,
-    sampled as the request is; the record carries its ids either way, as in-process."""
+def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, sampler, via):
+    """The audit span is made in the app through its tracer provider (SPANS_VIA=app), or by the agent
+    with the ids the app chose (SPANS_VIA=agent): either way a child of the request span, sampled as
+    the request is, and the record carries its ids, as in-process."""
     got = {}
     for agent in ("off", "process"):
         with otlp_receiver() as rx:
-            env = env_for(rx, redis_url, tmp_path, **{P + "AGENT": agent}, OTEL_TRACES_SAMPLER=sampler)
+            env = env_for(rx, redis_url, tmp_path, **{P + "AGENT": agent, P + "SPANS_VIA": via},
+                          OTEL_TRACES_SAMPLER=sampler)
             proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable,
                                    str(HERE / "apps" / "settings_app.py"), secrets.token_hex(4), "v"],
                                   env=env, capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -22,6 +23,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import encode_attributes
@@ -32,6 +34,8 @@ from secret_audit._internal.ring import (
     LOST,
     REFUSALS,
     SETTLED,
+    SPAN,
+    SPAN_PART,
     TAIL,
     TAKEN,
     WAIT,
@@ -42,6 +46,8 @@ from secret_audit._internal.ring import (
 from secret_audit._internal.shapes import NO_IDS, Ids, Shape, fill
 
 __all__ = ["main"]
+
+_log = logging.getLogger("secret_audit")
 
 _LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
 _FIRST_WAIT = 30.0  # seconds for the first app to connect
@@ -75,8 +81,10 @@ class RingStream(AuditPipeline):
     """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
 
     def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
-        super().__init__(settings)
+        self._spans = SpanMaker.for_resource(resource) if settings.spans_via == "agent" else None
+        super().__init__(settings, tracer_provider=self._spans.provider if self._spans is not None else None)
         self.ring = ring
+        self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         if resource:  # the app's resource: records name the service and instance its spans name
             from opentelemetry.sdk.resources import Resource
 
@@ -86,14 +94,29 @@ class RingStream(AuditPipeline):
     def _take(self, item: Any) -> int:
         if self._backend is None:
             self._prepare()
-        index, _flags, start, end, trace_id, span_id, trace_flags, _ = item.slot
+        index, flags, start, end, trace_id, span_id, trace_flags, _, parent = item.slot
         shapes = item.shapes
         records, bodies = fill(shapes, start, end)
+        if flags & (SPAN | SPAN_PART) and self._spans is not None:
+            self._span_records.extend(records)
+            if flags & SPAN:  # the access's last slot: its span, with the ids the app chose
+                records_of_span, self._span_records = self._span_records, []
+                try:
+                    ctx = self._spans.context(trace_id, span_id, trace_flags, parent)
+                    self._builder.span_ids(ctx, records_of_span, start, end)
+                except Exception:  # a span we cannot make never costs the records
+                    self._ledger.internal_errors += 1
+                    _log.exception("secret-audit agent: failed to make an audit span")
         ids: Ids = NO_IDS
         if trace_id:
             ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
         self._last_index = index
         return self._stamp(records, shapes, bodies, ids, start)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        super().shutdown(timeout)
+        if self._spans is not None:
+            self._spans.flush(self.settings.shutdown_timeout_ms)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:

@@ -23,25 +23,14 @@ import weakref
 from typing import Any
 
 from secret_audit._internal import agent_wire as wire
+from secret_audit._internal import ring as hdr
+from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
-from secret_audit._internal.ring import (
-    DEGRADED,
-    DROPPED,
-    LOST,
-    MAX_IDS,
-    REFUSALS,
-    SETTLED,
-    SLOTS,
-    TAIL,
-    TAKEN,
-    WAIT,
-    Ring,
-    open_ring,
-)
+from secret_audit._internal.ring import MAX_IDS, SPAN, SPAN_PART, WAIT, Ring, open_ring
 from secret_audit._internal.shapes import RecordBuilder, Shape, fill
 
-__all__ = ["AgentHandoff", "start"]
+__all__ = ["AgentHandoff"]
 
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
@@ -56,13 +45,14 @@ class AgentHandoff:
 
     def __init__(self, settings: Settings, address: bytes, proc: Any = None) -> None:
         self.settings = settings
-        self.capacity = SLOTS
+        self.capacity = hdr.SLOTS
         self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
         self._full_wait = settings.queue_full_timeout_ms / 1000
         self._closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
         self._address, self._proc = address, proc
         self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
         self._spans = settings.spans
+        self._via_agent: bool | None = None if settings.spans_via == "agent" else False
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
         self.closed = False
@@ -98,7 +88,7 @@ class AgentHandoff:
         if self.fallback is not None:
             return not self._closed_mode and bool(self.fallback.accepting())
         ring = self.ring
-        return not self.closed and (ring is None or not ring.word(DEGRADED))
+        return not self.closed and (ring is None or not ring.word(hdr.DEGRADED))
 
     def wait_durable(self, access: Access, timeout: float | None = None) -> bool:
         """Hand off and wait until the agent settled the slot: durable unless a batch was lost meanwhile."""
@@ -141,8 +131,8 @@ class AgentHandoff:
             self.refused[reason] = self.refused.get(reason, 0) + 1
         if self.fallback is not None:
             self.fallback.handoff.refuse(reason)
-        elif self.ring is not None and reason in REFUSALS:
-            self.ring.add(REFUSALS[reason])
+        elif self.ring is not None and reason in hdr.REFUSALS:
+            self.ring.add(hdr.REFUSALS[reason])
 
     def note_error(self) -> None:
         """Count a failure inside our wrapper; the caller's call goes on as if we were not there."""
@@ -168,7 +158,7 @@ class AgentHandoff:
         target = ring.next
         self._nudge()
         deadline = time.monotonic() + timeout
-        while ring.word(SETTLED) < target:
+        while ring.word(hdr.SETTLED) < target:
             if self.fallback is not None:
                 return bool(self.fallback.flush(max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= deadline:
@@ -180,21 +170,21 @@ class AgentHandoff:
         """The caller's counters, and what the agent wrote into the ring's header."""
         ring = self.ring
         if ring is not None and self.fallback is None:
-            self._hello.wait(1.0)  # a ring just registered: its agent and stream are named within a moment
+            self._hello.wait(5.0)  # a ring just registered: its agent and stream are named within a moment
         handed = ring.next if ring is not None else 0
 
         def words(i: int) -> int:
             return ring.word(i) if ring is not None else 0
 
         return {
-            "queued": handed - words(TAIL),
+            "queued": handed - words(hdr.TAIL),
             "queue_capacity": self.capacity,
             "dropped_queue_full": self.dropped,
             "refused": dict(self.refused),
-            "degraded": bool(words(DEGRADED)),
+            "degraded": bool(words(hdr.DEGRADED)),
             "call_errors": self.errors,
             "handed_off": handed,
-            "settled": words(SETTLED),
+            "settled": words(hdr.SETTLED),
             "agent": {"mode": "process" if self.fallback is None else "in-process", "pid": self.agent_pid,
                       "gone": self.gone},
         }
@@ -202,8 +192,8 @@ class AgentHandoff:
     # ---- the ring -------------------------------------------------------------------------------
 
     def _waiting_put(self, access: Access) -> tuple[int, int]:
-        ring = self.ring or self._register()
-        lost = ring.word(LOST) if ring is not None else 0
+        ring = self.ring or self.register()
+        lost = ring.word(hdr.LOST) if ring is not None else 0
         return lost, self._put(access, WAIT)
 
     def _settled(self, idx: int, lost: int) -> bool | None:
@@ -211,9 +201,9 @@ class AgentHandoff:
         ring = self.ring
         if self.fallback is not None or ring is None:
             return False
-        if ring.word(SETTLED) <= idx:
+        if ring.word(hdr.SETTLED) <= idx:
             return None
-        return bool(ring.word(LOST) == lost)
+        return bool(ring.word(hdr.LOST) == lost)
 
     def _put(self, access: Access, flags: int) -> int:
         """Write an access's slots; its last slot's index, or what became of it."""
@@ -224,7 +214,7 @@ class AgentHandoff:
             if current is not None and current.handoff is not self:
                 current.handoff.submit(access)
             return _NOT_HANDED
-        ring = self.ring or self._register()
+        ring = self.ring or self.register()
         if ring is None:
             self.fallback.submit(access)
             return _NOT_HANDED
@@ -247,16 +237,21 @@ class AgentHandoff:
             return _NOT_HANDED
         start, end = access.start_ns, access.end_ns
         spans = self._spans
+        parent_id = 0
         if (spans != "off" and (spans != "in_trace" or parent.is_valid)
                 and builder.wants_span(parent, [shape.attrs for shape in shapes])):
-            ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)
+            if self._agent_spans():  # the agent makes it: only its ids are chosen here
+                trace_id, span_id, trace_flags, parent_id = chosen_ids(parent)
+                ids, flags = (trace_id, span_id, trace_flags, "", ""), flags | SPAN
+            else:
+                ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)
         if len(sids) <= MAX_IDS:
             idx = ring.reserve()
             if idx < 0:
                 idx = self._room(ring, len(sids))
                 if idx < 0:
                     return _NOT_HANDED
-            ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids)
+            ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
         else:
             for first in range(0, len(sids), MAX_IDS):
                 idx = ring.reserve()
@@ -265,11 +260,18 @@ class AgentHandoff:
                     if idx < 0:
                         return _NOT_HANDED
                 last = first + MAX_IDS >= len(sids)
-                ring.write(idx, flags if last else 0, start, end, ids[0], ids[1], ids[2],
-                           sids[first:first + MAX_IDS])
-        if flags:
+                part = flags if last else (SPAN_PART if flags & SPAN else 0)
+                ring.write(idx, part, start, end, ids[0], ids[1], ids[2], sids[first:first + MAX_IDS],
+                           parent_id)
+        if flags & WAIT:
             self._nudge()  # a fail-closed caller waits: wake the reader now rather than at its next poll
         return idx
+
+    def _agent_spans(self) -> bool:
+        """Whether the agent makes the spans: asked for, and the app's sampler the SDK's default."""
+        if self._via_agent is None:
+            self._via_agent = parent_based_default(announce=True)
+        return self._via_agent
 
     def _room(self, ring: Ring, records: int) -> int:
         """A full ring: wait the bounded time for room, else count the records as dropped (-1)."""
@@ -277,7 +279,7 @@ class AgentHandoff:
         if idx < 0:
             with self._lock:
                 self.dropped += records
-            ring.add(DROPPED, records)
+            ring.add(hdr.DROPPED, records)
         return idx
 
     def _shape_id(self, shape: Shape) -> int:
@@ -318,7 +320,7 @@ class AgentHandoff:
             with contextlib.suppress(OSError):
                 sock.send(wire.FRAME.pack(b"N", 0), socket.MSG_DONTWAIT)
 
-    def _register(self) -> Ring | None:
+    def register(self) -> Ring | None:
         """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""
         with self._lock:
             if self.ring is not None or self.fallback is not None:
@@ -362,15 +364,15 @@ class AgentHandoff:
             if self.fallback is not None or self.closed:
                 return
             ring = self.ring
-            lost = max(0, ring.next - ring.word(SETTLED)) if ring is not None else 0
+            lost = max(0, ring.next - ring.word(hdr.SETTLED)) if ring is not None else 0
             self.gone = cause
             fallback = in_process(self.settings)
             if lost:
                 fallback.report_lost("agent_died", lost, "the audit agent died before they were durable")
             if ring is not None:  # drops and refusals counted here that the agent's stream never took
-                fallback.handoff.note_dropped(max(0, ring.word(DROPPED) - ring.word(TAKEN)))
-                for i, (reason, word) in enumerate(REFUSALS.items(), 1):
-                    for _ in range(max(0, ring.word(word) - ring.word(TAKEN + i))):
+                fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))
+                for i, (reason, word) in enumerate(hdr.REFUSALS.items(), 1):
+                    for _ in range(max(0, ring.word(word) - ring.word(hdr.TAKEN + i))):
                         fallback.handoff.refuse(reason)
             self.fallback = fallback
         closed = "fail-closed calls are refused from now on" if self._closed_mode else (
@@ -395,12 +397,3 @@ def _forked(ref: weakref.ref[AgentHandoff]) -> None:
         sock.close()  # this process's descriptor only: the parent's connection stays open
     if ring is not None:
         ring.mm.close()
-
-
-def start(settings: Settings) -> AgentHandoff:
-    """Spawn this process tree's agent on a socket bound here (so nothing waits for it) and register."""
-    address = wire.agent_address()
-    proc = wire.spawn(address, settings)
-    handoff = AgentHandoff(settings, address, proc)
-    handoff._register()
-    return handoff

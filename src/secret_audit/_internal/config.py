@@ -42,6 +42,7 @@ EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
 ACCESS_PATHS = ("internal", "external")
 AGENT_MODES = ("off", "process")
+SPANS_VIA = ("app", "agent")
 
 DEFAULT_REDIS_KEY_PATTERNS = (
     "*secret*",
@@ -92,6 +93,7 @@ class Settings:
     checkpoint_records: int = 10000
     checkpoint_interval_ms: int = 1000
     agent: str = "off"
+    spans_via: str = "app"
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""
@@ -164,6 +166,8 @@ SETTINGS: tuple[Setting, ...] = (
        "a checkpoint at least this often"),
     _S("AGENT", "agent", choice(AGENT_MODES), "off", "choice",
        "build and send records in this process, or in an audit agent process"),
+    _S("SPANS_VIA", "spans_via", choice(SPANS_VIA), "app", "choice",
+       "with the agent: audit spans made in the app, or by the agent"),
     _S("SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _int(0, 600_000), 10000, "int",
        "how long exit waits for export"),
 )

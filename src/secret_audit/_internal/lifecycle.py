@@ -30,10 +30,13 @@ _ANNOUNCED = False
 def start(settings: Settings) -> Any:
     """The process pipeline the settings ask for: an agent's twin, or in-process (also if no agent starts)."""
     if settings.agent == "process":
-        from secret_audit._internal import agent_client
+        from secret_audit._internal import agent_client, agent_wire
 
         try:
-            handoff = agent_client.start(settings)
+            # the agent's socket is bound here, so this process registers at once, never waiting for it
+            address = agent_wire.agent_address()
+            handoff = agent_client.AgentHandoff(settings, address, agent_wire.spawn(address, settings))
+            handoff.register()
         except OSError as exc:
             _announce(f"the audit agent could not start ({exc})")
         else:

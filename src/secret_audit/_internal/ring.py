@@ -18,29 +18,32 @@ import threading
 import time
 
 __all__ = [
-    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "TAIL", "TAKEN",
-    "WAIT", "Ring", "Slot", "open_ring",
+    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "SPAN", "SPAN_PART",
+    "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
 ]
 
 HEADER = 128
-SLOT = 64
-SLOTS = 16384  # 1 MiB of slots, touched only as far as they are used
+SLOT = 72
+SLOTS = 16384  # 1.1 MiB of slots, touched only as far as they are used
 MAX_IDS = 2  # shape ids per slot; an access with more distinct secrets takes several slots
 WAIT = 1  # flag: a fail-closed caller waits on this slot, settle it at once
+SPAN = 2  # flag: the agent makes this access's audit span (its ids are the slot's, its parent the slot's)
+SPAN_PART = 4  # flag: this slot's records belong to the span of the access's last slot
 # header words (u64): the agent writes the first four, the app the rest
 TAIL, SETTLED, LOST, DEGRADED, DROPPED, ERRORS = 0, 1, 2, 3, 4, 5
 REFUSALS = {"unavailable": 6, "not_durable": 7, "unbuilt": 8}
 # the agent's copy of the app's counters, as far as its stream has taken them: the rest is the app's to report
 TAKEN = 11  # DROPPED, then each of REFUSALS in order
 
-_ACCESS = struct.Struct("<BBHIqqQQQ")  # kind, flags, n ids, trace flags, start, end, trace hi, trace lo, span
+# kind, flags, n ids, trace flags, start, end, trace id (high, low), span id, parent span id
+_ACCESS = struct.Struct("<BBHIqqQQQQ")
 _IDS = [struct.Struct(f"<{n}I") for n in range(MAX_IDS + 1)]
 _WORD = struct.Struct("<Q")
 _KIND_ACCESS = 1
 _LOW = (1 << 64) - 1
 
-# index, flags, start, end, trace id, span id, trace flags, shape ids
-Slot = tuple[int, int, int, int, int, int, int, tuple[int, ...]]
+# index, flags, start, end, trace id, span id, trace flags, shape ids, parent span id
+Slot = tuple[int, int, int, int, int, int, int, tuple[int, ...], int]
 
 
 def open_ring(fd: int | None = None) -> tuple[int, mmap.mmap]:
@@ -101,12 +104,12 @@ class Ring:
             pause = min(pause * 2, 0.01)
 
     def write(self, idx: int, flags: int, start: int, end: int, trace_id: int, span_id: int, trace_flags: int,
-              ids: tuple[int, ...] | list[int]) -> None:
+              ids: tuple[int, ...] | list[int], parent: int = 0) -> None:
         """Fill a reserved slot, then commit it."""
         mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
         n = len(ids)
         _ACCESS.pack_into(mm, off + 8, _KIND_ACCESS, flags, n, trace_flags, start, end, trace_id >> 64,
-                          trace_id & _LOW, span_id)
+                          trace_id & _LOW, span_id, parent)
         _IDS[n].pack_into(mm, off + 8 + _ACCESS.size, *ids)
         _WORD.pack_into(mm, off, idx + 1)
 
@@ -123,7 +126,7 @@ class Ring:
         mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
         if _WORD.unpack_from(mm, off)[0] != idx + 1:
             return None
-        _, flags, n, tflags, start, end, hi, lo, span = _ACCESS.unpack_from(mm, off + 8)
+        _, flags, n, tflags, start, end, hi, lo, span, parent = _ACCESS.unpack_from(mm, off + 8)
         ids = _IDS[min(n, MAX_IDS)].unpack_from(mm, off + 8 + _ACCESS.size)
         self.next = idx + 1
-        return idx, flags, start, end, (hi << 64) | lo, span, tflags, ids
+        return idx, flags, start, end, (hi << 64) | lo, span, tflags, ids, parent
