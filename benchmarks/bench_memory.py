@@ -74,19 +74,22 @@ def app(environ, start_response):
 
 
 def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
-    agent = disabled.endswith(":agent")
-    env = launcher_env(sink, disabled.removesuffix(":agent"), BENCH_REDIS_PORT=str(port))
+    disabled, _, agent = disabled.partition(":")
+    env = launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
     env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "process" if agent else "off"
+    env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "agent" if agent == "agent-spans" else "app"
     return env
 
 
 AGENT = "launcher + secret-audit, agent"
+AGENT_SPANS = "launcher + secret-audit, agent + its spans"
 # name -> (under the launcher?, entry points disabled, and ":agent" for OTEL_PYTHON_SECRET_AUDIT_AGENT=process)
 VARIANTS = {
     "python, no launcher": (False, ""),
     "launcher without us": (True, f"{OURS},{OFFICIAL}"),
     "launcher + secret-audit": (True, OFFICIAL),
     AGENT: (True, OFFICIAL + ":agent"),
+    AGENT_SPANS: (True, OFFICIAL + ":agent-spans"),
     "launcher + official": (True, OURS),
 }
 
@@ -201,10 +204,12 @@ def main() -> int:
         f"app RSS after 20k GETs under the launcher, agent: {one[AGENT]['rss'] - base['rss']:+.1f} MiB with us over "
         f"the launcher without us (target <= +{TARGET_RSS_MIB:.0f} MiB), and the agent's own RSS {one[AGENT]['agent']:.1f} MiB"
     )
-    print(
-        f"pre-fork, 8 gunicorn workers, agent: {pf[AGENT] - pf['launcher without us']:+.1f} MiB PSS (workers and the "
-        f"agent) over the launcher without us (target <= +{TARGET_PREFORK_MIB:.0f} MiB)"
-    )
+    for name in (AGENT, AGENT_SPANS):
+        print(
+            f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit, ')}: "
+            f"{pf[name] - pf['launcher without us']:+.1f} MiB PSS (workers and the agent) over the launcher "
+            f"without us (target <= +{TARGET_PREFORK_MIB:.0f} MiB)"
+        )
     print(
         f"pre-fork, 8 gunicorn workers: {pf['launcher + secret-audit'] - pf['launcher without us']:+.1f} MiB PSS "
         f"with us over the launcher without us, {pf['launcher + secret-audit'] - pf['python, no launcher']:+.1f} MiB "
