@@ -2,7 +2,7 @@
 
 Per access the caller works out the access's shapes (cached per kind of access, as the in-process
 builder does), makes the audit span when one is due (in the app, through the app's tracer
-provider and sampler), and writes one 64-byte slot of numbers; a new shape's static attributes go
+provider and sampler), and writes one 72-byte slot of numbers; a new shape's static attributes go
 to the agent once, over its socket. Everything else (stamping, encoding, sending, spooling, loss
 accounting) runs in the agent. When the agent cannot be reached, or dies, the in-process pipeline
 takes over, announced once on stderr with the cause; what was handed off and not settled is

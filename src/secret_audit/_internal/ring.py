@@ -1,4 +1,4 @@
-"""The ring an app process shares with its audit agent: fixed 64-byte slots in a memfd, and header words.
+"""The ring an app process shares with its audit agent: fixed 72-byte slots in a memfd, and header words.
 
 A slot describes one access by numbers only (shape ids, start and end, the trace ids): no name,
 no value, no text crosses it; a shape's static attributes travel once, over the agent's socket.
