@@ -45,10 +45,15 @@ for i in range(20000):
             client.get("secret:mem")
     else:
         client.get("secret:mem")
+def kib(pid, field):
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+    return int(status[field].split()[0]) / 1024
+agent = 0.0
 if "secret_audit" in sys.modules:  # imported only where instrumented
     sys.modules["secret_audit"].flush(60)
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-print(json.dumps({"rss": int(status["VmRSS"].split()[0]) / 1024, "hwm": int(status["VmHWM"].split()[0]) / 1024}))
+    pid = sys.modules["secret_audit"].stats().get("agent", {}).get("pid")
+    agent = kib(pid, "VmRSS") if pid else 0.0  # the audit agent's own RSS, while it still serves us
+print(json.dumps({"rss": kib("self", "VmRSS"), "hwm": kib("self", "VmHWM"), "agent": agent}))
 """
 
 _WSGI = r"""
@@ -69,14 +74,22 @@ def app(environ, start_response):
 
 
 def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
-    return launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
+    disabled, _, agent = disabled.partition(":")
+    env = launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
+    env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "process" if agent else "off"
+    env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "agent" if agent == "agent-spans" else "app"
+    return env
 
 
-# name -> (under the launcher?, entry points disabled)
+AGENT = "launcher + secret-audit, agent"
+AGENT_SPANS = "launcher + secret-audit, agent + its spans"
+# name -> (under the launcher?, entry points disabled, and ":agent" for OTEL_PYTHON_SECRET_AUDIT_AGENT=process)
 VARIANTS = {
     "python, no launcher": (False, ""),
     "launcher without us": (True, f"{OURS},{OFFICIAL}"),
     "launcher + secret-audit": (True, OFFICIAL),
+    AGENT: (True, OFFICIAL + ":agent"),
+    AGENT_SPANS: (True, OFFICIAL + ":agent-spans"),
     "launcher + official": (True, OURS),
 }
 
@@ -98,9 +111,11 @@ def one_process(sink: str, port: int) -> dict[str, dict[str, float]]:
     means = {}
     for name, runs in results.items():
         rss, hwm = statistics.fmean(r["rss"] for r in runs), statistics.fmean(r["hwm"] for r in runs)
-        means[name] = {"rss": rss, "hwm": hwm}
+        agent = statistics.fmean(r["agent"] for r in runs)
+        means[name] = {"rss": rss, "hwm": hwm, "agent": agent}
         low, high = min(r["rss"] for r in runs), max(r["rss"] for r in runs)
-        print(f"  {name:<26} RSS {rss:6.1f} MiB ({low:.1f}-{high:.1f})  peak {hwm:6.1f}")
+        extra = f"  + the agent's RSS {agent:.1f} MiB" if agent else ""
+        print(f"  {name:<26} RSS {rss:6.1f} MiB ({low:.1f}-{high:.1f})  peak {hwm:6.1f}{extra}")
     return means
 
 
@@ -145,10 +160,12 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
             time.sleep(0.1)
         _drive(http_port, 800)
         time.sleep(1.0)  # let each worker's exporters finish their batches
-        workers = master.children()
+        children = master.children()
+        # the audit agent is the master's child too: its memory is ours, counted with the workers'
+        workers = [c for c in children if "secret_audit._internal.agent" not in " ".join(c.cmdline())]
         if len(workers) != 8:
             raise RuntimeError(f"{name}: {len(workers)} workers")
-        infos = [w.memory_full_info() for w in workers]
+        infos = [c.memory_full_info() for c in children]
         return sum(i.pss for i in infos) / 2**20, sum(i.rss for i in infos) / 2**20
     finally:
         proc.terminate()
@@ -192,6 +209,19 @@ def main() -> int:
         f"{pf['launcher + secret-audit'] - pf['launcher without us']:+.1f} MiB over the launcher without us; "
         f"official {pf['launcher + official'] - pf['launcher without us']:+.1f} MiB over the launcher without us"
     )
+    agent_added = one[AGENT]["rss"] - base["rss"]
+    print(
+        f"app RSS after 20k GETs under the launcher, agent: {agent_added:+.1f} MiB over the launcher without us "
+        f"(target <= +{TARGET_RSS_MIB:.0f} MiB: {verdict(agent_added, TARGET_RSS_MIB)}), and the agent's own "
+        f"RSS {one[AGENT]['agent']:.1f} MiB"
+    )
+    for name in (AGENT, AGENT_SPANS):
+        agent_over = pf[name] - pf["python, no launcher"]
+        print(
+            f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit, ')}: "
+            f"{agent_over:+.1f} MiB PSS (workers and the agent) over plain gunicorn "
+            f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(agent_over, TARGET_PREFORK_MIB)})"
+        )
     return 0
 
 

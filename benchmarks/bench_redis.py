@@ -21,7 +21,8 @@ TARGET_GET = 1.10
 TARGET_IN_SPAN = 1.15
 TARGET_PIPE = 1.05
 
-OURS, OFFICIAL = "secret-audit", "otel-redis (official)"
+OURS, AGENT, OFFICIAL = "secret-audit", "secret-audit, agent", "otel-redis (official)"
+AGENT_SPANS = "secret-audit, agent + its spans"
 
 
 def main() -> int:
@@ -49,6 +50,16 @@ def main() -> int:
         trace.set_tracer_provider(provider)
         tracer = provider.get_tracer("bench")
         settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": sink + "/v1/logs"})
+        # OTEL_PYTHON_SECRET_AUDIT_AGENT=process: records built and sent in the agent process, whose CPU
+        # is not this process's; audit spans made here, through the global provider (the same one)
+        agent_settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": sink + "/v1/logs",
+                                        "OTEL_PYTHON_SECRET_AUDIT_AGENT": "process"})
+        # SPANS_VIA=agent: the agent makes the audit spans and exports them where the environment says
+        os.environ.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf",
+                          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink + "/v1/traces")
+        agent_spans_settings = load_settings({"OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": sink + "/v1/logs",
+                                              "OTEL_PYTHON_SECRET_AUDIT_AGENT": "process",
+                                              "OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA": "agent"})
         ours, official = RedisSecretAuditInstrumentor(), RedisInstrumentor()
 
         def nothing() -> None:
@@ -57,12 +68,20 @@ def main() -> int:
         def ours_on() -> None:
             ours.instrument(settings=settings, tracer_provider=provider)
 
+        def agent_on() -> None:
+            ours.instrument(settings=agent_settings)
+
+        def agent_spans_on() -> None:
+            ours.instrument(settings=agent_spans_settings)
+
         def official_on() -> None:
             official.instrument(tracer_provider=provider)
 
         variants = {
             "bare": (nothing, nothing),
             OURS: (ours_on, ours.uninstrument),
+            AGENT: (agent_on, ours.uninstrument),
+            AGENT_SPANS: (agent_spans_on, ours.uninstrument),
             OFFICIAL: (official_on, official.uninstrument),
         }
 
@@ -112,6 +131,14 @@ def main() -> int:
                 f"{label}: bare {r['bare:us']:.1f} µs mean; ours {r[OURS]:.2f}x mean "
                 f"(target <= {target:.2f}x: {verdict(r[OURS], target)}; rounds spread {r[OURS + ':spread']:.2f}), "
                 f"{r[OURS + ':median']:.2f}x median; official {r[OFFICIAL]:.2f}x mean, {r[OFFICIAL + ':median']:.2f}x median"
+            )
+            print(
+                f"{label}, agent: bare {r['bare:us']:.1f} µs mean; ours with the agent {r[AGENT]:.2f}x mean "
+                f"(target <= {target:.2f}x; rounds spread {r[AGENT + ':spread']:.2f}), {r[AGENT + ':median']:.2f}x median"
+            )
+            print(
+                f"{label}, agent + its spans: ours {r[AGENT_SPANS]:.2f}x mean (target <= {target:.2f}x; rounds spread "
+                f"{r[AGENT_SPANS + ':spread']:.2f}), {r[AGENT_SPANS + ':median']:.2f}x median"
             )
         client.close()
     return 0

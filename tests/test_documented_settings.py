@@ -190,6 +190,18 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Check]] = {
         r.records == [] and len(audit_spans(r)) == 5 or pytest.fail(str(r.records)))),
     (P + "ENCODER", "fast"): ({P + "ENCODER": "fast"}, lambda r, t: default_trail(r)),
     (P + "ENCODER", "sdk"): ({P + "ENCODER": "sdk"}, lambda r, t: default_trail(r)),
+    (P + "AGENT", "off"): ({P + "AGENT": "off"}, lambda r, t: (
+        default_trail(r), r.stats is not None and "agent" not in r.stats or pytest.fail(str(r.stats)))),
+    (P + "AGENT", "process"): ({P + "AGENT": "process", P + "SPANS": "all"}, lambda r, t: (
+        default_trail(r), r.stats is not None and r.stats["agent"]["mode"] == "process" or pytest.fail(str(r.stats)),
+        len(audit_spans(r)) == 5 or pytest.fail(str(audit_spans(r))),
+        {s["span_id"] for s in audit_spans(r)} == {x["span_id"] for x in r.records} or pytest.fail(str(r.records)))),
+    (P + "SPANS_VIA", "app"): ({P + "AGENT": "process", P + "SPANS_VIA": "app", P + "SPANS": "all"}, lambda r, t: (
+        default_trail(r), len(audit_spans(r)) == 5 or pytest.fail(str(audit_spans(r))))),
+    (P + "SPANS_VIA", "agent"): ({P + "AGENT": "process", P + "SPANS_VIA": "agent", P + "SPANS": "all"}, lambda r, t: (
+        default_trail(r), len(audit_spans(r)) == 5 or pytest.fail(str(audit_spans(r))),
+        {(s["trace_id"], s["span_id"]) for s in audit_spans(r)} == {(x["trace_id"], x["span_id"]) for x in r.records}
+        or pytest.fail(str(r.records)))),
     (P + "EXPORTER_OTLP_ENDPOINT", "*"): ({}, lambda r, t: default_trail(r)),
     (P + "EXPORTER_OTLP_PROTOCOL", "grpc"): ({P + "EXPORTER_OTLP_PROTOCOL": "grpc", "grpc": True},
                                              lambda r, t: default_trail(r)),

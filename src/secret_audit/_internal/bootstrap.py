@@ -13,12 +13,12 @@ from secret_audit._internal import lifecycle, meters
 from secret_audit._internal.config import SOURCES, ConfigurationError, Settings, load_settings
 from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
 
-__all__ = ["pipeline_for"]
+__all__ = ["checked_settings", "pipeline_for"]
 
 _log = logging.getLogger("secret_audit")
 
 
-def _settings(kwargs: dict[str, Any]) -> Settings:
+def checked_settings(kwargs: dict[str, Any], *, announce: bool = True) -> Settings:
     """The settings to run with, the spool folder checked; ConfigurationError when they would lose records."""
     if kwargs.get("logger_provider") is not None:
         raise ConfigurationError(
@@ -31,11 +31,11 @@ def _settings(kwargs: dict[str, Any]) -> Settings:
     if not isinstance(settings, Settings):
         settings = load_settings()
     if settings.enabled and settings.spool_dir and kwargs.get("audit_exporter") is None:
-        settings = _with_spool(settings)
+        settings = _with_spool(settings, announce)
     return settings
 
 
-def _with_spool(settings: Settings) -> Settings:
+def _with_spool(settings: Settings, announce: bool = True) -> Settings:
     """Create the spool folder now, so that an unwritable one is known before the first record."""
     from secret_audit._internal.config import PREFIX, resolve_endpoint
     from secret_audit._internal.spooldir import prepare_spool_dir
@@ -54,7 +54,7 @@ def _with_spool(settings: Settings) -> Settings:
             f"a directory this process can create and write ({problem}; {why}); or 'off'",
         )
     global _WARNED_NO_SPOOL
-    if not _WARNED_NO_SPOOL:
+    if announce and not _WARNED_NO_SPOOL:
         _WARNED_NO_SPOOL = True
         sys.stderr.write(
             f"otel-secret-audit: starting without a spool ({problem}): records made while the audit "
@@ -72,14 +72,14 @@ def _under_launcher() -> bool:
     return "opentelemetry.instrumentation.auto_instrumentation" in sys.modules
 
 
-def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
+def pipeline_for(kwargs: dict[str, Any]) -> Any:
     """Validate settings and return the process pipeline, or None when auditing is disabled.
 
     Under ``opentelemetry-instrument`` a bad setting exits the process: the launcher would
     otherwise log the error and run the application unaudited.
     """
     try:
-        settings = _settings(kwargs)
+        settings = checked_settings(kwargs)
     except ConfigurationError as exc:
         if _under_launcher():
             # One line and status 1: a SystemExit raised inside the launcher's sitecustomize
@@ -120,8 +120,10 @@ def pipeline_for(kwargs: dict[str, Any]) -> AuditPipeline | None:
 _LOCK = threading.Lock()
 
 
-def _started(settings: Settings, exporter: Any = None, provider: Any = None) -> AuditPipeline:
-    """A new pipeline with its lifecycle hooks (exit, SIGTERM, fork) installed."""
+def _started(settings: Settings, exporter: Any = None, provider: Any = None) -> Any:
+    """A new pipeline with its lifecycle hooks (exit, SIGTERM, fork); the agent's twin when asked."""
+    if exporter is None and provider is None:
+        return lifecycle.start(settings)
     pipeline = AuditPipeline(settings, exporter=exporter, tracer_provider=provider)
     lifecycle.install(pipeline)
     return pipeline

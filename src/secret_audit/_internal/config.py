@@ -41,6 +41,8 @@ SPAN_MODES = ("all", "in_trace", "errors", "off")
 EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
 ACCESS_PATHS = ("internal", "external")
+AGENT_MODES = ("off", "process")
+SPANS_VIA = ("app", "agent")
 
 DEFAULT_REDIS_KEY_PATTERNS = (
     "*secret*",
@@ -93,6 +95,8 @@ class Settings:
     signing_key_file: str | None
     checkpoint_records: int
     checkpoint_interval_ms: int
+    agent: str
+    spans_via: str
 
     def mode_for(self, source: str) -> str:
         """The failure mode for one source: its own entry, else the default."""
@@ -163,6 +167,10 @@ SETTINGS: tuple[Setting, ...] = (
        "a checkpoint after at most this many records"),
     _S("CHECKPOINT_INTERVAL_MS", "checkpoint_interval_ms", _int(10, 3_600_000), 1000, "int",
        "a checkpoint at least this often"),
+    _S("AGENT", "agent", choice(AGENT_MODES), "off", "choice",
+       "build and send records in this process, or in an audit agent process"),
+    _S("SPANS_VIA", "spans_via", choice(SPANS_VIA), "app", "choice",
+       "with the agent: audit spans made in the app, or by the agent"),
     _S("SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _int(0, 600_000), 10000, "int",
        "how long exit waits for export"),
 )

@@ -113,6 +113,12 @@ class Handoff:
             self.refused[reason] = self.refused.get(reason, 0) + 1
             self._unreported_refusals[reason] = self._unreported_refusals.get(reason, 0) + 1
 
+    def note_dropped(self, count: int) -> None:
+        """Count accesses lost to a full queue elsewhere (an agent's ring); the worker reports them."""
+        with self._lock:
+            self.dropped += count
+            self._unreported_drops += count
+
     def note_error(self) -> None:
         """Count a failure inside our wrapper; the caller's call goes on as if we were not there."""
         self.errors += 1

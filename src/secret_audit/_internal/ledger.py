@@ -65,6 +65,8 @@ class Ledger:
         self._lost_ranges: list[tuple[int, int]] = []
         self._again_drops = 0  # queue-full counts whose report was lost with its batch
         self._again_refusals: dict[str, int] = {}
+        # (reason, count, why): accesses lost before this stream saw them
+        self._elsewhere: list[tuple[str, int, str]] = []
 
     def counts(self) -> dict[str, Any]:
         """The worker's counters, safe to read from any thread (the metrics' callbacks read them)."""
@@ -124,6 +126,10 @@ class Ledger:
                 if batch.reports else "",
             )
 
+    def elsewhere(self, reason: str, count: int, why: str) -> None:
+        """Accesses lost before they reached this stream (an agent that died): reported in the next batch."""
+        self._elsewhere.append((reason, count, why))
+
     def due(
         self, dropped: int, refusals: dict[str, int], principal: str | None
     ) -> list[tuple[str, dict[str, Any], str, Report]]:
@@ -144,6 +150,11 @@ class Ledger:
             }
             text = f"Audit records dropped: {dropped} (queue full)"
             out.append((contract.EVENT_DROPPED, attrs, text, dropped))
+        elsewhere, self._elsewhere = self._elsewhere, []
+        for reason, count, why in elsewhere:
+            attrs = {"audit.outcome": "error", "audit.dropped.count": count, "audit.dropped.reason": reason}
+            out.append((contract.EVENT_DROPPED, attrs, f"Audit records dropped: {count} ({why})",
+                        ("elsewhere", reason, count, why)))
         for first, last in ranges:
             attrs = {
                 "audit.outcome": "error",
@@ -188,6 +199,8 @@ class Ledger:
             self._lost_ranges.append((int(what[0]), int(what[1])))
         elif isinstance(what, int):
             self._again_drops += what
+        elif isinstance(what, (tuple, list)) and len(what) == 4:  # ("elsewhere", reason, count, why)
+            self._elsewhere.append((str(what[1]), int(what[2]), str(what[3])))
         elif isinstance(what, (tuple, list)) and len(what) == 3:  # ("refused", reason, count)
             reason = str(what[1])
             self._again_refusals[reason] = self._again_refusals.get(reason, 0) + int(what[2])

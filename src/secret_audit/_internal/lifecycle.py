@@ -1,8 +1,12 @@
-"""The pipeline's lifecycle hooks, installed by whoever starts it (bootstrap), never by its constructor.
+"""Starting the process's pipeline (an audit agent, or in-process) and its lifecycle hooks.
 
-At interpreter exit and on SIGTERM the pipeline flushes (or spools) what is queued; in a forked
-child it starts a fresh stream. Installing them here keeps a pipeline made for a test or a
-benchmark free of process-wide side effects.
+``start`` starts this process tree's audit agent when the settings ask for one, and falls back to
+the in-process pipeline, announced once on stderr, when it cannot. The in-process pipeline's hooks
+are installed here, by whoever starts it (bootstrap), never by its constructor: at interpreter exit
+and on SIGTERM it flushes (or spools) what is queued; in a forked child it starts a fresh stream.
+Installing them here keeps a pipeline made for a test or a benchmark free of process-wide side
+effects. With the agent there is nothing to flush at exit: what was handed off is in the ring,
+which the agent drains after the app is gone.
 """
 
 from __future__ import annotations
@@ -10,12 +14,111 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 import weakref
+from typing import Any
 
+from secret_audit._internal.config import PREFIX, Settings
 from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline
 
-__all__ = ["install"]
+__all__ = ["AgentPipeline", "in_process", "install", "start"]
+
+_ANNOUNCED = False
+
+
+def start(settings: Settings) -> Any:
+    """The process pipeline the settings ask for: an agent's twin, or in-process (also if no agent starts)."""
+    if settings.agent == "process":
+        from secret_audit._internal import agent_client, agent_wire
+
+        try:
+            # the agent's socket is bound here, so this process registers at once, never waiting for it
+            address = agent_wire.agent_address()
+            handoff = agent_client.AgentHandoff(settings, address, agent_wire.spawn(address, settings))
+            handoff.register()
+        except OSError as exc:
+            _announce(f"the audit agent could not start ({exc})")
+        else:
+            if handoff.fallback is None:
+                return AgentPipeline(settings, handoff)
+            return handoff.fallback  # it could not be reached: announced by the hand-off
+    return in_process(settings)
+
+
+def in_process(settings: Settings) -> AuditPipeline:
+    """A pipeline in this process, with its lifecycle hooks (exit, SIGTERM, fork) installed."""
+    pipeline = AuditPipeline(settings)
+    install(pipeline)
+    return pipeline
+
+
+def _announce(cause: str) -> None:
+    global _ANNOUNCED
+    if not _ANNOUNCED:
+        _ANNOUNCED = True
+        sys.stderr.write(
+            f"otel-secret-audit: {cause}; records are built and sent in this process instead (kill -9 of it "
+            f"loses what is queued). Fix: allow the app to start a child process, or set {PREFIX}AGENT=off "
+            "to silence this.\n"
+        )
+
+
+class AgentPipeline:
+    """The process pipeline when an agent serves it: what ``flush``, ``stats`` and bootstrap ask of it."""
+
+    def __init__(self, settings: Settings, handoff: Any) -> None:
+        self.settings, self.handoff = settings, handoff
+        self.submit = handoff.submit
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.handoff.closed)
+
+    @property
+    def stream_id(self) -> str | None:
+        fallback = self.handoff.fallback
+        stream: str | None = fallback.stream_id if fallback is not None else self.handoff.stream_id
+        return stream
+
+    def accepting(self) -> bool:
+        return bool(self.handoff.accepting())
+
+    def wired_as(self, settings: Settings, exporter: Any, provider: Any) -> bool:
+        return False  # explicit wiring always runs in-process
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return bool(self.handoff.flush(timeout))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Settle what was handed off and let the agent go (replaced by re-wiring); the fallback flushes."""
+        fallback = self.handoff.fallback
+        if fallback is not None:
+            fallback.shutdown(timeout)
+        limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
+        self.handoff.close(limit)
+
+    def counts(self) -> dict[str, Any]:
+        fallback = self.handoff.fallback
+        handed = self.handoff.stats()  # first: it waits a moment for a just-started agent to name the stream
+        out: dict[str, Any] = {"stream_id": self.stream_id, "exported": 0, "lost_export": 0,
+                               "internal_errors": 0, "spooled": 0, "replayed": 0, "records": [],
+                               "checkpoints_signed": 0}
+        if fallback is not None:
+            out.update(fallback.counts())
+        else:
+            from secret_audit._internal.agent_wire import EXPORTED, SPOOLED
+
+            ring = self.handoff.ring
+            if ring is not None:
+                out["exported"], out["spooled"] = ring.word(EXPORTED), ring.word(SPOOLED)
+        out.update({k: v for k, v in handed.items() if fallback is None or k == "agent"})
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        out = self.counts()
+        out.setdefault("spool", None)
+        return out
 
 
 def install(pipeline: AuditPipeline) -> None:

@@ -26,7 +26,7 @@ from secret_audit._internal.export import audit_resource, build_sink, early_reso
 from secret_audit._internal.handoff import Handoff, Marker
 from secret_audit._internal.ledger import CREATED, Kind, Ledger
 from secret_audit._internal.otlp import RecordData
-from secret_audit._internal.shapes import SCOPE, SEVERITY, RecordBuilder, echo_line
+from secret_audit._internal.shapes import SCOPE, SEVERITY, Ids, RecordBuilder, Shape, echo_line
 from secret_audit._internal.stream import Stream
 from secret_audit.version import __version__
 
@@ -136,7 +136,7 @@ class AuditPipeline:
             and self._tracer_provider is provider
         )
 
-    def _successor(self) -> Handoff | None:
+    def _successor(self) -> Any:
         current = _PIPELINE
         if current is None or current is self or current.handoff.closed:
             return None
@@ -276,8 +276,16 @@ class AuditPipeline:
         if built is None:
             return 0
         records, shapes, bodies, ids, span = built
+        n = self._stamp(records, shapes, bodies, ids, access.start_ns)
+        if span is not None:
+            self._builder.end_span(span, records, access.end_ns)
+        return n
+
+    def _stamp(self, records: list[dict[str, Any]], shapes: list[Shape], bodies: list[str], ids: Ids,
+               start_ns: int) -> int:
+        """Stamp one access's records into the stream and hand them to the back end; how many."""
         trace_id, span_id, flags, trace_hex, span_hex = ids
-        start_ns, stream, add, encodes = access.start_ns, self.stream, self._backend.add, self._encodes
+        stream, add, encodes = self.stream, self._backend.add, self._encodes
         echo, batch = self._echo, self._batch
         kinds = batch.kinds
         seq = 0
@@ -299,9 +307,13 @@ class AuditPipeline:
         if not batch.records:
             batch.first = seq - n + 1
         batch.records += n
-        if span is not None:
-            self._builder.end_span(span, records, access.end_ns)
         return n
+
+    def report_lost(self, reason: str, count: int, why: str) -> None:
+        """Report accesses lost outside this pipeline (an agent that died) as a record of this stream."""
+        self._ledger.elsewhere(reason, count, why)
+        self.handoff.start()
+        self.handoff.wake.set()
 
     def _emit(self, event_name: str, attrs: dict[str, Any], time_unix_nano: int, body: str) -> int:
         """Stamp a record of our own (a loss report, a checkpoint) and hand it to the back end."""
@@ -370,16 +382,17 @@ class AuditPipeline:
             self._ledger.note(verdict, stream_id, self._delivery.spool_dir)
 
 
-_PIPELINE: AuditPipeline | None = None
+# The process pipeline: an AuditPipeline, or lifecycle.AgentPipeline when an audit agent serves it.
+_PIPELINE: Any = None
 _PIPELINE_LOCK = threading.Lock()
 
 
-def peek_pipeline() -> AuditPipeline | None:
+def peek_pipeline() -> Any:
     """Return the current pipeline without creating one."""
     return _PIPELINE
 
 
-def set_pipeline(pipeline: AuditPipeline | None) -> AuditPipeline | None:
+def set_pipeline(pipeline: Any) -> Any:
     """Replace the process pipeline (tests and embedding apps), returning the old one."""
     global _PIPELINE
     with _PIPELINE_LOCK:

@@ -24,7 +24,9 @@ from secret_audit.context import resolve
 from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
 
-__all__ = ["NO_IDS", "SCOPE", "SEVERITY", "Built", "Ids", "RecordBuilder", "Shape", "echo_line", "summary"]
+__all__ = [
+    "NO_IDS", "SCOPE", "SEVERITY", "Built", "Ids", "RecordBuilder", "Shape", "echo_line", "fill", "summary",
+]
 
 SCOPE = "secret_audit"
 SEVERITY = {outcome: (SeverityNumber(n).value, text) for outcome, (n, text) in contract.SEVERITY.items()}
@@ -144,6 +146,25 @@ def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
     return [(g[0], g[1]) for g in groups.values()]
 
 
+def fill(shapes: list[Shape], start_ns: int, end_ns: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """What varies per access: each record's attributes with the duration, and its body."""
+    duration_ms = (end_ns - start_ns) / 1e6
+    took = None
+    records: list[dict[str, Any]] = []
+    bodies: list[str] = []
+    for shape in shapes:
+        attrs = shape.attrs.copy()
+        attrs["audit.duration_ms"] = duration_ms
+        records.append(attrs)
+        if shape.tail is None:
+            bodies.append(shape.body)
+        else:
+            if took is None:
+                took = _fmt_ms(duration_ms)
+            bodies.append(f"{shape.body}{took}{shape.tail}")
+    return records, bodies
+
+
 class RecordBuilder:
     """Shapes (cached per kind of access), names, summaries and audit spans of one stream's records."""
 
@@ -156,8 +177,8 @@ class RecordBuilder:
         # Shapes by situation (who, through which client), then by (item, count, outcome).
         self._shapes: dict[tuple[Any, ...], dict[tuple[Any, ...], Shape]] = {}
         self._count = 0  # shapes cached
-        self._last_context: Context | None = None
-        self._last_who: tuple[Any, trace.SpanContext, Ids] = (None, trace.INVALID_SPAN_CONTEXT, NO_IDS)
+        self._last_who: tuple[Context | None, Any, trace.SpanContext, Ids] = (
+            None, None, trace.INVALID_SPAN_CONTEXT, NO_IDS)
         # the last situation: (source, client, context), its resource and principal, its shapes
         self._last: tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]] = (
             None, None, None, None, None, {})
@@ -171,6 +192,21 @@ class RecordBuilder:
 
     def build(self, access: Access) -> Built | None:
         """One record per distinct secret the access touched, and its span if wanted; None for none."""
+        found = self.shapes_of(access)
+        if found is None:
+            return None
+        chosen, ctx, parent, parent_ids = found
+        records, bodies = fill(chosen, access.start_ns, access.end_ns)
+        if not self.wants_span(parent, records):
+            return records, chosen, bodies, parent_ids, None
+        span = self._start_span(ctx, records, access.start_ns)
+        return records, chosen, bodies, _ids(span.get_span_context()), span
+
+    def shapes_of(self, access: Access) -> tuple[list[Shape], Context, trace.SpanContext, Ids] | None:
+        """The shape of each distinct secret the access touched, its context and parent span; None for none.
+
+        This is all the app's side works out per access when an agent builds the records.
+        """
         settings = self.settings
         source = access.source
         ctx = access.context
@@ -179,25 +215,22 @@ class RecordBuilder:
             items = access.expand(access.pending) if access.expand is not None else ()
         if not items:
             return None
-        if ctx is self._last_context:
-            who, parent, parent_ids = self._last_who
+        last_who = self._last_who  # one tuple: with an agent, app threads call this at once
+        if ctx is last_who[0]:
+            _, who, parent, parent_ids = last_who
         else:
             # Accesses made in one request share its context: resolved once for all of them.
             who = resolve(ctx, settings.default_access_path)
             parent = trace.get_current_span(ctx).get_span_context()
             parent_ids = _ids(parent)
-            self._last_context, self._last_who = ctx, (who, parent, parent_ids)
+            self._last_who = (ctx, who, parent, parent_ids)
         target = access.target
         last = self._last
         if last[2] is not ctx or last[1] is not target or last[0] is not source:
             # Consecutive accesses mostly come from one request through one client: described once.
             last = self._situation(source, target, ctx, who)
         base_resource, principal, shapes = last[3], last[4], last[5]
-        duration_ms = (access.end_ns - access.start_ns) / 1e6
-        took = None
-        records: list[dict[str, Any]] = []
         chosen: list[Shape] = []
-        bodies: list[str] = []
         outcome = access.outcome
         for item, count in _coalesce(items) if len(items) > 1 else ((items[0], 1),):
             error = item.error or access.error
@@ -213,26 +246,23 @@ class RecordBuilder:
                         self._keep(shapes, key, shape)
             else:
                 shape = self._shape(source, item, count, access.outcome, error, principal, base_resource, who)
-            attrs = shape.attrs.copy()
-            attrs["audit.duration_ms"] = duration_ms
-            records.append(attrs)
             chosen.append(shape)
-            if shape.tail is None:
-                bodies.append(shape.body)
-            else:
-                if took is None:
-                    took = _fmt_ms(duration_ms)
-                bodies.append(f"{shape.body}{took}{shape.tail}")
-        # One audit span per instrumented call, following the span mode (and then the sampler).
+        return chosen, ctx, parent, parent_ids
+
+    def wants_span(self, parent: trace.SpanContext, records: list[dict[str, Any]]) -> bool:
+        """One audit span per instrumented call, following the span mode (and then the sampler)."""
         mode = self._spans
-        if (
+        return not (
             mode == "off"
             or (mode == "in_trace" and not parent.is_valid)
             or (mode == "errors" and _worst(records) not in ("error", "denied"))
-        ):
-            return records, chosen, bodies, parent_ids, None
-        span = self._start_span(ctx, records, access.start_ns)
-        return records, chosen, bodies, _ids(span.get_span_context()), span
+        )
+
+    def span_ids(self, ctx: Context, records: list[dict[str, Any]], start_ns: int, end_ns: int) -> Ids:
+        """Make and end an access's audit span at once (the call is over); the ids its records carry."""
+        span = self._start_span(ctx, records, start_ns)
+        self.end_span(span, records, end_ns)
+        return _ids(span.get_span_context())
 
     def _situation(
         self, source: Any, target: Any, ctx: Any, who: Any

@@ -1,0 +1,326 @@
+"""The audit agent: one process per process tree that turns its apps' rings into audit records.
+
+``python -m secret_audit._internal.agent FD`` serves the listening unix socket ``FD`` the first
+instrumented process bound (so that process never waits for the agent to start). Each app process
+connects, hands over its ring (a memfd, SCM_RIGHTS) and then sends each shape's static attributes
+once; the agent reads the ring's slots, and for each app process runs one stream of the in-process
+pipeline (builder fill, stream, delivery, spool, ledger, checkpoints) on its own thread. What an app
+handed off outlives it: when its socket closes (exit, SIGTERM or kill -9) the ring is read to its
+last committed slot and the stream flushed or spooled. The agent exits once no app is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, NamedTuple
+
+from secret_audit._internal.agent_spans import SpanMaker
+from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
+from secret_audit._internal.config import Settings
+from secret_audit._internal.otlp import encode_attributes
+from secret_audit._internal.pipeline import AuditPipeline
+from secret_audit._internal.ring import (
+    DEGRADED,
+    DROPPED,
+    LOST,
+    REFUSALS,
+    SETTLED,
+    SPAN,
+    SPAN_PART,
+    TAIL,
+    TAKEN,
+    WAIT,
+    Ring,
+    Slot,
+    open_ring,
+)
+from secret_audit._internal.shapes import NO_IDS, Ids, Shape, fill
+
+__all__ = ["main"]
+
+_log = logging.getLogger("secret_audit")
+
+_LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
+_FIRST_WAIT = 30.0  # seconds for the first app to connect
+
+
+class _Taken(NamedTuple):
+    """A slot as the stream's worker takes it, shapes resolved (``ticket``: a fail-closed caller waits)."""
+
+    slot: Slot
+    shapes: list[Shape]
+    ticket: Any
+
+
+class _Settle:
+    """Completed with a batch: moves the ring's settled watermark (and counts a batch that was lost)."""
+
+    __slots__ = ("index", "ring")
+
+    def __init__(self, ring: Ring, index: int) -> None:
+        self.ring, self.index = ring, index
+
+    def complete(self, durable: bool) -> None:
+        ring = self.ring
+        if not durable:
+            ring.set_word(LOST, ring.word(LOST) + 1)
+        if ring.word(SETTLED) <= self.index:
+            ring.set_word(SETTLED, self.index + 1)
+
+
+class RingStream(AuditPipeline):
+    """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
+
+    def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
+        self._spans = SpanMaker.for_resource(resource) if settings.spans_via == "agent" else None
+        super().__init__(settings, tracer_provider=self._spans.provider if self._spans is not None else None)
+        self.ring = ring
+        self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
+        if resource:  # the app's resource: records name the service and instance its spans name
+            from opentelemetry.sdk.resources import Resource
+
+            self._fallback_resource = Resource(resource)
+        self._last_index = -1
+
+    def _take(self, item: Any) -> int:
+        if self._backend is None:
+            self._prepare()
+        index, flags, start, end, trace_id, span_id, trace_flags, _, parent = item.slot
+        shapes = item.shapes
+        records, bodies = fill(shapes, start, end)
+        if flags & (SPAN | SPAN_PART) and self._spans is not None:
+            self._span_records.extend(records)
+            if flags & SPAN:  # the access's last slot: its span, with the ids the app chose
+                records_of_span, self._span_records = self._span_records, []
+                try:
+                    ctx = self._spans.context(trace_id, span_id, trace_flags, parent)
+                    self._builder.span_ids(ctx, records_of_span, start, end)
+                except Exception:  # a span we cannot make never costs the records
+                    self._ledger.internal_errors += 1
+                    _log.exception("secret-audit agent: failed to make an audit span")
+        ids: Ids = NO_IDS
+        if trace_id:
+            ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
+        self._last_index = index
+        return self._stamp(records, shapes, bodies, ids, start)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        super().shutdown(timeout)
+        if self._spans is not None:
+            self._spans.flush(self.settings.shutdown_timeout_ms)
+
+    def _export_batch(self) -> None:
+        if self._last_index >= 0:
+            self._batch.tickets.append(_Settle(self.ring, self._last_index))
+        super()._export_batch()
+
+    def _settled(self, verdicts: list[Any]) -> None:
+        super()._settled(verdicts)
+        counts = self._ledger
+        ring = self.ring
+        ring.set_word(DEGRADED, int(self.handoff.degraded))
+        ring.set_word(EXPORTED, counts.exported)
+        ring.set_word(SPOOLED, counts.spooled)
+
+
+class Member:
+    """One app process: its socket (shapes, nudges, its end), its ring and its stream."""
+
+    def __init__(self, settings: Settings, conn: socket.socket, stopping: threading.Event) -> None:
+        self.settings, self.conn, self.stopping = settings, conn, stopping
+        self._buffer = b""
+        self._open = True
+        self.shapes: dict[int, Shape] = {}
+        self._once: set[int] = set()  # shapes made for one access (an error's): forgotten once used
+        self._forget: list[tuple[int, int]] = []  # (ring index, ids below): forget once read past the index
+        self._seen = {"dropped": 0, **dict.fromkeys(REFUSALS, 0)}
+        self.thread = threading.Thread(target=self._run, name="secret-audit-agent-member", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # never silent: the app reports what was not settled
+            sys.stderr.write(f"otel-secret-audit agent: an app's stream failed: {exc!r}\n")
+        finally:
+            self.conn.close()
+
+    def _serve(self) -> None:
+        message, fds, _, _ = socket.recv_fds(self.conn, 65536, 1)
+        if not fds:
+            return
+        _, mm = open_ring(fds[0])
+        os.close(fds[0])
+        ring = Ring(mm)
+        size = FRAME.unpack_from(message)[1]
+        registration = json.loads(message[FRAME.size:FRAME.size + size])
+        stream = RingStream(self.settings, ring, registration.get("resource"))
+        hello = {"agent_pid": os.getpid(), "stream_id": stream.stream_id}
+        self._buffer = message[FRAME.size + size:]
+        body = json.dumps(hello).encode()
+        # the app may be gone already (killed right after handing off): its ring is read all the same
+        with contextlib.suppress(OSError):
+            self.conn.sendall(FRAME.pack(b"H", len(body)) + body)
+        self._pump(ring, stream)
+        stream.shutdown()
+        ring.set_word(TAIL, ring.next)
+
+    def _pump(self, ring: Ring, stream: RingStream) -> None:
+        """Read slots while the app lives, then to the last committed one."""
+        handoff = stream.handoff
+        queue: Any
+        queue, capacity, wake_at = handoff.queue, handoff.capacity, max(1, self.settings.batch_size)
+        pause = 0.0005
+        while True:
+            self._messages(block=False)
+            read = 0
+            while len(queue) < capacity:
+                slot = ring.read()
+                if slot is None:
+                    break
+                shapes = self._resolve(slot[7])
+                wait = slot[1] & WAIT
+                queue.append(_Taken(slot, shapes, _Settle(ring, slot[0]) if wait else None))
+                read += 1
+                if self._forget and ring.next >= self._forget[0][0]:
+                    below = self._forget.pop(0)[1]
+                    self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
+                if wait:
+                    handoff.wake.set()
+            if read:
+                ring.set_word(TAIL, ring.next)
+                self._losses(ring, handoff)
+                if handoff.consumer is None:
+                    handoff.start()
+                if len(queue) >= wake_at:
+                    handoff.wake.set()
+                pause = 0.0005
+                continue
+            self._losses(ring, handoff)
+            if not self._open or self.stopping.is_set():
+                if not ring.ready():  # nothing committed is left: the stream may end
+                    return
+                continue
+            ready, _, _ = select.select([self.conn], [], [], pause)
+            if ready:
+                self._messages(block=True)
+            pause = min(pause * 2, 0.05)
+
+    def _resolve(self, sids: tuple[int, ...]) -> list[Shape]:
+        """The slot's shapes; one not yet seen was sent before the slot was written: wait for it."""
+        shapes = self.shapes
+        out = []
+        for sid in sids:
+            while sid not in shapes and self._open:
+                self._messages(block=True)
+            out.append(shapes[sid])
+            if sid in self._once:
+                self._once.discard(sid)
+                del shapes[sid]
+        return out
+
+    def _losses(self, ring: Ring, handoff: Any) -> None:
+        """Counters the app keeps in its ring's header, turned into the stream's loss reports."""
+        seen = self._seen
+        dropped = ring.word(DROPPED)
+        if dropped != seen["dropped"]:
+            handoff.note_dropped(dropped - seen["dropped"])
+            seen["dropped"] = dropped
+            ring.set_word(TAKEN, dropped)
+        for i, (reason, word) in enumerate(REFUSALS.items(), 1):
+            count = ring.word(word)
+            if count != seen[reason]:
+                for _ in range(count - seen[reason]):
+                    handoff.refuse(reason)
+                seen[reason] = count
+                ring.set_word(TAKEN + i, count)
+
+    def _messages(self, *, block: bool) -> None:
+        """Take whatever the app sent: shapes, nudges; notice its end (exit, kill -9)."""
+        if self._open:
+            try:
+                chunk = self.conn.recv(262144, 0 if block else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                chunk = None
+            except OSError:
+                chunk = b""
+            if chunk == b"":
+                self._open = False
+            elif chunk:
+                self._buffer += chunk
+        buf = self._buffer
+        while len(buf) >= FRAME.size:
+            kind, size = FRAME.unpack_from(buf)
+            if len(buf) < FRAME.size + size:
+                break
+            payload, buf = buf[FRAME.size:FRAME.size + size], buf[FRAME.size + size:]
+            if kind == b"S":
+                self._shape(json.loads(payload))
+            elif kind == b"F":
+                forget = json.loads(payload)
+                self._forget.append((int(forget["at"]), int(forget["below"])))
+        self._buffer = buf
+
+    def _shape(self, data: dict[str, Any]) -> None:
+        attrs = data["attrs"]
+        sid = int(data["id"])
+        event, source, outcome = data["kind"]
+        severity, text = int(data["severity"]), data["severity_text"]
+        self.shapes[sid] = Shape(attrs, data["body"], data["tail"], severity, text, encode_attributes(attrs),
+                                 len(attrs), (event, source, outcome))
+        if data.get("once"):
+            self._once.add(sid)
+
+
+def serve(listener: socket.socket, settings: Settings) -> int:
+    """Accept app processes until none is left (or SIGTERM), then let each stream drain; exit status."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    members: list[Member] = []
+    listener.settimeout(0.1)
+    idle_since = time.monotonic()
+    linger = _FIRST_WAIT
+    while not stopping.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            conn = None
+        if conn is not None:
+            conn.setblocking(True)
+            member = Member(settings, conn, stopping)
+            members.append(member)
+            member.thread.start()
+            linger = _LINGER
+        members = [m for m in members if m.thread.is_alive()]
+        if members:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > linger:
+            break
+    listener.close()
+    for member in members:
+        member.thread.join()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """The agent's entry point: the inherited listening socket's descriptor is its only argument."""
+    from opentelemetry import context as otel_context
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+    # The agent's own exports are never traced or audited, whatever was loaded into it.
+    otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    listener = socket.socket(fileno=int(argv[0]))
+    settings = settings_from(sys.stdin.buffer.read())  # exactly the settings the app checked
+    return serve(listener, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

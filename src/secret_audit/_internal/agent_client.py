@@ -1,0 +1,399 @@
+"""The app's side of the audit agent: a ``Handoff`` twin that writes each access into a shared ring.
+
+Per access the caller works out the access's shapes (cached per kind of access, as the in-process
+builder does), makes the audit span when one is due (in the app, through the app's tracer
+provider and sampler), and writes one 72-byte slot of numbers; a new shape's static attributes go
+to the agent once, over its socket. Everything else (stamping, encoding, sending, spooling, loss
+accounting) runs in the agent. When the agent cannot be reached, or dies, the in-process pipeline
+takes over, announced once on stderr with the cause; what was handed off and not settled is
+reported as lost in that pipeline's stream. Fail-closed callers then refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from secret_audit._internal import agent_wire as wire
+from secret_audit._internal import ring as hdr
+from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
+from secret_audit._internal.config import PREFIX, SOURCES, Settings
+from secret_audit._internal.event import Access
+from secret_audit._internal.ring import MAX_IDS, SPAN, SPAN_PART, WAIT, Ring, open_ring
+from secret_audit._internal.shapes import RecordBuilder, Shape, fill
+
+__all__ = ["AgentHandoff"]
+
+_NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
+_SHAPE_IDS_LIMIT = 4096
+_FIX = (
+    "look for the agent's own error above (it writes to this process's stderr), or for an OOM kill; "
+    f"set {PREFIX}AGENT=off to build and send records in the app process"
+)
+
+
+class AgentHandoff:
+    """The caller's side over a ring: ``submit``, ``wait_durable``, ``accepting``, ``refuse``, ``stats``."""
+
+    def __init__(self, settings: Settings, address: bytes, proc: Any = None) -> None:
+        self.settings = settings
+        self.capacity = hdr.SLOTS
+        self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
+        self._full_wait = settings.queue_full_timeout_ms / 1000
+        self._closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
+        self._address, self._proc = address, proc
+        self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
+        self._spans = settings.spans
+        self._via_agent: bool | None = None if settings.spans_via == "agent" else False
+        self.fallback: Any = None  # the in-process pipeline, once the agent is gone
+        self.gone: str | None = None  # why the agent is gone
+        self.closed = False
+        self._reset()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forked(ref))
+
+    def _reset(self) -> None:
+        """No ring and no shapes yet: at start and in a forked child (which registers its own ring)."""
+        self._lock = threading.Lock()
+        self.ring: Ring | None = None
+        self._sock: socket.socket | None = None
+        self._ids: dict[int, tuple[int, Shape]] = {}
+        self._next_id = 0
+        self.dropped = 0
+        self.refused: dict[str, int] = {}
+        self.errors = 0
+        self.agent_pid: int | None = None
+        self.stream_id: str | None = None
+        self._hello = threading.Event()  # the agent said which agent and stream serve this ring
+
+    # ---- the caller's side ----------------------------------------------------------------------
+
+    def submit(self, access: Access) -> None:
+        """Describe one access into the ring (or to the in-process pipeline once the agent is gone)."""
+        if self.fallback is not None:
+            self.fallback.submit(access)
+            return
+        self._put(access, 0)
+
+    def accepting(self) -> bool:
+        """False while records cannot be made durable; for good in fail-closed mode once the agent is gone."""
+        if self.fallback is not None:
+            return not self._closed_mode and bool(self.fallback.accepting())
+        ring = self.ring
+        return not self.closed and (ring is None or not ring.word(hdr.DEGRADED))
+
+    def wait_durable(self, access: Access, timeout: float | None = None) -> bool:
+        """Hand off and wait until the agent settled the slot: durable unless a batch was lost meanwhile."""
+        limit = self.fail_closed_timeout if timeout is None else timeout
+        if self.fallback is not None:
+            return bool(self.fallback.handoff.wait_durable(access, limit))
+        lost, idx = self._waiting_put(access)
+        if idx < 0:
+            return idx == _NOTHING
+        deadline, pause = time.monotonic() + limit, 0.00005
+        while True:
+            if self._settled(idx, lost) is not None:
+                return bool(self._settled(idx, lost))
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+    async def wait_durable_async(self, access: Access, timeout: float | None = None) -> bool:
+        """The same for coroutines, without blocking the event loop."""
+        limit = self.fail_closed_timeout if timeout is None else timeout
+        if self.fallback is not None:
+            return bool(await self.fallback.handoff.wait_durable_async(access, limit))
+        lost, idx = self._waiting_put(access)
+        if idx < 0:
+            return idx == _NOTHING
+        deadline, pause = time.monotonic() + limit, 0.0001
+        while True:
+            settled = self._settled(idx, lost)
+            if settled is not None:
+                return settled
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+    def refuse(self, reason: str) -> None:
+        """Count one fail-closed refusal; the agent (or the fallback) reports it in the stream."""
+        with self._lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self.fallback is not None:
+            self.fallback.handoff.refuse(reason)
+        elif self.ring is not None and reason in hdr.REFUSALS:
+            self.ring.add(hdr.REFUSALS[reason])
+
+    def note_error(self) -> None:
+        """Count a failure inside our wrapper; the caller's call goes on as if we were not there."""
+        self.errors += 1
+
+    def close(self, timeout: float) -> None:
+        """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go."""
+        self.flush(timeout)
+        self.closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv; close alone would not end it
+            sock.close()
+
+    def flush(self, timeout: float) -> bool:
+        """Block until everything handed off so far is settled by the agent (sent or spooled)."""
+        if self.fallback is not None:
+            return bool(self.fallback.flush(timeout))
+        ring = self.ring
+        if ring is None:
+            return True
+        target = ring.next
+        self._nudge()
+        deadline = time.monotonic() + timeout
+        while ring.word(hdr.SETTLED) < target:
+            if self.fallback is not None:
+                return bool(self.fallback.flush(max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """The caller's counters, and what the agent wrote into the ring's header."""
+        ring = self.ring
+        if ring is not None and self.fallback is None:
+            self._hello.wait(5.0)  # a ring just registered: its agent and stream are named within a moment
+        handed = ring.next if ring is not None else 0
+
+        def words(i: int) -> int:
+            return ring.word(i) if ring is not None else 0
+
+        return {
+            "queued": handed - words(hdr.TAIL),
+            "queue_capacity": self.capacity,
+            "dropped_queue_full": self.dropped,
+            "refused": dict(self.refused),
+            "degraded": bool(words(hdr.DEGRADED)),
+            "call_errors": self.errors,
+            "handed_off": handed,
+            "settled": words(hdr.SETTLED),
+            "agent": {"mode": "process" if self.fallback is None else "in-process", "pid": self.agent_pid,
+                      "gone": self.gone},
+        }
+
+    # ---- the ring -------------------------------------------------------------------------------
+
+    def _waiting_put(self, access: Access) -> tuple[int, int]:
+        ring = self.ring or self.register()
+        lost = ring.word(hdr.LOST) if ring is not None else 0
+        return lost, self._put(access, WAIT)
+
+    def _settled(self, idx: int, lost: int) -> bool | None:
+        """None while the slot is not settled; then whether it is durable (no batch lost since)."""
+        ring = self.ring
+        if self.fallback is not None or ring is None:
+            return False
+        if ring.word(hdr.SETTLED) <= idx:
+            return None
+        return bool(ring.word(hdr.LOST) == lost)
+
+    def _put(self, access: Access, flags: int) -> int:
+        """Write an access's slots; its last slot's index, or what became of it."""
+        if self.closed:  # replaced by a newer pipeline (re-wiring): hand over rather than lose the record
+            from secret_audit._internal.pipeline import peek_pipeline
+
+            current = peek_pipeline()
+            if current is not None and current.handoff is not self:
+                current.handoff.submit(access)
+            return _NOT_HANDED
+        ring = self.ring or self.register()
+        if ring is None:
+            self.fallback.submit(access)
+            return _NOT_HANDED
+        builder = self._builder
+        found = builder.shapes_of(access)
+        if found is None:
+            return _NOTHING
+        shapes, ctx, parent, ids = found
+        known = self._ids
+        try:
+            if len(shapes) == 1:  # most calls: one secret, its shape seen before
+                shape = shapes[0]
+                entry = known.get(id(shape))
+                sids = [entry[0] if entry is not None and entry[1] is shape else self._shape_id(shape)]
+            else:
+                sids = [self._shape_id(shape) for shape in shapes]
+        except OSError as exc:  # the agent went away under us: the in-process pipeline takes this one
+            self._lost_agent(f"its socket failed ({exc})")
+            self.fallback.submit(access)
+            return _NOT_HANDED
+        start, end = access.start_ns, access.end_ns
+        spans = self._spans
+        parent_id = 0
+        if (spans != "off" and (spans != "in_trace" or parent.is_valid)
+                and builder.wants_span(parent, [shape.attrs for shape in shapes])):
+            if self._agent_spans():  # the agent makes it: only its ids are chosen here
+                trace_id, span_id, trace_flags, parent_id = chosen_ids(parent)
+                ids, flags = (trace_id, span_id, trace_flags, "", ""), flags | SPAN
+            else:
+                ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)
+        if len(sids) <= MAX_IDS:
+            idx = ring.reserve()
+            if idx < 0:
+                idx = self._room(ring, len(sids))
+                if idx < 0:
+                    return _NOT_HANDED
+            ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
+        else:
+            for first in range(0, len(sids), MAX_IDS):
+                idx = ring.reserve()
+                if idx < 0:
+                    idx = self._room(ring, len(sids) - first)
+                    if idx < 0:
+                        return _NOT_HANDED
+                last = first + MAX_IDS >= len(sids)
+                part = flags if last else (SPAN_PART if flags & SPAN else 0)
+                ring.write(idx, part, start, end, ids[0], ids[1], ids[2], sids[first:first + MAX_IDS],
+                           parent_id)
+        if flags & WAIT:
+            self._nudge()  # a fail-closed caller waits: wake the reader now rather than at its next poll
+        return idx
+
+    def _agent_spans(self) -> bool:
+        """Whether the agent makes the spans: asked for, and the app's sampler the SDK's default."""
+        if self._via_agent is None:
+            self._via_agent = parent_based_default(announce=True)
+        return self._via_agent
+
+    def _room(self, ring: Ring, records: int) -> int:
+        """A full ring: wait the bounded time for room, else count the records as dropped (-1)."""
+        idx = ring.reserve_within(self._full_wait, self._nudge)
+        if idx < 0:
+            with self._lock:
+                self.dropped += records
+            ring.add(hdr.DROPPED, records)
+        return idx
+
+    def _shape_id(self, shape: Shape) -> int:
+        """A shape's id in this ring, sending its static attributes to the agent the first time."""
+        entry = self._ids.get(id(shape))
+        if entry is not None and entry[1] is shape:
+            return entry[0]
+        once = "error.type" in shape.attrs  # an error's shape is made for its one access
+        with self._lock:
+            sid = self._next_id
+            self._next_id += 1
+            payload = json.dumps({
+                "id": sid, "attrs": shape.attrs, "body": shape.body, "tail": shape.tail,
+                "severity": shape.severity, "severity_text": shape.severity_text, "kind": shape.kind,
+                "once": once,
+            }).encode()
+            assert self._sock is not None
+            self._sock.sendall(wire.FRAME.pack(b"S", len(payload)) + payload)
+            if not once:
+                if len(self._ids) >= _SHAPE_IDS_LIMIT:
+                    self._forget()
+                self._ids[id(shape)] = (sid, shape)
+        return sid
+
+    def _forget(self) -> None:
+        """Drop every shape id so far; the agent forgets them once it has read past the slots using them."""
+        assert self._sock is not None
+        assert self.ring is not None
+        body = json.dumps({"below": self._next_id, "at": self.ring.next}).encode()
+        self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
+        self._ids.clear()
+
+    def _nudge(self) -> None:
+        """Wake the agent's reader now (a fail-closed caller, half a batch written, a full ring)."""
+        sock = self._sock
+        if sock is not None:
+            # a full socket buffer wakes the reader anyway; a closed one is the watcher's to report
+            with contextlib.suppress(OSError):
+                sock.send(wire.FRAME.pack(b"N", 0), socket.MSG_DONTWAIT)
+
+    def register(self) -> Ring | None:
+        """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""
+        with self._lock:
+            if self.ring is not None or self.fallback is not None:
+                return self.ring
+            try:
+                fd, mm = open_ring()
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self._address)
+                body = json.dumps({"pid": os.getpid(), "resource": wire.resource_attributes()}).encode()
+                socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
+                os.close(fd)
+            except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
+                cause = f"it cannot be reached ({exc!r})"
+            else:
+                self._sock, self.ring = sock, Ring(mm)
+                watcher = threading.Thread(target=self._watch, args=(sock,), name="secret-audit-agent-watch",
+                                           daemon=True)
+                watcher.start()
+                return self.ring
+        self._lost_agent(cause)
+        return None
+
+    def _watch(self, sock: socket.socket) -> None:
+        """Wait for the agent's hello, then for its end: an end while this process lives is reported."""
+        hello = wire.read_frame(sock)
+        if hello is not None:
+            info = json.loads(hello[1])
+            self.agent_pid, self.stream_id = int(info["agent_pid"]), str(info["stream_id"])
+            self._hello.set()
+            while wire.read_frame(sock) is not None:
+                pass
+        if sock is self._sock:
+            what = "died" if hello is not None else "exited before serving this process"
+            self._lost_agent(f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
+
+    def _lost_agent(self, cause: str) -> None:
+        """The agent is gone: report what it had not settled, run the pipeline in-process, say so once."""
+        from secret_audit._internal.lifecycle import in_process
+
+        with self._lock:
+            if self.fallback is not None or self.closed:
+                return
+            ring = self.ring
+            lost = max(0, ring.next - ring.word(hdr.SETTLED)) if ring is not None else 0
+            self.gone = cause
+            fallback = in_process(self.settings)
+            if lost:
+                fallback.report_lost("agent_died", lost, "the audit agent died before they were durable")
+            if ring is not None:  # drops and refusals counted here that the agent's stream never took
+                fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))
+                for i, (reason, word) in enumerate(hdr.REFUSALS.items(), 1):
+                    for _ in range(max(0, ring.word(word) - ring.word(hdr.TAKEN + i))):
+                        fallback.handoff.refuse(reason)
+            self.fallback = fallback
+        closed = "fail-closed calls are refused from now on" if self._closed_mode else (
+            "records are now built and sent in this process (kill -9 now loses what is queued)")
+        sys.stderr.write(
+            f"otel-secret-audit: the audit agent is gone: {cause}. {lost} handed-off accesses not yet "
+            f"durable are lost (reported in the stream as audit.dropped, reason agent_died); {closed}. "
+            f"Fix: {_FIX}.\n"
+        )
+        sys.stderr.flush()
+
+
+def _forked(ref: weakref.ref[AgentHandoff]) -> None:
+    """In a forked child: the parent's ring and socket are the parent's; the child registers its own."""
+    handoff = ref()
+    if handoff is None:
+        return
+    sock, ring = handoff._sock, handoff.ring
+    handoff._proc = None  # the agent is the parent's child, not ours
+    handoff._reset()
+    if sock is not None:
+        sock.close()  # this process's descriptor only: the parent's connection stays open
+    if ring is not None:
+        ring.mm.close()

@@ -1,0 +1,132 @@
+"""The ring an app process shares with its audit agent: fixed 72-byte slots in a memfd, and header words.
+
+A slot describes one access by numbers only (shape ids, start and end, the trace ids): no name,
+no value, no text crosses it; a shape's static attributes travel once, over the agent's socket.
+The app writes slots and the counters only callers change; the agent writes how far it has read
+(``TAIL``) and how far its records are settled (``SETTLED``, with ``LOST`` and ``DEGRADED``).
+A slot is committed by writing its index + 1 into its first word after the rest: on x86-64 stores
+are seen in program order, so a reader that sees the mark sees the slot (the layout the spike of
+docs/design/pipeline.md section 3 measured).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+import time
+
+__all__ = [
+    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "SPAN", "SPAN_PART",
+    "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
+]
+
+HEADER = 128
+SLOT = 72
+SLOTS = 16384  # 1.1 MiB of slots, touched only as far as they are used
+MAX_IDS = 2  # shape ids per slot; an access with more distinct secrets takes several slots
+WAIT = 1  # flag: a fail-closed caller waits on this slot, settle it at once
+SPAN = 2  # flag: the agent makes this access's audit span (its ids are the slot's, its parent the slot's)
+SPAN_PART = 4  # flag: this slot's records belong to the span of the access's last slot
+# header words (u64): the agent writes the first four, the app the rest
+TAIL, SETTLED, LOST, DEGRADED, DROPPED, ERRORS = 0, 1, 2, 3, 4, 5
+REFUSALS = {"unavailable": 6, "not_durable": 7, "unbuilt": 8}
+# the agent's copy of the app's counters, as far as its stream has taken them: the rest is the app's to report
+TAKEN = 11  # DROPPED, then each of REFUSALS in order
+
+# kind, flags, n ids, trace flags, start, end, trace id (high, low), span id, parent span id
+_ACCESS = struct.Struct("<BBHIqqQQQQ")
+_IDS = [struct.Struct(f"<{n}I") for n in range(MAX_IDS + 1)]
+_WORD = struct.Struct("<Q")
+_KIND_ACCESS = 1
+_LOW = (1 << 64) - 1
+
+# index, flags, start, end, trace id, span id, trace flags, shape ids, parent span id
+Slot = tuple[int, int, int, int, int, int, int, tuple[int, ...], int]
+
+
+def open_ring(fd: int | None = None) -> tuple[int, mmap.mmap]:
+    """Map a ring: a new memfd (the app's side), or the one received from an app (the agent's side)."""
+    size = HEADER + SLOT * SLOTS
+    if fd is None:
+        fd = os.memfd_create("otel-secret-audit-ring", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+    return fd, mmap.mmap(fd, size)
+
+
+class Ring:
+    """One side of one ring; the writer's methods are thread-safe, the reader's are for one thread."""
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+        self._lock = threading.Lock()
+        self.next = 0  # the writer's next index / the reader's next index
+        self._tail = 0  # the reader's tail as the writer last saw it
+
+    # ---- words -------------------------------------------------------------------------------------
+
+    def word(self, i: int) -> int:
+        return int(_WORD.unpack_from(self.mm, 8 * i)[0])
+
+    def set_word(self, i: int, value: int) -> None:
+        _WORD.pack_into(self.mm, 8 * i, value)
+
+    def add(self, i: int, n: int = 1) -> None:
+        """Add to a counter word of the writer's (several app threads may count at once)."""
+        with self._lock:
+            _WORD.pack_into(self.mm, 8 * i, int(_WORD.unpack_from(self.mm, 8 * i)[0]) + n)
+
+    # ---- the writer (app) ---------------------------------------------------------------------------
+
+    def reserve(self) -> int:
+        """The next slot's index, or -1 while the ring is full."""
+        with self._lock:
+            idx = self.next
+            if idx - self._tail >= SLOTS:
+                self._tail = int(_WORD.unpack_from(self.mm, 0)[0])
+                if idx - self._tail >= SLOTS:
+                    return -1
+            self.next = idx + 1
+            return idx
+
+    def reserve_within(self, timeout: float, nudge: object) -> int:
+        """Wait up to ``timeout`` for room (waking the reader), then give up with -1."""
+        deadline = time.monotonic() + timeout
+        pause = 0.0002
+        while True:
+            if callable(nudge):
+                nudge()
+            time.sleep(pause)
+            idx = self.reserve()
+            if idx >= 0 or time.monotonic() >= deadline:
+                return idx
+            pause = min(pause * 2, 0.01)
+
+    def write(self, idx: int, flags: int, start: int, end: int, trace_id: int, span_id: int, trace_flags: int,
+              ids: tuple[int, ...] | list[int], parent: int = 0) -> None:
+        """Fill a reserved slot, then commit it."""
+        mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
+        n = len(ids)
+        _ACCESS.pack_into(mm, off + 8, _KIND_ACCESS, flags, n, trace_flags, start, end, trace_id >> 64,
+                          trace_id & _LOW, span_id, parent)
+        _IDS[n].pack_into(mm, off + 8 + _ACCESS.size, *ids)
+        _WORD.pack_into(mm, off, idx + 1)
+
+    # ---- the reader (agent) ----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when the reader's next slot is committed."""
+        off = HEADER + (self.next & (SLOTS - 1)) * SLOT
+        return bool(_WORD.unpack_from(self.mm, off)[0] == self.next + 1)
+
+    def read(self) -> Slot | None:
+        """The next committed slot, or None when the writer has not committed it (yet)."""
+        idx = self.next
+        mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
+        if _WORD.unpack_from(mm, off)[0] != idx + 1:
+            return None
+        _, flags, n, tflags, start, end, hi, lo, span, parent = _ACCESS.unpack_from(mm, off + 8)
+        ids = _IDS[min(n, MAX_IDS)].unpack_from(mm, off + 8 + _ACCESS.size)
+        self.next = idx + 1
+        return idx, flags, start, end, (hi << 64) | lo, span, tflags, ids, parent

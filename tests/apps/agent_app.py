@@ -1,0 +1,114 @@
+"""Run under opentelemetry-instrument by tests/test_agent.py: audited reads, then one way of ending.
+
+argv: key, count, then the ending: ``kill9`` (SIGKILL itself right after handing off), ``exit``
+(a normal exit, nothing flushed by hand), ``wait`` (say "done", then sleep until signalled),
+``fork N`` (N forked children read and leave with os._exit), ``agent-dies`` (the agent is stopped,
+more reads are handed off, the agent is killed, then more reads), ``canary VALUE`` (reads of a
+secret holding VALUE, then what crossed the ring and the agent's socket is printed as hex).
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import redis
+
+import secret_audit
+from secret_audit._internal.pipeline import peek_pipeline
+
+client = redis.Redis.from_url(os.environ["REDIS_URL"])
+key, count, ending = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+
+def reads(n: int, name: str = key) -> None:
+    for _ in range(n):
+        client.get(name)
+
+
+def say(what: str, value: object) -> None:
+    print(f"{what} {json.dumps(value, default=str)}", flush=True)
+
+
+if ending == "canary":
+    handoff = peek_pipeline().handoff
+    sent: list[bytes] = []
+
+    class Recording:
+        """The agent's socket, recording what the app sends over it."""
+
+        def __init__(self, sock: object) -> None:
+            self.sock = sock
+
+        def sendall(self, data: bytes) -> None:
+            sent.append(bytes(data))
+            self.sock.sendall(data)
+
+        def send(self, data: bytes, flags: int = 0) -> int:
+            sent.append(bytes(data))
+            return self.sock.send(data, flags)
+
+    handoff._sock = Recording(handoff._sock)
+    value = sys.argv[4]
+    client.set(key, value)
+    reads(count)
+    client.mget(key, key + ":other")
+    try:
+        client.hget(key, "field")  # WRONGTYPE: an error whose text the server writes
+    except redis.ResponseError:
+        pass
+    with client.pipeline() as pipe:
+        pipe.get(key).get(key).set(key + ":copy", value).execute()
+    secret_audit.flush(10)
+    say("ring", handoff.ring.mm[:].hex())
+    say("socket", b"".join(sent).hex())
+    sys.exit(0)
+
+client.set(key, "v")
+reads(count)
+if ending == "kill9":
+    os.kill(os.getpid(), signal.SIGKILL)
+elif ending == "exit":
+    sys.exit(0)
+elif ending == "wait":
+    print("done", flush=True)
+    time.sleep(60)
+elif ending == "fork":
+    secret_audit.flush(10)
+    say("parent", secret_audit.stats())
+    children = []
+    for i in range(int(sys.argv[4])):
+        pid = os.fork()
+        if pid == 0:
+            reads(count, f"{key}:child{i}")
+            say("child", secret_audit.stats())
+            os._exit(0)  # no atexit, no flush: the agent drains the child's ring
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    reads(1)
+elif ending == "agent-dies":
+    secret_audit.flush(10)
+    agent = secret_audit.stats()["agent"]["pid"]
+    os.kill(agent, signal.SIGSTOP)
+    during = []
+    for _ in range(count):  # handed off; the stopped agent settles none of them
+        try:
+            reads(1, key + ":unsettled")
+            during.append("read")
+        except secret_audit.AuditUnavailableError:
+            during.append("refused")  # fail-closed: not durable in time
+    say("during", during)
+    os.kill(agent, signal.SIGKILL)
+    os.kill(agent, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while secret_audit.stats()["agent"]["mode"] == "process" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        reads(2, key + ":after")
+        say("after", "read")
+    except secret_audit.AuditUnavailableError as exc:
+        say("after", f"refused: {exc}")
+    secret_audit.flush(10)
+    say("stats", secret_audit.stats())

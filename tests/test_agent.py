@@ -1,0 +1,325 @@
+"""The audit agent (OTEL_PYTHON_SECRET_AUDIT_AGENT=process): what it guarantees, against a real Redis.
+
+Each test runs tests/apps/agent_app.py under opentelemetry-instrument with records exported over
+OTLP/HTTP to a receiver in this process. Nothing the app handed off is lost when it is killed with
+-9, or terminated with its agent's help; forked children share the agent with streams of their
+own; an agent that dies is reported and the app falls back (or refuses, fail-closed); no value
+crosses the ring or the agent's socket; audit spans stay in the caller's trace and sampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otlp_receiver import Receiver, otlp_receiver
+from test_launcher_e2e import BIN, HERE, launcher_env
+
+P = "OTEL_PYTHON_SECRET_AUDIT_"
+APP = str(HERE / "apps" / "agent_app.py")
+
+
+def env_for(rx: Receiver, redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return launcher_env(
+        rx.url, redis_url, OTEL_SERVICE_NAME="agent-test", OTEL_LOGS_EXPORTER="none",
+        XDG_STATE_HOME=str(tmp_path / "state"), OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="redis",
+        **{P + "AGENT": "process", **extra},
+    )
+
+
+def run(rx: Receiver, redis_url: str, tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, APP, *args],
+                          env=env_for(rx, redis_url, tmp_path, **extra), capture_output=True, text=True, timeout=120)
+
+
+def records_when(rx: Receiver, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The receiver's audit records once ``n`` arrived (the agent sends after the app is gone)."""
+    deadline = time.monotonic() + timeout
+    while len(rx.audit_records()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # and nothing more than n comes
+    return rx.audit_records()
+
+
+def said(out: str, what: str) -> list[Any]:
+    return [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith(what + " ")]
+
+
+def contiguous(records: list[dict[str, Any]]) -> dict[str, list[int]]:
+    streams: dict[str, list[int]] = {}
+    for r in records:
+        streams.setdefault(r["attributes"]["audit.stream.id"], []).append(r["attributes"]["audit.sequence"])
+    for seqs in streams.values():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    return streams
+
+
+def test_kill_9_right_after_handing_off_loses_nothing(redis_url, tmp_path):
+    """In-process, the records queued and not yet sent die with the process; the agent sends them."""
+    key = "secret:k9:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "3000", "kill9", **{P + "SCHEDULE_DELAY_MS": "60000"})
+        records = records_when(rx, 3001)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(records) == 3001, proc.stderr
+    assert Counter(r["attributes"]["audit.action"] for r in records) == {"GET": 3000, "SET": 1}
+    assert len(contiguous(records)) == 1
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigterm", "sigterm-group"])
+def test_exit_and_sigterm_deliver_everything_handed_off(redis_url, tmp_path, ending):
+    """With SIGTERM left to its default action (HANDLE_SIGTERM=false: in-process, that loses what is
+    queued, see test_lifecycle.py), the agent still delivers; a signal to the app's whole process
+    group (a container stop, Ctrl-C) does not reach the agent, which runs in its own session."""
+    key = "secret:term:" + secrets.token_hex(4)
+    extra = {P + "SCHEDULE_DELAY_MS": "60000", P + "BATCH_SIZE": "100000", P + "QUEUE_SIZE": "200000",
+             P + "HANDLE_SIGTERM": "false"}
+    with otlp_receiver() as rx:
+        if ending == "exit":
+            proc = run(rx, redis_url, tmp_path, key, "500", "exit", **extra)
+            assert proc.returncode == 0, proc.stderr
+        else:
+            app = subprocess.Popen([str(BIN / "opentelemetry-instrument"), sys.executable, APP, key, "500", "wait"],
+                                   env=env_for(rx, redis_url, tmp_path, **extra), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+            try:
+                assert app.stdout is not None
+                assert app.stdout.readline().strip() == "done"
+                if ending == "sigterm":
+                    app.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(app.pid, signal.SIGTERM)
+                app.wait(30)
+            finally:
+                if app.poll() is None:
+                    app.kill()
+                    app.wait(5)
+            assert app.returncode == -signal.SIGTERM
+        records = records_when(rx, 501)
+    assert [r["attributes"]["audit.sequence"] for r in records] == list(range(1, 502))
+
+
+def test_forked_children_share_the_agent_with_streams_of_their_own(redis_url, tmp_path):
+    """gunicorn-style pre-fork: each child registers a ring of its own with the parent's agent at its
+    first access, and leaves with os._exit (no atexit, no flush): the agent drains every ring."""
+    key = "secret:fork:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "200", "fork", "3")
+        records = records_when(rx, 201 + 3 * 200 + 1)
+    assert proc.returncode == 0, proc.stderr
+    parent, children = said(proc.stdout, "parent")[0], said(proc.stdout, "child")
+    assert len(children) == 3
+    assert {c["agent"]["pid"] for c in children} == {parent["agent"]["pid"]}  # one agent for the tree
+    assert len({c["stream_id"] for c in children} | {parent["stream_id"]}) == 4
+    streams = contiguous(records)
+    assert sorted(len(s) for s in streams.values()) == [200, 200, 200, 202]
+    by_stream = {r["attributes"]["audit.stream.id"]: r["attributes"]["secret.name"] for r in records
+                 if ":child" in r["attributes"]["secret.name"]}
+    assert sorted(by_stream.values()) == [f"{key}:child{i}" for i in range(3)]
+
+
+def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_path):
+    key = "secret:dies:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies")
+        records = records_when(rx, 8)
+        dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+    assert proc.returncode == 0, proc.stderr
+    # the stderr line: what happened, what was lost, what runs now, and the fix
+    assert proc.stderr.count("the audit agent is gone") == 1, proc.stderr
+    assert "it died (agent pid" in proc.stderr
+    assert "killed by SIGKILL" in proc.stderr
+    assert "5 handed-off accesses not yet durable are lost" in proc.stderr
+    assert "Fix: " in proc.stderr
+    assert said(proc.stdout, "after") == ["read"]
+    stats = said(proc.stdout, "stats")[0]
+    assert stats["agent"]["mode"] == "in-process"
+    # the loss record, in the fallback's stream; the records made before and after the agent died
+    assert [d["attributes"]["audit.dropped.reason"] for d in dropped] == ["agent_died"]
+    assert dropped[0]["attributes"]["audit.dropped.count"] == 5
+    names = Counter(r["attributes"]["secret.name"] for r in records)
+    assert names[key] == 6
+    assert names[key + ":after"] == 2
+    assert names[key + ":unsettled"] == 0
+    fallback_stream = dropped[0]["attributes"]["audit.stream.id"]
+    assert {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"].endswith(
+        ":after")} == {fallback_stream}
+
+
+def test_fail_closed_refuses_once_its_agent_is_gone(redis_url, tmp_path):
+    """Fail-closed calls wait on the ring's settled watermark: they pass while the agent settles them,
+    are refused while it is stopped (not durable in time), and once it is gone."""
+    key = "secret:closed:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "3", "agent-dies",
+                   **{P + "FAILURE_MODE": "closed", P + "FAIL_CLOSED_TIMEOUT_MS": "300",
+                      P + "SPOOL_DIR": str(tmp_path / "spool")})
+        records_when(rx, 4)
+        refused = [r for r in rx.logs if r["event_name"] == "audit.refused"]
+        secrets_read = Counter(r["attributes"]["secret.name"] for r in rx.audit_records())
+    assert proc.returncode == 0, proc.stderr
+    assert said(proc.stdout, "during") == [["refused"] * 3]  # the stopped agent settles nothing in time
+    assert "fail-closed calls are refused from now on" in proc.stderr, proc.stderr
+    after = said(proc.stdout, "after")
+    assert len(after) == 1, proc.stdout + proc.stderr
+    assert after[0].startswith("refused:"), proc.stdout + proc.stderr
+    reasons = Counter()
+    for r in refused:
+        reasons[r["attributes"]["audit.refused.reason"]] += r["attributes"]["audit.refused.count"]
+    assert reasons["not_durable"] == 3
+    assert reasons["unavailable"] >= 1
+    # before the agent was stopped, fail-closed reads passed: the agent settled them
+    assert secrets_read[key] == 4  # the SET and three GETs
+
+
+def test_no_value_crosses_the_ring_or_the_agents_socket(redis_url, tmp_path):
+    key = "secret:canary:" + secrets.token_hex(4)
+    value = "canary-" + secrets.token_hex(16)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "20", "canary", value)
+        records_when(rx, 20)
+        raw = b"".join(rx.raw)
+    assert proc.returncode == 0, proc.stderr
+    ring, sock = (bytes.fromhex(said(proc.stdout, what)[0]) for what in ("ring", "socket"))
+    assert ring.count(b"\0") < len(ring)  # the ring was written to
+    assert key.encode() in sock  # names travel (once per shape), values never
+    for seen in (ring, sock, raw, proc.stdout.encode(), proc.stderr.encode()):
+        assert value.encode() not in seen
+
+
+@pytest.mark.parametrize("via", ["app", "agent"])
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "parentbased_always_off"])
+def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, sampler, via):
+    """The audit span is made in the app through its tracer provider (SPANS_VIA=app), or by the agent
+    with the ids the app chose (SPANS_VIA=agent): either way a child of the request span, sampled as
+    the request is, and the record carries its ids, as in-process."""
+    got = {}
+    for agent in ("off", "process"):
+        with otlp_receiver() as rx:
+            env = env_for(rx, redis_url, tmp_path, **{P + "AGENT": agent, P + "SPANS_VIA": via},
+                          OTEL_TRACES_SAMPLER=sampler)
+            proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable,
+                                   str(HERE / "apps" / "settings_app.py"), secrets.token_hex(4), "v"],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            records = records_when(rx, 5)
+            time.sleep(0.5)  # the app's span processor exports on its own schedule
+            spans = list(rx.spans)
+        in_trace = [r for r in records if r["trace_id"].strip("0")]
+        assert len(in_trace) == 1
+        audit = [s for s in spans if s["name"].startswith("secret.")]
+        request = [s for s in spans if s["name"] == "request"]
+        if sampler == "parentbased_always_on":
+            assert len(audit) == 1
+            assert audit[0]["parent_span_id"] == request[0]["span_id"]
+            assert (in_trace[0]["trace_id"], in_trace[0]["span_id"]) == (audit[0]["trace_id"], audit[0]["span_id"])
+        else:
+            assert audit == []
+            assert request == []
+        got[agent] = (len(audit), sorted(r["attributes"]["audit.action"] for r in records))
+    assert got["off"] == got["process"]
+
+
+def test_settings_given_to_instrument_are_the_agents(redis_url, tmp_path):
+    """The agent gets the settings the app checked (here an endpoint set nowhere but in them), not
+    the environment read again; retiring the pipeline settles what was handed off and lets it go."""
+    import redis
+
+    import secret_audit
+    from conftest import retire_pipeline
+    from secret_audit._internal.config import load_settings
+    from secret_audit.redis import RedisSecretAuditInstrumentor
+
+    key = "secret:given:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        settings = load_settings({P + "EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs", P + "AGENT": "process",
+                                  P + "SPOOL_DIR": str(tmp_path / "spool")})
+        instrumentor = RedisSecretAuditInstrumentor()
+        instrumentor.instrument(settings=settings)
+        try:
+            client = redis.Redis.from_url(redis_url)
+            for _ in range(3):
+                client.get(key)
+            assert secret_audit.flush(10)
+            stats = secret_audit.stats()
+            agent = stats["agent"]["pid"]
+        finally:
+            instrumentor.uninstrument()
+            retire_pipeline()
+        records = records_when(rx, 3)
+    assert stats["agent"]["mode"] == "process"
+    assert stats["handed_off"] == stats["settled"] == 3
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{agent}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(agent, os.WNOHANG)
+    assert not Path(f"/proc/{agent}").exists()  # the agent left once its only app was gone
+
+
+def test_an_agent_that_cannot_start_leaves_the_app_audited_in_process(redis_url, tmp_path):
+    """The agent exits at start (a sitecustomize only it loads): the app says so once, runs the
+    pipeline in-process and its records arrive."""
+    key = "secret:nostart:" + secrets.token_hex(4)
+    fails = str(HERE / "data" / "agent_fails")
+    with otlp_receiver() as rx:
+        env = env_for(rx, redis_url, tmp_path, PYTHONPATH=fails)
+        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "-c",
+                               "import os, sys, time, redis, secret_audit\n"
+                               "time.sleep(2)\n"  # the agent has exited by now
+                               "c = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+                               f"[c.get({key!r}) for _ in range(3)]\n"
+                               "secret_audit.flush(10)\n"
+                               "print('stats', __import__('json').dumps(secret_audit.stats(), default=str))\n"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "agent_fails: this agent exits at start" in proc.stderr
+    assert proc.stderr.count("the audit agent is gone: it exited before serving this process") == 1, proc.stderr
+    assert "exited with status 3" in proc.stderr
+    assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+
+
+def test_records_name_the_apps_resource_and_stats_name_the_agent_at_once(redis_url, tmp_path):
+    """The agent's records carry the resource of the app's tracer provider (set in code here, so the
+    agent could not read it from the environment), and stats() right after start names the agent."""
+    key = "secret:resource:" + secrets.token_hex(4)
+    code = (
+        "import json, os, redis, secret_audit\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.resources import Resource\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider(resource=Resource({'service.name': 'named-in-code',"
+        " 'service.instance.id': 'instance-7'})))\n"
+        "from secret_audit.redis import RedisSecretAuditInstrumentor\n"
+        "RedisSecretAuditInstrumentor().instrument()\n"
+        "print('stats', json.dumps(secret_audit.stats(), default=str), flush=True)\n"
+        f"redis.Redis.from_url(os.environ['REDIS_URL']).get({key!r})\n"
+    )
+    with otlp_receiver() as rx:
+        env = {k: v for k, v in env_for(rx, redis_url, tmp_path).items() if not k.startswith("OTEL_SERVICE")}
+        env[P + "EXPORTER_OTLP_ENDPOINT"] = rx.url + "/v1/logs"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 1)
+    assert proc.returncode == 0, proc.stderr
+    stats = said(proc.stdout, "stats")[0]
+    assert stats["agent"]["mode"] == "process"
+    assert isinstance(stats["agent"]["pid"], int)
+    assert isinstance(stats["stream_id"], str)
+    assert len(records) == 1
+    assert records[0]["resource"]["service.name"] == "named-in-code"
+    assert records[0]["resource"]["service.instance.id"] == "instance-7"
+    assert records[0]["attributes"]["audit.stream.id"] == stats["stream_id"]
