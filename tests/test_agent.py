@@ -189,6 +189,25 @@ def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_pa
     assert fallback == {stats["stream_id"]}
 
 
+def test_a_slot_the_app_cannot_build_when_its_agent_dies_is_reported_lost(redis_url, tmp_path):
+    """A slot reserved and never committed (a thread stopped between the two) stalls the agent's
+    reader; when the agent dies the app builds every slot around it and reports that one lost."""
+    key = "secret:gap:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "10", "agent-dies-gap", **{P + "SCHEDULE_DELAY_MS": "60000"})
+        records = records_when(rx, 11)
+        dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+    assert proc.returncode == 0, proc.stderr
+    assert said(proc.stdout, "gap") == [1]
+    assert "12 handed-off accesses not yet durable are handed to this process" in proc.stderr, proc.stderr
+    assert "1 of them could not be built and are reported lost" in proc.stderr
+    assert [(d["attributes"]["audit.dropped.reason"], d["attributes"]["audit.dropped.count"]) for d in dropped] == [
+        ("agent_died", 1)]
+    assert Counter(r["attributes"]["secret.name"] for r in records) == {key: 1, key + ":behind": 10}
+    assert {r["attributes"]["audit.stream.id"] for r in records + dropped} == {said(proc.stdout, "stats")[0][
+        "stream_id"]}
+
+
 def test_fail_closed_refuses_once_its_agent_is_gone(redis_url, tmp_path):
     """Fail-closed calls wait on the ring's settled watermark: they pass while the agent settles them,
     are refused while it is stopped (not durable in time), and once it is gone."""

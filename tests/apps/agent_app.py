@@ -6,7 +6,9 @@ argv: key, count, then the ending: ``kill9`` (SIGKILL itself right after handing
 more reads are handed off, the agent is killed, then more reads), ``canary VALUE`` (reads of a
 secret holding VALUE, then what crossed the ring and the agent's socket is printed as hex),
 ``agent-killed VALUE`` (the agent reads the reads but settles none, is stopped, more reads are handed
-off, the agent is killed with -9, then more reads; the secret holds VALUE).
+off, the agent is killed with -9, then more reads; the secret holds VALUE), ``agent-dies-gap`` (a
+slot is reserved and never committed, as by a thread stopped between the two, then reads, then the
+agent is killed with -9).
 """
 
 import json
@@ -83,6 +85,19 @@ if ending == "agent-killed":
     while secret_audit.stats()["agent"]["mode"] == "process" and time.monotonic() < deadline:
         time.sleep(0.05)
     reads(2, key + ":after")
+    secret_audit.flush(10)
+    say("stats", secret_audit.stats())
+    sys.exit(0)
+
+if ending == "agent-dies-gap":
+    client.set(key, "v")
+    agent = secret_audit.stats()["agent"]["pid"]
+    say("gap", peek_pipeline().handoff.ring.reserve())  # never committed: the agent reads no further
+    reads(count, key + ":behind")
+    os.kill(agent, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while secret_audit.stats()["agent"]["mode"] == "process" and time.monotonic() < deadline:
+        time.sleep(0.05)
     secret_audit.flush(10)
     say("stats", secret_audit.stats())
     sys.exit(0)
