@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from otlp_receiver import Receiver, otlp_receiver
+from test_faults import assert_clean, fault_pg, store  # noqa: F401 - fixtures: a real store on PostgreSQL
+from test_faults import contiguous as store_contiguous
 from test_launcher_e2e import BIN, HERE, launcher_env
 
 P = "OTEL_PYTHON_SECRET_AUDIT_"
@@ -402,3 +404,30 @@ def test_the_ring_reuses_a_slot_only_once_settled_and_takes_none_once_sealed():
     assert app.reserve_within(0.01, None) == SEALED
     assert app.slot(SLOTS) is None  # reserved, never committed
     mm.close()
+
+
+def test_a_store_verifies_both_streams_of_an_app_whose_agent_died(redis_url, tmp_path, store):  # noqa: F811
+    """The real store: the agent's stream ends at what it settled, the app's new stream holds the
+    rest; ``secret-audit verify`` finds no gap and no other finding in either."""
+    key = "secret:verified:" + secrets.token_hex(4)
+    service = "agent-test"  # env_for's; the store's database is this test's own
+    store.start()
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies",
+                   **{P + "EXPORTER_OTLP_ENDPOINT": store.endpoint, P + "EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                      P + "EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{store.ingest_token}"})
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    while len(store.rows(service)) < 13 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = store.rows(service)
+    assert Counter(name for *_, name, _ in rows) == {key: 6, key + ":unsettled": 5, key + ":after": 2}
+    heads = store_contiguous(rows)
+    assert sorted(heads.values()) == [6, 7]  # the agent's: the SET and 5 reads; the app's: 5 + 2
+    assert_clean(store, heads)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    verified = subprocess.run([str(BIN / "secret-audit"), "verify", "--json"],
+                              env={**env, "DATABASE_URL": store.db_url}, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert (report["ok"], report["breaks"], report["open_gaps"], report["reported_losses"]) == (True, 0, [], 0)
