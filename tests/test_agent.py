@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from otlp_receiver import Receiver, otlp_receiver
+from test_faults import assert_clean, fault_pg, store  # noqa: F401 - fixtures: a real store on PostgreSQL
+from test_faults import contiguous as store_contiguous
 from test_launcher_e2e import BIN, HERE, launcher_env
 
 P = "OTEL_PYTHON_SECRET_AUDIT_"
@@ -129,32 +131,83 @@ def test_forked_children_share_the_agent_with_streams_of_their_own(redis_url, tm
     assert sorted(by_stream.values()) == [f"{key}:child{i}" for i in range(3)]
 
 
+@pytest.mark.parametrize("spans_via", ["app", "agent"])
+def test_what_a_killed_agent_had_not_settled_is_delivered_by_the_app(redis_url, tmp_path, spans_via):
+    """The agent reads accesses but settles none (a long schedule delay), is stopped, more accesses
+    are handed off, and it is killed with -9: the app still holds every unsettled slot in its ring
+    and hands them to the in-process pipeline that takes over, so each access reaches the sink,
+    with its audit span (made in the app, or with the ids the app chose), none reported lost."""
+    key = "secret:killed:" + secrets.token_hex(4)
+    value = "canary-" + secrets.token_hex(16)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "40", "agent-killed", value,
+                   **{P + "SCHEDULE_DELAY_MS": "60000", P + "BATCH_SIZE": "10000", P + "SPANS": "all",
+                      P + "SPANS_VIA": spans_via})
+        records = records_when(rx, 83)
+        time.sleep(0.5)  # spans are exported on their processor's schedule
+        dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+        spans = {s["span_id"] for s in rx.spans if s["name"].startswith("secret.")}
+        raw = b"".join(rx.raw)
+    assert proc.returncode == 0, proc.stderr
+    read = said(proc.stdout, "read")[0]
+    assert (read["handed_off"], read["queued"], read["settled"]) == (41, 0, 0)  # read, none settled
+    assert proc.stderr.count("the audit agent is gone") == 1, proc.stderr
+    assert "killed by SIGKILL" in proc.stderr
+    assert "81 handed-off accesses not yet durable are handed to this process" in proc.stderr, proc.stderr
+    assert dropped == []
+    names = Counter(r["attributes"]["secret.name"] for r in records)
+    assert names == {key: 1, key + ":read": 40, key + ":unread": 40, key + ":after": 2}
+    assert len(contiguous(records)) == 1  # all in the stream of the app that took over
+    assert {r["span_id"] for r in records} <= spans
+    assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
+    for seen in (raw, proc.stdout.encode(), proc.stderr.encode()):
+        assert value.encode() not in seen
+
+
 def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_path):
+    """The agent is stopped before it reads what is handed off, then killed: the app says so once,
+    builds the slots the agent never read from its ring, and runs the pipeline in-process."""
     key = "secret:dies:" + secrets.token_hex(4)
     with otlp_receiver() as rx:
         proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies")
         records = records_when(rx, 8)
         dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
     assert proc.returncode == 0, proc.stderr
-    # the stderr line: what happened, what was lost, what runs now, and the fix
+    # the stderr line: what happened, what became of what was handed off, what runs now, and the fix
     assert proc.stderr.count("the audit agent is gone") == 1, proc.stderr
     assert "it died (agent pid" in proc.stderr
     assert "killed by SIGKILL" in proc.stderr
-    assert "5 handed-off accesses not yet durable are lost" in proc.stderr
+    assert "5 handed-off accesses not yet durable are handed to this process" in proc.stderr, proc.stderr
     assert "Fix: " in proc.stderr
     assert said(proc.stdout, "after") == ["read"]
     stats = said(proc.stdout, "stats")[0]
     assert stats["agent"]["mode"] == "in-process"
-    # the loss record, in the fallback's stream; the records made before and after the agent died
-    assert [d["attributes"]["audit.dropped.reason"] for d in dropped] == ["agent_died"]
-    assert dropped[0]["attributes"]["audit.dropped.count"] == 5
+    assert dropped == []  # nothing lost: the ring kept every slot the agent had not settled
     names = Counter(r["attributes"]["secret.name"] for r in records)
-    assert names[key] == 6
-    assert names[key + ":after"] == 2
-    assert names[key + ":unsettled"] == 0
-    fallback_stream = dropped[0]["attributes"]["audit.stream.id"]
-    assert {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"].endswith(
-        ":after")} == {fallback_stream}
+    assert names == {key: 6, key + ":unsettled": 5, key + ":after": 2}
+    streams = contiguous(records)
+    fallback = {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"] != key}
+    assert len(streams) == 2  # the agent's (what it settled), the app's since the agent died
+    assert fallback == {stats["stream_id"]}
+
+
+def test_a_slot_the_app_cannot_build_when_its_agent_dies_is_reported_lost(redis_url, tmp_path):
+    """A slot reserved and never committed (a thread stopped between the two) stalls the agent's
+    reader; when the agent dies the app builds every slot around it and reports that one lost."""
+    key = "secret:gap:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "10", "agent-dies-gap", **{P + "SCHEDULE_DELAY_MS": "60000"})
+        records = records_when(rx, 11)
+        dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+    assert proc.returncode == 0, proc.stderr
+    assert said(proc.stdout, "gap") == [1]
+    assert "12 handed-off accesses not yet durable are handed to this process" in proc.stderr, proc.stderr
+    assert "1 of them could not be built and are reported lost" in proc.stderr
+    assert [(d["attributes"]["audit.dropped.reason"], d["attributes"]["audit.dropped.count"]) for d in dropped] == [
+        ("agent_died", 1)]
+    assert Counter(r["attributes"]["secret.name"] for r in records) == {key: 1, key + ":behind": 10}
+    assert {r["attributes"]["audit.stream.id"] for r in records + dropped} == {said(proc.stdout, "stats")[0][
+        "stream_id"]}
 
 
 def test_fail_closed_refuses_once_its_agent_is_gone(redis_url, tmp_path):
@@ -323,3 +376,58 @@ def test_records_name_the_apps_resource_and_stats_name_the_agent_at_once(redis_u
     assert records[0]["resource"]["service.name"] == "named-in-code"
     assert records[0]["resource"]["service.instance.id"] == "instance-7"
     assert records[0]["attributes"]["audit.stream.id"] == stats["stream_id"]
+
+
+def test_the_ring_reuses_a_slot_only_once_settled_and_takes_none_once_sealed():
+    """The app's bound is what its agent has not settled (not what it has read), so the slots a
+    dead agent had read are still there to build; once sealed, no slot is handed out."""
+    from secret_audit._internal.ring import SEALED, SETTLED, SLOTS, TAIL, Ring, open_ring
+
+    fd, mm = open_ring()
+    os.close(fd)
+    app, agent = Ring(mm), Ring(mm)
+    for i in range(SLOTS):
+        idx = app.reserve()
+        app.write(idx, 0, i, i + 1, 0, 0, 0, (i % 7,))
+    while agent.read() is not None:
+        pass
+    agent.set_word(TAIL, agent.next)  # everything read, nothing settled
+    assert agent.next == SLOTS
+    assert app.reserve() == -1  # full: before, the tail freed every slot here
+    assert app.slot(0) == (0, 0, 0, 1, 0, 0, 0, (0,), 0)
+    agent.set_word(SETTLED, 1)
+    assert app.reserve() == SLOTS  # one settled, one slot free
+    assert app.reserve() == -1
+    assert app.seal() == SLOTS + 1
+    agent.set_word(SETTLED, SLOTS)
+    assert app.reserve() == SEALED
+    assert app.reserve_within(0.01, None) == SEALED
+    assert app.slot(SLOTS) is None  # reserved, never committed
+    mm.close()
+
+
+def test_a_store_verifies_both_streams_of_an_app_whose_agent_died(redis_url, tmp_path, store):  # noqa: F811
+    """The real store: the agent's stream ends at what it settled, the app's new stream holds the
+    rest; ``secret-audit verify`` finds no gap and no other finding in either."""
+    key = "secret:verified:" + secrets.token_hex(4)
+    service = "agent-test"  # env_for's; the store's database is this test's own
+    store.start()
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies",
+                   **{P + "EXPORTER_OTLP_ENDPOINT": store.endpoint, P + "EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                      P + "EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{store.ingest_token}"})
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    while len(store.rows(service)) < 13 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = store.rows(service)
+    assert Counter(name for *_, name, _ in rows) == {key: 6, key + ":unsettled": 5, key + ":after": 2}
+    heads = store_contiguous(rows)
+    assert sorted(heads.values()) == [6, 7]  # the agent's: the SET and 5 reads; the app's: 5 + 2
+    assert_clean(store, heads)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    verified = subprocess.run([str(BIN / "secret-audit"), "verify", "--json"],
+                              env={**env, "DATABASE_URL": store.db_url}, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert (report["ok"], report["breaks"], report["open_gaps"], report["reported_losses"]) == (True, 0, [], 0)

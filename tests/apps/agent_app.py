@@ -4,7 +4,11 @@ argv: key, count, then the ending: ``kill9`` (SIGKILL itself right after handing
 (a normal exit, nothing flushed by hand), ``wait`` (say "done", then sleep until signalled),
 ``fork N`` (N forked children read and leave with os._exit), ``agent-dies`` (the agent is stopped,
 more reads are handed off, the agent is killed, then more reads), ``canary VALUE`` (reads of a
-secret holding VALUE, then what crossed the ring and the agent's socket is printed as hex).
+secret holding VALUE, then what crossed the ring and the agent's socket is printed as hex),
+``agent-killed VALUE`` (the agent reads the reads but settles none, is stopped, more reads are handed
+off, the agent is killed with -9, then more reads; the secret holds VALUE), ``agent-dies-gap`` (a
+slot is reserved and never committed, as by a thread stopped between the two, then reads, then the
+agent is killed with -9).
 """
 
 import json
@@ -63,6 +67,39 @@ if ending == "canary":
     secret_audit.flush(10)
     say("ring", handoff.ring.mm[:].hex())
     say("socket", b"".join(sent).hex())
+    sys.exit(0)
+
+if ending == "agent-killed":
+    client.set(key, sys.argv[4])
+    agent = secret_audit.stats()["agent"]["pid"]
+    reads(count, key + ":read")  # read by the agent; a long SCHEDULE_DELAY_MS keeps them unsettled
+    deadline = time.monotonic() + 10
+    while secret_audit.stats()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    say("read", secret_audit.stats())
+    os.kill(agent, signal.SIGSTOP)
+    reads(count, key + ":unread")  # handed off; the stopped agent does not read them
+    os.kill(agent, signal.SIGKILL)
+    os.kill(agent, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while secret_audit.stats()["agent"]["mode"] == "process" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reads(2, key + ":after")
+    secret_audit.flush(10)
+    say("stats", secret_audit.stats())
+    sys.exit(0)
+
+if ending == "agent-dies-gap":
+    client.set(key, "v")
+    agent = secret_audit.stats()["agent"]["pid"]
+    say("gap", peek_pipeline().handoff.ring.reserve())  # never committed: the agent reads no further
+    reads(count, key + ":behind")
+    os.kill(agent, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while secret_audit.stats()["agent"]["mode"] == "process" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    secret_audit.flush(10)
+    say("stats", secret_audit.stats())
     sys.exit(0)
 
 client.set(key, "v")

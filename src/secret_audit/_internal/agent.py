@@ -21,29 +21,26 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import encode_attributes
-from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.ring import (
     DEGRADED,
     DROPPED,
     LOST,
     REFUSALS,
     SETTLED,
-    SPAN,
-    SPAN_PART,
     TAIL,
     TAKEN,
     WAIT,
     Ring,
-    Slot,
     open_ring,
 )
-from secret_audit._internal.shapes import NO_IDS, Ids, Shape, fill
+from secret_audit._internal.ring_stream import SlotPipeline, Taken
+from secret_audit._internal.shapes import Shape
 
 __all__ = ["main"]
 
@@ -51,14 +48,6 @@ _log = logging.getLogger("secret_audit")
 
 _LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
 _FIRST_WAIT = 30.0  # seconds for the first app to connect
-
-
-class _Taken(NamedTuple):
-    """A slot as the stream's worker takes it, shapes resolved (``ticket``: a fail-closed caller waits)."""
-
-    slot: Slot
-    shapes: list[Shape]
-    ticket: Any
 
 
 class _Settle:
@@ -77,14 +66,13 @@ class _Settle:
             ring.set_word(SETTLED, self.index + 1)
 
 
-class RingStream(AuditPipeline):
+class RingStream(SlotPipeline):
     """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
 
     def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
-        self._spans = SpanMaker.for_resource(resource) if settings.spans_via == "agent" else None
-        super().__init__(settings, tracer_provider=self._spans.provider if self._spans is not None else None)
+        spans = SpanMaker.for_resource(resource) if settings.spans_via == "agent" else None
+        super().__init__(settings, resource, spans=spans)
         self.ring = ring
-        self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         if resource:  # the app's resource: records name the service and instance its spans name
             from opentelemetry.sdk.resources import Resource
 
@@ -92,31 +80,8 @@ class RingStream(AuditPipeline):
         self._last_index = -1
 
     def _take(self, item: Any) -> int:
-        if self._backend is None:
-            self._prepare()
-        index, flags, start, end, trace_id, span_id, trace_flags, _, parent = item.slot
-        shapes = item.shapes
-        records, bodies = fill(shapes, start, end)
-        if flags & (SPAN | SPAN_PART) and self._spans is not None:
-            self._span_records.extend(records)
-            if flags & SPAN:  # the access's last slot: its span, with the ids the app chose
-                records_of_span, self._span_records = self._span_records, []
-                try:
-                    ctx = self._spans.context(trace_id, span_id, trace_flags, parent)
-                    self._builder.span_ids(ctx, records_of_span, start, end)
-                except Exception:  # a span we cannot make never costs the records
-                    self._ledger.internal_errors += 1
-                    _log.exception("secret-audit agent: failed to make an audit span")
-        ids: Ids = NO_IDS
-        if trace_id:
-            ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
-        self._last_index = index
-        return self._stamp(records, shapes, bodies, ids, start)
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        super().shutdown(timeout)
-        if self._spans is not None:
-            self._spans.flush(self.settings.shutdown_timeout_ms)
+        self._last_index = item.slot[0]
+        return super()._take(item)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:
@@ -188,7 +153,7 @@ class Member:
                     break
                 shapes = self._resolve(slot[7])
                 wait = slot[1] & WAIT
-                queue.append(_Taken(slot, shapes, _Settle(ring, slot[0]) if wait else None))
+                queue.append(Taken(slot, shapes, _Settle(ring, slot[0]) if wait else None))
                 read += 1
                 if self._forget and ring.next >= self._forget[0][0]:
                     below = self._forget.pop(0)[1]

@@ -5,8 +5,9 @@ builder does), makes the audit span when one is due (in the app, through the app
 provider and sampler), and writes one 72-byte slot of numbers; a new shape's static attributes go
 to the agent once, over its socket. Everything else (stamping, encoding, sending, spooling, loss
 accounting) runs in the agent. When the agent cannot be reached, or dies, the in-process pipeline
-takes over, announced once on stderr with the cause; what was handed off and not settled is
-reported as lost in that pipeline's stream. Fail-closed callers then refuse.
+takes over, announced once on stderr with the cause, and builds what was handed off and not
+settled from the ring, which keeps it until settled (``agent_takeover``). Fail-closed callers
+then refuse.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -25,19 +25,16 @@ from typing import Any
 from secret_audit._internal import agent_wire as wire
 from secret_audit._internal import ring as hdr
 from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
-from secret_audit._internal.config import PREFIX, SOURCES, Settings
+from secret_audit._internal.agent_takeover import HeldShapes, take_over
+from secret_audit._internal.config import SOURCES, Settings
 from secret_audit._internal.event import Access
-from secret_audit._internal.ring import MAX_IDS, SPAN, SPAN_PART, WAIT, Ring, open_ring
+from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
 from secret_audit._internal.shapes import RecordBuilder, Shape, fill
 
 __all__ = ["AgentHandoff"]
 
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
-_FIX = (
-    "look for the agent's own error above (it writes to this process's stderr), or for an OOM kill; "
-    f"set {PREFIX}AGENT=off to build and send records in the app process"
-)
 
 
 class AgentHandoff:
@@ -48,7 +45,7 @@ class AgentHandoff:
         self.capacity = hdr.SLOTS
         self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
         self._full_wait = settings.queue_full_timeout_ms / 1000
-        self._closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
+        self.closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
         self._address, self._proc = address, proc
         self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
         self._spans = settings.spans
@@ -62,10 +59,11 @@ class AgentHandoff:
 
     def _reset(self) -> None:
         """No ring and no shapes yet: at start and in a forked child (which registers its own ring)."""
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.ring: Ring | None = None
         self._sock: socket.socket | None = None
         self._ids: dict[int, tuple[int, Shape]] = {}
+        self.held = HeldShapes()  # every shape an unsettled slot may name, by id
         self._next_id = 0
         self.dropped = 0
         self.refused: dict[str, int] = {}
@@ -86,7 +84,7 @@ class AgentHandoff:
     def accepting(self) -> bool:
         """False while records cannot be made durable; for good in fail-closed mode once the agent is gone."""
         if self.fallback is not None:
-            return not self._closed_mode and bool(self.fallback.accepting())
+            return not self.closed_mode and bool(self.fallback.accepting())
         ring = self.ring
         return not self.closed and (ring is None or not ring.word(hdr.DEGRADED))
 
@@ -127,7 +125,7 @@ class AgentHandoff:
 
     def refuse(self, reason: str) -> None:
         """Count one fail-closed refusal; the agent (or the fallback) reports it in the stream."""
-        with self._lock:
+        with self.lock:
             self.refused[reason] = self.refused.get(reason, 0) + 1
         if self.fallback is not None:
             self.fallback.handoff.refuse(reason)
@@ -232,9 +230,8 @@ class AgentHandoff:
             else:
                 sids = [self._shape_id(shape) for shape in shapes]
         except OSError as exc:  # the agent went away under us: the in-process pipeline takes this one
-            self._lost_agent(f"its socket failed ({exc})")
-            self.fallback.submit(access)
-            return _NOT_HANDED
+            take_over(self, f"its socket failed ({exc})")
+            return self._to_fallback(access)
         start, end = access.start_ns, access.end_ns
         spans = self._spans
         parent_id = 0
@@ -250,15 +247,15 @@ class AgentHandoff:
             if idx < 0:
                 idx = self._room(ring, len(sids))
                 if idx < 0:
-                    return _NOT_HANDED
+                    return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
             ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
         else:
             for first in range(0, len(sids), MAX_IDS):
                 idx = ring.reserve()
                 if idx < 0:
                     idx = self._room(ring, len(sids) - first)
-                    if idx < 0:
-                        return _NOT_HANDED
+                    if idx < 0:  # sealed midway: the fallback builds the whole access again
+                        return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
                 last = first + MAX_IDS >= len(sids)
                 part = flags if last else (SPAN_PART if flags & SPAN else 0)
                 ring.write(idx, part, start, end, ids[0], ids[1], ids[2], sids[first:first + MAX_IDS],
@@ -273,11 +270,19 @@ class AgentHandoff:
             self._via_agent = parent_based_default(announce=True)
         return self._via_agent
 
+    def _to_fallback(self, access: Access) -> int:
+        """The ring was sealed under this caller: the pipeline that took over takes the access."""
+        with self.lock:  # held while the agent's slots are handed over: this access comes after them
+            fallback = self.fallback
+        if fallback is not None:
+            fallback.submit(access)
+        return _NOT_HANDED
+
     def _room(self, ring: Ring, records: int) -> int:
         """A full ring: wait the bounded time for room, else count the records as dropped (-1)."""
         idx = ring.reserve_within(self._full_wait, self._nudge)
-        if idx < 0:
-            with self._lock:
+        if idx == -1:
+            with self.lock:
                 self.dropped += records
             ring.add(hdr.DROPPED, records)
         return idx
@@ -288,7 +293,10 @@ class AgentHandoff:
         if entry is not None and entry[1] is shape:
             return entry[0]
         once = "error.type" in shape.attrs  # an error's shape is made for its one access
-        with self._lock:
+        with self.lock:
+            held = self.held
+            if self._next_id - held.floor >= _SHAPE_IDS_LIMIT:
+                self._forget()
             sid = self._next_id
             self._next_id += 1
             payload = json.dumps({
@@ -298,19 +306,22 @@ class AgentHandoff:
             }).encode()
             assert self._sock is not None
             self._sock.sendall(wire.FRAME.pack(b"S", len(payload)) + payload)
+            held.keep(sid, shape)
             if not once:
-                if len(self._ids) >= _SHAPE_IDS_LIMIT:
-                    self._forget()
                 self._ids[id(shape)] = (sid, shape)
         return sid
 
     def _forget(self) -> None:
-        """Drop every shape id so far; the agent forgets them once it has read past the slots using them."""
+        """Drop every shape id so far; the agent forgets them once it has read past the slots using
+        them, this process once they are settled."""
         assert self._sock is not None
         assert self.ring is not None
-        body = json.dumps({"below": self._next_id, "at": self.ring.next}).encode()
+        at, below = self.ring.next, self._next_id
+        body = json.dumps({"below": below, "at": at}).encode()
         self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
         self._ids.clear()
+        self.held.prune(self.ring.word(hdr.SETTLED))
+        self.held.release(at, below)
 
     def _nudge(self) -> None:
         """Wake the agent's reader now (a fail-closed caller, half a batch written, a full ring)."""
@@ -322,7 +333,7 @@ class AgentHandoff:
 
     def register(self) -> Ring | None:
         """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""
-        with self._lock:
+        with self.lock:
             if self.ring is not None or self.fallback is not None:
                 return self.ring
             try:
@@ -340,7 +351,7 @@ class AgentHandoff:
                                            daemon=True)
                 watcher.start()
                 return self.ring
-        self._lost_agent(cause)
+        take_over(self, cause)
         return None
 
     def _watch(self, sock: socket.socket) -> None:
@@ -354,35 +365,7 @@ class AgentHandoff:
                 pass
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
-            self._lost_agent(f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
-
-    def _lost_agent(self, cause: str) -> None:
-        """The agent is gone: report what it had not settled, run the pipeline in-process, say so once."""
-        from secret_audit._internal.lifecycle import in_process
-
-        with self._lock:
-            if self.fallback is not None or self.closed:
-                return
-            ring = self.ring
-            lost = max(0, ring.next - ring.word(hdr.SETTLED)) if ring is not None else 0
-            self.gone = cause
-            fallback = in_process(self.settings)
-            if lost:
-                fallback.report_lost("agent_died", lost, "the audit agent died before they were durable")
-            if ring is not None:  # drops and refusals counted here that the agent's stream never took
-                fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))
-                for i, (reason, word) in enumerate(hdr.REFUSALS.items(), 1):
-                    for _ in range(max(0, ring.word(word) - ring.word(hdr.TAKEN + i))):
-                        fallback.handoff.refuse(reason)
-            self.fallback = fallback
-        closed = "fail-closed calls are refused from now on" if self._closed_mode else (
-            "records are now built and sent in this process (kill -9 now loses what is queued)")
-        sys.stderr.write(
-            f"otel-secret-audit: the audit agent is gone: {cause}. {lost} handed-off accesses not yet "
-            f"durable are lost (reported in the stream as audit.dropped, reason agent_died); {closed}. "
-            f"Fix: {_FIX}.\n"
-        )
-        sys.stderr.flush()
+            take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
 
 
 def _forked(ref: weakref.ref[AgentHandoff]) -> None:

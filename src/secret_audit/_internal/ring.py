@@ -3,7 +3,9 @@
 A slot describes one access by numbers only (shape ids, start and end, the trace ids): no name,
 no value, no text crosses it; a shape's static attributes travel once, over the agent's socket.
 The app writes slots and the counters only callers change; the agent writes how far it has read
-(``TAIL``) and how far its records are settled (``SETTLED``, with ``LOST`` and ``DEGRADED``).
+(``TAIL``) and how far its records are settled (``SETTLED``: sent, spooled or reported lost, with
+``LOST`` and ``DEGRADED``). A slot is reused only once settled, so the app still holds every slot
+its agent has not settled, and can build them itself if the agent dies (``seal``, ``slot``).
 A slot is committed by writing its index + 1 into its first word after the rest: on x86-64 stores
 are seen in program order, so a reader that sees the mark sees the slot (the layout the spike of
 docs/design/pipeline.md section 3 measured).
@@ -18,13 +20,15 @@ import threading
 import time
 
 __all__ = [
-    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SETTLED", "SLOTS", "SPAN", "SPAN_PART",
+    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SEALED", "SETTLED", "SLOTS", "SPAN",
+    "SPAN_PART",
     "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
 ]
 
 HEADER = 128
 SLOT = 72
-SLOTS = 16384  # 1.1 MiB of slots, touched only as far as they are used
+SLOTS = 16384  # 1.1 MiB of slots, touched only as far as they are used: the bound of unsettled slots
+SEALED = -2  # what reserve returns once the app took the ring back from a dead agent
 MAX_IDS = 2  # shape ids per slot; an access with more distinct secrets takes several slots
 WAIT = 1  # flag: a fail-closed caller waits on this slot, settle it at once
 SPAN = 2  # flag: the agent makes this access's audit span (its ids are the slot's, its parent the slot's)
@@ -62,7 +66,8 @@ class Ring:
         self.mm = mm
         self._lock = threading.Lock()
         self.next = 0  # the writer's next index / the reader's next index
-        self._tail = 0  # the reader's tail as the writer last saw it
+        self._settled = 0  # the reader's settled watermark as the writer last saw it
+        self._sealed = False
 
     # ---- words -------------------------------------------------------------------------------------
 
@@ -80,15 +85,23 @@ class Ring:
     # ---- the writer (app) ---------------------------------------------------------------------------
 
     def reserve(self) -> int:
-        """The next slot's index, or -1 while the ring is full."""
+        """The next slot's index; -1 while the ring is full (every slot unsettled); SEALED once sealed."""
         with self._lock:
+            if self._sealed:
+                return SEALED
             idx = self.next
-            if idx - self._tail >= SLOTS:
-                self._tail = int(_WORD.unpack_from(self.mm, 0)[0])
-                if idx - self._tail >= SLOTS:
+            if idx - self._settled >= SLOTS:
+                self._settled = int(_WORD.unpack_from(self.mm, 8 * SETTLED)[0])
+                if idx - self._settled >= SLOTS:
                     return -1
             self.next = idx + 1
             return idx
+
+    def seal(self) -> int:
+        """Reserve no more slots (the agent is gone); the end of what was reserved."""
+        with self._lock:
+            self._sealed = True
+            return self.next
 
     def reserve_within(self, timeout: float, nudge: object) -> int:
         """Wait up to ``timeout`` for room (waking the reader), then give up with -1."""
@@ -99,7 +112,7 @@ class Ring:
                 nudge()
             time.sleep(pause)
             idx = self.reserve()
-            if idx >= 0 or time.monotonic() >= deadline:
+            if idx != -1 or time.monotonic() >= deadline:
                 return idx
             pause = min(pause * 2, 0.01)
 
@@ -122,11 +135,16 @@ class Ring:
 
     def read(self) -> Slot | None:
         """The next committed slot, or None when the writer has not committed it (yet)."""
-        idx = self.next
+        slot = self.slot(self.next)
+        if slot is not None:
+            self.next += 1
+        return slot
+
+    def slot(self, idx: int) -> Slot | None:
+        """Slot ``idx`` if it is committed (and not reused since), else None; either side may look."""
         mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
         if _WORD.unpack_from(mm, off)[0] != idx + 1:
             return None
         _, flags, n, tflags, start, end, hi, lo, span, parent = _ACCESS.unpack_from(mm, off + 8)
         ids = _IDS[min(n, MAX_IDS)].unpack_from(mm, off + 8 + _ACCESS.size)
-        self.next = idx + 1
         return idx, flags, start, end, (hi << 64) | lo, span, tflags, ids, parent
