@@ -126,6 +126,9 @@ def install(pipeline: AuditPipeline) -> None:
     ref = weakref.ref(pipeline)
     os.register_at_fork(after_in_child=lambda: _after_fork(ref))
     atexit.register(_at_exit, ref)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and util.process.parent_process() is not None:
+        util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)  # started in a multiprocessing child
     if pipeline.settings.handle_sigterm:
         _install_sigterm()
     directory = pipeline.settings.spool_dir
