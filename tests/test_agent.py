@@ -79,6 +79,23 @@ def test_kill_9_right_after_handing_off_loses_nothing(redis_url, tmp_path):
     assert len(contiguous(records)) == 1
 
 
+def test_an_app_started_with_its_stdin_closed_still_reaches_its_agent(redis_url, tmp_path):
+    """With fd 0 closed (a daemon, ``<&-``) the agent's socket took fd 0, and the pipe that hands the
+    agent its settings replaced it in the child: the agent died with a traceback and the app fell
+    back in-process. The socket is now passed above the standard descriptors."""
+    key = "secret:stdin:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", str(BIN / "opentelemetry-instrument"),
+                               sys.executable, APP, key, "50", "exit"],
+                              env=env_for(rx, redis_url, tmp_path), capture_output=True, text=True, timeout=120)
+        records = records_when(rx, 51)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "agent is gone" not in proc.stderr, proc.stderr
+    assert len(records) == 51
+    assert len(contiguous(records)) == 1
+
+
 @pytest.mark.parametrize("ending", ["exit", "sigterm", "sigterm-group"])
 def test_exit_and_sigterm_deliver_everything_handed_off(redis_url, tmp_path, ending):
     """With SIGTERM left to its default action (HANDLE_SIGTERM=false: in-process, that loses what is

@@ -306,3 +306,28 @@ def test_an_empty_variable_reads_as_unset():
             assert got == default, (s.suffix, empty)
     assert load_settings({PREFIX + "ENABLED": ""}).enabled is True
     assert load_settings({PREFIX + "HANDLE_SIGTERM": " "}).handle_sigterm is True
+
+
+def test_an_empty_store_variable_reads_as_unset(monkeypatch):
+    # the same rule for the store: HOST= in a container spec bound the store to every interface
+    # instead of 127.0.0.1, NATIVE= turned the C path off, and PORT=, WORKERS=, ALERT_KINDS= ... stopped
+    # start-up. APP_ROLE is the one exception, documented: empty stays as the connecting user.
+    from secret_audit.store.config import STORE, load_store_config
+
+    default = load_store_config({})
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    suffixes = {row.split("`")[1].removeprefix(STORE) for row in doc.splitlines()
+                if row.startswith("| `" + STORE)}
+    assert {"HOST", "PORT", "NATIVE", "ALERT_KINDS", "ALERT_WEBHOOK_URL", "APP_ROLE"} <= suffixes
+    for suffix in sorted(suffixes - {"APP_ROLE", "URL", "TOKEN"}):  # URL, TOKEN: the query client's
+        for empty in ("", "  "):
+            assert load_store_config({STORE + suffix: empty}) == default, (suffix, empty)
+    assert load_store_config({STORE + "HOST": ""}).host == "127.0.0.1"
+    assert load_store_config({STORE + "APP_ROLE": ""}).app_role == ""
+    # and the query client's: a blank STORE_URL is the default store, not an unusable URL
+    import argparse
+
+    from secret_audit.store._client import _store_url
+
+    monkeypatch.setenv(STORE + "URL", "  ")
+    assert _store_url(argparse.Namespace(url=None)) == "http://127.0.0.1:4318"

@@ -129,3 +129,16 @@ def test_cli_hash_name_without_a_key_fails_clearly(key):
     assert proc.returncode == 2
     assert "OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_hash_name_reads_an_empty_key_variable_as_unset(key, key_file):
+    """As the producer does (docs/configuration.md): ``HMAC_KEY=`` beside ``HMAC_KEY_FILE`` is the file's
+    key, not "choose one", or the auditor cannot look up the names the app hashed with that file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_PYTHON_SECRET_AUDIT_")}
+    env.update(OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY="", OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY_FILE=str(key_file))
+    proc = subprocess.run(
+        [str(BIN / "secret-audit"), "hash-name", key], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{key}\t{hash_name(key, key_file.read_text().strip())}\n"

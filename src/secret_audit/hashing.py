@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from secret_audit.environ import PREFIX, ConfigurationError
+from secret_audit.environ import PREFIX, ConfigurationError, without_empty
 
 __all__ = ["HASH_PREFIX", "hash_name", "hmac_key_from_env"]
 
@@ -22,7 +22,7 @@ def hash_name(name: str | bytes, key: str | bytes | None = None) -> str:
     ``OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY_FILE``, like Vault's ``sys/audit-hash``.
     """
     if key is None:
-        loaded = hmac_key_from_env(os.environ, False)
+        loaded = hmac_key_from_env(without_empty(os.environ), False)  # as the producer reads them
         if loaded is None:
             raise ValueError(
                 "no HMAC key: pass key= or set OTEL_PYTHON_SECRET_AUDIT_HMAC_KEY "

@@ -7,6 +7,7 @@ SCM_RIGHTS), ``S`` is a shape's static attributes (JSON), ``F`` lets the agent f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -82,7 +83,7 @@ def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
     agent is still importing; its own session, so that a signal to the app's process group (Ctrl-C,
     a container's SIGTERM) does not stop it before it drained what the app handed off.
     """
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = _above_stdio(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
     try:
         listener.bind(address)
         listener.listen(128)
@@ -96,6 +97,16 @@ def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
         return proc
     finally:
         listener.close()
+
+
+def _above_stdio(sock: socket.socket) -> socket.socket:
+    """``sock`` on a descriptor above 2: with the app's stdin closed it took fd 0, which the agent's
+    settings pipe replaces in the child (and a closed stdout's fd 1 would get the agent's output)."""
+    if sock.fileno() > 2:
+        return sock
+    high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+    sock.close()
+    return socket.socket(fileno=high)
 
 
 def read_frame(sock: socket.socket) -> tuple[bytes, bytes] | None:

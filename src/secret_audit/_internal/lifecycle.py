@@ -126,6 +126,9 @@ def install(pipeline: AuditPipeline) -> None:
     ref = weakref.ref(pipeline)
     os.register_at_fork(after_in_child=lambda: _after_fork(ref))
     atexit.register(_at_exit, ref)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and util.process.parent_process() is not None:
+        util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)  # started in a multiprocessing child
     if pipeline.settings.handle_sigterm:
         _install_sigterm()
     directory = pipeline.settings.spool_dir
@@ -165,6 +168,20 @@ def _after_fork(ref: weakref.ref[AuditPipeline]) -> None:
     pipeline = ref()
     if pipeline is not None:
         pipeline.forked()
+        _flush_at_multiprocessing_exit(pipeline, ref)
+
+
+def _flush_at_multiprocessing_exit(pipeline: AuditPipeline, ref: weakref.ref[AuditPipeline]) -> None:
+    """A multiprocessing child ends in ``os._exit`` after its finalizers, not atexit: flush as one of them."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:  # not forked by multiprocessing (it imports util before it forks)
+        return
+    # Its child bootstrap clears the finalizers inherited or registered so far, then runs the after-fork
+    # hooks: register the flush from one of those, as the last finalizer to run.
+    def finalize(_: AuditPipeline) -> None:
+        util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)
+
+    util.register_after_fork(pipeline, finalize)
 
 
 def _at_exit(ref: weakref.ref[AuditPipeline]) -> None:

@@ -35,7 +35,7 @@ class StoreUnusable(Exception):
 
 def _store_url(args: argparse.Namespace) -> str:
     """The store's URL from --url or the environment, refused at once when it cannot be one."""
-    env_url = os.environ.get(STORE + "URL")
+    env_url = os.environ.get(STORE + "URL", "").strip()  # empty or blank reads as unset
     url = args.url or env_url or "http://127.0.0.1:4318"
     named = "--url" if args.url else STORE + "URL"
     try:

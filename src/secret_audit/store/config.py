@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secret_audit.environ import PREFIX, ConfigurationError
+from secret_audit.environ import PREFIX, ConfigurationError, without_empty
 from secret_audit.environ import int_range as _int_range
 from secret_audit.environ import parse_bool as _bool
 from secret_audit.environ import read as _read
@@ -179,11 +179,12 @@ def _metrics(env: Mapping[str, str], workers: int) -> tuple[str, ...]:
 
 def load_store_config(env: Mapping[str, str] | None = None) -> StoreConfig:
     """Parse ``DATABASE_URL`` and ``OTEL_PYTHON_SECRET_AUDIT_STORE_*``; raises ConfigurationError."""
-    env = os.environ if env is None else env
+    raw = os.environ if env is None else env
+    env = without_empty(raw)  # an empty variable reads as unset (HOST= must not bind every interface)
     non_audit = env.get(STORE + "NON_AUDIT", "reject").strip().lower()
     if non_audit not in NON_AUDIT_MODES:
         raise ConfigurationError(STORE + "NON_AUDIT", non_audit, "one of " + ", ".join(NON_AUDIT_MODES))
-    role = env.get(STORE + "APP_ROLE", "secret_audit_app").strip()
+    role = raw.get(STORE + "APP_ROLE", "secret_audit_app").strip()  # the one exception: empty means none
     if role and not role.replace("_", "").isalnum():
         raise ConfigurationError(STORE + "APP_ROLE", role, "letters, digits and underscores, or empty")
     data_dir = env.get(STORE + "DATA_DIR")
