@@ -448,3 +448,32 @@ def test_a_store_verifies_both_streams_of_an_app_whose_agent_died(redis_url, tmp
     assert verified.returncode == 0, verified.stdout + verified.stderr
     report = json.loads(verified.stdout)
     assert (report["ok"], report["breaks"], report["open_gaps"], report["reported_losses"]) == (True, 0, [], 0)
+
+
+def test_an_exit_before_the_agent_made_the_records_durable_is_said(redis_url, tmp_path):
+    """An endpoint that takes the connection and never answers holds the agent's send; the app waits
+    SHUTDOWN_TIMEOUT_MS at exit, as in-process, then says on stderr what its agent still holds (lost
+    if the agent died before making it durable); the agent spools it once the send times out."""
+    import socket
+
+    key = "secret:exit-late:" + secrets.token_hex(4)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the backlog; nothing ever answers
+    try:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/logs"
+        with otlp_receiver() as rx:
+            started = time.monotonic()
+            proc = run(rx, redis_url, tmp_path, key, "50", "exit",
+                       **{P + "SHUTDOWN_TIMEOUT_MS": "500", P + "EXPORTER_OTLP_ENDPOINT": endpoint})
+            took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "handed-off accesses were not yet durable when this process stopped waiting" in proc.stderr
+    assert "SHUTDOWN_TIMEOUT_MS, 500 ms" in proc.stderr
+    assert "lost if it dies first" in proc.stderr
+    # and the agent, no longer bound by the app's exit timeout, waits out the send, then spools all
+    assert "51 audit records wait in the spool" in proc.stderr
+    assert "lost" not in proc.stderr.replace("lost if it dies first", "")
+    assert took < 40, took

@@ -48,6 +48,7 @@ _log = logging.getLogger("secret_audit")
 
 _LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
 _FIRST_WAIT = 30.0  # seconds for the first app to connect
+_SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default)
 
 
 class _Settle:
@@ -135,7 +136,9 @@ class Member:
         with contextlib.suppress(OSError):
             self.conn.sendall(FRAME.pack(b"H", len(body)) + body)
         self._pump(ring, stream)
-        stream.shutdown()
+        # The app no longer waits: unless the agent itself is asked to stop, give a send in flight and
+        # its retries their time (then the spool), rather than the app's own exit timeout.
+        stream.shutdown(None if self.stopping.is_set() else _patience(self.settings))
         ring.set_word(TAIL, ring.next)
 
     def _pump(self, ring: Ring, stream: RingStream) -> None:
@@ -243,6 +246,11 @@ class Member:
                                  len(attrs), (event, source, outcome))
         if data.get("once"):
             self._once.add(sid)
+
+
+def _patience(settings: Settings) -> float:
+    """How long an app's stream may take to settle once its app is gone (seconds)."""
+    return max(settings.shutdown_timeout_ms, settings.export_retry_timeout_ms) / 1000 + _SEND_TIMEOUT
 
 
 def serve(listener: socket.socket, settings: Settings) -> int:

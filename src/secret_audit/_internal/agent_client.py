@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -26,13 +27,14 @@ from secret_audit._internal import agent_wire as wire
 from secret_audit._internal import ring as hdr
 from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
 from secret_audit._internal.agent_takeover import HeldShapes, take_over
-from secret_audit._internal.config import SOURCES, Settings
+from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
 from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
 from secret_audit._internal.shapes import RecordBuilder, Shape, fill
 
 __all__ = ["AgentHandoff"]
 
+_log = logging.getLogger("secret_audit")
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
 
@@ -138,7 +140,16 @@ class AgentHandoff:
 
     def close(self, timeout: float) -> None:
         """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go."""
-        self.flush(timeout)
+        ring = self.ring
+        if not self.flush(timeout) and ring is not None and self.fallback is None:
+            # Not lost yet (the agent still holds them), but lost unsaid if it dies before they are durable.
+            waiting = ring.next - ring.word(hdr.SETTLED)
+            _log.warning(
+                "secret-audit: %d handed-off accesses were not yet durable when this process stopped waiting "
+                "(%sSHUTDOWN_TIMEOUT_MS, %d ms): the audit agent (pid %s) goes on sending or spooling them, "
+                "and they are lost if it dies first; raise the timeout, or check the endpoint",
+                waiting, PREFIX, int(timeout * 1000), self.agent_pid,
+            )
         self.closed = True
         sock, self._sock = self._sock, None
         if sock is not None:

@@ -149,8 +149,7 @@ class Handoff:
 
     def waiting(self) -> int:
         """Accesses still queued (a pipeline's commands count one each), flush requests aside."""
-        queued = [a for a in list(self.queue) if not isinstance(a, Marker)]
-        return sum(len(a.items) if a.items is not None else 1 for a in queued)
+        return sum(_records_of(a) for a in list(self.queue) if not isinstance(a, Marker))
 
     # ---- the consumer's side --------------------------------------------------------------------
 
@@ -190,3 +189,15 @@ class Handoff:
             finally:
                 self._waiting -= 1
         return True
+
+
+def _records_of(queued: Any) -> int:
+    """How many records a queued item stands for: an access's items, or a ring slot's shapes (a
+    slot an agent's stream or a dead agent's app took from the ring, ``ring_stream.Taken``)."""
+    items = getattr(queued, "items", None)
+    if isinstance(items, (list, tuple)):
+        return len(items)
+    shapes = getattr(queued, "shapes", None)
+    if isinstance(shapes, list):
+        return len(shapes) or 1
+    return 1

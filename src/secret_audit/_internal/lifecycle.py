@@ -41,7 +41,11 @@ def start(settings: Settings) -> Any:
             _announce(f"the audit agent could not start ({exc})")
         else:
             if handoff.fallback is None:
-                return AgentPipeline(settings, handoff)
+                pipeline = AgentPipeline(settings, handoff)
+                # At exit, wait (SHUTDOWN_TIMEOUT_MS) until the agent made what was handed off durable,
+                # as the in-process pipeline does, and say what it still holds if not.
+                atexit.register(_close_at_exit, weakref.ref(pipeline))
+                return pipeline
             return handoff.fallback  # it could not be reached: announced by the hand-off
     return in_process(settings)
 
@@ -182,6 +186,12 @@ def _flush_at_multiprocessing_exit(pipeline: AuditPipeline, ref: weakref.ref[Aud
         util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)
 
     util.register_after_fork(pipeline, finalize)
+
+
+def _close_at_exit(ref: weakref.ref[AgentPipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None and not pipeline.closed:
+        pipeline.shutdown()
 
 
 def _at_exit(ref: weakref.ref[AuditPipeline]) -> None:
