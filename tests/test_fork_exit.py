@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from otlp_receiver import otlp_receiver
 from test_launcher_e2e import BIN, launcher_env
@@ -35,23 +36,28 @@ APP = textwrap.dedent(
 )
 
 
-def test_multiprocessing_fork_children_deliver_what_they_queued_in_process(redis_url, tmp_path: Path):
-    """In-process (AGENT=off), a multiprocessing child exits through os._exit: no atexit runs, only
-    multiprocessing's finalizers, so the flush must be one of them or all its queued records die."""
-    key = "secret:mp:" + secrets.token_hex(4)
+def run_app(source: str, key: str, agent: str, expect: int, redis_url: str, tmp_path: Path) -> tuple[Any, list[Any]]:
+    """Run ``source`` under the launcher with AGENT=``agent``; its records once ``expect`` arrived."""
     app = tmp_path / "mp_app.py"
-    app.write_text(APP)
+    app.write_text(source)
     with otlp_receiver() as rx:
         env = launcher_env(rx.url, redis_url, OTEL_SERVICE_NAME="mp-test", OTEL_LOGS_EXPORTER="none",
                            OTEL_TRACES_EXPORTER="none", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="redis",
                            XDG_STATE_HOME=str(tmp_path / "state"),
-                           **{P + "AGENT": "off", P + "SCHEDULE_DELAY_MS": "5000"})
+                           **{P + "AGENT": agent, P + "SCHEDULE_DELAY_MS": "5000"})
         proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(app), key],
                               env=env, capture_output=True, text=True, timeout=120)
         deadline = time.monotonic() + 10
-        while len(rx.audit_records()) < 400 and time.monotonic() < deadline:
+        while len(rx.audit_records()) < expect and time.monotonic() < deadline:
             time.sleep(0.05)
-        records = rx.audit_records()
+        return proc, rx.audit_records()
+
+
+def test_multiprocessing_fork_children_deliver_what_they_queued_in_process(redis_url, tmp_path: Path):
+    """In-process (AGENT=off), a multiprocessing child exits through os._exit: no atexit runs, only
+    multiprocessing's finalizers, so the flush must be one of them or all its queued records die."""
+    key = "secret:mp:" + secrets.token_hex(4)
+    proc, records = run_app(APP, key, "off", 400, redis_url, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "exitcodes [0, 0]" in proc.stdout
     names = sorted({r["attributes"]["secret.name"] for r in records})
@@ -86,19 +92,7 @@ def test_a_multiprocessing_child_whose_agent_died_delivers_what_it_queued(redis_
     """With the agent, a multiprocessing child whose agent dies runs in-process from then on: its
     queued records must still go when it ends in os._exit."""
     key = "secret:mp-agent:" + secrets.token_hex(4)
-    app = tmp_path / "mp_takeover.py"
-    app.write_text(TAKEOVER_APP)
-    with otlp_receiver() as rx:
-        env = launcher_env(rx.url, redis_url, OTEL_SERVICE_NAME="mp-test", OTEL_LOGS_EXPORTER="none",
-                           OTEL_TRACES_EXPORTER="none", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="redis",
-                           XDG_STATE_HOME=str(tmp_path / "state"),
-                           **{P + "AGENT": "process", P + "SCHEDULE_DELAY_MS": "5000"})
-        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(app), key],
-                              env=env, capture_output=True, text=True, timeout=120)
-        deadline = time.monotonic() + 10
-        while len(rx.audit_records()) < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        records = rx.audit_records()
+    proc, records = run_app(TAKEOVER_APP, key, "process", 200, redis_url, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "exitcode 0" in proc.stdout
     assert "the audit agent is gone" in proc.stderr, proc.stderr
