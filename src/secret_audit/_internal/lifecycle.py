@@ -5,8 +5,8 @@ the in-process pipeline, announced once on stderr, when it cannot. The in-proces
 are installed here, by whoever starts it (bootstrap), never by its constructor: at interpreter exit
 and on SIGTERM it flushes (or spools) what is queued; in a forked child it starts a fresh stream.
 Installing them here keeps a pipeline made for a test or a benchmark free of process-wide side
-effects. With the agent there is nothing to flush at exit: what was handed off is in the ring,
-which the agent drains after the app is gone.
+effects. With the agent, exit waits likewise until the agent has made what was handed off durable
+(the agent drains the ring after the app is gone in any case), and says what it still holds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def start(settings: Settings) -> Any:
                 pipeline = AgentPipeline(settings, handoff)
                 # At exit, wait (SHUTDOWN_TIMEOUT_MS) until the agent made what was handed off durable,
                 # as the in-process pipeline does, and say what it still holds if not.
-                atexit.register(_close_at_exit, weakref.ref(pipeline))
+                atexit.register(_at_exit, weakref.ref(pipeline))
                 return pipeline
             return handoff.fallback  # it could not be reached: announced by the hand-off
     return in_process(settings)
@@ -96,6 +96,8 @@ class AgentPipeline:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Settle what was handed off and let the agent go (replaced by re-wiring); the fallback flushes."""
+        if self.closed:  # once only, as in-process: an explicit shutdown, then the exit hook
+            return
         fallback = self.handoff.fallback
         if fallback is not None:
             fallback.shutdown(timeout)
@@ -188,13 +190,7 @@ def _flush_at_multiprocessing_exit(pipeline: AuditPipeline, ref: weakref.ref[Aud
     util.register_after_fork(pipeline, finalize)
 
 
-def _close_at_exit(ref: weakref.ref[AgentPipeline]) -> None:
-    pipeline = ref()
-    if pipeline is not None and not pipeline.closed:
-        pipeline.shutdown()
-
-
-def _at_exit(ref: weakref.ref[AuditPipeline]) -> None:
+def _at_exit(ref: weakref.ref[AuditPipeline] | weakref.ref[AgentPipeline]) -> None:
     pipeline = ref()
     if pipeline is not None:
         pipeline.shutdown()
