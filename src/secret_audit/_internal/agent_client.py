@@ -100,8 +100,9 @@ class AgentHandoff:
             return idx == _NOTHING
         deadline, pause = time.monotonic() + limit, 0.00005
         while True:
-            if self._settled(idx, lost) is not None:
-                return bool(self._settled(idx, lost))
+            settled = self._settled(idx, lost)
+            if settled is not None:
+                return settled
             if time.monotonic() >= deadline:
                 return False
             time.sleep(pause)
