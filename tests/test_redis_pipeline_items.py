@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 import redis.exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.context import get_current
 
+from secret_audit._internal import redis_pipelines as rp
 from secret_audit._internal import redis_replies as rr
 from secret_audit._internal.matcher import KeyMatcher
 from secret_audit._internal.redis_calls import Commands, Pipelines
@@ -155,3 +157,46 @@ def test_the_inline_found_word_is_rr_found(reply: Any) -> None:
     if isinstance(reply, BaseException):
         return
     assert got[0].result == rr.found(("GET", "secret:k"), reply, [("secret:k", "read")])[0]
+
+
+# ---- the C loop against its pure-Python twin ---------------------------------------------------
+
+
+def _counted(fn: Any, stack: list[Any], replies: list[Any]) -> list[tuple[Any, int]]:
+    items = _pipelines(KeyMatcher(["secret:*"])).classified
+    got = [[item, count] for item, count in
+           fn(stack, replies, items._entry, items._one, rp._make, rr.found, rr.none, rp._EMPTIABLE, rp.args_of)]
+    again = fn(stack, replies, items._entry, items._one, rp._make, rr.found, rr.none, rp._EMPTIABLE, rp.args_of)
+    assert [[i, c] for i, c in again] == got  # from the cache, the same
+    return [(item, count) for item, count in got]
+
+
+class Queued:
+    """A cluster pipeline's queued command: an object with ``args``, not a tuple."""
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(commands, st.sampled_from(_REPLIES), st.integers(0, 3), st.booleans()), max_size=14),
+)
+def test_the_c_loop_is_its_python_twin(queued: list[Any]) -> None:
+    """``_pipeline_native.count`` gives exactly ``count_python``'s groups: the same Items, counts and order."""
+    assert rp.count_native is not None, "the C extension is not built (bash scripts/bootstrap.sh builds it)"
+    stack: list[Any] = []
+    replies: list[Any] = []
+    for (name, keys), reply, times, as_object in queued:
+        for _ in range(times or 1):
+            args = (name, *keys)
+            stack.append(Queued(args) if as_object else (args, {}))
+            replies.append(reply)
+    assert _counted(rp.count_native, stack, replies) == _counted(rp.count_python, stack, replies)
+
+
+def test_the_c_loop_raises_what_the_twin_raises() -> None:
+    """A command whose arguments have no length fails both alike (the caller's wrapper counts it)."""
+    for fn in (rp.count_native, rp.count_python):
+        with pytest.raises(TypeError):
+            _counted(fn, [(None, {})], [None])

@@ -18,7 +18,7 @@ from secret_audit._internal.event import Item
 from secret_audit._internal.redis_commands import Command, lookup
 from secret_audit._internal.redis_keys import SINGLE
 
-__all__ = ["PipelineItems", "args_of", "command_stack", "key_name", "verb"]
+__all__ = ["PipelineItems", "args_of", "command_stack", "count_native", "count_python", "key_name", "verb"]
 
 _PLAIN_KEYS = (str, bytes)
 _CACHE_LIMIT = 4096  # (name, key) pairs; a pipeline over many distinct keys starts afresh
@@ -83,51 +83,9 @@ class PipelineItems:
         n = len(stack)
         fits = type(replies) is list and len(replies) == n
         got = replies if fits else [_reply_at(replies, i) for i in range(n)]
-        entry_of, general, found, none = self._entry, self._one, rr.found, rr.none
-        groups: dict[int, list[Any]] = {}  # by the Item's id: a cached Item repeats as the same object
-        entry: _Entry | int = _GENERAL
-        group: list[Any] = []  # the last cached command's group, which a run of the same one adds to
-        last_name = last_key = last_word = _NONE
-        for cmd, reply in zip(stack, got, strict=True):
-            args = cmd[0] if type(cmd) is tuple else args_of(cmd)
-            if len(args) < 2:
-                entry = _GENERAL
-                last_name = _NONE
-            elif args[0] is not last_name or args[1] is not last_key:  # else: the same command again
-                last_name, last_key, last_word = args[0], args[1], _NONE
-                entry = entry_of(last_name, last_key)
-            if entry is _SKIP:
-                continue
-            if entry is _GENERAL or isinstance(reply, BaseException):
-                for one in general(args, reply):
-                    groups[id(one)] = [one, 1]
-                continue
-            result, keys, made, name, op, action = entry  # type: ignore[misc]
-            word: Any
-            if result is found:  # GET and its kind, without the call: held to rr.found by a test
-                empty = reply is None or (isinstance(reply, _EMPTIABLE) and not reply)
-                word = "not_found" if empty else "found"
-            elif result is none:
-                word = None
-            else:
-                try:
-                    said = result(args, reply, keys)
-                    word = said[0] if said else None
-                except Exception:
-                    word = None
-            if word is last_word:
-                group[1] += 1
-                continue
-            last_word = word
-            item = made.get(word)
-            if item is None:
-                item = made[word] = Item(name, op, action, word)
-            group = groups.get(id(item)) or []
-            if group:
-                group[1] += 1
-            else:
-                group = groups[id(item)] = [item, 1]
-        return tuple(item if count == 1 else item._replace(times=count) for item, count in groups.values())
+        commands = stack if type(stack) is list else list(stack)
+        groups = _count(commands, got, self._entry, self._one, _make, rr.found, rr.none, _EMPTIABLE, args_of)
+        return tuple(item if count == 1 else item._replace(times=count) for item, count in groups)
 
     def _entry(self, name: Any, key: Any) -> _Entry | int:
         """A command's cache entry by its name and key, learnt the first time they are seen."""
@@ -186,6 +144,79 @@ class PipelineItems:
         for cmd, reply in zip(stack, replies, strict=True):
             out.extend(self._one(cmd[0] if type(cmd) is tuple else args_of(cmd), reply, error))
         return tuple(out)
+
+
+def _make(entry: _Entry, word: Any) -> Item:
+    """A cached command's Item for one result word, made once."""
+    item = entry[2][word] = Item(entry[3], entry[4], entry[5], word)
+    return item
+
+
+def count_python(
+    stack: list[Any],
+    got: list[Any],
+    entry_of: Callable[[Any, Any], _Entry | int],
+    general: Callable[[Sequence[Any], Any], tuple[Item, ...]],
+    make: Callable[[_Entry, Any], Item],
+    found: Any,
+    none: Any,
+    emptiable: tuple[type, ...],
+    args_of: Callable[[Any], Sequence[Any]],
+) -> list[list[Any]]:
+    """[Item, count] per distinct Item, in order: the loop ``_pipeline_native.count`` runs in C, its twin."""
+    groups: dict[int, list[Any]] = {}  # by the Item's id: a cached Item repeats as the same object
+    entry: _Entry | int = _GENERAL
+    group: list[Any] = []  # the last cached command's group, which a run of the same one adds to
+    last_name = last_key = last_word = _NONE
+    for cmd, reply in zip(stack, got, strict=True):
+        args = cmd[0] if type(cmd) is tuple and cmd else args_of(cmd)
+        if len(args) < 2:
+            entry = _GENERAL
+            last_name = _NONE
+        elif args[0] is not last_name or args[1] is not last_key:  # else: the same command again
+            last_name, last_key, last_word = args[0], args[1], _NONE
+            entry = entry_of(last_name, last_key)
+        if entry is _SKIP:
+            continue
+        if entry is _GENERAL or isinstance(reply, BaseException):
+            for one in general(args, reply):
+                groups[id(one)] = [one, 1]
+            continue
+        result, keys, made = entry[0], entry[1], entry[2]  # type: ignore[index]
+        word: Any
+        if result is found:  # GET and its kind, without the call: held to rr.found by a test
+            empty = reply is None or (isinstance(reply, emptiable) and not reply)
+            word = "not_found" if empty else "found"
+        elif result is none:
+            word = None
+        else:
+            try:
+                said = result(args, reply, keys)
+                word = said[0] if said else None
+            except Exception:
+                word = None
+        if word is last_word:
+            group[1] += 1
+            continue
+        last_word = word
+        item = made.get(word)
+        if item is None:
+            item = make(entry, word)  # type: ignore[arg-type]
+        group = groups.get(id(item)) or []
+        if group:
+            group[1] += 1
+        else:
+            group = groups[id(item)] = [item, 1]
+    return list(groups.values())
+
+
+try:  # the same loop in C, when the extension is built (setup.py: optional)
+    from secret_audit._internal import _pipeline_native
+except ImportError:  # pragma: no cover - no C compiler where this was installed
+    _pipeline_native = None  # type: ignore[assignment]
+
+count_native = _pipeline_native.count if _pipeline_native is not None else None
+_count = count_native if count_native is not None else count_python
 
 
 def _reply_at(replies: Any, pos: int) -> Any:
