@@ -92,7 +92,7 @@ class PipelineItems:
         cache = self._cache
         try:
             entry = cache.get((name, key))
-        except TypeError:  # an unhashable key (memoryview, bytearray)
+        except (TypeError, ValueError):  # an unhashable key (bytearray; a writable memoryview: ValueError)
             return _GENERAL
         if entry is not None:
             return entry
