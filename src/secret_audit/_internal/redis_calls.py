@@ -2,8 +2,8 @@
 
 Single commands are classified on the caller's path with one table lookup and a key match; their
 Items are made on the worker from what the caller kept. A pipeline's command stack is copied on
-the caller's path and classified where its records are built (the worker in-process, the caller
-with an agent), from a cache by command and key (``redis_pipelines``). The Redis command tables
+the caller's path before execute() and classified after it, from a cache by command and key
+(``redis_pipelines``, in C when built), into a few merged Items. The Redis command tables
 (``redis_commands``, ``redis_keys``, ``redis_replies``, ``redis_keyspecs``) say what each command does.
 """
 
@@ -156,7 +156,7 @@ class _StrategyCommands(Commands):
 
 
 class Pipelines:
-    """Hooks for ``Pipeline.execute``: the stack is copied now, classified where the records are built."""
+    """Hooks for ``Pipeline.execute``: the stack is copied before the call and classified after it."""
 
     def __init__(self, commands: Commands) -> None:
         self.commands = commands
@@ -194,20 +194,20 @@ class Pipelines:
         replies: Any,
         error: BaseException | None,
     ) -> Access:
-        """After execute(): per-command outcomes when redis-py had every reply, else all failed."""
+        """After execute(): per-command outcomes when redis-py had every reply, else all failed.
+
+        Classified now, at a dict lookup per command (in C when built): the Access keeps a few
+        merged Items, not the stack and its replies, which held the app's memory (and its values)
+        until the worker got to them, and made redis-py allocate afresh for every pipeline.
+        """
         if error is not None:
             kept = _take_replies(instance)
             if kept is None:
                 kept = _cluster_results(instance, plan, error)
             if kept is not None and len(kept) == len(plan):
                 replies, error = kept, None
-        copied = list(replies) if isinstance(replies, list) else replies
-        pending = (plan, copied, error)
-        return Access(SOURCE, start, end, ctx, instance, None, "success", None, self._expand, pending)
-
-    def _expand(self, pending: Any) -> tuple[Item, ...]:
-        """Classify a pipeline's commands off the caller's path in-process (on it with an agent)."""
-        return self.classified.expand(*pending)
+        items = self.classified.expand(plan, replies, error)
+        return Access(SOURCE, start, end, ctx, instance, items, "success")
 
     def first_error(self, wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         """Wrap ``Pipeline.raise_first_error``: keep the reply list that execute() then drops.
@@ -216,10 +216,19 @@ class Pipelines:
         failed; the exception only names the first failure. The replies say what happened to each.
         """
         try:
-            _keep_replies(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+            out = wrapped(*args, **kwargs)
+        except BaseException:
+            self._keep(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+            raise
+        if out is not None:  # a coroutine (it raises when awaited): kept now, as before
+            self._keep(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+        return out
+
+    def _keep(self, pipe: Any, replies: Any) -> None:
+        try:
+            _keep_replies(pipe, replies)
         except Exception:
             self.commands.note_error()
-        return wrapped(*args, **kwargs)
 
     def strategy_first_error(
         self, wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
