@@ -59,7 +59,8 @@ def test_a_repeated_command_is_classified_once_and_counted(redis_url: str) -> No
     plan = pipelines.describe(pipe, (), {})
     replies = pipe.execute()
     access = pipelines.access(pipe, (), {}, plan, 0, 1, get_current(), replies, None)
-    assert access.pending is None and access.expand is None
+    assert access.pending is None
+    assert access.expand is None
     items = _items(pipelines, pipe, plan, replies)
     assert [(i.name, i.operation, i.action, i.result, i.times) for i in items] == [
         ("secret:pipe-once", "read", "GET", "found", 100)
