@@ -1,4 +1,4 @@
-"""The store's optional C extension; everything else about the package is in pyproject.toml."""
+"""The optional C extensions (the store's, the pipeline loop's); the rest of the package is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -11,6 +11,14 @@ setup(
         Extension(
             "secret_audit.store._native",
             ["src/secret_audit/store/_native.c"],
+            optional=True,
+            py_limited_api=True,
+            extra_compile_args=["-O2"],
+        ),
+        # the same pattern: a pipeline's per-command loop (redis_pipelines.count_python is its twin)
+        Extension(
+            "secret_audit._internal._pipeline_native",
+            ["src/secret_audit/_internal/_pipeline_native.c"],
             optional=True,
             py_limited_api=True,
             extra_compile_args=["-O2"],

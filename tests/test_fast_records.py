@@ -41,6 +41,7 @@ items = st.builds(
     resource=st.one_of(st.none(), st.just("projects/p/secrets/s")),
     version=st.one_of(st.none(), st.sampled_from(["1", "latest"])),
     error=st.one_of(st.none(), st.just(redis.ResponseError("WRONGTYPE Operation against a key"))),
+    times=st.integers(1, 1000),  # a pipeline's repeats of one access, merged (audit.count)
 )
 contexts = st.fixed_dictionaries(
     {

@@ -11,7 +11,7 @@ __all__ = ["Access", "Item", "Source"]
 
 
 class Item(NamedTuple):
-    """One secret touched by one call; a multi-key command yields several."""
+    """One secret touched by one call; a multi-key command yields several, a pipeline counts repeats."""
 
     name: str | bytes
     operation: str
@@ -20,6 +20,7 @@ class Item(NamedTuple):
     resource: str | None = None
     version: str | None = None
     error: BaseException | None = None
+    times: int = 1  # how many times the call did this (a pipeline's repeated commands, merged)
 
 
 class Source(Protocol):

@@ -2,8 +2,9 @@
 
 Single commands are classified on the caller's path with one table lookup and a key match; their
 Items are made on the worker from what the caller kept. A pipeline's command stack is copied on
-the caller's path and classified on the worker. The Redis command tables (``redis_commands``,
-``redis_keys``, ``redis_replies``, ``redis_keyspecs``) say what each command does.
+the caller's path before execute() and classified after it, from a cache by command and key
+(``redis_pipelines``, in C when built), into a few merged Items. The Redis command tables
+(``redis_commands``, ``redis_keys``, ``redis_replies``, ``redis_keyspecs``) say what each command does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from secret_audit._internal.redis_commands import (
     lookup,
 )
 from secret_audit._internal.redis_keys import DELETE, META, upper
+from secret_audit._internal.redis_pipelines import PipelineItems, command_stack, key_name, verb
 from secret_audit._internal.redis_source import SOURCE
 
 __all__ = ["Commands", "Pipelines", "Wrappers"]
@@ -86,7 +88,7 @@ class Commands:
             if type(keys[i][0]) not in _PLAIN_KEYS:
                 # A memoryview or bytearray key may be reused by the caller before the worker
                 # reads it: keep the name it had at call time.
-                found = (found[0], [(_key_name(k), op) for k, op in keys], found[2])
+                found = (found[0], [(key_name(k), op) for k, op in keys], found[2])
                 break
         pending = (args, found, self._results(args, found, reply, error), error)
         fields = (SOURCE, start, end, ctx, instance, None, "success", error, self._expand, pending, None)
@@ -118,17 +120,14 @@ class Commands:
     ) -> tuple[Item, ...]:
         """One Item per secret key of one command (for KEYS, SCAN...: per secret name listed)."""
         spec, keys, hits = found
-        action = args[0]
-        if not isinstance(action, str):
-            action = action.decode("latin-1") if isinstance(action, bytes) else str(action)
-        action = action.upper()
+        action = verb(args[0])
         if spec.kind:
             if spec.kind & SUBCOMMAND and len(args) > 1:
                 action = f"{action} {upper(args[1])}"
             if spec.kind & LISTS:
                 is_secret = self.is_secret
                 return tuple(
-                    Item(name=_key_name(name), operation=META, action=action, result="found")
+                    Item(name=key_name(name), operation=META, action=action, result="found")
                     for name in results
                     if is_secret(name)
                 )
@@ -139,7 +138,7 @@ class Commands:
                              for pattern in self.is_secret.patterns)
         return tuple(
             Item(
-                name=_key_name(keys[i][0]),
+                name=key_name(keys[i][0]),
                 operation=keys[i][1],
                 action=action,
                 result=results[i] if i < len(results) else None,
@@ -157,22 +156,24 @@ class _StrategyCommands(Commands):
 
 
 class Pipelines:
-    """Hooks for ``Pipeline.execute``: the stack is copied now and classified on the worker."""
+    """Hooks for ``Pipeline.execute``: the stack is copied before the call and classified after it."""
 
     def __init__(self, commands: Commands) -> None:
         self.commands = commands
+        self.classified = PipelineItems(
+            commands.is_secret, commands.unknown, commands.describe, commands.items
+        )
 
     def describe(self, instance: Any, args: Args, kwargs: Kwargs) -> list[Any] | None:
         """Copy the queued commands before execute() resets the stack; None when there are none."""
         try:
-            return list(_command_stack(instance)) or None
+            return command_stack(instance) or None
         except Exception:
             return None
 
     def waits(self, plan: list[Any]) -> bool:
         """Fail-closed: only a pipeline that touches at least one secret key waits."""
-        describe = self.commands.describe
-        return any(describe(None, _args_of(c), None) for c in plan)
+        return self.classified.touches_secret(plan)
 
     def begin(self, instance: Any) -> None:
         """Let ``first_error`` keep the replies of the execute() about to run (no stale ones)."""
@@ -193,38 +194,20 @@ class Pipelines:
         replies: Any,
         error: BaseException | None,
     ) -> Access:
-        """After execute(): per-command outcomes when redis-py had every reply, else all failed."""
+        """After execute(): per-command outcomes when redis-py had every reply, else all failed.
+
+        Classified now, at a dict lookup per command (in C when built): the Access keeps a few
+        merged Items, not the stack and its replies, which held the app's memory (and its values)
+        until the worker got to them, and made redis-py allocate afresh for every pipeline.
+        """
         if error is not None:
             kept = _take_replies(instance)
             if kept is None:
                 kept = _cluster_results(instance, plan, error)
             if kept is not None and len(kept) == len(plan):
                 replies, error = kept, None
-        copied = list(replies) if isinstance(replies, list) else replies
-        pending = (plan, copied, error)
-        return Access(SOURCE, start, end, ctx, instance, None, "success", None, self._expand, pending)
-
-    def _expand(self, pending: Any) -> tuple[Item, ...]:
-        """Classify a pipeline's commands on the worker, off the caller's path."""
-        stack, replies, error = pending
-        describe, items = self.commands.describe, self.commands.items
-        out: list[Item] = []
-        for pos, cmd in enumerate(stack):
-            args = _args_of(cmd)
-            found = describe(None, args, None)
-            if found is None:
-                continue
-            reply: Any = None
-            err = error
-            if err is None:
-                try:
-                    reply = replies[pos]
-                except (IndexError, TypeError, KeyError):
-                    reply = None
-                if isinstance(reply, BaseException):
-                    err, reply = reply, None
-            out.extend(items(args, found, reply, err))
-        return tuple(out)
+        items = self.classified.expand(plan, replies, error)
+        return Access(SOURCE, start, end, ctx, instance, items, "success")
 
     def first_error(self, wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
         """Wrap ``Pipeline.raise_first_error``: keep the reply list that execute() then drops.
@@ -233,10 +216,19 @@ class Pipelines:
         failed; the exception only names the first failure. The replies say what happened to each.
         """
         try:
-            _keep_replies(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+            out = wrapped(*args, **kwargs)
+        except BaseException:
+            self._keep(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+            raise
+        if out is not None:  # a coroutine (it raises when awaited): kept now, as before
+            self._keep(instance, args[1] if len(args) > 1 else kwargs.get("response"))
+        return out
+
+    def _keep(self, pipe: Any, replies: Any) -> None:
+        try:
+            _keep_replies(pipe, replies)
         except Exception:
             self.commands.note_error()
-        return wrapped(*args, **kwargs)
 
     def strategy_first_error(
         self, wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs
@@ -270,19 +262,6 @@ class Wrappers:
                                                              is_async=True)
         self.pipeline_first_error: Wrapper = pipelines.first_error
         self.strategy_first_error: Wrapper = pipelines.strategy_first_error
-
-
-def _key_name(key: Any) -> str | bytes:
-    """A key as the record names it: redis-py also takes memoryview, int and float keys."""
-    if isinstance(key, str):
-        return key if type(key) is str else str(key)
-    if isinstance(key, bytes):
-        return key if type(key) is bytes else bytes(key)
-    if isinstance(key, (memoryview, bytearray)):
-        return bytes(key)
-    if isinstance(key, float):
-        return repr(key)  # what redis-py sends
-    return str(key)
 
 
 _REPLIES = "_secret_audit_replies"
@@ -321,22 +300,3 @@ def _cluster_results(instance: Any, stack: list[Any], error: BaseException) -> l
         return [cmd.result for cmd in stack]
     except Exception:
         return None
-
-
-def _args_of(cmd: Any) -> Sequence[Any]:
-    args: Sequence[Any] = cmd.args if hasattr(cmd, "args") else cmd[0]
-    return args
-
-
-def _command_stack(instance: Any) -> Sequence[Any]:
-    strategy = getattr(instance, "_execution_strategy", None)
-    if strategy is not None:
-        queue = getattr(strategy, "command_queue", None)
-        if queue is None:
-            queue = getattr(strategy, "_command_queue", None)
-        if queue is not None:
-            return list(queue)
-    stack = getattr(instance, "command_stack", None)
-    if stack is None:
-        stack = getattr(instance, "_command_stack", [])
-    return list(stack)

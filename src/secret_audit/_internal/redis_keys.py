@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = [
     "DELETE", "META", "READ", "UNKNOWN", "WRITE",
-    "KeyFn", "at", "compile_specs", "describe_specs", "operation", "upper",
+    "SINGLE", "KeyFn", "at", "compile_specs", "describe_specs", "operation", "upper",
 ]
 
 READ, WRITE, DELETE, META, UNKNOWN = "read", "write", "delete", "metadata", "unknown"
@@ -50,6 +50,10 @@ def operation(flags: Sequence[str]) -> str:
 
 # ---- fast key functions for the common shapes (the hot path runs these) ---------------------
 
+# ``at``'s key functions, with their position and operation: a command whose one key sits at a
+# fixed position is classified by its name and that key alone, so a pipeline caches it by them.
+SINGLE: dict[KeyFn, tuple[int, str]] = {}
+
 
 def at(index: int, op: str) -> KeyFn:
     """One key at a fixed position (GET, HSET, LPUSH...)."""
@@ -57,6 +61,7 @@ def at(index: int, op: str) -> KeyFn:
     def keys(args: Args) -> list[tuple[Any, str]]:
         return [(args[index], op)] if len(args) > index else []
 
+    SINGLE[keys] = (index, op)
     return keys
 
 

@@ -67,17 +67,21 @@ class RedisSource:
         self._memo: dict[int, tuple[weakref.ref[Any], str | None, str | None]] = {}
 
     def _describe(self, target: Any) -> tuple[str | None, str | None]:
-        entry = self._memo.get(id(target))
-        if entry is not None and entry[0]() is target:
+        # A client's (or a pipeline's) address and user are its connection pool's: kept by the pool,
+        # which outlives the pipelines made on it (a new object for every pipeline).
+        pool = getattr(target, "connection_pool", None)
+        owner = pool if isinstance(getattr(pool, "connection_kwargs", None), dict) else target
+        entry = self._memo.get(id(owner))
+        if entry is not None and entry[0]() is owner:
             return entry[1], entry[2]
         resource, principal = self._resource(target), self._principal(target)
         try:
-            ref = weakref.ref(target)
+            ref = weakref.ref(owner)
         except TypeError:
             return resource, principal
         if len(self._memo) >= 256:
             self._memo.clear()
-        self._memo[id(target)] = (ref, resource, principal)
+        self._memo[id(owner)] = (ref, resource, principal)
         return resource, principal
 
     def resource(self, target: Any) -> str | None:

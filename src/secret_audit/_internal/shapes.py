@@ -140,9 +140,9 @@ def _coalesce(items: tuple[Item, ...]) -> list[tuple[Item, int]]:
         key = (*item[:6], id(item.error))  # name, operation, action, result, resource, version
         group = groups.get(key)
         if group is None:
-            groups[key] = [item, 1]
+            groups[key] = [item, item.times]
         else:
-            group[1] += 1
+            group[1] += item.times
     return [(g[0], g[1]) for g in groups.values()]
 
 
@@ -232,7 +232,7 @@ class RecordBuilder:
         base_resource, principal, shapes = last[3], last[4], last[5]
         chosen: list[Shape] = []
         outcome = access.outcome
-        for item, count in _coalesce(items) if len(items) > 1 else ((items[0], 1),):
+        for item, count in _coalesce(items) if len(items) > 1 else ((items[0], items[0].times),):
             error = item.error or access.error
             if error is None:
                 key: tuple[Any, ...] = (item, count, outcome)
