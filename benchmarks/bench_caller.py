@@ -79,6 +79,7 @@ def main() -> int:
                                                                        None),
             "shapes_of": lambda: builder.shapes_of(access),
             "ring reserve + write": write,
+            **({"ring put": lambda: ring.put(0, 1, 2, 0, 0, 0, [0], 0)} if hasattr(ring, "put") else {}),
             "submit (AgentHandoff)": lambda: handoff.submit(access),
             "whole GET, outside a trace": lambda: wrapped.execute_command(*args),
         }
@@ -103,7 +104,7 @@ def main() -> int:
                 for _ in range(per_round):
                     op()
                 cpu[name].append((clock() - t0) / per_round / 1000)
-                if "GET" in name or "submit" in name or "write" in name:
+                if "GET" in name or "submit" in name or "ring" in name:
                     handoff.flush(30)  # the ring's bound is its settled slots: let the agent catch up
         print(f"thread CPU per call, median of {rounds} rounds of {per_round} (µs); "
               f"SPANS_VIA={env['OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA']}, load {os.getloadavg()[0]:.1f}")
