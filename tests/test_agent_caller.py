@@ -94,6 +94,8 @@ def test_an_idle_agent_sleeps_and_the_next_access_wakes_it(agent_handoff):
 
     handoff, get, rx = agent_handoff
     key = "secret:" + secrets.token_hex(6)
+    handoff.stats()  # the agent said hello: its pid is known
+    assert os.sched_getscheduler(handoff.agent_pid) == os.SCHED_BATCH  # its wake-ups preempt nobody
     took = []
     for _ in range(3):
         ring = handoff.ring
