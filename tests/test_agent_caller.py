@@ -126,14 +126,16 @@ def test_a_steady_stream_of_accesses_does_not_wake_the_agent(agent_handoff):
     get(key)  # its shape crosses once
     assert handoff.flush(10)
     woken = []
-    wake = handoff._wake
+    nudge = handoff._nudge
 
-    def counted(ring: Any) -> None:
-        woken.append(ring.next)
-        wake(ring)
+    def counted() -> None:  # no fail-closed caller and no flush here: a nudge is a wake
+        woken.append(handoff.ring.next)
+        nudge()
 
-    handoff._wake = counted
+    handoff._nudge = counted
     for _ in range(500):
         get(key)
         time.sleep(0.0005)
-    assert len(woken) <= 1, woken  # at most the first access, if the agent had dozed off after the flush
+    # Were the agent to sleep whenever it found the ring empty, nearly every access would wake it; it
+    # naps instead. A few wakes are allowed: this process may be descheduled for longer than a nap.
+    assert len(woken) <= 10, woken

@@ -267,8 +267,6 @@ class AgentHandoff:
                 if idx < 0:
                     return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
                 ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
-            elif sleeping and not flags & WAIT:  # the agent said it sleeps: wake it (a waiter does below)
-                self._wake(ring)
         else:
             sleeping = False
             for first in range(0, len(sids), MAX_IDS):
@@ -282,10 +280,10 @@ class AgentHandoff:
                     if idx < 0:  # sealed midway: the fallback builds the whole access again
                         return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
                     ring.write(idx, part, start, end, ids[0], ids[1], ids[2], some, parent_id)
-            if sleeping and not flags & WAIT:
-                self._wake(ring)
-        if flags & WAIT:
-            self._nudge()  # a fail-closed caller waits: wake the reader now rather than at its next poll
+        if sleeping:  # the agent said it sleeps: clear its word (so no other caller wakes it too), wake it
+            ring.wake()
+        if sleeping or flags & WAIT:  # or a fail-closed caller waits: wake it now, not at its next look
+            self._nudge()
         return idx
 
     def _agent_spans(self) -> bool:
@@ -346,12 +344,6 @@ class AgentHandoff:
         self._ids.clear()
         self.held.prune(self.ring.word(hdr.SETTLED))
         self.held.release(at, below)
-
-    def _wake(self, ring: Ring) -> None:
-        """The agent sleeps (it found no slot for a while): clear its word, so that other callers do not
-        wake it too, and wake it; while it reads, no caller makes a system call."""
-        ring.wake()
-        self._nudge()
 
     def _nudge(self) -> None:
         """Wake the agent's reader now (a fail-closed caller, half a batch written, a full ring)."""
