@@ -183,13 +183,16 @@ class Member:
                 continue
             # While accesses keep coming, nap (the app is never asked to wake us: no system call of
             # its); once idle, say so in the ring and sleep until the app's next slot wakes us.
-            asleep = pause > _LONGEST_NAP and ring.doze()
-            ready, _, _ = select.select([self.conn], [], [], _SLEEP if asleep else pause)
-            if asleep:
+            if pause <= _LONGEST_NAP:
+                ready, _, _ = select.select([self.conn], [], [], pause)
+                pause *= 2
+            elif ring.doze():
+                ready, _, _ = select.select([self.conn], [], [], _SLEEP)
                 ring.wake()
+            else:  # a slot came as it dozed off: read it now
+                continue
             if ready:
                 self._messages(block=True)
-            pause = pause * 2
 
     def _resolve(self, sids: tuple[int, ...]) -> list[Shape]:
         """The slot's shapes; one not yet seen was sent before the slot was written: wait for it."""
