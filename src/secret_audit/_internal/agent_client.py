@@ -37,6 +37,7 @@ __all__ = ["AgentHandoff"]
 _log = logging.getLogger("secret_audit")
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
+_NO_IDS: tuple[int, ...] = (0, 0, 0)
 
 
 class AgentHandoff:
@@ -229,10 +230,10 @@ class AgentHandoff:
             self.fallback.submit(access)
             return _NOT_HANDED
         builder = self._builder
-        found = builder.shapes_of(access)
+        found = builder.shapes_for(access)
         if found is None:
             return _NOTHING
-        shapes, ctx, parent, ids = found
+        shapes, ctx, parent = found
         known = self._ids
         try:
             if len(shapes) == 1:  # most calls: one secret, its shape seen before
@@ -247,33 +248,42 @@ class AgentHandoff:
         start, end = access.start_ns, access.end_ns
         spans = self._spans
         parent_id = 0
-        if (spans != "off" and (spans != "in_trace" or parent.is_valid)
-                and builder.wants_span(parent, [shape.attrs for shape in shapes])):
-            if self._agent_spans():  # the agent makes it: only its ids are chosen here
-                trace_id, span_id, trace_flags, parent_id = chosen_ids(parent)
-                ids, flags = (trace_id, span_id, trace_flags, "", ""), flags | SPAN
-            else:
-                ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)
+        valid = parent.is_valid
+        if spans == "off" or (spans == "in_trace" and not valid) or (
+                spans == "errors" and not builder.wants_span(parent, [shape.attrs for shape in shapes])):
+            ids: tuple[int, ...] = _NO_IDS
+            if valid:  # the records carry the caller's span's ids
+                ids = (parent.trace_id, parent.span_id, int(parent.trace_flags))
+        elif self._via_agent or (self._via_agent is None and self._agent_spans()):
+            # the agent makes the span: only its ids are chosen here
+            trace_id, span_id, trace_flags, parent_id = chosen_ids(parent)
+            ids, flags = (trace_id, span_id, trace_flags), flags | SPAN
+        else:
+            ids = builder.span_ids(ctx, fill(shapes, start, end)[0], start, end)[:3]
         if len(sids) <= MAX_IDS:
-            idx = ring.reserve()
+            idx, sleeping = ring.put(flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
             if idx < 0:
                 idx = self._room(ring, len(sids))
                 if idx < 0:
                     return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
-            ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
+                ring.write(idx, flags, start, end, ids[0], ids[1], ids[2], sids, parent_id)
         else:
+            sleeping = False
             for first in range(0, len(sids), MAX_IDS):
-                idx = ring.reserve()
+                last = first + MAX_IDS >= len(sids)
+                part = flags if last else (SPAN_PART if flags & SPAN else 0)
+                some = sids[first:first + MAX_IDS]
+                idx, asleep = ring.put(part, start, end, ids[0], ids[1], ids[2], some, parent_id)
+                sleeping = sleeping or asleep
                 if idx < 0:
                     idx = self._room(ring, len(sids) - first)
                     if idx < 0:  # sealed midway: the fallback builds the whole access again
                         return self._to_fallback(access) if idx == SEALED else _NOT_HANDED
-                last = first + MAX_IDS >= len(sids)
-                part = flags if last else (SPAN_PART if flags & SPAN else 0)
-                ring.write(idx, part, start, end, ids[0], ids[1], ids[2], sids[first:first + MAX_IDS],
-                           parent_id)
-        if flags & WAIT:
-            self._nudge()  # a fail-closed caller waits: wake the reader now rather than at its next poll
+                    ring.write(idx, part, start, end, ids[0], ids[1], ids[2], some, parent_id)
+        if sleeping:  # the agent said it sleeps: clear its word (so no other caller wakes it too), wake it
+            ring.wake()
+        if sleeping or flags & WAIT:  # or a fail-closed caller waits: wake it now, not at its next look
+            self._nudge()
         return idx
 
     def _agent_spans(self) -> bool:

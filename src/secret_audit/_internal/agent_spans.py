@@ -91,12 +91,11 @@ class SpanMaker:
 
     def context(self, trace_id: int, span_id: int, flags: int, parent: int) -> Any:
         """The context to start the span in (its parent, remote), with the chosen ids set for this thread."""
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
-
         self.ids.local.span_id, self.ids.local.trace_id = span_id, trace_id
         if not parent:
             return None
-        return set_span_in_context(NonRecordingSpan(SpanContext(trace_id, parent, True, TraceFlags(flags))))
+        parent_context = trace.SpanContext(trace_id, parent, True, trace.TraceFlags(flags))
+        return trace.set_span_in_context(trace.NonRecordingSpan(parent_context))
 
     def flush(self, timeout_ms: int) -> None:
         self.provider.force_flush(timeout_ms)

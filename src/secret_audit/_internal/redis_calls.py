@@ -37,6 +37,7 @@ _PLAIN_KEYS = (str, bytes)
 # Building the NamedTuple from a full field tuple skips its Python-level __new__ (hot path).
 _new_tuple = tuple.__new__
 Found = tuple[Command, list[tuple[Any, str]], list[int]]
+_MADE_LIMIT = 4096  # Items of plain commands kept (high-cardinality key names: at most a few MB)
 
 
 class Commands:
@@ -46,6 +47,10 @@ class Commands:
         self.is_secret = is_secret
         self.unknown = unknown  # how a command missing from the table is classified, if at all
         self.note_error = note_error
+        # A plain command's Items by (name, keys, results): key names and fixed words, never a value
+        # (``access`` made every secret key a str or bytes name: 1 and 1.0, one dict key, are two names).
+        # Read on the caller's path when an agent serves the process, so made once per kind of call.
+        self._made: dict[tuple[Any, ...], tuple[Item, ...]] = {}
 
     def describe(self, instance: Any, args: Sequence[Any], kwargs: Any) -> Found | None:
         """The command spec, its keys and the positions of the secret ones; None when none is secret."""
@@ -113,7 +118,20 @@ class Commands:
     def _expand(self, pending: Any) -> tuple[Item, ...]:
         """Build a single command's Items on the worker, from what the caller's path kept."""
         args, found, results, error = pending
-        return self._make_items(args, found, results, error)
+        keys = found[1]
+        if error is not None or found[0].kind:
+            return self._make_items(args, found, results, error)
+        try:
+            key = (args[0], tuple(keys), tuple(results))
+            made = self._made.get(key)
+        except TypeError:  # an unhashable name or result: made every time
+            return self._make_items(args, found, results, error)
+        if made is None:
+            made = self._make_items(args, found, results, error)
+            if len(self._made) >= _MADE_LIMIT:
+                self._made.clear()
+            self._made[key] = made
+        return made
 
     def _make_items(
         self, args: Sequence[Any], found: Found, results: Sequence[Any], error: BaseException | None

@@ -6,6 +6,8 @@ The app writes slots and the counters only callers change; the agent writes how 
 (``TAIL``) and how far its records are settled (``SETTLED``: sent, spooled or reported lost, with
 ``LOST`` and ``DEGRADED``). A slot is reused only once settled, so the app still holds every slot
 its agent has not settled, and can build them itself if the agent dies (``seal``, ``slot``).
+The agent says in ``SLEEPING`` when it waits for work; only then does a writer wake it (``put``
+returns True), so a steady stream of accesses costs the app no system call.
 A slot is committed by writing its index + 1 into its first word after the rest: on x86-64 stores
 are seen in program order, so a reader that sees the mark sees the slot (the layout the spike of
 docs/design/pipeline.md section 3 measured).
@@ -20,8 +22,8 @@ import threading
 import time
 
 __all__ = [
-    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SEALED", "SETTLED", "SLOTS", "SPAN",
-    "SPAN_PART",
+    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SEALED", "SETTLED", "SLEEPING", "SLOTS",
+    "SPAN", "SPAN_PART",
     "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
 ]
 
@@ -38,10 +40,13 @@ TAIL, SETTLED, LOST, DEGRADED, DROPPED, ERRORS = 0, 1, 2, 3, 4, 5
 REFUSALS = {"unavailable": 6, "not_durable": 7, "unbuilt": 8}
 # the agent's copy of the app's counters, as far as its stream has taken them: the rest is the app's to report
 TAKEN = 11  # DROPPED, then each of REFUSALS in order
+SLEEPING = 15  # the agent's: 1 while its reader waits for a wake (found nothing for a while), else 0
 
 # kind, flags, n ids, trace flags, start, end, trace id (high, low), span id, parent span id
 _ACCESS = struct.Struct("<BBHIqqQQQQ")
 _IDS = [struct.Struct(f"<{n}I") for n in range(MAX_IDS + 1)]
+# the same fields and the ids, packed at once by the writer
+_BODY = [struct.Struct(f"<BBHIqqQQQQ{n}I") for n in range(MAX_IDS + 1)]
 _WORD = struct.Struct("<Q")
 _KIND_ACCESS = 1
 _LOW = (1 << 64) - 1
@@ -87,15 +92,19 @@ class Ring:
     def reserve(self) -> int:
         """The next slot's index; -1 while the ring is full (every slot unsettled); SEALED once sealed."""
         with self._lock:
-            if self._sealed:
-                return SEALED
-            idx = self.next
+            return self._claim()
+
+    def _claim(self) -> int:
+        """``reserve`` under the lock held."""
+        if self._sealed:
+            return SEALED
+        idx = self.next
+        if idx - self._settled >= SLOTS:
+            self._settled = int(_WORD.unpack_from(self.mm, 8 * SETTLED)[0])
             if idx - self._settled >= SLOTS:
-                self._settled = int(_WORD.unpack_from(self.mm, 8 * SETTLED)[0])
-                if idx - self._settled >= SLOTS:
-                    return -1
-            self.next = idx + 1
-            return idx
+                return -1
+        self.next = idx + 1
+        return idx
 
     def seal(self) -> int:
         """Reserve no more slots (the agent is gone); the end of what was reserved."""
@@ -121,12 +130,44 @@ class Ring:
         """Fill a reserved slot, then commit it."""
         mm, off = self.mm, HEADER + (idx & (SLOTS - 1)) * SLOT
         n = len(ids)
-        _ACCESS.pack_into(mm, off + 8, _KIND_ACCESS, flags, n, trace_flags, start, end, trace_id >> 64,
-                          trace_id & _LOW, span_id, parent)
-        _IDS[n].pack_into(mm, off + 8 + _ACCESS.size, *ids)
+        _BODY[n].pack_into(mm, off + 8, _KIND_ACCESS, flags, n, trace_flags, start, end, trace_id >> 64,
+                           trace_id & _LOW, span_id, parent, *ids)
         _WORD.pack_into(mm, off, idx + 1)
 
+    def put(self, flags: int, start: int, end: int, trace_id: int, span_id: int, trace_flags: int,
+            ids: tuple[int, ...] | list[int], parent: int = 0) -> tuple[int, bool]:
+        """Reserve, fill and commit one slot (at most ``MAX_IDS`` ids): its index (-1 full, SEALED sealed),
+        and whether the reader sleeps and must be woken.
+
+        The commit is written under the lock, and its release is a full barrier (a locked instruction), so
+        the ``SLEEPING`` word is read after the commit is visible: a reader that set it before looking at
+        the slot either sees the slot or is seen asleep (``Ring.doze`` fences its side likewise).
+        """
+        mm = self.mm
+        with self._lock:
+            idx = self._claim()
+            if idx < 0:
+                return idx, False
+            self.write(idx, flags, start, end, trace_id, span_id, trace_flags, ids, parent)
+        return idx, bool(_WORD.unpack_from(mm, 8 * SLEEPING)[0])
+
     # ---- the reader (agent) ----------------------------------------------------------------------
+
+    def doze(self) -> bool:
+        """Say the reader is about to sleep (``SLEEPING``), then look once more: True if it may sleep
+        (nothing committed), else it is awake again. The lock's acquire and release fence the store
+        before the look, as ``put`` fences its commit before reading the word."""
+        _WORD.pack_into(self.mm, 8 * SLEEPING, 1)
+        with self._lock:
+            pass
+        if self.ready():
+            _WORD.pack_into(self.mm, 8 * SLEEPING, 0)
+            return False
+        return True
+
+    def wake(self) -> None:
+        """The reader is awake (it clears ``SLEEPING`` itself, so writers stop waking it)."""
+        _WORD.pack_into(self.mm, 8 * SLEEPING, 0)
 
     def ready(self) -> bool:
         """True when the reader's next slot is committed."""

@@ -177,9 +177,10 @@ class RecordBuilder:
         # Shapes by situation (who, through which client), then by (item, count, outcome).
         self._shapes: dict[tuple[Any, ...], dict[tuple[Any, ...], Shape]] = {}
         self._count = 0  # shapes cached
-        self._last_who: tuple[Context | None, Any, trace.SpanContext, Ids] = (
-            None, None, trace.INVALID_SPAN_CONTEXT, NO_IDS)
-        # the last situation: (source, client, context), its resource and principal, its shapes
+        self._last_who: tuple[Context | None, Any, trace.SpanContext] = (
+            None, None, trace.INVALID_SPAN_CONTEXT)
+        self._last_ids: tuple[trace.SpanContext | None, Ids] = (None, NO_IDS)
+        # the last situation: (source, client, who), its resource and principal, its shapes
         self._last: tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]] = (
             None, None, None, None, None, {})
 
@@ -203,11 +204,21 @@ class RecordBuilder:
         return records, chosen, bodies, _ids(span.get_span_context()), span
 
     def shapes_of(self, access: Access) -> tuple[list[Shape], Context, trace.SpanContext, Ids] | None:
+        """The shape of each distinct secret the access touched, its context, parent span and its ids."""
+        found = self.shapes_for(access)
+        if found is None:
+            return None
+        last_ids = self._last_ids
+        parent = found[2]
+        if last_ids[0] is not parent:
+            last_ids = self._last_ids = (parent, _ids(parent))
+        return found[0], found[1], parent, last_ids[1]
+
+    def shapes_for(self, access: Access) -> tuple[list[Shape], Context, trace.SpanContext] | None:
         """The shape of each distinct secret the access touched, its context and parent span; None for none.
 
         This is all the app's side works out per access when an agent builds the records.
         """
-        settings = self.settings
         source = access.source
         ctx = access.context
         items = access.items
@@ -217,18 +228,18 @@ class RecordBuilder:
             return None
         last_who = self._last_who  # one tuple: with an agent, app threads call this at once
         if ctx is last_who[0]:
-            _, who, parent, parent_ids = last_who
+            _, who, parent = last_who
         else:
             # Accesses made in one request share its context: resolved once for all of them.
-            who = resolve(ctx, settings.default_access_path)
+            who = resolve(ctx, self.settings.default_access_path)
             parent = trace.get_current_span(ctx).get_span_context()
-            parent_ids = _ids(parent)
-            self._last_who = (ctx, who, parent, parent_ids)
+            self._last_who = (ctx, who, parent)
         target = access.target
         last = self._last
-        if last[2] is not ctx or last[1] is not target or last[0] is not source:
-            # Consecutive accesses mostly come from one request through one client: described once.
-            last = self._situation(source, target, ctx, who)
+        if last[2] is not who or last[1] is not target or last[0] is not source:
+            # Consecutive accesses mostly come from one client with the same accessor (a request's
+            # context, or none: then ``resolve`` returns one shared object): described once.
+            last = self._situation(source, target, who)
         base_resource, principal, shapes = last[3], last[4], last[5]
         chosen: list[Shape] = []
         outcome = access.outcome
@@ -247,7 +258,7 @@ class RecordBuilder:
             else:
                 shape = self._shape(source, item, count, access.outcome, error, principal, base_resource, who)
             chosen.append(shape)
-        return chosen, ctx, parent, parent_ids
+        return chosen, ctx, parent
 
     def wants_span(self, parent: trace.SpanContext, records: list[dict[str, Any]]) -> bool:
         """One audit span per instrumented call, following the span mode (and then the sampler)."""
@@ -265,7 +276,7 @@ class RecordBuilder:
         return _ids(span.get_span_context())
 
     def _situation(
-        self, source: Any, target: Any, ctx: Any, who: Any
+        self, source: Any, target: Any, who: Any
     ) -> tuple[Any, Any, Any, str | None, str | None, dict[tuple[Any, ...], Shape]]:
         """Who accesses, through which client: the resource and principal, and the shapes made for them."""
         resource = source.resource(target)
@@ -275,14 +286,14 @@ class RecordBuilder:
             shapes = self._shapes.get(situation)
         except TypeError:  # an unhashable value from a source: its shapes are not kept
             shapes = {}
-            self._last = (source, target, ctx, resource, principal, shapes)
+            self._last = (source, target, who, resource, principal, shapes)
             return self._last
         if shapes is None:
             if len(self._shapes) >= _SHAPES_LIMIT:  # many end users or clients: start afresh
                 self._shapes.clear()
                 self._count = 0
             shapes = self._shapes[situation] = {}
-        self._last = (source, target, ctx, resource, principal, shapes)
+        self._last = (source, target, who, resource, principal, shapes)
         return self._last
 
     def _keep(self, shapes: dict[tuple[Any, ...], Shape], key: tuple[Any, ...], shape: Shape) -> None:
