@@ -32,7 +32,9 @@ def reads(n: int, name: str = key) -> None:
 
 
 def say(what: str, value: object) -> None:
-    print(f"{what} {json.dumps(value, default=str)}", flush=True)
+    # one write per line: forked children share the pipe, and print's text and newline may go apart
+    sys.stdout.flush()
+    os.write(1, f"{what} {json.dumps(value, default=str)}\n".encode())
 
 
 if ending == "canary":
