@@ -1,4 +1,4 @@
-"""The store's optional C extension; everything else about the package is in pyproject.toml."""
+"""The optional C extensions (the store's, the agent's engine); everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -11,6 +11,15 @@ setup(
         Extension(
             "secret_audit.store._native",
             ["src/secret_audit/store/_native.c"],
+            optional=True,
+            py_limited_api=True,
+            extra_compile_args=["-O2"],
+        ),
+        # the agent's per-record engine, likewise optional: without it the agent runs its pure-Python
+        # twin (secret_audit._internal.engine.stamp_slots_py), which writes the same bytes, slower.
+        Extension(
+            "secret_audit._internal._engine",
+            ["src/secret_audit/_internal/_engine.c"],
             optional=True,
             py_limited_api=True,
             extra_compile_args=["-O2"],

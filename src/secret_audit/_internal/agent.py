@@ -26,6 +26,7 @@ from typing import Any
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
+from secret_audit._internal.engine import plan_of
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
     DEGRADED,
@@ -39,7 +40,7 @@ from secret_audit._internal.ring import (
     Ring,
     open_ring,
 )
-from secret_audit._internal.ring_stream import SlotPipeline, Taken
+from secret_audit._internal.ring_stream import SlotPipeline, TakenRun
 from secret_audit._internal.shapes import Shape
 
 __all__ = ["main"]
@@ -49,6 +50,7 @@ _log = logging.getLogger("secret_audit")
 _LINGER = 0.5  # seconds the agent waits for a newcomer once its last app is gone
 _FIRST_WAIT = 30.0  # seconds for the first app to connect
 _SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default)
+_RUN = 128  # slots the reader hands to its stream at once (one queue item, one engine call or a few)
 
 
 class _Settle:
@@ -78,11 +80,6 @@ class RingStream(SlotPipeline):
             from opentelemetry.sdk.resources import Resource
 
             self._fallback_resource = Resource(resource)
-        self._last_index = -1
-
-    def _take(self, item: Any) -> int:
-        self._last_index = item.slot[0]
-        return super()._take(item)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:
@@ -147,29 +144,48 @@ class Member:
         queue: Any
         queue, capacity, wake_at = handoff.queue, handoff.capacity, max(1, self.settings.batch_size)
         pause = 0.0005
+        unwoken = 0  # slots queued since the stream's worker was last woken
+        resolve, read_slot = self._resolve, ring.read
         while True:
             self._messages(block=False)
             read = 0
             while len(queue) < capacity:
-                slot = ring.read()
-                if slot is None:
+                slots: list[Any] = []
+                shapes: list[list[Shape]] = []
+                ticket = None
+                records = flags = 0
+                while len(slots) < _RUN:
+                    slot = read_slot()
+                    if slot is None:
+                        break
+                    slots.append(slot)
+                    sids = slot[7]
+                    # the common slot, one shape already known: no call; the rest through _resolve
+                    shape = self.shapes.get(sids[0]) if len(sids) == 1 and not self._once else None
+                    planned = [shape] if shape is not None else resolve(sids)
+                    shapes.append(planned)
+                    records += len(planned)
+                    flags |= slot[1]
+                    if slot[1] & WAIT:
+                        ticket = _Settle(ring, slot[0])
+                    if self._forget and ring.next >= self._forget[0][0]:
+                        below = self._forget.pop(0)[1]
+                        self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
+                if not slots:
                     break
-                shapes = self._resolve(slot[7])
-                wait = slot[1] & WAIT
-                queue.append(Taken(slot, shapes, _Settle(ring, slot[0]) if wait else None))
-                read += 1
-                if self._forget and ring.next >= self._forget[0][0]:
-                    below = self._forget.pop(0)[1]
-                    self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
-                if wait:
+                queue.append(TakenRun(slots, shapes, ticket, records, flags))
+                read += len(slots)
+                if ticket is not None:
                     handoff.wake.set()
             if read:
                 ring.set_word(TAIL, ring.next)
                 self._losses(ring, handoff)
                 if handoff.consumer is None:
                     handoff.start()
-                if len(queue) >= wake_at:
+                unwoken += read
+                if unwoken >= wake_at:
                     handoff.wake.set()
+                    unwoken = 0
                 pause = 0.0005
                 continue
             self._losses(ring, handoff)
@@ -242,8 +258,10 @@ class Member:
         sid = int(data["id"])
         event, source, outcome = data["kind"]
         severity, text = int(data["severity"]), data["severity_text"]
-        self.shapes[sid] = Shape(attrs, data["body"], data["tail"], severity, text, encode_attributes(attrs),
-                                 len(attrs), (event, source, outcome))
+        encoded = encode_attributes(attrs)
+        plan = plan_of(attrs, data["body"], data["tail"], severity, text, encoded)
+        self.shapes[sid] = Shape(attrs, data["body"], data["tail"], severity, text, encoded, len(attrs),
+                                 (event, source, outcome), plan)
         if data.get("once"):
             self._once.add(sid)
 
