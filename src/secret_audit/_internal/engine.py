@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from secret_audit import contract
-from secret_audit._internal.otlp import _event_name_field, _key_prefix, _kv, _ld, _severity_field, _varint
+from secret_audit._internal.otlp import AuditTail, _event_name_field, _ld, _severity_field, _varint
 
 __all__ = ["NATIVE", "Plan", "StreamConsts", "float_json", "plan_of", "stamp_slots", "stamp_slots_py"]
 
@@ -58,16 +58,7 @@ class StreamConsts(NamedTuple):
 
     @classmethod
     def of(cls, stream_id: str) -> StreamConsts:
-        def digest_head(key: str) -> bytes:
-            prefix = _key_prefix(key)
-            return b"".join((b"\x32", _varint(len(prefix) + 68), prefix, b"\x12\x42\x0a\x40"))
-
-        duration = _key_prefix(contract.DURATION_MS)
-        duration_head = b"".join((b"\x32", _varint(len(duration) + 11), duration, b"\x12\x09\x21"))
-        return cls(stream_id.encode(), duration_head,
-                   _key_prefix(contract.EVENT_ID), _ld(b"\x32", _kv(contract.STREAM_ID, stream_id)),
-                   _key_prefix(contract.SEQUENCE), digest_head(contract.CHAIN_PREV),
-                   digest_head(contract.CHAIN_HASH))
+        return cls(stream_id.encode(), *AuditTail(stream_id).heads())
 
 
 def plan_of(attrs: dict[str, Any], body: str, tail: str | None, severity: int, severity_text: str,

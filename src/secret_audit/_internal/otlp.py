@@ -224,6 +224,10 @@ class AuditTail:
         self._prev = self._digest_head(self.KEYS[4])
         self._hash = self._digest_head(self.KEYS[5])
 
+    def heads(self) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The fixed bytes ``encode`` writes around the six values (the engine splices them too)."""
+        return self._duration, self._event_key, self._stream, self._sequence_key, self._prev, self._hash
+
     @staticmethod
     def _digest_head(key: str) -> bytes:
         prefix = _key_prefix(key)
