@@ -145,37 +145,16 @@ class Member:
         queue, capacity, wake_at = handoff.queue, handoff.capacity, max(1, self.settings.batch_size)
         pause = 0.0005
         unwoken = 0  # slots queued since the stream's worker was last woken
-        resolve, read_slot = self._resolve, ring.read
         while True:
             self._messages(block=False)
             read = 0
             while len(queue) < capacity:
-                slots: list[Any] = []
-                shapes: list[list[Shape]] = []
-                ticket = None
-                records = flags = 0
-                while len(slots) < _RUN:
-                    slot = read_slot()
-                    if slot is None:
-                        break
-                    slots.append(slot)
-                    sids = slot[7]
-                    # the common slot, one shape already known: no call; the rest through _resolve
-                    shape = self.shapes.get(sids[0]) if len(sids) == 1 and not self._once else None
-                    planned = [shape] if shape is not None else resolve(sids)
-                    shapes.append(planned)
-                    records += len(planned)
-                    flags |= slot[1]
-                    if slot[1] & WAIT:
-                        ticket = _Settle(ring, slot[0])
-                    if self._forget and ring.next >= self._forget[0][0]:
-                        below = self._forget.pop(0)[1]
-                        self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
-                if not slots:
+                run = self._read_run(ring)
+                if run is None:
                     break
-                queue.append(TakenRun(slots, shapes, ticket, records, flags))
-                read += len(slots)
-                if ticket is not None:
+                queue.append(run)
+                read += len(run.slots)
+                if run.ticket is not None:
                     handoff.wake.set()
             if read:
                 ring.set_word(TAIL, ring.next)
@@ -197,6 +176,36 @@ class Member:
             if ready:
                 self._messages(block=True)
             pause = min(pause * 2, 0.05)
+
+    def _read_run(self, ring: Ring) -> TakenRun | None:
+        """Up to ``_RUN`` committed slots with their shapes; None when none is committed."""
+        slots: list[Any] = []
+        shapes: list[list[Shape]] = []
+        ticket = None
+        records = flags = 0
+        known, once, forget = self.shapes, self._once, self._forget  # the set and list change in place
+        read_slot, add_slot, add_shapes = ring.read, slots.append, shapes.append
+        for _ in range(_RUN):
+            slot = read_slot()
+            if slot is None:
+                break
+            add_slot(slot)
+            sids, slot_flags = slot[7], slot[1]
+            flags |= slot_flags
+            # the common slot, one shape already known: no call; the rest through _resolve
+            if len(sids) == 1 and not once and (shape := known.get(sids[0])) is not None:
+                add_shapes([shape])
+                records += 1
+            else:
+                planned = self._resolve(sids)
+                add_shapes(planned)
+                records += len(planned)
+            if slot_flags & WAIT:
+                ticket = _Settle(ring, slot[0])
+            if forget and ring.next >= forget[0][0]:
+                below = forget.pop(0)[1]
+                self.shapes = known = {k: v for k, v in known.items() if k >= below}
+        return TakenRun(slots, shapes, ticket, records, flags) if slots else None
 
     def _resolve(self, sids: tuple[int, ...]) -> list[Shape]:
         """The slot's shapes; one not yet seen was sent before the slot was written: wait for it."""
