@@ -1,4 +1,4 @@
-"""The optional C extensions (the store's, the pipeline loop's); the rest of the package is in pyproject.toml."""
+"""The optional C extensions (the store's, the pipeline loop's, the agent's engine); the rest is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -19,6 +19,15 @@ setup(
         Extension(
             "secret_audit._internal._pipeline_native",
             ["src/secret_audit/_internal/_pipeline_native.c"],
+            optional=True,
+            py_limited_api=True,
+            extra_compile_args=["-O2"],
+        ),
+        # the agent's per-record engine, likewise optional: without it the agent runs its pure-Python
+        # twin (secret_audit._internal.engine.stamp_slots_py), which writes the same bytes, slower.
+        Extension(
+            "secret_audit._internal._engine",
+            ["src/secret_audit/_internal/_engine.c"],
             optional=True,
             py_limited_api=True,
             extra_compile_args=["-O2"],

@@ -9,7 +9,7 @@ kind=${1:-test}
 stamp_of() {
   # the C extension is built by the install: a changed source, like a changed lock, means installing again
   echo ".venv/.installed-$1-$(cat pyproject.toml setup.py src/secret_audit/store/_native.c \
-    src/secret_audit/_internal/_pipeline_native.c "requirements/$1.lock" \
+    src/secret_audit/_internal/_pipeline_native.c src/secret_audit/_internal/_engine.c "requirements/$1.lock" \
     | sha256sum | cut -c1-16)"
 }
 install() {
@@ -28,7 +28,8 @@ install() {
   .venv/bin/python -m pip install -q --require-hashes -r "$lock"
   # the project and its C extension, built with the locked setuptools: nothing unpinned comes from an index.
   # A per-version build left in place by older code would be imported before the abi3 one: remove it.
-  rm -f src/secret_audit/store/_native.cpython-*.so src/secret_audit/_internal/_pipeline_native.cpython-*.so
+  rm -f src/secret_audit/store/_native.cpython-*.so src/secret_audit/_internal/_pipeline_native.cpython-*.so \
+    src/secret_audit/_internal/_engine.cpython-*.so
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   out=$(.venv/bin/python -m pip check) || { echo "$out" >&2; exit 1; }
   .venv/bin/python -c "import secret_audit" # fail loudly if the install did not work

@@ -26,6 +26,7 @@ from typing import Any
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
+from secret_audit._internal.engine import plan_of
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
     DEGRADED,
@@ -39,7 +40,7 @@ from secret_audit._internal.ring import (
     Ring,
     open_ring,
 )
-from secret_audit._internal.ring_stream import SlotPipeline, Taken
+from secret_audit._internal.ring_stream import SlotPipeline, TakenRun
 from secret_audit._internal.shapes import Shape
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ _SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_
 # about 40 GETs of 50 µs in 2 ms), then its sleep once idle (about 14 ms without a slot), woken by the app
 # (or, should a wake be missed, by this timeout; the app's end and its nudges wake it too).
 _NAP, _LONGEST_NAP, _SLEEP = 0.002, 0.008, 0.25
+_RUN = 128  # slots the reader hands to its stream at once (one queue item, one engine call or a few)
 
 
 class _Settle:
@@ -82,11 +84,6 @@ class RingStream(SlotPipeline):
             from opentelemetry.sdk.resources import Resource
 
             self._fallback_resource = Resource(resource)
-        self._last_index = -1
-
-    def _take(self, item: Any) -> int:
-        self._last_index = item.slot[0]
-        return super()._take(item)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:
@@ -151,29 +148,27 @@ class Member:
         queue: Any
         queue, capacity, wake_at = handoff.queue, handoff.capacity, max(1, self.settings.batch_size)
         pause = _NAP
+        unwoken = 0  # slots queued since the stream's worker was last woken
         while True:
             self._messages(block=False)
             read = 0
             while len(queue) < capacity:
-                slot = ring.read()
-                if slot is None:
+                run = self._read_run(ring)
+                if run is None:
                     break
-                shapes = self._resolve(slot[7])
-                wait = slot[1] & WAIT
-                queue.append(Taken(slot, shapes, _Settle(ring, slot[0]) if wait else None))
-                read += 1
-                if self._forget and ring.next >= self._forget[0][0]:
-                    below = self._forget.pop(0)[1]
-                    self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
-                if wait:
+                queue.append(run)
+                read += len(run.slots)
+                if run.ticket is not None:
                     handoff.wake.set()
             if read:
                 ring.set_word(TAIL, ring.next)
                 self._losses(ring, handoff)
                 if handoff.consumer is None:
                     handoff.start()
-                if len(queue) >= wake_at:
+                unwoken += read
+                if unwoken >= wake_at:
                     handoff.wake.set()
+                    unwoken = 0
                 pause = _NAP
                 continue
             self._losses(ring, handoff)
@@ -193,6 +188,36 @@ class Member:
                 continue
             if ready:
                 self._messages(block=True)
+
+    def _read_run(self, ring: Ring) -> TakenRun | None:
+        """Up to ``_RUN`` committed slots with their shapes; None when none is committed."""
+        slots: list[Any] = []
+        shapes: list[list[Shape]] = []
+        ticket = None
+        records = flags = 0
+        known, once, forget = self.shapes, self._once, self._forget  # the set and list change in place
+        read_slot, add_slot, add_shapes = ring.read, slots.append, shapes.append
+        for _ in range(_RUN):
+            slot = read_slot()
+            if slot is None:
+                break
+            add_slot(slot)
+            sids, slot_flags = slot[7], slot[1]
+            flags |= slot_flags
+            # the common slot, one shape already known: no call; the rest through _resolve
+            if len(sids) == 1 and not once and (shape := known.get(sids[0])) is not None:
+                add_shapes([shape])
+                records += 1
+            else:
+                planned = self._resolve(sids)
+                add_shapes(planned)
+                records += len(planned)
+            if slot_flags & WAIT:
+                ticket = _Settle(ring, slot[0])
+            if forget and ring.next >= forget[0][0]:
+                below = forget.pop(0)[1]
+                self.shapes = known = {k: v for k, v in known.items() if k >= below}
+        return TakenRun(slots, shapes, ticket, records, flags) if slots else None
 
     def _resolve(self, sids: tuple[int, ...]) -> list[Shape]:
         """The slot's shapes; one not yet seen was sent before the slot was written: wait for it."""
@@ -254,8 +279,10 @@ class Member:
         sid = int(data["id"])
         event, source, outcome = data["kind"]
         severity, text = int(data["severity"]), data["severity_text"]
-        self.shapes[sid] = Shape(attrs, data["body"], data["tail"], severity, text, encode_attributes(attrs),
-                                 len(attrs), (event, source, outcome))
+        encoded = encode_attributes(attrs)
+        plan = plan_of(attrs, data["body"], data["tail"], severity, text, encoded)
+        self.shapes[sid] = Shape(attrs, data["body"], data["tail"], severity, text, encoded, len(attrs),
+                                 (event, source, outcome), plan)
         if data.get("once"):
             self._once.add(sid)
 

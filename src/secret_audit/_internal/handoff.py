@@ -193,11 +193,14 @@ class Handoff:
 
 def _records_of(queued: Any) -> int:
     """How many records a queued item stands for: an access's items, or a ring slot's shapes (a
-    slot an agent's stream or a dead agent's app took from the ring, ``ring_stream.Taken``)."""
+    slot an agent's stream or a dead agent's app took from the ring, ``ring_stream.Taken``), or
+    those of a run of slots (``ring_stream.TakenRun``: a list of each slot's shapes)."""
     items = getattr(queued, "items", None)
     if isinstance(items, (list, tuple)):
         return len(items)
     shapes = getattr(queued, "shapes", None)
     if isinstance(shapes, list):
+        if shapes and isinstance(shapes[0], list):
+            return sum(len(planned) or 1 for planned in shapes)
         return len(shapes) or 1
     return 1

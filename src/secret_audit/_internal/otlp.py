@@ -19,6 +19,7 @@ __all__ = [
     "encode_attributes",
     "encode_log_record",
     "encode_request",
+    "encode_request_framed",
 ]
 
 _pack_d = struct.Struct("<d").pack
@@ -223,6 +224,10 @@ class AuditTail:
         self._prev = self._digest_head(self.KEYS[4])
         self._hash = self._digest_head(self.KEYS[5])
 
+    def heads(self) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+        """The fixed bytes ``encode`` writes around the six values (the engine splices them too)."""
+        return self._duration, self._event_key, self._stream, self._sequence_key, self._prev, self._hash
+
     @staticmethod
     def _digest_head(key: str) -> bytes:
         prefix = _key_prefix(key)
@@ -318,17 +323,31 @@ def encode_request(
     scope_schema_url: str = "",
 ) -> bytes:
     """Wrap encoded LogRecords in one ExportLogsServiceRequest for one resource and scope."""
+    framed: list[bytes] = []
+    for r in records:  # each record's field header, then the record: joined once, not copied twice
+        n = len(r)
+        framed += (b"\x12", _SMALL[n] if n < 128 else _varint(n), r)
+    return encode_request_framed(resource_attributes, scope_name, scope_version, b"".join(framed),
+                                 resource_schema_url=resource_schema_url, scope_schema_url=scope_schema_url)
+
+
+def encode_request_framed(
+    resource_attributes: Mapping[str, Any],
+    scope_name: str,
+    scope_version: str | None,
+    framed: bytes | bytearray,
+    *,
+    resource_schema_url: str = "",
+    scope_schema_url: str = "",
+) -> bytes:
+    """``encode_request`` of records already framed as ScopeLogs fields (``engine.stamp_slots``' output)."""
     resource = _attributes(b"\x0a", resource_attributes)
     scope = b""
     if scope_name:
         scope += _ld(b"\x0a", scope_name.encode("utf-8"))
     if scope_version:
         scope += _ld(b"\x12", scope_version.encode("utf-8"))
-    framed: list[bytes] = [_ld(b"\x0a", scope)]
-    for r in records:  # each record's field header, then the record: joined once, not copied twice
-        n = len(r)
-        framed += (b"\x12", _SMALL[n] if n < 128 else _varint(n), r)
-    scope_logs = b"".join(framed)
+    scope_logs = _ld(b"\x0a", scope) + framed
     if scope_schema_url:
         scope_logs += _ld(b"\x1a", scope_schema_url.encode("utf-8"))
     resource_logs = _ld(b"\x0a", resource) + _ld(b"\x12", scope_logs)

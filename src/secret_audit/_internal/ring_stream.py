@@ -4,7 +4,9 @@ A slot names its access by numbers (shape ids, start and end, the ids of its aud
 its shapes resolved it is built as the agent builds it: records filled from the shapes, and the
 audit span made with the ids the app chose when the slot asks for one (``SPANS_VIA=agent``), through
 a tracer provider for the app's resource whose id generator hands out those ids. The agent's
-``RingStream`` takes only slots; the app's fallback takes the slots its dead agent had not settled
+``RingStream`` takes runs of slots (``TakenRun``): their records are stamped and encoded by the
+engine in one call per stretch (``Stream.stamp_slots``), a slot with a span or a shape without a
+plan one at a time. The app's fallback takes the slots its dead agent had not settled (``Taken``)
 and then the app's accesses as any in-process pipeline does.
 """
 
@@ -19,7 +21,9 @@ from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.ring import SPAN, SPAN_PART, Slot
 from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fill
 
-__all__ = ["SlotPipeline", "Taken"]
+__all__ = ["SlotPipeline", "Taken", "TakenRun"]
+
+_ONE_BY_ONE = SPAN | SPAN_PART  # slots whose records make a span: built one at a time
 
 _log = logging.getLogger("secret_audit")
 
@@ -32,6 +36,17 @@ class Taken(NamedTuple):
     ticket: Any
 
 
+class TakenRun(NamedTuple):
+    """Consecutive slots as the agent's reader takes them, shapes resolved; ``ticket`` settles the run's
+    last slot a fail-closed caller waits on (settling is a watermark: the slots before it too)."""
+
+    slots: list[Slot]
+    shapes: list[list[Shape]]
+    ticket: Any
+    records: int  # how many records the run's slots make (their shapes)
+    flags: int  # its slots' flags, or-ed: whether any makes a span
+
+
 class SlotPipeline(AuditPipeline):
     """An in-process pipeline that also takes ring slots (``Taken``) from its queue."""
 
@@ -42,14 +57,84 @@ class SlotPipeline(AuditPipeline):
         self._spans = spans
         self._span_builder: RecordBuilder | None = None
         self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
+        self._last_index = -1  # the ring index of the last slot whose records are in the batch
 
     def _take(self, item: Any) -> int:
+        if type(item) is TakenRun:
+            return self._take_run(item)
         if not isinstance(item, Taken):
             return super()._take(item)
+        return self._take_slot(item.slot, item.shapes)
+
+    def _take_run(self, run: TakenRun) -> int:
+        """A run's records: stretches of plain slots through the engine, up to the batch's room each."""
         if self._backend is None:
             self._prepare()
-        _, flags, start, end, trace_id, span_id, trace_flags, _, parent = item.slot
-        shapes = item.shapes
+        engine = self._encodes and not self._echo  # the engine writes OTLP bytes, and echoes nothing
+        limit = self.settings.batch_size
+        slots, shapes = run.slots, run.shapes
+        if engine and not run.flags & _ONE_BY_ONE and self._batch.records + run.records < limit:
+            return self._stamp_run(slots, shapes)  # the common run: one call
+        built, i, n = 0, 0, len(slots)
+        while i < n:
+            j, room = i, limit - self._batch.records
+            while engine and j < n and room > 0 and not slots[j][1] & _ONE_BY_ONE:
+                room -= len(shapes[j])
+                j += 1
+            if j > i:
+                built += self._stamp_run(slots[i:j], shapes[i:j])
+                i = j
+            else:
+                built += self._slot_safely(slots[i], shapes[i])
+                i += 1
+            if self._batch.records >= limit:
+                self.handoff.made_room()
+                self._attest()
+                self._export_batch()
+        return built
+
+    def _stamp_run(self, slots: list[Slot], shapes: list[list[Shape]]) -> int:
+        """Stamp and encode a stretch of plain slots in one engine call; slot by slot if it refuses one."""
+        stream = self.stream
+        try:
+            n: int = self._backend.add_framed(lambda out: stream.stamp_slots(slots, shapes, out))
+        except (ValueError, OverflowError, TypeError):  # a value outside the engine's layout; no plan
+            return sum(self._slot_safely(slot, planned) for slot, planned in zip(slots, shapes))  # noqa: B905
+        batch = self._batch
+        kinds = batch.kinds
+        last: Any = None
+        count = 0  # counted by runs of one kind: a kind's hash is a tuple's, made per lookup
+        for planned in shapes:
+            for shape in planned:
+                kind = shape.kind
+                if kind is last or kind == last:
+                    count += 1
+                    continue
+                if count:
+                    kinds[last] = kinds.get(last, 0) + count
+                last, count = kind, 1
+        if count:
+            kinds[last] = kinds.get(last, 0) + count
+        if not batch.records:
+            batch.first = self.stream.sequence - n + 1
+        batch.records += n
+        self._last_index = slots[-1][0]
+        return n
+
+    def _slot_safely(self, slot: Slot, shapes: list[Shape]) -> int:
+        """One slot of a run; a record that cannot be built is counted and logged, the run goes on."""
+        try:
+            return self._take_slot(slot, shapes)
+        except Exception:
+            self._ledger.internal_errors += 1
+            _log.exception("secret-audit: failed to build an audit record")
+            return 0
+
+    def _take_slot(self, slot: Slot, shapes: list[Shape]) -> int:
+        if self._backend is None:
+            self._prepare()
+        self._last_index = slot[0]
+        _, flags, start, end, trace_id, span_id, trace_flags, _, parent = slot
         records, bodies = fill(shapes, start, end)
         if flags & (SPAN | SPAN_PART):
             self._span_records.extend(records)

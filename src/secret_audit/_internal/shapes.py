@@ -105,6 +105,7 @@ class Shape(NamedTuple):
     encoded: bytes  # ``attrs`` as OTLP LogRecord attribute fields
     skip: int  # how many attributes ``encoded`` holds
     kind: tuple[str, Any, Any]  # what the metrics count it by: event, secret.source, audit.outcome
+    plan: Any = None  # the engine's Plan, where the agent made one (engine.plan_of)
 
 
 # A record's trace fields: trace id, span id, flags, and the two ids in hex for the chain hash.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-from secret_audit._internal.otlp import RecordData, encode_log_record, encode_request
+from secret_audit._internal.otlp import _SMALL, RecordData, _varint, encode_log_record, encode_request_framed
 from secret_audit._internal.senders import Sender
 
 __all__ = ["FastSink", "Sink"]
@@ -56,17 +57,28 @@ class FastSink(Sink):
         self._scope = scope
         self._version = version
         self._sender = sender
-        self._batch: list[bytes] = []
+        self._batch = bytearray()  # the pending records, each framed as a ScopeLogs field
+        self._pending = 0
 
     def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
-        self._batch.append(encode_log_record(record, prefix, skip, tail))
+        encoded = encode_log_record(record, prefix, skip, tail)
+        n = len(encoded)
+        self._batch += b"\x12" + (_SMALL[n] if n < 128 else _varint(n)) + encoded
+        self._pending += 1
+
+    def add_framed(self, stamp: Callable[[bytearray], int]) -> int:
+        """Let ``stamp`` append records it encoded and framed itself (``Stream.stamp_slots``, all or
+        none) straight onto the batch; how many it added."""
+        n = stamp(self._batch)
+        self._pending += n
+        return n
 
     def pending(self) -> int:
-        return len(self._batch)
+        return self._pending
 
     def encode(self) -> bytes:
         """The pending batch as one ExportLogsServiceRequest."""
-        return encode_request(
+        return encode_request_framed(
             self._resource,
             self._scope,
             self._version,
@@ -76,7 +88,8 @@ class FastSink(Sink):
 
     def seal(self) -> bytes:
         body = self.encode()
-        self._batch = []
+        self._batch = bytearray()
+        self._pending = 0
         return body
 
     @property

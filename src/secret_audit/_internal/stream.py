@@ -8,6 +8,8 @@ emitter reads the head (``sequence``, ``head``) to sign it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from time import time_ns
 from typing import Any
 
 from secret_audit import contract
@@ -27,6 +29,7 @@ class Stream:
         self.sequence = 0
         self.head = contract.GENESIS
         self._tail = AuditTail(self.id)
+        self._consts: Any = None  # the engine's fixed bytes of this stream, made at its first run
 
     def stamp(
         self, attrs: dict[str, Any], time_unix_nano: int, event_name: str, severity: int, body: str,
@@ -51,3 +54,15 @@ class Stream:
             attrs, self.id, seq, prev, time_unix_nano, _ACCESS, severity, body, trace_hex, span_hex
         )
         return seq, self._tail.encode(attrs[_DURATION], seq, prev, digest)
+
+    def stamp_slots(self, slots: Sequence[Any], shapes: Sequence[Sequence[Any]], out: bytearray) -> int:
+        """Stamp a run of ring slots' records (shapes with plans) with the engine, appending them to
+        ``out`` as framed OTLP LogRecords, all or none; how many records."""
+        from secret_audit._internal import engine  # the agent's: an in-process app never imports it
+
+        if self._consts is None:
+            self._consts = engine.StreamConsts.of(self.id)
+        first = self.sequence
+        now = time_ns()
+        self.sequence, self.head = engine.stamp_slots(slots, shapes, self._consts, first, self.head, now, out)
+        return self.sequence - first
