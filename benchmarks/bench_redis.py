@@ -68,11 +68,16 @@ def main() -> int:
         def ours_on() -> None:
             ours.instrument(settings=settings, tracer_provider=provider)
 
+        # Each round instruments afresh, which starts an agent: stats() waits for its hello, so that the
+        # round times the app beside a running agent (as an app sees it after start-up), not beside an
+        # agent still importing on the other vCPU.
         def agent_on() -> None:
             ours.instrument(settings=agent_settings)
+            secret_audit.stats()
 
         def agent_spans_on() -> None:
             ours.instrument(settings=agent_spans_settings)
+            secret_audit.stats()
 
         def official_on() -> None:
             official.instrument(tracer_provider=provider)
