@@ -45,11 +45,11 @@ def test_a_leftover_spool_is_still_found_at_start_without_importing_the_spool_fi
     assert Spool.FILENAME == SPOOL_FILE  # the name start-up looks for is the spool's own
 
 
-def test_the_agent_imports_no_sdk_trace_package_unless_it_makes_spans():
+def test_the_agent_imports_neither_the_sdk_trace_package_unless_it_makes_spans_nor_asyncio():
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     code = ("import json, sys\nimport secret_audit._internal.agent\n"
-            "print(json.dumps({'sdk trace': 'opentelemetry.sdk.trace' in sys.modules}))\n")
-    assert _loaded(code, env, launcher=False) == {"sdk trace": False}
+            "print(json.dumps({'sdk trace': 'opentelemetry.sdk.trace' in sys.modules, 'asyncio': 'asyncio' in sys.modules}))\n")
+    assert _loaded(code, env, launcher=False) == {"sdk trace": False, "asyncio": False}
 
 
 _MAKERS = """
