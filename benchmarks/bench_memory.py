@@ -8,7 +8,8 @@
    imported once before the fork in every variant alike), each request making 50 GETs, driven by 8
    client threads; then the proportional set size (PSS, which counts a page shared by n processes
    as 1/n in each) of the 8 workers, summed, and their summed RSS.
-Records and spans go over OTLP/HTTP to a sink in another process.
+Records and spans go over OTLP/HTTP to a sink in another process. Our package is byte-compiled first, as
+installing a wheel does (``_common.as_installed``).
 Run: .venv/bin/python benchmarks/bench_memory.py
 """
 
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import free_port, launcher_env, otlp_sink, valkey_server, verdict, wait_port
+from _common import as_installed, free_port, launcher_env, otlp_sink, valkey_server, verdict, wait_port
 
 TARGET_RSS_MIB = 10.0  # over the launcher without us
 TARGET_PREFORK_MIB = 40.0  # all 8 workers together
@@ -177,6 +178,7 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
 
 
 def main() -> int:
+    as_installed()
     with valkey_server() as (_host, port), otlp_sink() as sink:
         one = one_process(sink, port)
         appdir = tempfile.mkdtemp(prefix="sa-bench-wsgi-")

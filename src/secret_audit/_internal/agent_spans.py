@@ -18,7 +18,6 @@ import threading
 from typing import Any, ClassVar
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 __all__ = ["SpanMaker", "chosen_ids", "parent_based_default"]
 
@@ -47,20 +46,28 @@ def chosen_ids(parent: trace.SpanContext) -> tuple[int, int, int, int]:
     return random.getrandbits(128) or 1, span_id, 1, 0  # a root: sampled, as ALWAYS_ON says
 
 
-class _Chosen(IdGenerator):
-    """An id generator that hands out the ids the app chose for the span being made (random ones)."""
+def _chosen() -> Any:
+    """An id generator that hands out the ids the app chose for the span being made (random ones).
 
-    def __init__(self) -> None:
-        self.local = threading.local()
+    Defined on first use: the app imports this module for ``chosen_ids`` and must not import the
+    SDK's trace package for it, nor must an agent that makes no spans.
+    """
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
 
-    def generate_span_id(self) -> int:
-        return int(self.local.span_id)
+    class Chosen(IdGenerator):
+        def __init__(self) -> None:
+            self.local = threading.local()
 
-    def generate_trace_id(self) -> int:
-        return int(self.local.trace_id)
+        def generate_span_id(self) -> int:
+            return int(self.local.span_id)
 
-    def is_trace_id_random(self) -> bool:
-        return True  # the app drew it with random.getrandbits, as the SDK's generator does
+        def generate_trace_id(self) -> int:
+            return int(self.local.trace_id)
+
+        def is_trace_id_random(self) -> bool:
+            return True  # the app drew it with random.getrandbits, as the SDK's generator does
+
+    return Chosen()
 
 
 class SpanMaker:
@@ -68,10 +75,11 @@ class SpanMaker:
 
     _makers: ClassVar[dict[str, SpanMaker]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
+    _processors: ClassVar[list[Any] | None] = None
 
     @classmethod
     def for_resource(cls, resource: dict[str, Any] | None) -> SpanMaker:
-        """One provider (and one export thread) per app resource, shared by the streams that have it."""
+        """One provider per app resource, shared by the streams that have it; one export for all."""
         key = json.dumps(resource or {}, sort_keys=True)
         with cls._lock:
             maker = cls._makers.get(key)
@@ -82,12 +90,25 @@ class SpanMaker:
     def __init__(self, resource: dict[str, Any]) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        self.ids = _Chosen()
+        self.ids = _chosen()
         self.provider = TracerProvider(resource=Resource(resource), id_generator=self.ids)
-        for exporter in _exporters():
-            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        for processor in self._shared_processors():
+            self.provider.add_span_processor(processor)
+
+    @classmethod
+    def _shared_processors(cls) -> list[Any]:
+        """One batch processor per exporter for every provider (called under ``_lock``).
+
+        Each span carries its provider's resource, and the OTLP encoder groups a batch by resource,
+        so one export thread and one queue serve every app: a gunicorn's 8 workers (8 resources)
+        would otherwise cost the agent 8 threads and up to 8 queues of spans (issue 19's memory goal).
+        """
+        if cls._processors is None:
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            cls._processors = [BatchSpanProcessor(exporter) for exporter in _exporters()]
+        return cls._processors
 
     def context(self, trace_id: int, span_id: int, flags: int, parent: int) -> Any:
         """The context to start the span in (its parent, remote), with the chosen ids set for this thread."""

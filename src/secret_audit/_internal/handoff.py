@@ -8,7 +8,6 @@ counters only callers change (queue-full drops, refusals, errors in our wrappers
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
@@ -103,6 +102,8 @@ class Handoff:
 
     async def wait_durable_async(self, access: Access, timeout: float | None = None) -> bool:
         """The same for coroutines, without blocking the event loop."""
+        import asyncio  # imported by the running loop already; the agent, which never awaits, need not
+
         ticket = Ticket(loop=asyncio.get_running_loop())
         self.submit(access._replace(ticket=ticket))
         return await ticket.wait_async(self.fail_closed_timeout if timeout is None else timeout)

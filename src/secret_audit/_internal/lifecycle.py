@@ -139,9 +139,10 @@ def install(pipeline: AuditPipeline) -> None:
         _install_sigterm()
     directory = pipeline.settings.spool_dir
     if directory:
-        from secret_audit._internal.spool import Spool
+        from secret_audit._internal.spooldir import SPOOL_FILE
 
-        if os.path.exists(os.path.join(directory, Spool.FILENAME)):
+        # the name from spooldir, not spool: importing spool (and sqlite3) costs every start-up
+        if os.path.exists(os.path.join(directory, SPOOL_FILE)):
             # Records an earlier process spooled are replayed now, not at this one's first access.
             pipeline.handoff.start()
 

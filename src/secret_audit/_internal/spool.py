@@ -16,6 +16,8 @@ import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from secret_audit._internal.spooldir import SPOOL_FILE
+
 __all__ = ["Spool", "SpooledBatch"]
 
 _log = logging.getLogger("secret_audit")
@@ -50,7 +52,7 @@ class SpooledBatch(NamedTuple):
 class Spool:
     """Append-only while the exporter is failing; drained in order once it answers again."""
 
-    FILENAME = "audit-spool.sqlite3"
+    FILENAME = SPOOL_FILE
 
     def __init__(self, directory: str, max_bytes: int, *, create: bool = True) -> None:
         self.directory = Path(directory)

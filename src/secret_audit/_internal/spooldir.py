@@ -13,10 +13,12 @@ import pwd
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["DESTINATION_FILE", "default_spool_dir", "prepare_spool_dir", "state_home"]
+__all__ = ["DESTINATION_FILE", "SPOOL_FILE", "default_spool_dir", "prepare_spool_dir", "state_home"]
 
 # Written beside the spool so an operator can tell what a folder holds (never the headers).
 DESTINATION_FILE = "destination.txt"
+# The spool's own file, named here so that start-up can look for a leftover one without importing sqlite3.
+SPOOL_FILE = "audit-spool.sqlite3"
 
 
 def state_home(env: Mapping[str, str]) -> Path | None:

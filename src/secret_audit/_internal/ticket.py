@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Ticket"]
 
@@ -40,6 +42,8 @@ class Ticket:
         """Await durability without blocking the event loop."""
         if self._future is None:
             return self.wait(0)
+        import asyncio  # here, not at the top: the audit agent never awaits, and asyncio is 2.5 MiB
+
         try:
             return await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except asyncio.TimeoutError:

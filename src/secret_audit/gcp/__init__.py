@@ -19,7 +19,6 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from secret_audit._internal.bootstrap import pipeline_for
-from secret_audit._internal.gcp_source import RPCS, SOURCE_NAME, GcpWrappers
 from secret_audit._internal.patching import unwrap_ours, when_imported, wrap
 from secret_audit.gcp.package import _instruments
 
@@ -44,6 +43,8 @@ def _installed() -> bool:
 def _targets(mod: Any) -> list[tuple[Any, str, bool]]:
     """(client class, method, is_async) for both client flavours of one loaded API version."""
     # The async client calls its transport directly, not the sync client: both need wrapping.
+    from secret_audit._internal.gcp_source import RPCS
+
     clients = ((mod.SecretManagerServiceClient, False), (mod.SecretManagerServiceAsyncClient, True))
     return [(cls, method, is_async) for cls, is_async in clients for method in RPCS if method in cls.__dict__]
 
@@ -69,10 +70,17 @@ class GcpSecretManagerSecretAuditInstrumentor(BaseInstrumentor):  # type: ignore
         pipeline = pipeline_for(kwargs)
         if pipeline is None:
             return
-        closed = pipeline.settings.mode_for(SOURCE_NAME) == "closed"
-        wrappers = GcpWrappers(pipeline.handoff, closed=closed)
+        built: list[Any] = []
 
         def patch(mod: Any) -> None:
+            # The wrappers' module is imported with the client, not at start-up: an app that never
+            # uses Secret Manager never pays for it (issue 19's start-up goal).
+            if not built:
+                from secret_audit._internal.gcp_source import SOURCE_NAME, GcpWrappers
+
+                closed = pipeline.settings.mode_for(SOURCE_NAME) == "closed"
+                built.append(GcpWrappers(pipeline.handoff, closed=closed))
+            wrappers = built[0]
             for owner, method, is_async in _targets(mod):
                 wrap(owner, method, wrappers.for_method(method, is_async))
 

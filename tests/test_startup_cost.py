@@ -1,0 +1,78 @@
+"""Start-up and memory (issue 19): what an instrumented process and the audit agent import, and
+what the agent keeps per app.
+
+Each import case runs in a fresh interpreter, since this test session has imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_launcher_e2e import launcher_env
+
+BIN = Path(sys.executable).parent
+GRPC = "grpc_client,grpc_server,grpc_aio_client,grpc_aio_server"
+# What only the first Secret Manager client, a spool or the agent's own spans need.
+NOT_AT_START = ("secret_audit._internal.gcp_source", "secret_audit._internal.spool", "sqlite3")
+
+
+def _loaded(code: str, env: dict[str, str], *, launcher: bool) -> dict[str, bool]:
+    argv = [sys.executable, "-c", code]
+    if launcher:
+        argv = [str(BIN / "opentelemetry-instrument"), *argv]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_an_app_that_uses_redis_only_imports_neither_the_gcp_wrappers_nor_the_spool_at_start(redis_url, tmp_path):
+    env = launcher_env("http://127.0.0.1:9", redis_url, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=GRPC,
+                       OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path / "spool"))
+    code = ("import json, sys, redis\n"
+            f"print(json.dumps({{m: m in sys.modules for m in {NOT_AT_START!r} + ('secret_audit.redis',)}}))\n")
+    loaded = _loaded(code, env, launcher=True)
+    assert loaded == {**dict.fromkeys(NOT_AT_START, False), "secret_audit.redis": True}
+
+
+def test_a_leftover_spool_is_still_found_at_start_without_importing_the_spool_first(redis_url, tmp_path):
+    from secret_audit._internal.spool import Spool
+    from secret_audit._internal.spooldir import SPOOL_FILE
+
+    assert Spool.FILENAME == SPOOL_FILE  # the name start-up looks for is the spool's own
+
+
+def test_the_agent_imports_neither_the_sdk_trace_package_unless_it_makes_spans_nor_asyncio():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    code = ("import json, sys\nimport secret_audit._internal.agent\n"
+            "print(json.dumps({'sdk trace': 'opentelemetry.sdk.trace' in sys.modules, 'asyncio': 'asyncio' in sys.modules}))\n")
+    assert _loaded(code, env, launcher=False) == {"sdk trace": False, "asyncio": False}
+
+
+_MAKERS = """
+import json, sys
+from secret_audit._internal.agent_spans import SpanMaker
+makers = [SpanMaker.for_resource({"service.name": "w", "service.instance.id": str(i)}) for i in range(8)]
+processors = {id(p) for m in makers for p in m.provider._active_span_processor._span_processors}
+for i, maker in enumerate(makers):
+    maker.context(1000 + i, 2000 + i, 1, 0)
+    maker.provider.get_tracer("t").start_span("audit").end()
+makers[0].flush(5000)
+print(json.dumps({"providers": len({id(m.provider) for m in makers}), "processors": len(processors)}))
+"""
+
+
+def test_the_agent_exports_every_apps_spans_through_one_batch_processor_with_each_apps_resource():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_TRACES_EXPORTER"] = "console"
+    proc = subprocess.run([sys.executable, "-c", _MAKERS], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"providers": 8, "processors": 1}
+    # each span went out with its own app's resource and the ids that app chose
+    for i in range(8):
+        assert f'"service.instance.id": "{i}"' in proc.stdout
+        assert f'"span_id": "0x{2000 + i:016x}"' in proc.stdout
