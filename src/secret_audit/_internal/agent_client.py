@@ -100,14 +100,10 @@ class AgentHandoff:
         if idx < 0:
             return idx == _NOTHING
         deadline, pause = time.monotonic() + limit, 0.00005
-        while True:
-            settled = self._settled(idx, lost)
-            if settled is not None:
-                return settled
-            if time.monotonic() >= deadline:
-                return False
+        while (verdict := self._verdict(idx, lost, deadline)) is None:
             time.sleep(pause)
             pause = min(pause * 2, 0.002)
+        return verdict
 
     async def wait_durable_async(self, access: Access, timeout: float | None = None) -> bool:
         """The same for coroutines, without blocking the event loop."""
@@ -118,14 +114,10 @@ class AgentHandoff:
         if idx < 0:
             return idx == _NOTHING
         deadline, pause = time.monotonic() + limit, 0.0001
-        while True:
-            settled = self._settled(idx, lost)
-            if settled is not None:
-                return settled
-            if time.monotonic() >= deadline:
-                return False
+        while (verdict := self._verdict(idx, lost, deadline)) is None:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.002)
+        return verdict
 
     def refuse(self, reason: str) -> None:
         """Count one fail-closed refusal; the agent (or the fallback) reports it in the stream."""
@@ -206,6 +198,13 @@ class AgentHandoff:
         ring = self.ring or self.register()
         lost = ring.word(hdr.LOST) if ring is not None else 0
         return lost, self._put(access, WAIT)
+
+    def _verdict(self, idx: int, lost: int, deadline: float) -> bool | None:
+        """A waiting caller's answer once its slot is settled or its time is up; None to wait on."""
+        settled = self._settled(idx, lost)
+        if settled is None and time.monotonic() >= deadline:
+            return False
+        return settled
 
     def _settled(self, idx: int, lost: int) -> bool | None:
         """None while the slot is not settled; then whether it is durable (no batch lost since)."""
