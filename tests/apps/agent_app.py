@@ -31,6 +31,23 @@ def reads(n: int, name: str = key) -> None:
         client.get(name)
 
 
+def stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until it is stopped: one of its threads takes the signal and stops the
+    rest, and until the scheduler runs that one (the agent runs SCHED_BATCH) the others go on working."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(state in "tT" for state in states):
+            return
+        time.sleep(0.001)
+    raise RuntimeError(f"pid {pid} did not stop")
+
+
 def say(what: str, value: object) -> None:
     # one write per line: forked children share the pipe, and print's text and newline may go apart
     sys.stdout.flush()
@@ -79,7 +96,7 @@ if ending == "agent-killed":
     while secret_audit.stats()["queued"] and time.monotonic() < deadline:
         time.sleep(0.01)
     say("read", secret_audit.stats())
-    os.kill(agent, signal.SIGSTOP)
+    stop(agent)
     reads(count, key + ":unread")  # handed off; the stopped agent does not read them
     os.kill(agent, signal.SIGKILL)
     os.kill(agent, signal.SIGCONT)
@@ -130,7 +147,7 @@ elif ending == "fork":
 elif ending == "agent-dies":
     secret_audit.flush(10)
     agent = secret_audit.stats()["agent"]["pid"]
-    os.kill(agent, signal.SIGSTOP)
+    stop(agent)
     during = []
     for _ in range(count):  # handed off; the stopped agent settles none of them
         try:
