@@ -74,6 +74,9 @@ class AgentHandoff:
         self.agent_pid: int | None = None
         self.stream_id: str | None = None
         self._hello = threading.Event()  # the agent said which agent and stream serve this ring
+        self._asking = threading.Lock()  # one stats() question to the agent at a time
+        self._answer = threading.Event()
+        self._ledger: dict[str, Any] = {}
 
     # ---- the caller's side ----------------------------------------------------------------------
 
@@ -199,6 +202,21 @@ class AgentHandoff:
             "agent": {"mode": "process" if self.fallback is None else "in-process", "pid": self.agent_pid,
                       "gone": self.gone},
         }
+
+    def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
+        """The agent's counters of this process's stream (ledger and sequence), asked over the socket;
+        None if it does not answer in time."""
+        with self._asking:
+            sock = self._sock
+            if sock is None or self.fallback is not None:
+                return None
+            self._answer.clear()
+            try:
+                with self.lock:  # whole frames: shapes are sent under the same lock
+                    sock.sendall(wire.FRAME.pack(b"Q", 0))
+            except OSError:
+                return None
+            return self._ledger if self._answer.wait(timeout) else None
 
     # ---- the ring -------------------------------------------------------------------------------
 
@@ -383,8 +401,10 @@ class AgentHandoff:
             info = json.loads(hello[1])
             self.agent_pid, self.stream_id = int(info["agent_pid"]), str(info["stream_id"])
             self._hello.set()
-            while wire.read_frame(sock) is not None:
-                pass
+            while (frame := wire.read_frame(sock)) is not None:
+                if frame[0] == b"C":  # the answer to ledger()
+                    self._ledger = json.loads(frame[1])
+                    self._answer.set()
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
