@@ -206,6 +206,11 @@ def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_pa
     fallback = {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"] != key}
     assert len(streams) == 2  # the agent's (what it settled), the app's since the agent died
     assert fallback == {stats["stream_id"]}
+    # the new stream names where the dead agent's ended: its id and its last settled sequence
+    (dead,) = set(streams) - fallback
+    assert stats["agent"]["predecessor"] == {"stream_id": dead, "last_sequence": max(streams[dead])}
+    assert (f"(stream {stats['stream_id']}, taking up where the agent's stream {dead} ends, at its sequence "
+            f"{max(streams[dead])})") in proc.stderr, proc.stderr
 
 
 def test_a_slot_the_app_cannot_build_when_its_agent_dies_is_reported_lost(redis_url, tmp_path):

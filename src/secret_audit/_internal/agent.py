@@ -38,6 +38,7 @@ from secret_audit._internal.ring import (
     REFUSALS,
     SEQUENCE,
     SETTLED,
+    SETTLED_SEQUENCE,
     TAIL,
     TAKEN,
     WAIT,
@@ -98,6 +99,9 @@ class RingStream(SlotPipeline):
         super()._settled(verdicts)
         counts = self._ledger
         ring = self.ring
+        last = max((v.batch.last for v in verdicts if not v.from_spool), default=0)
+        if last > ring.word(SETTLED_SEQUENCE):  # sent, spooled or reported lost: a fallback takes up after it
+            ring.set_word(SETTLED_SEQUENCE, last)
         ring.set_word(DEGRADED, int(self.handoff.degraded))
         ring.set_word(EXPORTED, counts.exported)
         ring.set_word(SPOOLED, counts.spooled)

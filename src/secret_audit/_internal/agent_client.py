@@ -55,6 +55,7 @@ class AgentHandoff:
         self._via_agent: bool | None = None if settings.spans_via == "agent" else False
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
+        self.predecessor: dict[str, Any] | None = None  # the dead agent's stream, its last settled sequence
         self.closed = False
         self._reset()
         ref = weakref.ref(self)
@@ -200,7 +201,7 @@ class AgentHandoff:
             "handed_off": handed,
             "settled": words(hdr.SETTLED),
             "agent": {"mode": "process" if self.fallback is None else "in-process", "pid": self.agent_pid,
-                      "gone": self.gone},
+                      "gone": self.gone, "predecessor": self.predecessor},
         }
 
     def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -216,7 +217,8 @@ class AgentHandoff:
                     sock.sendall(wire.FRAME.pack(b"Q", 0))
             except OSError:
                 return None
-            return self._ledger if self._answer.wait(timeout) else None
+            answered = self._answer.wait(timeout)  # also set once the agent is gone
+            return self._ledger if answered and self.fallback is None else None
 
     # ---- the ring -------------------------------------------------------------------------------
 
@@ -408,6 +410,7 @@ class AgentHandoff:
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
+        self._answer.set()  # a stats() waiting for the agent's answer waits no more
 
 
 def _forked(ref: weakref.ref[AgentHandoff]) -> None:

@@ -23,7 +23,7 @@ import time
 
 __all__ = [
     "CHECKPOINTS", "DEGRADED", "DROPPED", "ERRORS", "INTERNAL_ERRORS", "LOST", "LOST_EXPORT", "MAX_IDS",
-    "REFUSALS", "SEALED", "SEQUENCE", "SETTLED", "SLEEPING", "SLOTS", "SPAN", "SPAN_PART",
+    "REFUSALS", "SEALED", "SEQUENCE", "SETTLED", "SETTLED_SEQUENCE", "SLEEPING", "SLOTS", "SPAN", "SPAN_PART",
     "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
 ]
 
@@ -43,6 +43,7 @@ TAKEN = 11  # DROPPED, then each of REFUSALS in order
 SLEEPING = 15  # the agent's: 1 while its reader waits for a wake (found nothing for a while), else 0
 # the agent's stream's ledger, as of its last settled batch, for the app's stats() (words 9, 10 in agent_wire)
 SEQUENCE, LOST_EXPORT, INTERNAL_ERRORS, CHECKPOINTS = 16, 17, 18, 19
+SETTLED_SEQUENCE = 20  # the agent's: its stream's last settled sequence, where a fallback stream takes up
 
 # kind, flags, n ids, trace flags, start, end, trace id (high, low), span id, parent span id
 _ACCESS = struct.Struct("<BBHIqqQQQQ")
