@@ -530,3 +530,39 @@ def test_stats_carry_the_same_keys_and_counts_with_the_agent_as_in_process(redis
 
     assert by_kind(local) == by_kind(agent) != []
     assert "s3cr3t-stats-canary" not in json.dumps(agent)
+
+
+_METRICS_APP = """
+import json, os, redis, secret_audit
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from secret_audit.redis import RedisSecretAuditInstrumentor
+reader = InMemoryMetricReader()
+RedisSecretAuditInstrumentor().instrument(meter_provider=MeterProvider(metric_readers=[reader]))
+client = redis.Redis.from_url(os.environ["REDIS_URL"])
+for _ in range(4):
+    client.get(os.environ["KEY"])
+assert secret_audit.flush(30)
+points = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name.startswith("secret_audit.record."):
+                points[m.name] = sorted((json.dumps(dict(p.attributes), sort_keys=True), p.value)
+                                        for p in m.data.data_points)
+print("metrics", json.dumps(points), flush=True)
+"""
+
+
+def test_the_apps_record_metrics_are_the_same_with_the_agent(redis_url, tmp_path):
+    """The app's secret_audit.record.* metrics read stats()'s counts: with the agent they are its stream's."""
+    got = {}
+    for mode in ("off", "process"):
+        env = {**os.environ, "REDIS_URL": redis_url, "KEY": "secret:metrics:" + secrets.token_hex(4),
+               P + "AGENT": mode, P + "EXPORTER": "none", "XDG_STATE_HOME": str(tmp_path / "state")}
+        proc = subprocess.run([sys.executable, "-c", _METRICS_APP], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got[mode] = said(proc.stdout, "metrics")[0]
+    assert got["process"] == got["off"]
+    assert [value for _, value in got["off"]["secret_audit.record.created"]] == [4]
