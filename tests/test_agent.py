@@ -206,6 +206,11 @@ def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_pa
     fallback = {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"] != key}
     assert len(streams) == 2  # the agent's (what it settled), the app's since the agent died
     assert fallback == {stats["stream_id"]}
+    # the new stream names where the dead agent's ended: its id and its last settled sequence
+    (dead,) = set(streams) - fallback
+    assert stats["agent"]["predecessor"] == {"stream_id": dead, "last_sequence": max(streams[dead])}
+    assert (f"(stream {stats['stream_id']}, taking up where the agent's stream {dead} ends, at its sequence "
+            f"{max(streams[dead])})") in proc.stderr, proc.stderr
 
 
 def test_a_slot_the_app_cannot_build_when_its_agent_dies_is_reported_lost(redis_url, tmp_path):
@@ -477,3 +482,87 @@ def test_an_exit_before_the_agent_made_the_records_durable_is_said(redis_url, tm
     assert "51 audit records wait in the spool" in proc.stderr
     assert "lost" not in proc.stderr.replace("lost if it dies first", "")
     assert took < 40, took
+
+
+_STATS_APP = """
+import json, os, time, redis, secret_audit
+client = redis.Redis.from_url(os.environ["REDIS_URL"])
+key = os.environ["KEY"]
+client.set(key, "s3cr3t-stats-canary")
+for _ in range(5):
+    client.get(key)
+client.mget(key, key + ":missing")
+assert secret_audit.flush(30)
+stats = secret_audit.stats()
+deadline = time.monotonic() + 5  # the ledger counts a batch just after its fail-closed callers are released
+while stats["exported"] < stats["sequence"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+    stats = secret_audit.stats()
+print("stats", json.dumps(stats, default=str), flush=True)
+"""
+
+
+def test_stats_carry_the_same_keys_and_counts_with_the_agent_as_in_process(redis_url, tmp_path):
+    """stats() of an app served by an agent has every key of the in-process pipeline's, and the stream's
+    counts (sequence, exported, per-kind records) are the same for the same accesses."""
+    app = tmp_path / "stats_app.py"
+    app.write_text(_STATS_APP)
+    got = {}
+    for mode in ("off", "process"):
+        with otlp_receiver() as rx:
+            env = env_for(rx, redis_url, tmp_path, KEY="secret:stats:" + secrets.token_hex(4), **{P + "AGENT": mode})
+            proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(app)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            got[mode] = said(proc.stdout, "stats")[0]
+            assert len(records_when(rx, got[mode]["sequence"])) == got[mode]["sequence"]
+    local, agent = got["off"], got["process"]
+    assert agent["agent"]["mode"] == "process"
+    assert set(local) - {"spool"} <= set(agent), set(local) - set(agent)
+    assert local["sequence"] == agent["sequence"] >= 8  # SET, 5 GETs, MGET of 2 keys
+    for key in ("exported", "lost_export", "internal_errors", "spooled", "checkpoints_signed"):
+        assert local[key] == agent[key], key
+    assert agent["exported"] == agent["sequence"]
+
+    def by_kind(stats):
+        return sorted((json.dumps(row["attributes"], sort_keys=True), row["created"], row["exported"])
+                      for row in stats["records"])
+
+    assert by_kind(local) == by_kind(agent) != []
+    assert "s3cr3t-stats-canary" not in json.dumps(agent)
+
+
+_METRICS_APP = """
+import json, os, redis, secret_audit
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from secret_audit.redis import RedisSecretAuditInstrumentor
+reader = InMemoryMetricReader()
+RedisSecretAuditInstrumentor().instrument(meter_provider=MeterProvider(metric_readers=[reader]))
+client = redis.Redis.from_url(os.environ["REDIS_URL"])
+for _ in range(4):
+    client.get(os.environ["KEY"])
+assert secret_audit.flush(30)
+points = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name.startswith("secret_audit.record."):
+                points[m.name] = sorted((json.dumps(dict(p.attributes), sort_keys=True), p.value)
+                                        for p in m.data.data_points)
+print("metrics", json.dumps(points), flush=True)
+"""
+
+
+def test_the_apps_record_metrics_are_the_same_with_the_agent(redis_url, tmp_path):
+    """The app's secret_audit.record.* metrics read stats()'s counts: with the agent they are its stream's."""
+    got = {}
+    for mode in ("off", "process"):
+        env = {**os.environ, "REDIS_URL": redis_url, "KEY": "secret:metrics:" + secrets.token_hex(4),
+               P + "AGENT": mode, P + "EXPORTER": "none", "XDG_STATE_HOME": str(tmp_path / "state")}
+        proc = subprocess.run([sys.executable, "-c", _METRICS_APP], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got[mode] = said(proc.stdout, "metrics")[0]
+    assert got["process"] == got["off"]
+    assert [value for _, value in got["off"]["secret_audit.record.created"]] == [4]

@@ -29,11 +29,16 @@ from secret_audit._internal.config import Settings
 from secret_audit._internal.engine import plan_of
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
+    CHECKPOINTS,
     DEGRADED,
     DROPPED,
+    INTERNAL_ERRORS,
     LOST,
+    LOST_EXPORT,
     REFUSALS,
+    SEQUENCE,
     SETTLED,
+    SETTLED_SEQUENCE,
     TAIL,
     TAKEN,
     WAIT,
@@ -94,9 +99,22 @@ class RingStream(SlotPipeline):
         super()._settled(verdicts)
         counts = self._ledger
         ring = self.ring
+        last = max((v.batch.last for v in verdicts if not v.from_spool), default=0)
+        if last > ring.word(SETTLED_SEQUENCE):  # sent, spooled or reported lost: a fallback takes up after it
+            ring.set_word(SETTLED_SEQUENCE, last)
         ring.set_word(DEGRADED, int(self.handoff.degraded))
         ring.set_word(EXPORTED, counts.exported)
         ring.set_word(SPOOLED, counts.spooled)
+        ring.set_word(SEQUENCE, self.stream.sequence)
+        ring.set_word(LOST_EXPORT, counts.lost_export)
+        ring.set_word(INTERNAL_ERRORS, counts.internal_errors)
+        ring.set_word(CHECKPOINTS, counts.counts()["checkpoints_signed"])
+
+    def counts(self) -> dict[str, Any]:
+        """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
+        out = self._ledger.counts()
+        out["sequence"] = self.stream.sequence
+        return out
 
 
 class Member:
@@ -110,6 +128,7 @@ class Member:
         self._once: set[int] = set()  # shapes made for one access (an error's): forgotten once used
         self._forget: list[tuple[int, int]] = []  # (ring index, ids below): forget once read past the index
         self._seen = {"dropped": 0, **dict.fromkeys(REFUSALS, 0)}
+        self._stream: RingStream | None = None  # the app's stream, once its ring is registered
         self.thread = threading.Thread(target=self._run, name="secret-audit-agent-member", daemon=True)
 
     def _run(self) -> None:
@@ -129,7 +148,7 @@ class Member:
         ring = Ring(mm)
         size = FRAME.unpack_from(message)[1]
         registration = json.loads(message[FRAME.size:FRAME.size + size])
-        stream = RingStream(self.settings, ring, registration.get("resource"))
+        stream = self._stream = RingStream(self.settings, ring, registration.get("resource"))
         hello = {"agent_pid": os.getpid(), "stream_id": stream.stream_id}
         self._buffer = message[FRAME.size + size:]
         body = json.dumps(hello).encode()
@@ -272,6 +291,10 @@ class Member:
             elif kind == b"F":
                 forget = json.loads(payload)
                 self._forget.append((int(forget["at"]), int(forget["below"])))
+            elif kind == b"Q" and self._stream is not None:  # the app's stats(): the stream's counters
+                body = json.dumps(self._stream.counts()).encode()
+                with contextlib.suppress(OSError):
+                    self.conn.sendall(FRAME.pack(b"C", len(body)) + body)
         self._buffer = buf
 
     def _shape(self, data: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ class AgentHandoff:
         self._via_agent: bool | None = None if settings.spans_via == "agent" else False
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
+        self.predecessor: dict[str, Any] | None = None  # the dead agent's stream, its last settled sequence
         self.closed = False
         self._reset()
         ref = weakref.ref(self)
@@ -74,6 +75,9 @@ class AgentHandoff:
         self.agent_pid: int | None = None
         self.stream_id: str | None = None
         self._hello = threading.Event()  # the agent said which agent and stream serve this ring
+        self._asking = threading.Lock()  # one stats() question to the agent at a time
+        self._answer = threading.Event()
+        self._ledger: dict[str, Any] = {}
 
     # ---- the caller's side ----------------------------------------------------------------------
 
@@ -189,8 +193,24 @@ class AgentHandoff:
             "handed_off": handed,
             "settled": words(hdr.SETTLED),
             "agent": {"mode": "process" if self.fallback is None else "in-process", "pid": self.agent_pid,
-                      "gone": self.gone},
+                      "gone": self.gone, "predecessor": self.predecessor},
         }
+
+    def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
+        """The agent's counters of this process's stream (ledger and sequence), asked over the socket;
+        None if it does not answer in time."""
+        with self._asking:
+            sock = self._sock
+            if sock is None or self.fallback is not None:
+                return None
+            self._answer.clear()
+            try:
+                with self.lock:  # whole frames: shapes are sent under the same lock
+                    sock.sendall(wire.FRAME.pack(b"Q", 0))
+            except OSError:
+                return None
+            answered = self._answer.wait(timeout)  # also set once the agent is gone
+            return self._ledger if answered and self.fallback is None else None
 
     # ---- the ring -------------------------------------------------------------------------------
 
@@ -382,11 +402,14 @@ class AgentHandoff:
             info = json.loads(hello[1])
             self.agent_pid, self.stream_id = int(info["agent_pid"]), str(info["stream_id"])
             self._hello.set()
-            while wire.read_frame(sock) is not None:
-                pass
+            while (frame := wire.read_frame(sock)) is not None:
+                if frame[0] == b"C":  # the answer to ledger()
+                    self._ledger = json.loads(frame[1])
+                    self._answer.set()
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
+        self._answer.set()  # a stats() waiting for the agent's answer waits no more
 
 
 def _forked(ref: weakref.ref[AgentHandoff]) -> None:

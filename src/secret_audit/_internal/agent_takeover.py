@@ -67,7 +67,13 @@ def take_over(handoff: Any, cause: str) -> None:
         fallback = SlotPipeline(handoff.settings, resource_attributes())
         install(fallback)
         built = lost = 0
+        link = ""
         if ring is not None:
+            last = ring.word(hdr.SETTLED_SEQUENCE)
+            handoff.predecessor = {"stream_id": handoff.stream_id, "last_sequence": last}
+            if handoff.stream_id is not None:
+                link = (f" (stream {fallback.stream_id}, taking up where the agent's stream "
+                        f"{handoff.stream_id} ends, at its sequence {last})")
             built, lost = _hand_over(ring, handoff.held, fallback)
             # drops and refusals counted here that the agent's stream never took
             fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))
@@ -82,7 +88,7 @@ def take_over(handoff: Any, cause: str) -> None:
         "records are now built and sent in this process (kill -9 now loses what is queued)")
     sys.stderr.write(
         f"otel-secret-audit: the audit agent is gone: {cause}. {built + lost} handed-off accesses not yet "
-        f"durable are handed to this process, which builds and sends them in a new stream{lost_text}; "
+        f"durable are handed to this process, which builds and sends them in a new stream{link}{lost_text}; "
         f"{closed}. Fix: {_FIX}.\n"
     )
     sys.stderr.flush()

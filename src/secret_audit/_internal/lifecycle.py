@@ -105,19 +105,25 @@ class AgentPipeline:
         self.handoff.close(limit)
 
     def counts(self) -> dict[str, Any]:
+        """The in-process pipeline's keys: the hand-off's counters here, the stream's from the agent."""
         fallback = self.handoff.fallback
         handed = self.handoff.stats()  # first: it waits a moment for a just-started agent to name the stream
-        out: dict[str, Any] = {"stream_id": self.stream_id, "exported": 0, "lost_export": 0,
+        out: dict[str, Any] = {"stream_id": self.stream_id, "sequence": 0, "exported": 0, "lost_export": 0,
                                "internal_errors": 0, "spooled": 0, "replayed": 0, "records": [],
                                "checkpoints_signed": 0}
         if fallback is not None:
             out.update(fallback.counts())
         else:
+            from secret_audit._internal import ring as hdr
             from secret_audit._internal.agent_wire import EXPORTED, SPOOLED
 
             ring = self.handoff.ring
-            if ring is not None:
-                out["exported"], out["spooled"] = ring.word(EXPORTED), ring.word(SPOOLED)
+            if ring is not None:  # as of the agent's last settled batch; its own answer below is current
+                for key, word in (("exported", EXPORTED), ("spooled", SPOOLED), ("sequence", hdr.SEQUENCE),
+                                  ("lost_export", hdr.LOST_EXPORT), ("internal_errors", hdr.INTERNAL_ERRORS),
+                                  ("checkpoints_signed", hdr.CHECKPOINTS)):
+                    out[key] = ring.word(word)
+                out.update(self.handoff.ledger() or {})
         out.update({k: v for k, v in handed.items() if fallback is None or k == "agent"})
         return out
 

@@ -22,12 +22,12 @@ import threading
 import time
 
 __all__ = [
-    "DEGRADED", "DROPPED", "ERRORS", "LOST", "MAX_IDS", "REFUSALS", "SEALED", "SETTLED", "SLEEPING", "SLOTS",
-    "SPAN", "SPAN_PART",
+    "CHECKPOINTS", "DEGRADED", "DROPPED", "ERRORS", "INTERNAL_ERRORS", "LOST", "LOST_EXPORT", "MAX_IDS",
+    "REFUSALS", "SEALED", "SEQUENCE", "SETTLED", "SETTLED_SEQUENCE", "SLEEPING", "SLOTS", "SPAN", "SPAN_PART",
     "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
 ]
 
-HEADER = 128
+HEADER = 256  # 32 u64 words; a word is only ever added at the end, never renumbered
 SLOT = 72
 SLOTS = 16384  # 1.1 MiB of slots, touched only as far as they are used: the bound of unsettled slots
 SEALED = -2  # what reserve returns once the app took the ring back from a dead agent
@@ -41,6 +41,9 @@ REFUSALS = {"unavailable": 6, "not_durable": 7, "unbuilt": 8}
 # the agent's copy of the app's counters, as far as its stream has taken them: the rest is the app's to report
 TAKEN = 11  # DROPPED, then each of REFUSALS in order
 SLEEPING = 15  # the agent's: 1 while its reader waits for a wake (found nothing for a while), else 0
+# the agent's stream's ledger, as of its last settled batch, for the app's stats() (words 9, 10 in agent_wire)
+SEQUENCE, LOST_EXPORT, INTERNAL_ERRORS, CHECKPOINTS = 16, 17, 18, 19
+SETTLED_SEQUENCE = 20  # the agent's: its stream's last settled sequence, where a fallback stream takes up
 
 # kind, flags, n ids, trace flags, start, end, trace id (high, low), span id, parent span id
 _ACCESS = struct.Struct("<BBHIqqQQQQ")
