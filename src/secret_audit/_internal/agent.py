@@ -210,17 +210,15 @@ class Member:
 
     def _read_run(self, ring: Ring) -> TakenRun | None:
         """Up to ``_RUN`` committed slots with their shapes; None when none is committed."""
-        slots: list[Any] = []
+        slots: list[Any] = ring.read_run(_RUN)
+        if not slots:
+            return None
         shapes: list[list[Shape]] = []
         ticket = None
         records = flags = 0
         known, once, forget = self.shapes, self._once, self._forget  # the set and list change in place
-        read_slot, add_slot, add_shapes = ring.read, slots.append, shapes.append
-        for _ in range(_RUN):
-            slot = read_slot()
-            if slot is None:
-                break
-            add_slot(slot)
+        add_shapes = shapes.append
+        for slot in slots:
             sids, slot_flags = slot[7], slot[1]
             flags |= slot_flags
             # the common slot, one shape already known: no call; the rest through _resolve
@@ -233,10 +231,11 @@ class Member:
                 records += len(planned)
             if slot_flags & WAIT:
                 ticket = _Settle(ring, slot[0])
-            if forget and ring.next >= forget[0][0]:
+            # forget a shape once read past its last use (the index of the slot just taken, + 1)
+            while forget and slot[0] + 1 >= forget[0][0]:
                 below = forget.pop(0)[1]
                 self.shapes = known = {k: v for k, v in known.items() if k >= below}
-        return TakenRun(slots, shapes, ticket, records, flags) if slots else None
+        return TakenRun(slots, shapes, ticket, records, flags)
 
     def _resolve(self, sids: tuple[int, ...]) -> list[Shape]:
         """The slot's shapes; one not yet seen was sent before the slot was written: wait for it."""

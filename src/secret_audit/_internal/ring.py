@@ -51,6 +51,9 @@ _IDS = [struct.Struct(f"<{n}I") for n in range(MAX_IDS + 1)]
 # the same fields and the ids, packed at once by the writer
 _BODY = [struct.Struct(f"<BBHIqqQQQQ{n}I") for n in range(MAX_IDS + 1)]
 _WORD = struct.Struct("<Q")
+# a whole slot, commit word and both id places (an id place past the slot's count holds stale bytes)
+_WHOLE = struct.Struct(f"<Q{_ACCESS.format[1:]}{MAX_IDS}I")
+assert _WHOLE.size == SLOT
 _KIND_ACCESS = 1
 _LOW = (1 << 64) - 1
 
@@ -183,6 +186,32 @@ class Ring:
         if slot is not None:
             self.next += 1
         return slot
+
+    def read_run(self, limit: int) -> list[Slot]:
+        """Up to ``limit`` consecutive committed slots from the reader's next, in order (none: empty).
+
+        Two copies of the run's bytes: the first only for its commit words, the second, made after, for the
+        slots seen committed; so every slot body is read after its commit was seen, whichever order the
+        copy reads a slot's bytes in (a committed slot does not change until settled).
+        """
+        idx, mm = self.next, self.mm
+        pos = idx & (SLOTS - 1)
+        count = min(limit, SLOTS - pos)  # up to the ring's end; the next call goes on from its start
+        off = HEADER + pos * SLOT
+        commits = memoryview(mm[off:off + count * SLOT]).cast("Q")[::SLOT // 8].tolist()
+        if commits != list(range(idx + 1, idx + 1 + count)):
+            count = 0
+            for want, seen in enumerate(commits, idx + 1):
+                if seen != want:
+                    break
+                count += 1
+            if not count:
+                return []
+        run = [(commit - 1, flags, start, end, (hi << 64) | lo, span, tflags, (a, b)[:n], parent)
+               for commit, _, flags, n, tflags, start, end, hi, lo, span, parent, a, b
+               in _WHOLE.iter_unpack(mm[off:off + count * SLOT])]
+        self.next = idx + count
+        return run
 
     def slot(self, idx: int) -> Slot | None:
         """Slot ``idx`` if it is committed (and not reused since), else None; either side may look."""
