@@ -108,7 +108,7 @@ class RingStream(SlotPipeline):
         ring.set_word(SEQUENCE, self.stream.sequence)
         ring.set_word(LOST_EXPORT, counts.lost_export)
         ring.set_word(INTERNAL_ERRORS, counts.internal_errors)
-        ring.set_word(CHECKPOINTS, counts.counts()["checkpoints_signed"])
+        ring.set_word(CHECKPOINTS, counts.checkpoints_signed())
 
     def counts(self) -> dict[str, Any]:
         """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""

@@ -52,6 +52,11 @@ _REFUSALS = {
 }
 
 
+def _signed(kinds: list[tuple[Kind, list[int]]]) -> int:
+    """The created count of the checkpoint kinds among ``kinds``."""
+    return sum(row[CREATED] for (event, _, _), row in kinds if event == contract.EVENT_CHECKPOINT)
+
+
 class Ledger:
     """Tallies by kind, loss counts, and the losses not yet reported in the stream."""
 
@@ -87,9 +92,12 @@ class Ledger:
             "spooled": self.spooled,
             "replayed": self.replayed,
             "records": by_kind,
-            "checkpoints_signed": sum(row[CREATED] for (event, _, _), row in kinds
-                                      if event == contract.EVENT_CHECKPOINT),
+            "checkpoints_signed": _signed(kinds),
         }
+
+    def checkpoints_signed(self) -> int:
+        """Signed checkpoints created so far, without building the per-kind rows ``counts`` does."""
+        return _signed(list(self.kinds.items()))
 
     def tally(self, kinds: dict[Kind, int], column: int) -> None:
         """Add a batch's records, by kind, to the created, exported or spooled totals."""
