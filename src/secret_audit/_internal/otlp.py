@@ -20,6 +20,7 @@ __all__ = [
     "encode_log_record",
     "encode_request",
     "encode_request_framed",
+    "frame_record",
 ]
 
 _pack_d = struct.Struct("<d").pack
@@ -64,6 +65,11 @@ def _ld(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     n = len(payload)
     return tag + (_SMALL[n] if n < 128 else _varint(n)) + payload
+
+
+def frame_record(record: bytes) -> bytes:
+    """An encoded LogRecord framed as a ScopeLogs field (field 2), as a request carries each record."""
+    return _ld(b"\x12", record)
 
 
 def encode_any(value: Any) -> bytes:
@@ -323,11 +329,8 @@ def encode_request(
     scope_schema_url: str = "",
 ) -> bytes:
     """Wrap encoded LogRecords in one ExportLogsServiceRequest for one resource and scope."""
-    framed: list[bytes] = []
-    for r in records:  # each record's field header, then the record: joined once, not copied twice
-        n = len(r)
-        framed += (b"\x12", _SMALL[n] if n < 128 else _varint(n), r)
-    return encode_request_framed(resource_attributes, scope_name, scope_version, b"".join(framed),
+    framed = b"".join(map(frame_record, records))
+    return encode_request_framed(resource_attributes, scope_name, scope_version, framed,
                                  resource_schema_url=resource_schema_url, scope_schema_url=scope_schema_url)
 
 

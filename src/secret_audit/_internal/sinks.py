@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 
-from secret_audit._internal.otlp import _SMALL, RecordData, _varint, encode_log_record, encode_request_framed
+from secret_audit._internal.otlp import RecordData, encode_log_record, encode_request_framed, frame_record
 from secret_audit._internal.senders import Sender
 
 __all__ = ["FastSink", "Sink"]
@@ -61,9 +61,7 @@ class FastSink(Sink):
         self._pending = 0
 
     def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
-        encoded = encode_log_record(record, prefix, skip, tail)
-        n = len(encoded)
-        self._batch += b"\x12" + (_SMALL[n] if n < 128 else _varint(n)) + encoded
+        self._batch += frame_record(encode_log_record(record, prefix, skip, tail))
         self._pending += 1
 
     def add_framed(self, stamp: Callable[[bytearray], int]) -> int:
