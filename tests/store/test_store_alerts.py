@@ -60,6 +60,14 @@ def producer(url: str, token: str, **extra: str) -> Iterator[Any]:
         retire_pipeline()
 
 
+def sent_counts(store: Store, kind: str, count: int) -> dict[str, Any]:
+    """The alert stats once ``count`` alerts of ``kind`` are counted sent: the receiver sees a 200 before the sender counts it."""
+    deadline = time.monotonic() + 10
+    while store.alerts.stats()["sent"].get(kind, 0) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return store.alerts.stats()
+
+
 def failing_ingest(count: int) -> Any:
     """An ASGI wrapper answering the first ``count`` OTLP requests with 503, as a store restart would."""
     left = [count]
@@ -248,9 +256,7 @@ def test_store_denials_burst_by_principal(db_url, tokens):
         for _ in range(3):  # an ingest token trying to read the trail: 403, audited as denied
             assert httpx.get(f"{url}/api/audit-logs", headers=tokens.header("ingest")).status_code == 403
         (alert,) = rx.wait_for("burst", by="principal")
-        deadline = time.monotonic() + 10
-        while store.alerts.stats()["sent"].get("burst", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        sent_counts(store, "burst", 2)
         stats = httpx.get(f"{url}/stats", headers=tokens.header("auditor")).json()["alerts"]
     assert alert["details"]["outcomes"] == {"denied": 3}
     assert stats["sent"] == {"burst": 2}  # by principal and by client address
