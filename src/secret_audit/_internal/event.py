@@ -56,3 +56,8 @@ class Access(NamedTuple):
     expand: Callable[[Any], tuple[Item, ...]] | None = None
     pending: Any = None
     ticket: Any = None
+
+    @property
+    def records(self) -> int:
+        """How many records the access makes, as the queue's waiting count and a drop's loss count it."""
+        return len(self.items) if self.items is not None else 1

@@ -76,7 +76,7 @@ class Handoff:
         dq = self.queue
         if len(dq) >= self.capacity and not self._wait_for_room():
             with self._lock:
-                lost = len(access.items) if access.items is not None else 1
+                lost = access.records
                 self.dropped += lost
                 self._unreported_drops += lost
             return
@@ -150,7 +150,7 @@ class Handoff:
 
     def waiting(self) -> int:
         """Accesses still queued (a pipeline's commands count one each), flush requests aside."""
-        return sum(_records_of(a) for a in list(self.queue) if not isinstance(a, Marker))
+        return sum(a.records for a in list(self.queue) if not isinstance(a, Marker))
 
     # ---- the consumer's side --------------------------------------------------------------------
 
@@ -191,17 +191,3 @@ class Handoff:
                 self._waiting -= 1
         return True
 
-
-def _records_of(queued: Any) -> int:
-    """How many records a queued item stands for: an access's items, or a ring slot's shapes (a
-    slot an agent's stream or a dead agent's app took from the ring, ``ring_stream.Taken``), or
-    those of a run of slots (``ring_stream.TakenRun``: a list of each slot's shapes)."""
-    items = getattr(queued, "items", None)
-    if isinstance(items, (list, tuple)):
-        return len(items)
-    shapes = getattr(queued, "shapes", None)
-    if isinstance(shapes, list):
-        if shapes and isinstance(shapes[0], list):
-            return sum(len(planned) or 1 for planned in shapes)
-        return len(shapes) or 1
-    return 1

@@ -35,6 +35,11 @@ class Taken(NamedTuple):
     shapes: list[Shape]
     ticket: Any
 
+    @property
+    def records(self) -> int:
+        """How many records the slot makes (its shapes), as the queue's waiting count counts them."""
+        return len(self.shapes) or 1
+
 
 class TakenRun(NamedTuple):
     """Consecutive slots as the agent's reader takes them, shapes resolved; ``ticket`` settles the run's
