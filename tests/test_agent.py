@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from otlp_receiver import Receiver, otlp_receiver
+from store.attacks import cut_tail
 from test_faults import assert_clean, fault_pg, store  # noqa: F401 - fixtures: a real store on PostgreSQL
 from test_faults import contiguous as store_contiguous
 from test_launcher_e2e import BIN, HERE, launcher_env
@@ -163,6 +164,7 @@ def test_what_a_killed_agent_had_not_settled_is_delivered_by_the_app(redis_url, 
         records = records_when(rx, 83)
         time.sleep(0.5)  # spans are exported on their processor's schedule
         dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+        links = [r["attributes"] for r in rx.logs if r["event_name"] == "audit.stream.continued"]
         spans = {s["span_id"] for s in rx.spans if s["name"].startswith("secret.")}
         raw = b"".join(rx.raw)
     assert proc.returncode == 0, proc.stderr
@@ -174,7 +176,11 @@ def test_what_a_killed_agent_had_not_settled_is_delivered_by_the_app(redis_url, 
     assert dropped == []
     names = Counter(r["attributes"]["secret.name"] for r in records)
     assert names == {key: 1, key + ":read": 40, key + ":unread": 40, key + ":after": 2}
-    assert len(contiguous(records)) == 1  # all in the stream of the app that took over
+    # all in the stream of the app that took over, after its first record: the agent's stream, which
+    # settled nothing (sequence 0), ends there
+    (stream,) = contiguous([*records, *({"attributes": a} for a in links)])
+    assert [(a["audit.stream.id"], a["audit.sequence"], a["audit.stream.predecessor.sequence"]) for a in links] == [
+        (stream, 1, 0)]
     assert {r["span_id"] for r in records} <= spans
     assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
     for seen in (raw, proc.stdout.encode(), proc.stderr.encode()):
@@ -189,6 +195,7 @@ def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_pa
         proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies")
         records = records_when(rx, 8)
         dropped = [r for r in rx.logs if r["event_name"] == "audit.dropped"]
+        links = [r for r in rx.logs if r["event_name"] == "audit.stream.continued"]
     assert proc.returncode == 0, proc.stderr
     # the stderr line: what happened, what became of what was handed off, what runs now, and the fix
     assert proc.stderr.count("the audit agent is gone") == 1, proc.stderr
@@ -202,12 +209,19 @@ def test_an_agent_that_dies_is_reported_and_the_app_falls_back(redis_url, tmp_pa
     assert dropped == []  # nothing lost: the ring kept every slot the agent had not settled
     names = Counter(r["attributes"]["secret.name"] for r in records)
     assert names == {key: 6, key + ":unsettled": 5, key + ":after": 2}
-    streams = contiguous(records)
+    streams = contiguous(records + links)
     fallback = {r["attributes"]["audit.stream.id"] for r in records if r["attributes"]["secret.name"] != key}
     assert len(streams) == 2  # the agent's (what it settled), the app's since the agent died
     assert fallback == {stats["stream_id"]}
-    # the new stream names where the dead agent's ended: its id and its last settled sequence
+    # the new stream names where the dead agent's ended: its id and its last settled sequence, in its
+    # first record (so a verifier can tell that end from a cut tail), in stats() and on stderr
     (dead,) = set(streams) - fallback
+    (link,) = links
+    assert (link["attributes"]["audit.stream.id"], link["attributes"]["audit.sequence"]) == (stats["stream_id"], 1)
+    assert link["attributes"]["audit.stream.predecessor.id"] == dead
+    assert link["attributes"]["audit.stream.predecessor.sequence"] == max(streams[dead]) == 6
+    assert link["severity_number"] == 17
+    assert dead in link["body"]
     assert stats["agent"]["predecessor"] == {"stream_id": dead, "last_sequence": max(streams[dead])}
     assert (f"(stream {stats['stream_id']}, taking up where the agent's stream {dead} ends, at its sequence "
             f"{max(streams[dead])})") in proc.stderr, proc.stderr
@@ -429,30 +443,62 @@ def test_the_ring_reuses_a_slot_only_once_settled_and_takes_none_once_sealed():
 
 
 def test_a_store_verifies_both_streams_of_an_app_whose_agent_died(redis_url, tmp_path, store):  # noqa: F811
-    """The real store: the agent's stream ends at what it settled, the app's new stream holds the
-    rest; ``secret-audit verify`` finds no gap and no other finding in either."""
+    """The real store, a signed trail: the agent's stream ends at what it settled, the app's new stream
+    holds the rest and starts with a record naming where the agent's ended; ``secret-audit verify`` finds
+    no gap and no other finding in either, and tells that end from a cut tail: a superuser who deletes
+    the dead stream's last records and sets its head back (undetectable before) is caught, signed or not."""
+    import psycopg
+
+    from secret_audit.signing import generate_key
+
     key = "secret:verified:" + secrets.token_hex(4)
     service = "agent-test"  # env_for's; the store's database is this test's own
+    signing = tmp_path / "signing.pem"
+    generate_key(signing)
     store.start()
     with otlp_receiver() as rx:
         proc = run(rx, redis_url, tmp_path, key, "5", "agent-dies",
                    **{P + "EXPORTER_OTLP_ENDPOINT": store.endpoint, P + "EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                      P + "EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{store.ingest_token}"})
+                      P + "EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{store.ingest_token}",
+                      P + "SIGNING_KEY_FILE": str(signing), P + "CHECKPOINT_RECORDS": "2"})
     assert proc.returncode == 0, proc.stderr
     deadline = time.monotonic() + 30
-    while len(store.rows(service)) < 13 and time.monotonic() < deadline:
+    while len([r for r in store.rows(service) if r[2] != "audit.checkpoint"]) < 14 and time.monotonic() < deadline:
         time.sleep(0.1)
     rows = store.rows(service)
-    assert Counter(name for *_, name, _ in rows) == {key: 6, key + ":unsettled": 5, key + ":after": 2}
+    accesses = [r for r in rows if r[2] == "secret.access"]
+    assert Counter(name for *_, name, _ in accesses) == {key: 6, key + ":unsettled": 5, key + ":after": 2}
     heads = store_contiguous(rows)
-    assert sorted(heads.values()) == [6, 7]  # the agent's: the SET and 5 reads; the app's: 5 + 2
+    (link,) = [r for r in rows if r[2] == "audit.stream.continued"]
+    dead = link[4]["audit.stream.predecessor.id"]
+    assert (link[1], link[4]["audit.stream.predecessor.sequence"]) == (1, heads[dead])
     assert_clean(store, heads)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
-    verified = subprocess.run([str(BIN / "secret-audit"), "verify", "--json"],
-                              env={**env, "DATABASE_URL": store.db_url}, capture_output=True, text=True, timeout=120)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    report = json.loads(verified.stdout)
+
+    def verify() -> dict[str, Any]:
+        done = subprocess.run([str(BIN / "secret-audit"), "verify", "--json", "--public-key", f"{signing}.pub"],
+                              env={**env, "DATABASE_URL": store.db_url}, capture_output=True, text=True,
+                              timeout=120)
+        report: dict[str, Any] = json.loads(done.stdout)
+        assert done.returncode == (0 if report["ok"] else 1), done.stderr
+        return report
+
+    report = verify()
     assert (report["ok"], report["breaks"], report["open_gaps"], report["reported_losses"]) == (True, 0, [], 0)
+    signed = report["signed"]
+    assert (signed["ok"], signed["breaks"], signed["streams"], signed["continued"]) == (True, 0, 2, 1), signed
+    assert "not_final" not in {w["kind"] for w in signed["warning_details"]}, signed  # its end is explained
+    # the attack: a superuser deletes the dead stream's last two records and sets its head back to match
+    cut = heads[dead] - 2
+    with psycopg.connect(store.db_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        cut_tail(conn, dead, 2)
+    report = verify()
+    assert not report["ok"]
+    unsigned = [(b["kind"], b["stream_id"], b["sequence"]) for b in report["details"]]
+    assert unsigned == [("cut", dead, cut + 1)], report
+    signed_breaks = [(b["kind"], b["stream_id"], b.get("sequence")) for b in report["signed"]["details"]]
+    assert ("cut", dead, cut + 1) in signed_breaks, report["signed"]  # and unsigned_stream when its checkpoint went
 
 
 def test_an_exit_before_the_agent_made_the_records_durable_is_said(redis_url, tmp_path):

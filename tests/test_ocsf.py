@@ -88,7 +88,12 @@ SAMPLES = chain([
     ("audit.login", {"audit.principal": "token:9:ingest", "audit.outcome": 1, "user": "bob", "mfa": True,
                      "attempts": 2, "ratio": 0.5}, "User bob logged in"),
     ("audit.policy.change", {"audit.outcome": "approved", "audit.sequence.note": "x"}, "Policy changed"),
-], {"service.name": "custom"}, "secret_audit.custom")
+], {"service.name": "custom"}, "secret_audit.custom") + chain([
+    ("audit.stream.continued", {"audit.stream.predecessor.id": "6f1c1a52-1c1e-4d2a-9d36-3f1fb1f5a001",
+                                "audit.stream.predecessor.sequence": 11, "audit.outcome": "error"},
+     "Audit stream continues stream 6f1c1a52-1c1e-4d2a-9d36-3f1fb1f5a001 after its sequence 11: the audit "
+     "agent died"),
+])
 
 
 def ocsf_statements() -> list[str]:
@@ -137,6 +142,7 @@ def test_classes_activities_and_statuses():
         ("audit.dropped", None): (0, 99, 2),
         ("audit.refused", None): (0, 99, 2),
         ("audit.checkpoint", None): (0, 99, 1),
+        ("audit.stream.continued", None): (0, 99, 2),
         ("audit.query", "GET /api/audit-logs"): (6003, 2, 1),
         ("audit.query", "GET /stats"): (6003, 2, 2),
         ("audit.login", None): (0, 99, None),  # an outcome that is not a string is not a status

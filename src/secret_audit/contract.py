@@ -38,6 +38,7 @@ __all__ = [
     "ERROR_TYPE",
     "EVENT_ACCESS",
     "EVENT_CHECKPOINT",
+    "EVENT_CONTINUED",
     "EVENT_DROPPED",
     "EVENT_ID",
     "EVENT_QUERY",
@@ -45,6 +46,8 @@ __all__ = [
     "GENESIS",
     "OPERATION",
     "OUTCOME",
+    "PREDECESSOR_ID",
+    "PREDECESSOR_SEQUENCE",
     "PRINCIPAL",
     "PRODUCER_EVENTS",
     "RESERVED_EVENT_NAMES",
@@ -72,10 +75,15 @@ EVENT_DROPPED = "audit.dropped"
 EVENT_QUERY = "audit.query"
 EVENT_CHECKPOINT = "audit.checkpoint"
 EVENT_REFUSED = "audit.refused"  # fail-closed calls refused because their record could not be made durable
+# A stream's first record when it continues one that ended with its producer (the app's audit agent
+# died): names that stream and the last sequence the agent had made durable.
+EVENT_CONTINUED = "audit.stream.continued"
 # Made only by the producer or the store itself: a custom event may use any other ``audit.<type>``.
-RESERVED_EVENT_NAMES = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_QUERY, EVENT_CHECKPOINT, EVENT_REFUSED})
+RESERVED_EVENT_NAMES = frozenset(
+    {EVENT_ACCESS, EVENT_DROPPED, EVENT_QUERY, EVENT_CHECKPOINT, EVENT_REFUSED, EVENT_CONTINUED}
+)
 # What only an instrumented process writes into its stream: a stream holding one of these is a producer's.
-PRODUCER_EVENTS = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_CHECKPOINT, EVENT_REFUSED})
+PRODUCER_EVENTS = frozenset({EVENT_ACCESS, EVENT_DROPPED, EVENT_CHECKPOINT, EVENT_REFUSED, EVENT_CONTINUED})
 
 
 def is_audit_event(event_name: str) -> bool:
@@ -113,6 +121,9 @@ DROPPED_COUNT = "audit.dropped.count"
 DROPPED_REASON = "audit.dropped.reason"
 DROPPED_FIRST = "audit.dropped.first_sequence"
 DROPPED_LAST = "audit.dropped.last_sequence"
+# audit.stream.continued
+PREDECESSOR_ID = "audit.stream.predecessor.id"
+PREDECESSOR_SEQUENCE = "audit.stream.predecessor.sequence"
 # audit.checkpoint
 CHECKPOINT_HEAD_SEQUENCE = "audit.checkpoint.head_sequence"
 CHECKPOINT_HEAD_HASH = "audit.checkpoint.head_hash"

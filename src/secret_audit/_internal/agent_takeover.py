@@ -65,15 +65,17 @@ def take_over(handoff: Any, cause: str) -> None:
             return
         ring: Ring | None = handoff.ring
         fallback = SlotPipeline(handoff.settings, resource_attributes())
-        install(fallback)
         built = lost = 0
         link = ""
         if ring is not None:
             last = ring.word(hdr.SETTLED_SEQUENCE)
             handoff.predecessor = {"stream_id": handoff.stream_id, "last_sequence": last}
             if handoff.stream_id is not None:
+                fallback.continue_from(handoff.stream_id, last)  # its first record, before any other
                 link = (f" (stream {fallback.stream_id}, taking up where the agent's stream "
                         f"{handoff.stream_id} ends, at its sequence {last})")
+        install(fallback)
+        if ring is not None:
             built, lost = _hand_over(ring, handoff.held, fallback)
             # drops and refusals counted here that the agent's stream never took
             fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))

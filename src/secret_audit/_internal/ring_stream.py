@@ -13,15 +13,17 @@ and then the app's accesses as any in-process pipeline does.
 from __future__ import annotations
 
 import logging
+from time import time_ns
 from typing import Any, NamedTuple
 
+from secret_audit import contract
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.ring import SPAN, SPAN_PART, Slot
 from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fill
 
-__all__ = ["SlotPipeline", "Taken", "TakenRun"]
+__all__ = ["Link", "SlotPipeline", "Taken", "TakenRun"]
 
 _ONE_BY_ONE = SPAN | SPAN_PART  # slots whose records make a span: built one at a time
 
@@ -52,6 +54,15 @@ class TakenRun(NamedTuple):
     flags: int  # its slots' flags, or-ed: whether any makes a span
 
 
+class Link(NamedTuple):
+    """A queued request for the stream's first record, naming the stream it continues (``continue_from``)."""
+
+    stream_id: str
+    last_sequence: int
+    ticket: Any = None
+    records: int = 1
+
+
 class SlotPipeline(AuditPipeline):
     """An in-process pipeline that also takes ring slots (``Taken``) from its queue."""
 
@@ -64,9 +75,31 @@ class SlotPipeline(AuditPipeline):
         self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         self._last_index = -1  # the ring index of the last slot whose records are in the batch
 
+    def continue_from(self, stream_id: str, last_sequence: int) -> None:
+        """Queue, ahead of anything else, this stream's first record: it names the dead agent's stream it
+        continues and that stream's last durable sequence, so a verifier tells that end from a cut tail."""
+        if self.stream.sequence or self.handoff.queue:
+            raise RuntimeError("a stream's link to its predecessor must be its first record")
+        first: list[Any] = [Link(stream_id, last_sequence)]  # the queue takes more than accesses (_take)
+        self.handoff.queue.extend(first)  # the worker stamps it, as it stamps every record
+        self.handoff.start()
+        self.handoff.wake.set()
+
+    def _link(self, link: Link) -> int:
+        if self._backend is None:
+            self._prepare()
+        attrs = {contract.OUTCOME: "error", contract.PREDECESSOR_ID: link.stream_id,
+                 contract.PREDECESSOR_SEQUENCE: link.last_sequence}
+        body = (f"Audit stream continues stream {link.stream_id} after its sequence {link.last_sequence}: "
+                "the audit agent died")
+        self._emit(contract.EVENT_CONTINUED, attrs, time_ns(), body)
+        return 1
+
     def _take(self, item: Any) -> int:
         if type(item) is TakenRun:
             return self._take_run(item)
+        if type(item) is Link:
+            return self._link(item)
         if not isinstance(item, Taken):
             return super()._take(item)
         return self._take_slot(item.slot, item.shapes)

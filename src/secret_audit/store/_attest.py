@@ -35,6 +35,7 @@ class SignedReport(Findings):
     unattested: int = 0
     reported_losses: int = 0
     archived_starts: int = 0
+    continued: int = 0  # streams that end where a successor's signed first record says they ended
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _Stream:
 
     def __init__(self, stream: str, attestor: Attestor) -> None:
         self.stream = stream
+        self.attestor = attestor
         self.report = attestor.report
         self.keys = attestor.keys
         self.archived = attestor.archived_through is not None
@@ -68,6 +70,7 @@ class _Stream:
         self.final_at: int | None = None
         self.after_final: tuple[int, Where] | None = None  # the first record after it
         self.after_final_count = 0
+        self.link: tuple[str, int] | None = None  # from its first record: the stream it continues, and where
 
     def fail(self, kind: str, seq: int | None, detail: str, where: Where = (None, None),
              expected: str | None = None, actual: str | None = None) -> None:
@@ -107,6 +110,11 @@ class _Stream:
         self.last_seq = seq
         if event == contract.EVENT_DROPPED:
             self._loss(row, seq)
+        elif event == contract.EVENT_CONTINUED and seq == 1:
+            attrs = row["attributes"]
+            before, last = attrs.get(contract.PREDECESSOR_ID), attrs.get(contract.PREDECESSOR_SEQUENCE)
+            if isinstance(before, str) and type(last) is int:
+                self.link = (before, last)
         elif event == contract.EVENT_CHECKPOINT:
             self._checkpoint(row, seq, prior, adjacent, where)
 
@@ -168,6 +176,7 @@ class _Stream:
             return  # the store's own streams (audit.query, custom events): chained by the store, unsigned
         report = self.report
         report.streams += 1
+        self.attestor.stored[self.stream] = self.last_seq
         if self.checkpoint is None:
             self.fail("unsigned_stream", None, f"{self.rows} records and no checkpoint that verifies with "
                       "the given keys: the producer did not sign, or its checkpoints were removed")
@@ -181,10 +190,10 @@ class _Stream:
             report.warn("unattested", self.stream, self.range_start,
                         f"sequence {self.range_start}..{self.last_seq}: {self.range_rows} records after the "
                         f"last checkpoint ({self.checkpoint}) that no signature covers yet")
+        if self.link is not None and self.proven_head >= 1:  # a signature covers the link: trust it
+            self.attestor.links[self.link[0]] = (self.stream, self.link[1])
         if self.final_at is None:
-            report.warn("not_final", self.stream, self.last_seq,
-                        "no final checkpoint: the producer is still running or was killed, or the stream's "
-                        "tail was cut")
+            self.attestor.open_ends[self.stream] = self.last_seq  # settled once every stream is walked
         for gap in self.gaps:
             self._settle(gap)
 
@@ -216,6 +225,9 @@ class Attestor:
         self.archived_through = archived_through
         self.report = SignedReport(strict=strict, keys=sorted(keys))
         self._current: _Stream | None = None
+        self.links: dict[str, tuple[str, int]] = {}  # stream -> (its successor, its last durable sequence)
+        self.open_ends: dict[str, int] = {}  # producer streams without a final checkpoint -> last stored
+        self.stored: dict[str, int] = {}  # every producer stream -> its last stored sequence
 
     def __call__(self, row: dict[str, Any], computed: str) -> None:
         current = self._current
@@ -230,10 +242,30 @@ class Attestor:
         if self._current is not None:
             self._current.finish()
             self._current = None
+        self._settle_ends()
         if self.report.streams == 0 and not self.allow_empty:
             self.report.fail("no_signed_stream", "", None, "no producer stream to verify: nothing is "
                              "attested (--allow-empty accepts an empty trail)")
         return self.report
+
+    def _settle_ends(self) -> None:
+        """A stream without a final checkpoint: ended where its successor's signed first record says its
+        agent died (every record up to there stored), cut short of that, or unexplained (``not_final``)."""
+        report = self.report
+        for stream, (successor, last) in self.links.items():
+            self.open_ends.pop(stream, None)  # its end is explained, or a cut below
+            stored = self.stored.get(stream, 0)  # 0: no row of it is left
+            if stored < last:
+                report.fail("cut", stream, stored + 1,
+                            f"records {stored + 1}..{last} are gone from the store: stream {successor} "
+                            "continues this one and its signed first record says the producer's audit agent "
+                            "had made them durable (sent or spooled) before it died")
+            else:
+                report.continued += 1
+        for stream, stored in self.open_ends.items():
+            report.warn("not_final", stream, stored,
+                        "no final checkpoint: the producer is still running or was killed, or the stream's "
+                        "tail was cut")
 
 
 def archived_through(conn: Any) -> dt.datetime | None:

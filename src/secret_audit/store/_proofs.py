@@ -93,7 +93,9 @@ def render(name: str, section: Findings) -> list[str]:
     if name == "signed":
         head = (f"signed: {doc['streams']} producer streams, {doc['checkpoints']} checkpoints verified "
                 f"(keys {', '.join(doc['keys'])}), {doc['attested']} records attested, "
-                f"{doc['unattested']} unattested")
+                f"{doc['unattested']} unattested"
+                + (f", {doc['continued']} ended where their audit agent died (a signed successor says so)"
+                   if doc["continued"] else ""))
     else:
         head = (f"against {len(doc['files'])} copy files: {doc['copy_records']} records in the copy, "
                 f"{doc['matched']} match the store")

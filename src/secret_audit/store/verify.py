@@ -109,6 +109,8 @@ class _Walker:
         self.losses: list[tuple[int, int]] = []
         self.pending: list[Break] = []
         self.whole = True
+        self.links: dict[str, tuple[str, int, int, str]] = {}  # stream -> its successor's first record
+        self.ends: dict[str, int] = {}  # stream -> its last stored sequence
 
     def add(self, b: Break) -> None:
         self.report.total_breaks += 1
@@ -167,6 +169,11 @@ class _Walker:
                 Break("gap", stream, seq, f"sequence {first}..{last} missing before this row", *where,
                       None, f"{first}..{last}")
             )
+        if row["event_name"] == contract.EVENT_CONTINUED and seq == 1:
+            a = row["attributes"]
+            before, last = a.get(contract.PREDECESSOR_ID), a.get(contract.PREDECESSOR_SEQUENCE)
+            if isinstance(before, str) and type(last) is int:
+                self.links[before] = (stream, last, *where)
         if row["event_name"] == "audit.dropped":
             a = row["attributes"]
             lo, hi = a.get("audit.dropped.first_sequence"), a.get("audit.dropped.last_sequence")
@@ -175,6 +182,18 @@ class _Walker:
         self.prev_seq, self.prev_hash = seq, str(row["chain_hash"])
         self.count += 1
         return computed
+
+    def cut_ends(self) -> None:
+        """A stream that ends short of where its successor's first record says its audit agent died:
+        the records between were durable (sent or spooled) and are not stored, whatever its head says."""
+        for stream, (successor, last, row_id, time) in self.links.items():
+            stored = self.ends.get(stream, 0)
+            if stored < last:
+                self.add(Break("cut", stream, stored + 1,
+                               f"sequence {stored + 1}..{last} missing: stream {successor} continues this "
+                               "one and its first record says the producer's audit agent had made them "
+                               "durable (sent or spooled) before it died", row_id, time, str(last),
+                               str(stored)))
 
     def _explained(self, first: int, last: int) -> bool:
         # The producer reports export losses in a later audit.dropped record; those gaps are not tampering.
@@ -192,6 +211,7 @@ class _Walker:
         self.pending = []
         if self.stream is None or not self.whole:
             return
+        self.ends[self.stream] = self.prev_seq
         reg = self.registry.get(self.stream)
         if reg is None:
             return
@@ -263,6 +283,7 @@ def verify(
         if progress is not None and batch:
             progress(batch)
     if whole:
+        walker.cut_ends()
         for stream, (last_seq, _, left, _, _) in registry.items():
             if stream not in seen and left > 0 and (tenant is None or _tenant_of(conn, stream) == tenant):
                 walker.add(Break("head_mismatch", stream, None,
