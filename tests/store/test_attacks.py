@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from psycopg.conninfo import make_conninfo
 
+from secret_audit import contract
 from secret_audit.store._ingest import Ingestor
 from secret_audit.store._otlp import decode_protobuf
 from secret_audit.store._query import Filters, search
@@ -314,7 +315,7 @@ def test_stats_reads_are_in_the_trail(client: Any, tokens: Any, owner: Any) -> N
     assert row[2].startswith("token:")
 
 
-@pytest.mark.parametrize("name", ["audit.query", "audit.dropped", "audit.checkpoint", "secret.access"])
+@pytest.mark.parametrize("name", sorted(contract.RESERVED_EVENT_NAMES))
 def test_custom_events_cannot_take_reserved_names(name: str, client: Any, tokens: Any, owner: Any) -> None:
     resp = client.post("/api/audit-events", json={"event_name": name, "body": "forged"},
                        headers=tokens.header("ingest"))

@@ -331,6 +331,9 @@ def _report(report: Any, as_json: bool, gaps: list[dict[str, Any]] | None = None
               + ("OK, every chain verifies" if doc["ok"] else f"{doc['breaks']} breaks"))
         if doc["reported_losses"]:
             print(f"{doc['reported_losses']} records reported lost by their producer (audit.dropped)")
+        if doc.get("rebuilt"):
+            print(f"{doc['rebuilt']} records built twice: sent by an audit agent that died before it saw "
+                  "them acknowledged, and built again in the stream that continues its own")
         first = doc["first_break"]
         if first:
             print("first break:")

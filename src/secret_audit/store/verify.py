@@ -57,6 +57,7 @@ class VerifyReport:
     streams: int = 0
     breaks: list[Break] = field(default_factory=list)
     reported_losses: int = 0
+    rebuilt: int = 0  # records a successor stream built again after its predecessor's agent died
     total_breaks: int = 0
 
     @property
@@ -80,6 +81,7 @@ class VerifyReport:
             "streams": self.streams,
             "breaks": self.total_breaks,
             "reported_losses": self.reported_losses,
+            "rebuilt": self.rebuilt,
             "first_break": first.as_dict() if first else None,
             "details": [b.as_dict() for b in self.breaks],
         }
@@ -109,8 +111,9 @@ class _Walker:
         self.losses: list[tuple[int, int]] = []
         self.pending: list[Break] = []
         self.whole = True
-        self.links: dict[str, tuple[str, int, int, str]] = {}  # stream -> its successor's first record
+        self.links: dict[str, tuple[str, int, int, str, Owner]] = {}  # stream -> its successor's first record
         self.ends: dict[str, int] = {}  # stream -> its last stored sequence
+        self.owners: dict[str, Owner] = {}  # stream -> the producer its rows name
 
     def add(self, b: Break) -> None:
         self.report.total_breaks += 1
@@ -119,6 +122,7 @@ class _Walker:
 
     def start(self, conn: psycopg.Connection[Any], row: dict[str, Any], whole: bool) -> None:
         self.stream = row["stream_id"]
+        self.owners[str(self.stream)] = _owner(row)
         self.count = 0
         self.losses = []
         self.pending = []
@@ -173,7 +177,7 @@ class _Walker:
             a = row["attributes"]
             before, last = a.get(contract.PREDECESSOR_ID), a.get(contract.PREDECESSOR_SEQUENCE)
             if isinstance(before, str) and type(last) is int:
-                self.links[before] = (stream, last, *where)
+                self.links[before] = (stream, last, *where, _owner(row))
         if row["event_name"] == "audit.dropped":
             a = row["attributes"]
             lo, hi = a.get("audit.dropped.first_sequence"), a.get("audit.dropped.last_sequence")
@@ -183,10 +187,17 @@ class _Walker:
         self.count += 1
         return computed
 
-    def cut_ends(self) -> None:
-        """A stream that ends short of where its successor's first record says its audit agent died:
-        the records between were durable (sent or spooled) and are not stored, whatever its head says."""
-        for stream, (successor, last, row_id, time) in self.links.items():
+    def settle_links(self, conn: psycopg.Connection[Any]) -> None:
+        """Check each stream a successor's first record (``audit.stream.continued``) says ended when its
+        audit agent died: the producer must be the same; every record up to the named sequence was
+        durable and must be stored (``cut``, whatever the stream's head says); records past it were
+        delivered unacknowledged, and the successor's copies of them are counted as ``rebuilt``."""
+        for stream, (successor, last, row_id, time, owner) in self.links.items():
+            if self.owners.get(stream, owner) != owner:
+                self.add(Break("bad_link", successor, 1, f"its first record names stream {stream} of another "
+                               "producer (service, instance or tenant) as the one it continues: forged",
+                               row_id, time))
+                continue
             stored = self.ends.get(stream, 0)
             if stored < last:
                 self.add(Break("cut", stream, stored + 1,
@@ -194,6 +205,8 @@ class _Walker:
                                "one and its first record says the producer's audit agent had made them "
                                "durable (sent or spooled) before it died", row_id, time, str(last),
                                str(stored)))
+            elif stored > last:
+                self.report.rebuilt += _copies(conn, stream, last, successor)
 
     def _explained(self, first: int, last: int) -> bool:
         # The producer reports export losses in a later audit.dropped record; those gaps are not tampering.
@@ -224,6 +237,27 @@ class _Walker:
         elif count != self.count:
             self.add(Break("count_mismatch", self.stream, None,
                            f"{self.count} rows stored, {count} ingested"))
+
+
+Owner = tuple[str | None, str | None, str | None]
+
+
+def _owner(row: dict[str, Any]) -> Owner:
+    """The producer a row names: service, instance and tenant (a stream's successor shares them)."""
+    return row["service_name"], row["service_instance_id"], row["tenant"]
+
+
+def _copies(conn: psycopg.Connection[Any], stream: str, last: int, successor: str) -> int:
+    """How many of ``successor``'s records repeat one of ``stream``'s past ``last``: the same access (its
+    time, trace and span ids, event and body), built again from the ring after the agent died."""
+    row = conn.execute(
+        "SELECT count(*) FROM audit_events s WHERE s.stream_id = %s AND s.sequence > 1 AND EXISTS ("
+        "SELECT 1 FROM audit_events p WHERE p.stream_id = %s AND p.sequence > %s "
+        "AND p.time_unix_nano = s.time_unix_nano AND p.event_name = s.event_name AND p.body = s.body "
+        "AND p.trace_id IS NOT DISTINCT FROM s.trace_id AND p.span_id IS NOT DISTINCT FROM s.span_id)",
+        (successor, stream, last),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _iso(value: dt.datetime) -> str:
@@ -283,7 +317,7 @@ def verify(
         if progress is not None and batch:
             progress(batch)
     if whole:
-        walker.cut_ends()
+        walker.settle_links(conn)
         for stream, (last_seq, _, left, _, _) in registry.items():
             if stream not in seen and left > 0 and (tenant is None or _tenant_of(conn, stream) == tenant):
                 walker.add(Break("head_mismatch", stream, None,

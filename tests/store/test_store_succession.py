@@ -1,0 +1,101 @@
+"""A stream that continues one whose audit agent died (``audit.stream.continued``), as the store verifies it.
+
+Real store, real PostgreSQL: the predecessor and its successor are posted over OTLP as an app and its
+agent would have sent them. ``verify`` must tell the predecessor's end from a cut tail (even with its
+head set back), count the successor's rebuilt copies of records the agent sent unacknowledged, and
+refuse a link that names another producer's stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from secret_audit import contract
+from secret_audit.store.verify import verify
+
+from .attacks import cut_tail
+from .records import chained, rehash, to_protobuf
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def successor_of(before: list[dict[str, Any]], last: int, rebuilt: int, new: int, **resource: str,
+                 ) -> list[dict[str, Any]]:
+    """The app's stream after its agent died: the link, copies of ``before``'s records after ``last``
+    (``rebuilt`` of them: the same accesses, as the ring held them), then ``new`` accesses of its own."""
+    stream = str(uuid.uuid4())
+    head = before[0]
+    link_attrs = {contract.OUTCOME: "error", contract.PREDECESSOR_ID: head["attributes"]["audit.stream.id"],
+                  contract.PREDECESSOR_SEQUENCE: last}
+    link = {**head, "event_name": contract.EVENT_CONTINUED, "severity_number": 17, "severity_text": "ERROR",
+            "body": "Audit stream continues", "trace_id": "", "span_id": "", "attributes": link_attrs,
+            "resource": {**head["resource"], **resource}}
+    copies = [{**r, "attributes": dict(r["attributes"]), "resource": link["resource"]}
+              for r in before[last:last + rebuilt]]
+    fresh = chained(new, secret="after")
+    out = [link, *copies, *({**r, "resource": link["resource"]} for r in fresh)]
+    prev = contract.GENESIS
+    for seq, rec in enumerate(out, 1):
+        attrs = rec["attributes"]
+        attrs.update({"audit.event.id": f"{stream}:{seq}", "audit.stream.id": stream, "audit.sequence": seq,
+                      "audit.chain.prev": prev})
+        prev = rehash(rec)
+    return out
+
+
+def post(client: Any, tokens: Any, records: list[dict[str, Any]]) -> None:
+    resp = client.post("/v1/logs", content=to_protobuf(records), headers={**PB, **tokens.header("ingest")})
+    assert resp.status_code == 200, resp.text
+    assert "partialSuccess" not in resp.text or '"rejectedLogRecords"' not in resp.text, resp.text
+
+
+def kinds(report: Any) -> list[tuple[str, str, int | None]]:
+    return [(b.kind, b.stream_id, b.sequence) for b in report.breaks]
+
+
+def test_a_successor_explains_the_end_and_its_rebuilt_copies_are_counted(client, tokens, owner):
+    """8 records sent, 5 acknowledged when the agent died: the app rebuilt 6..8 in its new stream."""
+    before = chained(8)
+    post(client, tokens, before)
+    post(client, tokens, successor_of(before, 5, 3, 2))
+    report = verify(owner)
+    assert report.ok, kinds(report)
+    assert (report.streams, report.rebuilt) == (2, 3)
+
+
+def test_a_successor_that_rebuilt_nothing_counts_nothing(client, tokens, owner):
+    before = chained(6)
+    post(client, tokens, before)
+    post(client, tokens, successor_of(before, 6, 0, 4))
+    report = verify(owner)
+    assert report.ok, kinds(report)
+    assert report.rebuilt == 0
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_cut_tail_with_its_head_set_back_is_caught(client, tokens, owner, count):
+    """The superuser's attack the head check alone misses: the rows and the head agree, the link does not."""
+    before = chained(8)
+    stream = before[0]["attributes"]["audit.stream.id"]
+    post(client, tokens, before)
+    post(client, tokens, successor_of(before, 8, 0, 2))
+    assert verify(owner).ok
+    owner.execute("SET session_replication_role = replica")
+    cut_tail(owner, stream, count)
+    owner.execute("SET session_replication_role = origin")
+    report = verify(owner)
+    assert kinds(report) == [("cut", stream, 9 - count)]
+    assert report.breaks[0].detail.startswith(f"sequence {9 - count}..8 missing")
+
+
+def test_a_link_naming_another_producers_stream_is_forged(client, tokens, owner):
+    """An ingest client cannot make another producer's stream look cut by naming it."""
+    victim = chained(4)
+    post(client, tokens, victim)
+    forged = successor_of(victim, 100, 0, 1, **{"service.instance.id": "i-elsewhere"})
+    post(client, tokens, forged)
+    report = verify(owner)
+    assert kinds(report) == [("bad_link", forged[0]["attributes"]["audit.stream.id"], 1)]
