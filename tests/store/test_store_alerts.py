@@ -209,6 +209,27 @@ def test_losses_gaps_and_refusals_reported_by_producers_are_alerted(db_url, toke
     assert "refused" in refusals[0]["summary"]
 
 
+def test_an_agent_that_died_is_alerted_with_the_streams_it_joins(db_url, tokens):
+    """A producer's audit agent died: its app's new stream starts with audit.stream.continued, which the
+    store alerts on (signed), naming both streams and where the dead one ends."""
+    from .test_store_succession import post_to, successor_of
+
+    before = chained(6)
+    after = successor_of(before, 4, 2, 1)
+    with webhook_receiver() as rx, alerting_store(db_url, alert_env(rx)) as (store, url):
+        post_to(url, tokens["ingest"], before + after)
+        (alert,) = rx.wait_for("agent_died")
+        stats = sent_counts(store, "agent_died", 1)
+    details = alert["details"]
+    assert (details["audit.stream.predecessor.id"], details["audit.stream.predecessor.sequence"]) == (
+        before[0]["attributes"]["audit.stream.id"], 4)
+    assert details["stream_id"] == after[0]["attributes"]["audit.stream.id"]
+    assert alert["severity"] == "high"
+    assert "audit agent died" in alert["summary"]
+    assert all(a["verified"] for a in rx.attempts)
+    assert stats["sent"]["agent_died"] == 1
+
+
 def test_first_seen_pairs_survive_a_restart_through_the_database(db_url, tokens, redis_url):
     def reads(url: str, *names: str) -> None:
         with producer(url, tokens["ingest"]) as pipeline:
@@ -296,7 +317,7 @@ def test_alert_file_configures_several_webhooks(tmp_path):
     assert pager.secret == first.secret
     assert pager.kinds == config.alerts.kinds
     assert (first.url, first.kinds) == ("https://siem.example/hook", ("integrity", "loss"))
-    assert second.kinds == ("integrity", "loss", "burst", "refusal", "first_seen")
+    assert second.kinds == ("integrity", "loss", "burst", "refusal", "first_seen", "agent_died")
     assert len(first.secret) == 24
     assert second.secret == b"a-chat-key-of-16+bytes"
     assert (config.alerts.burst_window_s, config.alerts.timeout_ms, config.alerts.queue_size) == (300, 2500, 50)

@@ -52,6 +52,15 @@ def post(client: Any, tokens: Any, records: list[dict[str, Any]]) -> None:
     assert "partialSuccess" not in resp.text or '"rejectedLogRecords"' not in resp.text, resp.text
 
 
+def post_to(url: str, token: str, records: list[dict[str, Any]]) -> None:
+    """The same over HTTP, to a store served on ``url``."""
+    import httpx
+
+    resp = httpx.post(f"{url}/v1/logs", content=to_protobuf(records),
+                      headers={**PB, "Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+
+
 def kinds(report: Any) -> list[tuple[str, str, int | None]]:
     return [(b.kind, b.stream_id, b.sequence) for b in report.breaks]
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from secret_audit import contract
 from secret_audit.store._ingest import Finding, IngestResult
 from secret_audit.store._rows import COLUMNS, time_of_stamp
 from secret_audit.store._webhooks import Sender
@@ -35,6 +36,7 @@ _TAMPER = frozenset({"hash_mismatch", "chain_break", "gap", "duplicate_conflict"
 _FAILED = frozenset({"denied", "not_found"})
 _SEVERITY = {
     "integrity": "critical", "loss": "high", "refusal": "high", "burst": "high", "first_seen": "medium",
+    "agent_died": "high",
 }
 _KEYS = 10_000  # burst windows kept (least recently used go first)
 _PAIRS = 100_000  # principal→secret pairs remembered as seen, before the database is asked again
@@ -173,6 +175,8 @@ class Alerts:
                 self._reported(row, "loss")
             elif event == "audit.refused" and "refusal" in kinds:
                 self._reported(row, "refusal")
+            elif event == contract.EVENT_CONTINUED and "agent_died" in kinds:
+                self._continued(row)
             if row["outcome"] in _FAILED and "burst" in kinds:
                 for by, who in (("principal", row.who), ("client.address", row["client_address"])):
                     if who:
@@ -204,6 +208,17 @@ class Alerts:
         count, reason = attrs.get(prefix + "count"), attrs.get(prefix + "reason")
         what = "audit records lost" if kind == "loss" else "secret calls refused (fail-closed)"
         self._send(kind, f"{row['service_name']}: {count} {what}, {reason}", row["tenant"], details)
+
+    def _continued(self, row: _Row) -> None:
+        """A producer's audit agent died: its app now builds records in-process, in a stream that says
+        where the agent's ended (``audit.stream.continued``); kill -9 of that app can now lose records."""
+        attrs = row.attributes()
+        before, last = attrs.get(contract.PREDECESSOR_ID), attrs.get(contract.PREDECESSOR_SEQUENCE)
+        details = {contract.PREDECESSOR_ID: before, contract.PREDECESSOR_SEQUENCE: last,
+                   "stream_id": row["stream_id"], "service_name": row["service_name"],
+                   "service_instance_id": row["service_instance_id"], "event_id": row["event_id"]}
+        self._send("agent_died", f"{row['service_name']}: its audit agent died; stream {row['stream_id']} "
+                   f"continues stream {before} after its sequence {last}", row["tenant"], details)
 
     def _burst(self, row: _Row, by: str, who: str) -> None:
         key = (by, row["tenant"], who)

@@ -27,7 +27,7 @@ __all__ = [
 
 NON_AUDIT_MODES = ("reject", "drop")
 METRICS_EXPORTERS = ("otlp", "prometheus")
-ALERT_KINDS = ("integrity", "loss", "burst", "refusal", "first_seen")
+ALERT_KINDS = ("integrity", "loss", "burst", "refusal", "first_seen", "agent_died")
 STORE = PREFIX + "STORE_"
 
 
