@@ -71,14 +71,14 @@ def test_every_rule_validates_with_pysigmas_validators():
     assert [r for r in RULES if r.errors] == []
     issues = SigmaValidator(offline).validate_rules(iter(RULES.rules))
     assert issues == []
-    assert len(list(RULES)) == 12
+    assert len(list(RULES)) == 13
 
 
 def test_every_rule_converts_to_splunk_spl():
     from sigma.backends.splunk import SplunkBackend
 
     queries = SplunkBackend().convert(RULES)
-    assert len(queries) == len(STANDING) == 10  # the two building blocks stand only inside correlations
+    assert len(queries) == len(STANDING) == 11  # the two building blocks stand only inside correlations
     joined = "\n".join(queries)
     assert 'event_name="secret.access" audit.outcome IN ("denied", "not_found")' in joined
     assert "| stats count as event_count by _time enduser.id" in joined

@@ -86,3 +86,19 @@ def test_a_flushdb_fires_the_bulk_wipe_rule(store, tokens):
     wiped = [e["id"] for e in events if e["attributes"].get("audit.action") == "FLUSHDB"]
     assert sorted(e["attributes"]["secret.name"] for e in events if e["id"] in wiped) == ["secret:*", "vault/*"]
     assert sorted(i for hit in fired["Secrets wiped or swapped in bulk"] for i in hit.events) == sorted(wiped)
+
+
+def test_a_dead_agent_fires_the_agent_rule(store, tokens):
+    """A stream that continues a dead agent's (audit.stream.continued) fires the rule; its predecessor's
+    records do not."""
+    from .records import chained
+    from .test_store_succession import post_to, successor_of
+
+    before = chained(3)
+    after = successor_of(before, 3, 0, 2)
+    with serve(store) as url:
+        post_to(url, tokens["ingest"], before + after)
+        events = trail(url, tokens["auditor"])
+    fired = detect.evaluate(events)
+    (link,) = [e for e in events if e["event_name"] == "audit.stream.continued"]
+    assert [m.events for m in fired["Audit agent died"]] == [[link["id"]]]
