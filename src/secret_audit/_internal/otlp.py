@@ -343,17 +343,21 @@ def encode_request_framed(
     resource_schema_url: str = "",
     scope_schema_url: str = "",
 ) -> bytes:
-    """``encode_request`` of records already framed as ScopeLogs fields (``engine.stamp_slots``' output)."""
-    resource = _attributes(b"\x0a", resource_attributes)
+    """``encode_request`` of records already framed as ScopeLogs fields (``engine.stamp_slots``' output).
+
+    The heads are worked out from the lengths, so the batch is copied once (into the request).
+    """
+    resource = _ld(b"\x0a", _attributes(b"\x0a", resource_attributes))
     scope = b""
     if scope_name:
         scope += _ld(b"\x0a", scope_name.encode("utf-8"))
     if scope_version:
         scope += _ld(b"\x12", scope_version.encode("utf-8"))
-    scope_logs = _ld(b"\x0a", scope) + framed
-    if scope_schema_url:
-        scope_logs += _ld(b"\x1a", scope_schema_url.encode("utf-8"))
-    resource_logs = _ld(b"\x0a", resource) + _ld(b"\x12", scope_logs)
-    if resource_schema_url:
-        resource_logs += _ld(b"\x1a", resource_schema_url.encode("utf-8"))
-    return _ld(b"\x0a", resource_logs)
+    scope = _ld(b"\x0a", scope)
+    scope_tail = _ld(b"\x1a", scope_schema_url.encode("utf-8")) if scope_schema_url else b""
+    resource_tail = _ld(b"\x1a", resource_schema_url.encode("utf-8")) if resource_schema_url else b""
+    scope_logs = len(scope) + len(framed) + len(scope_tail)
+    scope_head = b"\x12" + _varint(scope_logs)
+    resource_logs = len(resource) + len(scope_head) + scope_logs + len(resource_tail)
+    return b"".join((b"\x0a" + _varint(resource_logs), resource, scope_head, scope, framed, scope_tail,
+                     resource_tail))
