@@ -27,7 +27,7 @@ from typing import Any
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
-from secret_audit._internal.engine import plan_of
+from secret_audit._internal.engine import plan_of, resolve_raw
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
@@ -46,8 +46,9 @@ from secret_audit._internal.ring import (
     WAIT,
     Ring,
     open_ring,
+    slots_of,
 )
-from secret_audit._internal.ring_stream import SlotPipeline, TakenRun
+from secret_audit._internal.ring_stream import RawRun, SlotPipeline, TakenRun
 from secret_audit._internal.shapes import Shape
 
 __all__ = ["main"]
@@ -180,7 +181,7 @@ class Member:
                 if run is None:
                     break
                 queue.append(run)
-                read += len(run.slots)
+                read += run.records or 1  # records: what the worker is woken for (a batch of them)
                 if run.ticket is not None:
                     handoff.wake.set()
             if self._flush and handoff.consumer is not None and not ring.ready():
@@ -218,11 +219,23 @@ class Member:
             if ready:
                 self._messages(block=True)
 
-    def _read_run(self, ring: Ring) -> TakenRun | None:
-        """Up to ``_RUN`` committed slots with their shapes; None when none is committed."""
-        slots: list[Any] = ring.read_run(_RUN)
-        if not slots:
+    def _read_run(self, ring: Ring) -> RawRun | TakenRun | None:
+        """Up to ``_RUN`` committed slots with their shapes; None when none is committed.
+
+        The common run, every shape known and none made for one access: its raw bytes, its shapes found in
+        C (``resolve_raw``); the rest slot by slot, as tuples.
+        """
+        raw = ring.read_raw(_RUN)
+        if not raw:
             return None
+        if not self._once and (found := resolve_raw(raw, self.shapes)) is not None:
+            marks = self._forget  # ids below a mark are not used past its index: forget them after the run
+            while marks and ring.next >= marks[0][0]:
+                below = marks.pop(0)[1]
+                self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
+            wait = found[3]
+            return RawRun(raw, found[0], _Settle(ring, wait) if wait >= 0 else None, found[1], found[2])
+        slots = slots_of(raw)
         shapes: list[list[Shape]] = []
         ticket = None
         records = flags = 0

@@ -66,3 +66,14 @@ class Stream:
         now = time_ns()
         self.sequence, self.head = engine.stamp_slots(slots, shapes, self._consts, first, self.head, now, out)
         return self.sequence - first
+
+    def stamp_raw(self, raw: bytes, shapes: list[Any], out: bytearray) -> int:
+        """``stamp_slots`` for raw ring slots (``Ring.read_raw``) and their shapes, one list."""
+        from secret_audit._internal import engine
+
+        if self._consts is None:
+            self._consts = engine.StreamConsts.of(self.id)
+        first = self.sequence
+        now = time_ns()
+        self.sequence, self.head = engine.stamp_raw(raw, shapes, self._consts, first, self.head, now, out)
+        return self.sequence - first
