@@ -132,12 +132,16 @@ def test_the_engine_writes_what_the_slow_path_writes(builder, stamp, accesses, s
         assert raw_out == out
 
 
-@pytest.mark.parametrize("stamp", ENGINES)
-def test_a_failed_run_appends_nothing(builder, stamp):
+def _one_shape_twice(builder):
     none = {"trace": None, "enduser": None, "client": None, "bag_user": None}
     found = builder.shapes_of(Access(SOURCE, 1, 2, _context(none), None, (Item("secret:k", "read", "GET", "found"),),
                                      "success"))
-    shapes = [[_planned(s) for s in found[0]]] * 2
+    return [[_planned(s) for s in found[0]]] * 2
+
+
+@pytest.mark.parametrize("stamp", ENGINES)
+def test_a_failed_run_appends_nothing(builder, stamp):
+    shapes = _one_shape_twice(builder)
     slots = [(0, 0, 1, 2, 0, 0, 0, (), 0), (1, 0, -5, 2, 0, 0, 0, (), 0)]  # a negative time cannot be written
     out = bytearray(b"kept")
     with pytest.raises((ValueError, OverflowError, __import__('struct').error)):
@@ -147,10 +151,7 @@ def test_a_failed_run_appends_nothing(builder, stamp):
 
 @pytest.mark.parametrize("stamp", ENGINES)
 def test_a_raw_run_with_too_few_or_too_many_shapes_appends_nothing(builder, stamp):
-    none = {"trace": None, "enduser": None, "client": None, "bag_user": None}
-    found = builder.shapes_of(Access(SOURCE, 1, 2, _context(none), None, (Item("secret:k", "read", "GET", "found"),),
-                                     "success"))
-    shapes = [[_planned(s) for s in found[0]]] * 2
+    shapes = _one_shape_twice(builder)
     raw = _raw([(0, 0, 1, 2, 0, 0, 0), (1, 0, 3, 4, 0, 0, 0)], shapes)
     out = bytearray(b"kept")
     for flat in (shapes[0], shapes[0] * 3):
