@@ -195,7 +195,8 @@ class Handoff:
 def _records_of(queued: Any) -> int:
     """How many records a queued item stands for: an access's items, or a ring slot's shapes (a
     slot an agent's stream or a dead agent's app took from the ring, ``ring_stream.Taken``), or
-    those of a run of slots (``ring_stream.TakenRun``: a list of each slot's shapes)."""
+    those of a run of slots (``ring_stream.TakenRun``: a list of each slot's shapes; ``RawRun``: one
+    list of all its shapes)."""
     items = getattr(queued, "items", None)
     if isinstance(items, (list, tuple)):
         return len(items)
