@@ -62,7 +62,13 @@ def test_the_ring_says_when_its_reader_sleeps_and_a_writer_sees_it():
 
 
 @pytest.fixture
-def agent_handoff(redis_url: str, tmp_path: Any) -> Iterator[tuple[Any, Any, Any]]:
+def agent_extra() -> dict[str, str]:
+    """Settings a test adds to its agent's (parametrize it to change them)."""
+    return {}
+
+
+@pytest.fixture
+def agent_handoff(redis_url: str, tmp_path: Any, agent_extra: dict[str, str]) -> Iterator[tuple[Any, Any, Any]]:
     """A real agent serving this process's ring; its wrapper for GET, a real client, the receiver."""
     import redis
 
@@ -74,7 +80,7 @@ def agent_handoff(redis_url: str, tmp_path: Any) -> Iterator[tuple[Any, Any, Any
 
     with otlp_receiver() as rx:
         settings = load_settings({P + "EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs", P + "AGENT": "process",
-                                  P + "SPOOL_DIR": str(tmp_path / "spool")})
+                                  P + "SPOOL_DIR": str(tmp_path / "spool"), **agent_extra})
         address = agent_wire.agent_address()
         handoff = AgentHandoff(settings, address, agent_wire.spawn(address, settings))
         assert handoff.register() is not None
@@ -139,3 +145,18 @@ def test_a_steady_stream_of_accesses_does_not_wake_the_agent(agent_handoff):
     # Were the agent to sleep whenever it found the ring empty, nearly every access would wake it; it
     # naps instead. A few wakes are allowed: this process may be descheduled for longer than a nap.
     assert len(woken) <= 10, woken
+
+
+@pytest.mark.parametrize("agent_extra", [{P + "SCHEDULE_DELAY_MS": "60000"}])
+def test_a_flush_has_the_agent_export_what_it_read_at_once(agent_handoff):
+    """The app's flush asks the agent (an ``L`` frame) to export its partial batch once it has read the
+    ring that far: before, the batch waited for the worker's timer (``SCHEDULE_DELAY_MS``), a fifth of a
+    second of every 100,000-record round of bench_throughput.py, here a minute."""
+    handoff, get, rx = agent_handoff
+    key = "secret:" + secrets.token_hex(6)
+    for _ in range(7):  # far fewer than a batch (512): only the flush or the timer exports them
+        get(key)
+    started = time.monotonic()
+    assert handoff.flush(20)
+    assert time.monotonic() - started < 10
+    assert len(rx.audit_records()) == 7

@@ -9,6 +9,7 @@ framed LogRecords, sequence and chain head, and opentelemetry-proto must read th
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import orjson
 import pytest
@@ -29,6 +30,20 @@ from test_fast_records import _context, contexts, items
 ENGINES = [pytest.param(engine.stamp_slots_py, id="python")]
 if engine.NATIVE:
     ENGINES.append(pytest.param(engine.stamp_slots, id="c"))
+# each engine's twin for raw ring slots (Ring.read_raw's bytes)
+RAW = {engine.stamp_slots_py: engine.stamp_raw_py, engine.stamp_slots: engine.stamp_raw}
+_RAW_SLOT = struct.Struct("<QBBHIqqQQQQ2I")  # ring.py's layout
+
+
+def _raw(slots, shapes, ids=None) -> bytes:
+    """Slots as the ring holds them (ids: each slot's shape ids, else 0, 1, ...)."""
+    out = []
+    for n, (slot, planned) in enumerate(zip(slots, shapes, strict=True)):
+        index, flags, start, end, trace_id, span_id, tflags = slot[:7]
+        sids = list(ids[n] if ids is not None else range(len(planned))) + [0xEEEEEEEE] * 2  # stale id bytes
+        out.append(_RAW_SLOT.pack(index + 1, 1, flags, len(planned), tflags, start, end, trace_id >> 64,
+                                  trace_id & (2**64 - 1), span_id, 0, *sids[:2]))
+    return b"".join(out)
 
 
 def _reference(stream: Stream, slots, shapes, observed: int) -> bytes:
@@ -108,18 +123,66 @@ def test_the_engine_writes_what_the_slow_path_writes(builder, stamp, accesses, s
     assert attrs[contract.SEQUENCE].int_value == seq
     assert attrs[contract.EVENT_ID].string_value == f"{reference.id}:{seq}"
 
+    # the same run as raw ring slots (at most two shapes a slot): the same bytes, sequence and head
+    if all(len(planned) <= 2 for planned in shapes):
+        raw_out = bytearray(b"kept")
+        flat = [shape for planned in shapes for shape in planned]
+        assert RAW[stamp](_raw(slots, shapes), flat, consts, sequence, contract.GENESIS, observed,
+                          raw_out) == (seq, head)
+        assert raw_out == out
 
-@pytest.mark.parametrize("stamp", ENGINES)
-def test_a_failed_run_appends_nothing(builder, stamp):
+
+def _one_shape_twice(builder):
     none = {"trace": None, "enduser": None, "client": None, "bag_user": None}
     found = builder.shapes_of(Access(SOURCE, 1, 2, _context(none), None, (Item("secret:k", "read", "GET", "found"),),
                                      "success"))
-    shapes = [[_planned(s) for s in found[0]]] * 2
+    return [[_planned(s) for s in found[0]]] * 2
+
+
+@pytest.mark.parametrize("stamp", ENGINES)
+def test_a_failed_run_appends_nothing(builder, stamp):
+    shapes = _one_shape_twice(builder)
     slots = [(0, 0, 1, 2, 0, 0, 0, (), 0), (1, 0, -5, 2, 0, 0, 0, (), 0)]  # a negative time cannot be written
     out = bytearray(b"kept")
     with pytest.raises((ValueError, OverflowError, __import__('struct').error)):
         stamp(slots, shapes, engine.StreamConsts.of("s"), 0, contract.GENESIS, 1, out)
     assert out == b"kept"
+
+
+@pytest.mark.parametrize("stamp", ENGINES)
+def test_a_raw_run_with_too_few_or_too_many_shapes_appends_nothing(builder, stamp):
+    shapes = _one_shape_twice(builder)
+    raw = _raw([(0, 0, 1, 2, 0, 0, 0), (1, 0, 3, 4, 0, 0, 0)], shapes)
+    out = bytearray(b"kept")
+    for flat in (shapes[0], shapes[0] * 3):
+        with pytest.raises(ValueError, match="shapes"):
+            RAW[stamp](raw, flat, engine.StreamConsts.of("s"), 0, contract.GENESIS, 1, out)
+    with pytest.raises(ValueError, match="72"):
+        RAW[stamp](raw[:-1], shapes[0] * 2, engine.StreamConsts.of("s"), 0, contract.GENESIS, 1, out)
+    assert out == b"kept"
+
+
+@settings(max_examples=300, deadline=None)
+@given(slots=st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 7), st.lists(st.integers(0, 12), max_size=2)),
+                      max_size=20),
+       known=st.sets(st.integers(0, 12)))
+def test_resolve_raw_finds_each_slots_shapes_or_none(slots, known):
+    """The reader's C lookup and its twin agree: shapes in slot order, records, flags or-ed, the last
+    waited-on slot's index; None as soon as one id is unknown (that run takes the slot-by-slot path)."""
+    table = {sid: ("shape", sid) for sid in known}
+    raw = _raw([(index, flags, 0, 0, 0, 0, 0) for index, flags, _ in slots], [ids for _, _, ids in slots],
+               [ids for _, _, ids in slots])
+    want = None
+    if all(sid in known for _, _, ids in slots for sid in ids):
+        waited = [index for index, flags, _ in slots if flags & 1]
+        flags_or = 0
+        for _, flags, _ in slots:
+            flags_or |= flags
+        shapes = [table[sid] for _, _, ids in slots for sid in ids]
+        want = (shapes, len(shapes), flags_or, waited[-1] if waited else -1)
+    assert engine.resolve_raw_py(raw, table) == want
+    if engine.NATIVE:
+        assert engine._engine.resolve_raw(raw, table) == want
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
@@ -135,3 +198,4 @@ def test_float_text_is_orjsons(value):
 def test_the_portable_sha256_is_sha256(data):
     """Without libcrypto in the process the C engine hashes with its own SHA-256."""
     assert engine._engine.portable_sha256(data) == hashlib.sha256(data).hexdigest()
+

@@ -334,6 +334,22 @@ took_text(double ms, char *out, size_t cap)
     return (Py_ssize_t)n + 2;
 }
 
+/* A non-negative number in decimal (what "%lld" writes, without printf's cost); its length. */
+static size_t
+decimal(unsigned long long v, char *out)
+{
+    char tmp[24];
+    size_t n = 0, k = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) {
+        out[k++] = tmp[--n];
+    }
+    return k;
+}
+
 static void
 hex_of(uint64_t v, char *out)
 {
@@ -438,12 +454,237 @@ canonical_digest(PyObject *plan, const holes *h, buf *scratch, char *digest)
     return 0;
 }
 
+/* A slot's numbers, read from a tuple (ring.Slot) or from the ring's raw bytes. */
+typedef struct {
+    long long start, end;
+    int traced;
+    uint64_t trace_hi, trace_lo, span;
+    unsigned long flags;
+} slotvals;
+
+/* What a run carries from record to record: the stream's constants, the chain, the buffers. */
+typedef struct {
+    text c[C_FIELDS];
+    buf o, scratch;
+    long long seq, observed;
+    char prev[64];
+    Py_ssize_t plan_at;
+} run;
+
+/* One slot's records: shapes[first:first + m] (each with its plan), stamped and framed onto r->o. */
+static int
+stamp_slot(run *r, const slotvals *sv, PyObject *shapes, Py_ssize_t first, Py_ssize_t m)
+{
+    holes h;
+    long long start = sv->start, end = sv->end;
+    char digest[64];
+    h.sid = r->c[C_SID];
+    h.prev.p = r->prev, h.prev.n = 64;
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative start time");
+        return -1;
+    }
+    char trace_json[34], span_json[18];
+    if (sv->traced) {
+        if (sv->flags > 0xffffffffUL) {
+            PyErr_SetString(PyExc_OverflowError, "trace flags past 32 bits");
+            return -1;
+        }
+        trace_json[0] = trace_json[33] = '"';
+        hex_of(sv->trace_hi, trace_json + 1);
+        hex_of(sv->trace_lo, trace_json + 17);
+        span_json[0] = span_json[17] = '"';
+        hex_of(sv->span, span_json + 1);
+        h.trace_json.p = trace_json, h.trace_json.n = 34;
+        h.span_json.p = span_json, h.span_json.n = 18;
+    } else {
+        h.trace_json.p = h.span_json.p = "\"\"";
+        h.trace_json.n = h.span_json.n = 2;
+    }
+    double duration = (double)((__int128)end - (__int128)start) / 1e6;
+    char dur_json[64], took[400], time_json[24];
+    Py_ssize_t k = float_json(duration, dur_json, sizeof dur_json);
+    if (k < 0) {
+        return -1;
+    }
+    h.dur_json.p = dur_json, h.dur_json.n = (size_t)k;
+    k = took_text(duration, took, sizeof took);
+    if (k < 0) {
+        return -1;
+    }
+    h.took.p = took, h.took.n = (size_t)k;
+    h.time_json.p = time_json, h.time_json.n = decimal((unsigned long long)start, time_json);
+    uint64_t dbits;
+    memcpy(&dbits, &duration, 8);
+    const text *c = r->c;
+    buf *rec = &r->o; /* each record is written in place, behind room for its frame's tag and length */
+    for (Py_ssize_t j = 0; j < m; j++) {
+        PyObject *shape = PySequence_GetItem(shapes, first + j);
+        if (shape == NULL) {
+            return -1;
+        }
+        PyObject *plan = PyTuple_Check(shape) ? PyTuple_GetItem(shape, r->plan_at) : NULL;
+        Py_DECREF(shape); /* the list still holds it */
+        if (plan == NULL || !PyTuple_Check(plan) || PyTuple_Size(plan) != P_FIELDS) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "a shape without a plan");
+            return -1;
+        }
+        if (r->seq == LLONG_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "sequence past 63 bits");
+            return -1;
+        }
+        long long seq = ++r->seq;
+        h.seq_len = decimal((unsigned long long)seq, h.seq_text); /* seq > 0 */
+        if (canonical_digest(plan, &h, &r->scratch, digest) < 0) {
+            return -1;
+        }
+        /* the LogRecord, in encode_log_record's field order */
+        text body, tail_text;
+        PyObject *tail = PyTuple_GetItem(plan, P_TAIL);
+        if (as_text(PyTuple_GetItem(plan, P_BODY), &body) < 0) {
+            return -1;
+        }
+        if (grow(rec, 3) < 0) {
+            return -1;
+        }
+        size_t at = rec->len, from = at + 3; /* a record of 128 to 16,383 bytes needs 2 length bytes */
+        rec->len = from;
+        int e = start ? put_fixed(rec, 0x09, (uint64_t)start, 8) : 0;
+        e = e || put_bytes(rec, PyTuple_GetItem(plan, P_SEVERITY));
+        if (tail == Py_None) {
+            e = e || put(rec, body.p, body.n);
+        } else {
+            if (as_text(tail, &tail_text) < 0) {
+                return -1;
+            }
+            size_t raw = body.n + h.took.n + tail_text.n;
+            unsigned char v[10];
+            size_t vn = varint(v, raw);
+            e = e || put(rec, "\x2a", 1) || put_varint(rec, 1 + vn + raw) || put(rec, "\x0a", 1)
+                || put(rec, v, vn) || put(rec, body.p, body.n) || put(rec, h.took.p, h.took.n)
+                || put(rec, tail_text.p, tail_text.n);
+        }
+        e = e || put_bytes(rec, PyTuple_GetItem(plan, P_ATTRS));
+        /* duration, event id, stream, sequence, previous hash, hash */
+        e = e || put(rec, c[C_DURATION].p, c[C_DURATION].n);
+        for (int b = 0; b < 8 && !e; b++) {
+            unsigned char byte = (unsigned char)(dbits >> (8 * b));
+            e = put(rec, &byte, 1);
+        }
+        size_t id_len = h.sid.n + 1 + h.seq_len;
+        unsigned char v1[10], v2[10];
+        size_t n1 = varint(v1, id_len), n2 = varint(v2, 1 + n1 + id_len);
+        size_t kv = c[C_EVENT_KEY].n + 1 + n2 + 1 + n1 + id_len;
+        e = e || put(rec, "\x32", 1) || put_varint(rec, kv) || put(rec, c[C_EVENT_KEY].p, c[C_EVENT_KEY].n)
+            || put(rec, "\x12", 1) || put(rec, v2, n2) || put(rec, "\x0a", 1) || put(rec, v1, n1)
+            || put(rec, h.sid.p, h.sid.n) || put(rec, ":", 1) || put(rec, h.seq_text, h.seq_len);
+        e = e || put(rec, c[C_STREAM].p, c[C_STREAM].n);
+        unsigned char sv8[10];
+        size_t sn = varint(sv8, (uint64_t)seq);
+        e = e || put(rec, "\x32", 1) || put_varint(rec, c[C_SEQUENCE_KEY].n + 3 + sn)
+            || put(rec, c[C_SEQUENCE_KEY].p, c[C_SEQUENCE_KEY].n) || put(rec, "\x12", 1)
+            || put_varint(rec, 1 + sn) || put(rec, "\x18", 1) || put(rec, sv8, sn);
+        e = e || put(rec, c[C_PREV].p, c[C_PREV].n) || put(rec, r->prev, 64);
+        e = e || put(rec, c[C_DIGEST].p, c[C_DIGEST].n) || put(rec, digest, 64);
+        if (sv->traced) {
+            unsigned char ids[16];
+            if (sv->flags) {
+                e = e || put_fixed(rec, 0x45, sv->flags, 4);
+            }
+            for (int b = 0; b < 8; b++) {
+                ids[b] = (unsigned char)(sv->trace_hi >> (56 - 8 * b));
+                ids[8 + b] = (unsigned char)(sv->trace_lo >> (56 - 8 * b));
+            }
+            e = e || put(rec, "\x4a\x10", 2) || put(rec, ids, 16);
+            if (sv->span) {
+                for (int b = 0; b < 8; b++) {
+                    ids[b] = (unsigned char)(sv->span >> (56 - 8 * b));
+                }
+                e = e || put(rec, "\x52\x08", 2) || put(rec, ids, 8);
+            }
+        }
+        if (r->observed) {
+            e = e || put_fixed(rec, 0x59, (uint64_t)r->observed, 8);
+        }
+        e = e || put_bytes(rec, PyTuple_GetItem(plan, P_EVENT));
+        if (e) {
+            return -1;
+        }
+        size_t len = rec->len - from;
+        unsigned char v[10];
+        size_t vn = varint(v, len);
+        if (vn > 2 && grow(rec, vn - 2) < 0) {
+            return -1;
+        }
+        if (vn != 2) {
+            memmove(rec->p + at + 1 + vn, rec->p + from, len);
+        }
+        rec->p[at] = 0x12;
+        memcpy(rec->p + at + 1, v, vn);
+        rec->len = at + 1 + vn + len;
+        memcpy(r->prev, digest, 64);
+    }
+    return 0;
+}
+
+/* The arguments both calls share: stream constants, sequence, head, observed time, out. */
+static int
+run_open(run *r, PyObject *consts, long long seq, PyObject *head_obj, long long observed, PyObject *out)
+{
+    memset(r, 0, sizeof *r);
+    if (!PyTuple_Check(consts) || PyTuple_Size(consts) != C_FIELDS || !PyByteArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "consts must be StreamConsts and out a bytearray");
+        return -1;
+    }
+    if (observed < 0) {
+        PyErr_SetString(PyExc_ValueError, "a negative observed time");
+        return -1;
+    }
+    for (int i = 0; i < C_FIELDS; i++) {
+        if (as_text(PyTuple_GetItem(consts, i), &r->c[i]) < 0) {
+            return -1;
+        }
+    }
+    Py_ssize_t head_len;
+    const char *head = PyUnicode_AsUTF8AndSize(head_obj, &head_len);
+    if (head == NULL) {
+        return -1;
+    }
+    if (head_len != 64) {
+        PyErr_SetString(PyExc_ValueError, "the chain head is not 64 hex digits");
+        return -1;
+    }
+    memcpy(r->prev, head, 64);
+    r->seq = seq, r->observed = observed;
+    return 0;
+}
+
+/* The run's records onto out (all or none), and (seq, head); NULL with the buffers freed on failure. */
+static PyObject *
+run_close(run *r, PyObject *out, int ok)
+{
+    PyObject *result = NULL;
+    if (ok) {
+        Py_ssize_t before = PyByteArray_Size(out);
+        if (PyByteArray_Resize(out, before + (Py_ssize_t)r->o.len) == 0) {
+            if (r->o.len) {
+                memcpy(PyByteArray_AsString(out) + before, r->o.p, r->o.len);
+            }
+            result = Py_BuildValue("(Ls#)", r->seq, r->prev, (Py_ssize_t)64);
+        }
+    }
+    PyMem_Free(r->o.p), PyMem_Free(r->scratch.p);
+    return result;
+}
+
 static PyObject *
 stamp_slots(PyObject *self, PyObject *args)
 {
     PyObject *slots, *shapes, *consts, *head_obj, *out;
     long long seq, observed;
     (void)self;
+    run r;
     Py_ssize_t plan_at = 8;
     if (!PyArg_ParseTuple(args, "OOOLULO|n", &slots, &shapes, &consts, &seq, &head_obj, &observed, &out, &plan_at)) {
         return NULL;
@@ -452,214 +693,176 @@ stamp_slots(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "slots and shapes must be lists of one length");
         return NULL;
     }
-    if (!PyTuple_Check(consts) || PyTuple_Size(consts) != C_FIELDS || !PyByteArray_Check(out)) {
-        PyErr_SetString(PyExc_TypeError, "consts must be StreamConsts and out a bytearray");
+    if (run_open(&r, consts, seq, head_obj, observed, out) < 0) {
         return NULL;
     }
-    if (observed < 0) {
-        PyErr_SetString(PyExc_ValueError, "a negative observed time");
-        return NULL;
-    }
-    text c[C_FIELDS];
-    for (int i = 0; i < C_FIELDS; i++) {
-        if (as_text(PyTuple_GetItem(consts, i), &c[i]) < 0) {
-            return NULL;
-        }
-    }
-    Py_ssize_t head_len;
-    const char *head = PyUnicode_AsUTF8AndSize(head_obj, &head_len);
-    if (head == NULL) {
-        return NULL;
-    }
-    if (head_len != 64) {
-        PyErr_SetString(PyExc_ValueError, "the chain head is not 64 hex digits");
-        return NULL;
-    }
-    char prev[64], digest[64];
-    memcpy(prev, head, 64);
-
-    buf o = {0}, scratch = {0}, rec = {0};
+    r.plan_at = plan_at;
     Py_ssize_t n = PyList_Size(slots);
-    holes h;
-    h.sid = c[C_SID];
-    h.prev.p = prev, h.prev.n = 64;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *slot = PyList_GetItem(slots, i), *slot_shapes = PyList_GetItem(shapes, i);
-        long long start, end;
-        if (!PyTuple_Check(slot) || PyTuple_Size(slot) < 7 || slot_int64(slot, 2, &start) < 0
-            || slot_int64(slot, 3, &end) < 0) {
+        slotvals sv = {0};
+        if (!PyTuple_Check(slot) || PyTuple_Size(slot) < 7 || slot_int64(slot, 2, &sv.start) < 0
+            || slot_int64(slot, 3, &sv.end) < 0) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_TypeError, "a slot must be a tuple of at least 7");
             }
-            goto fail;
-        }
-        if (start < 0) {
-            PyErr_SetString(PyExc_ValueError, "a negative start time");
-            goto fail;
+            return run_close(&r, out, 0);
         }
         /* trace ids: none unless the trace id is set (then span id and flags as the slot has them) */
         PyObject *trace_obj = PyTuple_GetItem(slot, 4);
-        int traced = PyObject_IsTrue(trace_obj);
-        uint64_t trace_hi = 0, trace_lo = 0, span = 0;
-        unsigned long flags = 0;
-        char trace_json[34], span_json[18];
-        if (traced < 0) {
-            goto fail;
+        sv.traced = PyObject_IsTrue(trace_obj);
+        if (sv.traced < 0) {
+            return run_close(&r, out, 0);
         }
-        if (traced) {
-            trace_lo = PyLong_AsUnsignedLongLongMask(trace_obj);
+        if (sv.traced) {
+            sv.trace_lo = PyLong_AsUnsignedLongLongMask(trace_obj);
             PyObject *hi = PyNumber_Rshift(trace_obj, sixty_four);
             if (hi == NULL) {
-                goto fail;
+                return run_close(&r, out, 0);
             }
-            trace_hi = PyLong_AsUnsignedLongLong(hi);
+            sv.trace_hi = PyLong_AsUnsignedLongLong(hi);
             Py_DECREF(hi);
-            span = PyLong_AsUnsignedLongLong(PyTuple_GetItem(slot, 5));
-            flags = PyLong_AsUnsignedLong(PyTuple_GetItem(slot, 6));
+            sv.span = PyLong_AsUnsignedLongLong(PyTuple_GetItem(slot, 5));
+            sv.flags = PyLong_AsUnsignedLong(PyTuple_GetItem(slot, 6));
             if (PyErr_Occurred()) {
-                goto fail;
+                return run_close(&r, out, 0);
             }
-            if (flags > 0xffffffffUL) {
-                PyErr_SetString(PyExc_OverflowError, "trace flags past 32 bits");
-                goto fail;
-            }
-            trace_json[0] = trace_json[33] = '"';
-            hex_of(trace_hi, trace_json + 1);
-            hex_of(trace_lo, trace_json + 17);
-            span_json[0] = span_json[17] = '"';
-            hex_of(span, span_json + 1);
-            h.trace_json.p = trace_json, h.trace_json.n = 34;
-            h.span_json.p = span_json, h.span_json.n = 18;
-        } else {
-            h.trace_json.p = h.span_json.p = "\"\"";
-            h.trace_json.n = h.span_json.n = 2;
         }
-        double duration = (double)((__int128)end - (__int128)start) / 1e6;
-        char dur_json[64], took[400], time_json[24];
-        Py_ssize_t k = float_json(duration, dur_json, sizeof dur_json);
-        if (k < 0) {
-            goto fail;
-        }
-        h.dur_json.p = dur_json, h.dur_json.n = (size_t)k;
-        k = took_text(duration, took, sizeof took);
-        if (k < 0) {
-            goto fail;
-        }
-        h.took.p = took, h.took.n = (size_t)k;
-        h.time_json.p = time_json, h.time_json.n = (size_t)snprintf(time_json, sizeof time_json, "%lld", start);
-        uint64_t dbits;
-        memcpy(&dbits, &duration, 8);
-
         if (!PyList_Check(slot_shapes) && !PyTuple_Check(slot_shapes)) {
             PyErr_SetString(PyExc_TypeError, "a slot's shapes must be a list");
-            goto fail;
+            return run_close(&r, out, 0);
         }
-        Py_ssize_t m = PySequence_Size(slot_shapes);
-        for (Py_ssize_t j = 0; j < m; j++) {
-            PyObject *shape = PySequence_GetItem(slot_shapes, j);
+        if (stamp_slot(&r, &sv, slot_shapes, 0, PySequence_Size(slot_shapes)) < 0) {
+            return run_close(&r, out, 0);
+        }
+    }
+    return run_close(&r, out, 1);
+}
+
+/* ---- raw slots: a run as the ring holds it (ring.py's layout), never made into tuples ------------ */
+
+enum { SLOT = 72, MAX_IDS = 2, WAIT = 1 };
+
+static uint64_t
+le(const unsigned char *p, int size)
+{
+    uint64_t v = 0;
+    for (int i = size - 1; i >= 0; i--) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+
+static int
+raw_run(PyObject *raw, const unsigned char **p, Py_ssize_t *count)
+{
+    char *data;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(raw, &data, &n) < 0) {
+        return -1;
+    }
+    if (n % SLOT) {
+        PyErr_SetString(PyExc_ValueError, "a run of slots is a multiple of 72 bytes");
+        return -1;
+    }
+    *p = (const unsigned char *)data, *count = n / SLOT;
+    return 0;
+}
+
+/* resolve_raw(raw, known) -> (shapes, records, flags, wait) or None: each slot's shapes (one per record,
+ * in order) from ``known`` (shape id -> Shape), the records they make, the slots' flags or-ed, and the
+ * ring index of the last slot a fail-closed caller waits on (-1: none); None if an id is not known. */
+static PyObject *
+resolve_raw(PyObject *self, PyObject *args)
+{
+    PyObject *raw, *known;
+    const unsigned char *p;
+    Py_ssize_t count;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "SO!", &raw, &PyDict_Type, &known) || raw_run(raw, &p, &count) < 0) {
+        return NULL;
+    }
+    PyObject *shapes = PyList_New(0);
+    if (shapes == NULL) {
+        return NULL;
+    }
+    long long wait = -1;
+    unsigned long flags = 0;
+    Py_ssize_t records = 0;
+    for (Py_ssize_t i = 0; i < count; i++, p += SLOT) {
+        unsigned int n = (unsigned int)le(p + 10, 2);
+        flags |= p[9];
+        if (p[9] & WAIT) {
+            wait = (long long)le(p, 8) - 1;
+        }
+        for (unsigned int k = 0; k < n && k < MAX_IDS; k++) {
+            PyObject *key = PyLong_FromUnsignedLongLong(le(p + 64 + 4 * k, 4));
+            if (key == NULL) {
+                Py_DECREF(shapes);
+                return NULL;
+            }
+            PyObject *shape = PyDict_GetItemWithError(known, key);
+            Py_DECREF(key);
             if (shape == NULL) {
-                goto fail;
-            }
-            PyObject *plan = PyTuple_Check(shape) ? PyTuple_GetItem(shape, plan_at) : NULL;
-            Py_DECREF(shape); /* the list still holds it */
-            if (plan == NULL || !PyTuple_Check(plan) || PyTuple_Size(plan) != P_FIELDS) {
-                PyErr_Clear();
-                PyErr_SetString(PyExc_TypeError, "a shape without a plan");
-                goto fail;
-            }
-            if (seq == LLONG_MAX) {
-                PyErr_SetString(PyExc_OverflowError, "sequence past 63 bits");
-                goto fail;
-            }
-            seq++;
-            h.seq_len = (size_t)snprintf(h.seq_text, sizeof h.seq_text, "%lld", seq);
-            if (canonical_digest(plan, &h, &scratch, digest) < 0) {
-                goto fail;
-            }
-            /* the LogRecord, in encode_log_record's field order */
-            text body, tail_text;
-            PyObject *tail = PyTuple_GetItem(plan, P_TAIL);
-            if (as_text(PyTuple_GetItem(plan, P_BODY), &body) < 0) {
-                goto fail;
-            }
-            rec.len = 0;
-            int r = start ? put_fixed(&rec, 0x09, (uint64_t)start, 8) : 0;
-            r = r || put_bytes(&rec, PyTuple_GetItem(plan, P_SEVERITY));
-            if (tail == Py_None) {
-                r = r || put(&rec, body.p, body.n);
-            } else {
-                if (as_text(tail, &tail_text) < 0) {
-                    goto fail;
+                Py_DECREF(shapes);
+                if (PyErr_Occurred()) {
+                    return NULL;
                 }
-                size_t raw = body.n + h.took.n + tail_text.n;
-                unsigned char v[10];
-                size_t vn = varint(v, raw);
-                r = r || put(&rec, "\x2a", 1) || put_varint(&rec, 1 + vn + raw) || put(&rec, "\x0a", 1)
-                    || put(&rec, v, vn) || put(&rec, body.p, body.n) || put(&rec, h.took.p, h.took.n)
-                    || put(&rec, tail_text.p, tail_text.n);
+                Py_RETURN_NONE;
             }
-            r = r || put_bytes(&rec, PyTuple_GetItem(plan, P_ATTRS));
-            /* duration, event id, stream, sequence, previous hash, hash */
-            r = r || put(&rec, c[C_DURATION].p, c[C_DURATION].n);
-            for (int b = 0; b < 8 && !r; b++) {
-                unsigned char byte = (unsigned char)(dbits >> (8 * b));
-                r = put(&rec, &byte, 1);
+            if (PyList_Append(shapes, shape) < 0) {
+                Py_DECREF(shapes);
+                return NULL;
             }
-            size_t id_len = h.sid.n + 1 + h.seq_len;
-            unsigned char v1[10], v2[10];
-            size_t n1 = varint(v1, id_len), n2 = varint(v2, 1 + n1 + id_len);
-            size_t kv = c[C_EVENT_KEY].n + 1 + n2 + 1 + n1 + id_len;
-            r = r || put(&rec, "\x32", 1) || put_varint(&rec, kv) || put(&rec, c[C_EVENT_KEY].p, c[C_EVENT_KEY].n)
-                || put(&rec, "\x12", 1) || put(&rec, v2, n2) || put(&rec, "\x0a", 1) || put(&rec, v1, n1)
-                || put(&rec, h.sid.p, h.sid.n) || put(&rec, ":", 1) || put(&rec, h.seq_text, h.seq_len);
-            r = r || put(&rec, c[C_STREAM].p, c[C_STREAM].n);
-            unsigned char sv[10];
-            size_t sn = varint(sv, (uint64_t)seq);
-            r = r || put(&rec, "\x32", 1) || put_varint(&rec, c[C_SEQUENCE_KEY].n + 3 + sn)
-                || put(&rec, c[C_SEQUENCE_KEY].p, c[C_SEQUENCE_KEY].n) || put(&rec, "\x12", 1)
-                || put_varint(&rec, 1 + sn) || put(&rec, "\x18", 1) || put(&rec, sv, sn);
-            r = r || put(&rec, c[C_PREV].p, c[C_PREV].n) || put(&rec, prev, 64);
-            r = r || put(&rec, c[C_DIGEST].p, c[C_DIGEST].n) || put(&rec, digest, 64);
-            if (traced) {
-                unsigned char ids[16];
-                if (flags) {
-                    r = r || put_fixed(&rec, 0x45, flags, 4);
-                }
-                for (int b = 0; b < 8; b++) {
-                    ids[b] = (unsigned char)(trace_hi >> (56 - 8 * b));
-                    ids[8 + b] = (unsigned char)(trace_lo >> (56 - 8 * b));
-                }
-                r = r || put(&rec, "\x4a\x10", 2) || put(&rec, ids, 16);
-                if (span) {
-                    for (int b = 0; b < 8; b++) {
-                        ids[b] = (unsigned char)(span >> (56 - 8 * b));
-                    }
-                    r = r || put(&rec, "\x52\x08", 2) || put(&rec, ids, 8);
-                }
-            }
-            if (observed) {
-                r = r || put_fixed(&rec, 0x59, (uint64_t)observed, 8);
-            }
-            r = r || put_bytes(&rec, PyTuple_GetItem(plan, P_EVENT));
-            r = r || put(&o, "\x12", 1) || put_varint(&o, rec.len) || put(&o, rec.p, rec.len);
-            if (r) {
-                goto fail;
-            }
-            memcpy(prev, digest, 64);
+            records++;
         }
     }
-    Py_ssize_t before = PyByteArray_Size(out);
-    if (PyByteArray_Resize(out, before + (Py_ssize_t)o.len) < 0) {
-        goto fail;
+    return Py_BuildValue("(NnkL)", shapes, records, flags, wait);
+}
+
+/* stamp_raw(raw, shapes, consts, seq, head, observed, out, plan_at=8) -> (seq, head): stamp_slots for a run
+ * of raw slots and their shapes as resolve_raw gives them (one list, each slot's in turn). */
+static PyObject *
+stamp_raw(PyObject *self, PyObject *args)
+{
+    PyObject *raw, *shapes, *consts, *head_obj, *out;
+    long long seq, observed;
+    const unsigned char *p;
+    Py_ssize_t count, plan_at = 8;
+    run r;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "SO!OLULO|n", &raw, &PyList_Type, &shapes, &consts, &seq, &head_obj, &observed,
+                          &out, &plan_at)
+        || raw_run(raw, &p, &count) < 0) {
+        return NULL;
     }
-    if (o.len) {
-        memcpy(PyByteArray_AsString(out) + before, o.p, o.len);
+    if (run_open(&r, consts, seq, head_obj, observed, out) < 0) {
+        return NULL;
     }
-    PyMem_Free(o.p), PyMem_Free(scratch.p), PyMem_Free(rec.p);
-    return Py_BuildValue("(Ls#)", seq, prev, (Py_ssize_t)64);
-fail:
-    PyMem_Free(o.p), PyMem_Free(scratch.p), PyMem_Free(rec.p);
-    return NULL;
+    r.plan_at = plan_at;
+    Py_ssize_t used = 0, total = PyList_Size(shapes);
+    for (Py_ssize_t i = 0; i < count; i++, p += SLOT) {
+        slotvals sv;
+        Py_ssize_t m = (Py_ssize_t)le(p + 10, 2);
+        m = m < MAX_IDS ? m : MAX_IDS;
+        sv.flags = (unsigned long)le(p + 12, 4);
+        sv.start = (long long)le(p + 16, 8), sv.end = (long long)le(p + 24, 8);
+        sv.trace_hi = le(p + 32, 8), sv.trace_lo = le(p + 40, 8), sv.span = le(p + 48, 8);
+        sv.traced = (sv.trace_hi | sv.trace_lo) != 0;
+        if (used + m > total) {
+            PyErr_SetString(PyExc_ValueError, "fewer shapes than the slots' ids");
+            return run_close(&r, out, 0);
+        }
+        if (stamp_slot(&r, &sv, shapes, used, m) < 0) {
+            return run_close(&r, out, 0);
+        }
+        used += m;
+    }
+    if (used != total) {
+        PyErr_SetString(PyExc_ValueError, "more shapes than the slots' ids");
+        return run_close(&r, out, 0);
+    }
+    return run_close(&r, out, 1);
 }
 
 static PyObject *
@@ -695,6 +898,8 @@ portable_sha256(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"portable_sha256", portable_sha256, METH_O, "The built-in SHA-256 (used without libcrypto), hex."},
     {"stamp_slots", stamp_slots, METH_VARARGS, "Stamp and encode a run of ring slots' records."},
+    {"stamp_raw", stamp_raw, METH_VARARGS, "stamp_slots for a run of raw ring slots."},
+    {"resolve_raw", resolve_raw, METH_VARARGS, "A run of raw ring slots' shapes, records, flags and waiter."},
     {"float_text", float_text, METH_O, "A duration as the canonical JSON writes it."},
     {NULL, NULL, 0, NULL},
 };

@@ -163,7 +163,7 @@ class AgentHandoff:
         if ring is None:
             return True
         target = ring.next
-        self._nudge()
+        self._frame(b"L")  # wake it, and have it export once it has read this far (not at its next timer)
         deadline = time.monotonic() + timeout
         while ring.word(hdr.SETTLED) < target:
             if self.fallback is not None:
@@ -366,11 +366,15 @@ class AgentHandoff:
 
     def _nudge(self) -> None:
         """Wake the agent's reader now (a fail-closed caller, half a batch written, a full ring)."""
+        self._frame(b"N")
+
+    def _frame(self, kind: bytes) -> None:
+        """An empty frame to the agent (``N`` wakes its reader; ``L``, a flush, also has it export)."""
         sock = self._sock
         if sock is not None:
             # a full socket buffer wakes the reader anyway; a closed one is the watcher's to report
             with contextlib.suppress(OSError):
-                sock.send(wire.FRAME.pack(b"N", 0), socket.MSG_DONTWAIT)
+                sock.send(wire.FRAME.pack(kind, 0), socket.MSG_DONTWAIT)
 
     def register(self) -> Ring | None:
         """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""

@@ -2,7 +2,8 @@
 
 Frames are a kind byte and a payload length: ``R`` registers a ring (its memfd rides along with
 SCM_RIGHTS), ``S`` is a shape's static attributes (JSON), ``F`` lets the agent forget shape ids,
-``N`` wakes the reader, and the agent's ``H`` says which agent and stream serve the app.
+``N`` wakes the reader, ``L`` (the app's flush) also has it export what it read once it has read all
+that is committed, and the agent's ``H`` says which agent and stream serve the app.
 """
 
 from __future__ import annotations

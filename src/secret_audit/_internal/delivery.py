@@ -1,7 +1,9 @@
 """Delivery: each sealed batch to its back end, retried with one backoff, spooled while the endpoint is down.
 
 It owns the back end (our OTLP encoder and sender, an SDK exporter, or nothing), the courier
-thread that keeps one request on the wire while the worker builds the next batch, the spool, its
+thread that keeps one request on the wire and the next sealed batch behind it while the worker
+builds a third (requests still leave one at a time, in order: after a failed one the courier sends
+nothing more until the worker has retried or spooled it and those behind it), the spool, its
 replay (oldest first, under the spool's replay claim) and the probe that tells a degraded pipeline
 the endpoint is back. It never calls back: each step returns verdicts (``DELIVERED``, ``SPOOLED``,
 ``REPLAYED``, ``REFUSED``, ``LOST``) for the worker to act on and the ledger to count.
@@ -14,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -37,6 +40,10 @@ DELIVERED, SPOOLED, REPLAYED, REFUSED, LOST = "delivered", "spooled", "replayed"
 _DURABLE = frozenset({DELIVERED, SPOOLED, REPLAYED})
 # Spooled requests replayed together in one request, up to this size (the store takes 16 MiB).
 _REPLAY_BYTES = 4 * 1024 * 1024
+# Sealed batches handed to the courier at once: the one on the wire and the next, which it sends as soon as
+# the first is answered (the worker's turn between two requests was a third of the agent's time on the wire).
+_WINDOW = 2
+_UNSENT = "unsent"  # the courier's result for a batch queued behind a failed request: not sent, in order
 
 
 def records_text(count: int) -> str:
@@ -108,7 +115,7 @@ class Delivery:
         self._replay = Backoff(0.2, 5.0)
         self._probe = Backoff(0.2, 1.0)
         self._courier: _Courier | None = None
-        self._inflight: Sealed | None = None
+        self._inflight: deque[Sealed] = deque()  # handed to the courier, oldest first
         self._verdicts: list[Verdict] = []  # replay's, collected until the worker asks
 
     def open(self, backend: Sink, spool_dir: str | None, max_bytes: int, default_spool: bool) -> bool:
@@ -142,42 +149,55 @@ class Delivery:
         return getattr(self.backend, "problem", None)
 
     def in_flight(self) -> int:
-        return self._inflight.records if self._inflight is not None else 0
+        return sum(batch.records for batch in self._inflight)
 
     def deliver(self, batch: Sealed) -> list[Verdict]:
-        """Send (or spool) one batch: nothing yet while it is on the courier (``settle`` then tells)."""
+        """Send (or spool) one batch: nothing yet while it is on the courier (``settle`` then tells).
+
+        With ``_WINDOW`` batches on the courier already, the oldest is waited for first, so verdicts
+        always come oldest first.
+        """
+        out: list[Verdict] = []
+        while len(self._inflight) >= _WINDOW:
+            out.append(self._settle_oldest())
         spool = self.spool
         if not self.spool_only and (spool is None or not spool.pending()):
-            # Sent on the courier thread: the next batch is built while this one is on the wire.
+            # Sent on the courier thread: the next batches are built while this one is on the wire.
             courier = self._courier or self._new_courier()
             if courier is not None:
                 courier.start(batch.payload)
-                self._inflight = batch
-                return self.verdicts()
+                self._inflight.append(batch)
+                return [*out, *self.verdicts()]
+        out += self.settle()  # what is on the courier goes (or is spooled) before this batch
         if spool is not None and (self.spool_only or spool.pending()):
             verdict = self._spool_or_retry(batch)
         else:
             verdict = self._retry(batch)
-        return [*self.verdicts(), verdict]
+        return [*out, *self.verdicts(), verdict]
 
     def settle(self) -> list[Verdict]:
-        """Wait for the batch in flight; retry or spool it if the endpoint did not take it."""
-        batch = self._inflight
-        if batch is None:
-            return self.verdicts()
-        self._inflight = None
+        """Wait for the batches in flight, oldest first; retry or spool those the endpoint did not take."""
+        out: list[Verdict] = []
+        while self._inflight:
+            out.append(self._settle_oldest())
+        return [*out, *self.verdicts()]
+
+    def _settle_oldest(self) -> Verdict:
+        """Wait for the oldest batch on the courier; retry or spool it if the endpoint did not take it."""
+        batch = self._inflight.popleft()
         assert self._courier is not None
         result = self._courier.wait()
+        if not self._inflight:  # every result taken: the courier may send again after a failure
+            self._courier.resume()
         if result == SendResult.OK:
-            verdict = Verdict(DELIVERED, batch)
-        elif result == SendResult.REFUSED:
-            verdict = Verdict(REFUSED, batch, self.problem)
-        elif self.spool is not None:
-            self._replay.later()
-            verdict = self._spool_or_retry(batch)
-        else:
-            verdict = self._retry(batch, result)
-        return [*self.verdicts(), verdict]
+            return Verdict(DELIVERED, batch)
+        if result == SendResult.REFUSED:
+            return Verdict(REFUSED, batch, self.problem)
+        if self.spool is not None:
+            if result != _UNSENT:
+                self._replay.later()
+            return self._spool_or_retry(batch)
+        return self._retry(batch, None if result == _UNSENT else result)
 
     def verdicts(self) -> list[Verdict]:
         """Verdicts on spooled batches replayed since the last call."""
@@ -339,12 +359,18 @@ class Delivery:
 
 
 class _Courier:
-    """The sender thread: one request in flight while the worker builds the next batch."""
+    """The sender thread: its requests one at a time, in order, while the worker builds the next batch.
+
+    After a request that may be retried it sends nothing more (``_UNSENT``) until ``resume``: the worker
+    retries or spools that batch, then those behind it, so no batch reaches the endpoint ahead of an
+    older one.
+    """
 
     def __init__(self, backend: Sink) -> None:
         self._backend = backend
         self._jobs: queue.SimpleQueue[tuple[Any] | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._halted = False  # set by the courier after a failed send; cleared once all results are taken
         self._thread = threading.Thread(target=self._run, name="secret-audit-sender", daemon=True)
         self._thread.start()
 
@@ -353,6 +379,10 @@ class _Courier:
 
     def wait(self) -> str:
         return self._results.get()
+
+    def resume(self) -> None:
+        """Send again after a failure (called with no job left on the courier)."""
+        self._halted = False
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -366,7 +396,13 @@ class _Courier:
             job = self._jobs.get()
             if job is None:
                 return
-            self._results.put(_send(self._backend, job[0]))
+            if self._halted:
+                self._results.put(_UNSENT)
+                continue
+            result = _send(self._backend, job[0])
+            if result not in (SendResult.OK, SendResult.REFUSED):
+                self._halted = True
+            self._results.put(result)
 
 
 def _send(backend: Sink, payload: Any) -> str:

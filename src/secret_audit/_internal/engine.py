@@ -24,7 +24,10 @@ import orjson
 from secret_audit import contract
 from secret_audit._internal.otlp import AuditTail, _event_name_field, _ld, _severity_field, _varint
 
-__all__ = ["NATIVE", "Plan", "StreamConsts", "float_json", "plan_of", "stamp_slots", "stamp_slots_py"]
+__all__ = [
+    "NATIVE", "Plan", "StreamConsts", "float_json", "plan_of", "resolve_raw", "resolve_raw_py", "stamp_raw",
+    "stamp_raw_py", "stamp_slots", "stamp_slots_py",
+]
 
 # The holes of a plan's canonical JSON, in the order they appear (the sort of ``canonical_bytes``).
 _DURATION, _EVENT_ID, _STREAM, _SEQUENCE, _PREV, _TOOK, _SPAN, _TIME, _TRACE = b"DESQPTIMR"
@@ -185,11 +188,60 @@ def stamp_slots_py(slots: Sequence[Any], shapes: Sequence[Sequence[Any]], consts
     return seq, prev.decode()
 
 
+_SLOT = struct.Struct("<QBBHIqqQQQQ2I")  # ring.py's slot: commit, kind, flags, ids, trace flags, ... ids
+_WAIT = 1  # ring.WAIT
+
+
+Resolved = tuple[list[Any], int, int, int]  # shapes, records, flags, the waited-on slot's index
+
+
+def resolve_raw_py(raw: bytes, known: dict[int, Any]) -> Resolved | None:
+    """A run of raw slots' shapes from ``known`` (one per record, each slot's in turn), their count, the
+    slots' flags or-ed, and the ring index of the last slot a fail-closed caller waits on (-1: none);
+    None if a slot names a shape not in ``known``."""
+    if len(raw) % _SLOT.size:
+        raise ValueError("a run of slots is a multiple of 72 bytes")
+    shapes: list[Any] = []
+    flags_or, wait = 0, -1
+    for commit, _, flags, n, _, _, _, _, _, _, _, a, b in _SLOT.iter_unpack(raw):
+        flags_or |= flags
+        if flags & _WAIT:
+            wait = commit - 1
+        for sid in (a, b)[:n]:
+            shape = known.get(sid)
+            if shape is None:
+                return None
+            shapes.append(shape)
+    return shapes, len(shapes), flags_or, wait
+
+
+def stamp_raw_py(raw: bytes, shapes: list[Any], consts: StreamConsts, seq: int, head: str, observed: int,
+                 out: bytearray, plan_at: int = 8) -> tuple[int, str]:
+    """``stamp_slots_py`` for raw slots and their shapes as ``resolve_raw`` gives them."""
+    if len(raw) % _SLOT.size:
+        raise ValueError("a run of slots is a multiple of 72 bytes")
+    slots, grouped, used = [], [], 0
+    for _, _, _, n, tflags, start, end, hi, lo, span, _, _, _ in _SLOT.iter_unpack(raw):
+        m = min(n, 2)
+        if used + m > len(shapes):
+            raise ValueError("fewer shapes than the slots' ids")
+        slots.append((0, 0, start, end, (hi << 64) | lo, span, tflags))
+        grouped.append(shapes[used:used + m])
+        used += m
+    if used != len(shapes):
+        raise ValueError("more shapes than the slots' ids")
+    return stamp_slots_py(slots, grouped, consts, seq, head, observed, out, plan_at)
+
+
 try:  # the C twin, when the optional extension was built
     from secret_audit._internal import _engine  # type: ignore[attr-defined]
 
     stamp_slots: Callable[..., tuple[int, str]] = _engine.stamp_slots
+    stamp_raw: Callable[..., tuple[int, str]] = _engine.stamp_raw
+    resolve_raw: Callable[[bytes, dict[int, Any]], Resolved | None] = _engine.resolve_raw
     NATIVE = True
 except ImportError:  # pragma: no cover - a build without a C compiler
     stamp_slots = stamp_slots_py
+    stamp_raw = stamp_raw_py
+    resolve_raw = resolve_raw_py
     NATIVE = False

@@ -8,7 +8,7 @@ output is checked byte for byte against the SDK encoder in tests/test_otlp_encod
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -338,22 +338,28 @@ def encode_request_framed(
     resource_attributes: Mapping[str, Any],
     scope_name: str,
     scope_version: str | None,
-    framed: bytes | bytearray,
+    framed: bytes | bytearray | Sequence[bytes | bytearray],
     *,
     resource_schema_url: str = "",
     scope_schema_url: str = "",
 ) -> bytes:
-    """``encode_request`` of records already framed as ScopeLogs fields (``engine.stamp_slots``' output)."""
-    resource = _attributes(b"\x0a", resource_attributes)
+    """``encode_request`` of records already framed as ScopeLogs fields (``engine.stamp_slots``' output),
+    in one buffer or in pieces.
+
+    The heads are worked out from the lengths, so the batch is copied once (into the request).
+    """
+    pieces = (framed,) if isinstance(framed, (bytes, bytearray)) else framed
+    resource = _ld(b"\x0a", _attributes(b"\x0a", resource_attributes))
     scope = b""
     if scope_name:
         scope += _ld(b"\x0a", scope_name.encode("utf-8"))
     if scope_version:
         scope += _ld(b"\x12", scope_version.encode("utf-8"))
-    scope_logs = _ld(b"\x0a", scope) + framed
-    if scope_schema_url:
-        scope_logs += _ld(b"\x1a", scope_schema_url.encode("utf-8"))
-    resource_logs = _ld(b"\x0a", resource) + _ld(b"\x12", scope_logs)
-    if resource_schema_url:
-        resource_logs += _ld(b"\x1a", resource_schema_url.encode("utf-8"))
-    return _ld(b"\x0a", resource_logs)
+    scope = _ld(b"\x0a", scope)
+    scope_tail = _ld(b"\x1a", scope_schema_url.encode("utf-8")) if scope_schema_url else b""
+    resource_tail = _ld(b"\x1a", resource_schema_url.encode("utf-8")) if resource_schema_url else b""
+    scope_logs = len(scope) + sum(map(len, pieces)) + len(scope_tail)
+    scope_head = b"\x12" + _varint(scope_logs)
+    resource_logs = len(resource) + len(scope_head) + scope_logs + len(resource_tail)
+    return b"".join((b"\x0a" + _varint(resource_logs), resource, scope_head, scope, *pieces, scope_tail,
+                     resource_tail))

@@ -354,12 +354,11 @@ class AuditPipeline:
             self._batch.reports[self._emit(event_name, attrs, now, body)] = what
 
     def _export_batch(self) -> None:
-        # First the request in flight: a ticket is only complete once everything before it is, and
-        # the courier carries one request at a time.
         delivery = self._delivery
-        self._settled(delivery.settle())
         batch, self._batch = self._batch, _Batch()
         if not batch.records:
+            # A ticket is only complete once everything before it is: first the requests in flight.
+            self._settled(delivery.settle())
             for ticket in batch.tickets:
                 ticket.complete(True)
             return

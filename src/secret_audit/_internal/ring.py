@@ -24,7 +24,7 @@ import time
 __all__ = [
     "CHECKPOINTS", "DEGRADED", "DROPPED", "ERRORS", "INTERNAL_ERRORS", "LOST", "LOST_EXPORT", "MAX_IDS",
     "REFUSALS", "SEALED", "SEQUENCE", "SETTLED", "SETTLED_SEQUENCE", "SLEEPING", "SLOTS", "SPAN", "SPAN_PART",
-    "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring",
+    "TAIL", "TAKEN", "WAIT", "Ring", "Slot", "open_ring", "slots_of",
 ]
 
 HEADER = 256  # 32 u64 words; a word is only ever added at the end, never renumbered
@@ -59,6 +59,13 @@ _LOW = (1 << 64) - 1
 
 # index, flags, start, end, trace id, span id, trace flags, shape ids, parent span id
 Slot = tuple[int, int, int, int, int, int, int, tuple[int, ...], int]
+
+
+def slots_of(raw: bytes) -> list[Slot]:
+    """Raw slots (``Ring.read_raw``) as tuples."""
+    return [(commit - 1, flags, start, end, (hi << 64) | lo, span, tflags, (a, b)[:n], parent)
+            for commit, _, flags, n, tflags, start, end, hi, lo, span, parent, a, b
+            in _WHOLE.iter_unpack(raw)]
 
 
 def open_ring(fd: int | None = None) -> tuple[int, mmap.mmap]:
@@ -188,7 +195,11 @@ class Ring:
         return slot
 
     def read_run(self, limit: int) -> list[Slot]:
-        """Up to ``limit`` consecutive committed slots from the reader's next, in order (none: empty).
+        """Up to ``limit`` consecutive committed slots from the reader's next, in order (none: empty)."""
+        return slots_of(self.read_raw(limit))
+
+    def read_raw(self, limit: int) -> bytes:
+        """``read_run``'s slots as the ring holds them, 72 bytes each (``slots_of`` makes them tuples).
 
         Two copies of the run's bytes: the first only for its commit words, the second, made after, for the
         slots seen committed; so every slot body is read after its commit was seen, whichever order the
@@ -206,12 +217,9 @@ class Ring:
                     break
                 count += 1
             if not count:
-                return []
-        run = [(commit - 1, flags, start, end, (hi << 64) | lo, span, tflags, (a, b)[:n], parent)
-               for commit, _, flags, n, tflags, start, end, hi, lo, span, parent, a, b
-               in _WHOLE.iter_unpack(mm[off:off + count * SLOT])]
+                return b""
         self.next = idx + count
-        return run
+        return mm[off:off + count * SLOT]
 
     def slot(self, idx: int) -> Slot | None:
         """Slot ``idx`` if it is committed (and not reused since), else None; either side may look."""

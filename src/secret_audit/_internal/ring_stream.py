@@ -20,10 +20,10 @@ from secret_audit import contract
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.pipeline import AuditPipeline
-from secret_audit._internal.ring import SPAN, SPAN_PART, Slot
+from secret_audit._internal.ring import SPAN, SPAN_PART, Slot, slots_of
 from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fill
 
-__all__ = ["Link", "SlotPipeline", "Taken", "TakenRun"]
+__all__ = ["Link", "RawRun", "SlotPipeline", "Taken", "TakenRun"]
 
 _ONE_BY_ONE = SPAN | SPAN_PART  # slots whose records make a span: built one at a time
 
@@ -61,6 +61,24 @@ class Link(NamedTuple):
     last_sequence: int
     ticket: Any = None
     records: int = 1
+class RawRun(NamedTuple):
+    """A ``TakenRun`` as the ring holds its slots (``Ring.read_raw``): never made into tuples unless a slot
+    needs the one-by-one path; ``shapes`` one list, each slot's in turn (``engine.resolve_raw``)."""
+
+    raw: bytes
+    shapes: list[Shape]
+    ticket: Any
+    records: int
+    flags: int
+
+    def taken(self) -> TakenRun:
+        """The same run as tuples, its shapes per slot."""
+        slots = slots_of(self.raw)
+        shapes, used = [], 0
+        for slot in slots:
+            shapes.append(self.shapes[used:used + len(slot[7])])
+            used += len(slot[7])
+        return TakenRun(slots, shapes, self.ticket, self.records, self.flags)
 
 
 class SlotPipeline(AuditPipeline):
@@ -96,6 +114,8 @@ class SlotPipeline(AuditPipeline):
         return 1
 
     def _take(self, item: Any) -> int:
+        if type(item) is RawRun:
+            return self._take_raw(item)
         if type(item) is TakenRun:
             return self._take_run(item)
         if type(item) is Link:
@@ -103,6 +123,42 @@ class SlotPipeline(AuditPipeline):
         if not isinstance(item, Taken):
             return super()._take(item)
         return self._take_slot(item.slot, item.shapes)
+
+    def _take_raw(self, run: RawRun) -> int:
+        """A raw run in one engine call when it fits the batch and makes no span; else as a ``TakenRun``."""
+        if self._backend is None:
+            self._prepare()
+        if (self._encodes and not self._echo and not run.flags & _ONE_BY_ONE
+                and self._batch.records + run.records < self.settings.batch_size):
+            stream, raw, shapes = self.stream, run.raw, run.shapes
+            try:
+                n: int = self._backend.add_framed(lambda out: stream.stamp_raw(raw, shapes, out))
+            except (ValueError, OverflowError, TypeError):  # a value outside the engine's layout; no plan
+                return self._take_run(run.taken())
+            self._counted(shapes, n, int.from_bytes(raw[-72:-64], "little") - 1)
+            return n
+        return self._take_run(run.taken())
+
+    def _counted(self, shapes: list[Shape], n: int, last_index: int) -> None:
+        """The batch's account of ``n`` records the engine added: their kinds, its range, the last slot."""
+        batch = self._batch
+        kinds = batch.kinds
+        last: Any = None
+        count = 0  # counted by runs of one kind: a kind's hash is a tuple's, made per lookup
+        for shape in shapes:
+            kind = shape.kind
+            if kind is last or kind == last:
+                count += 1
+                continue
+            if count:
+                kinds[last] = kinds.get(last, 0) + count
+            last, count = kind, 1
+        if count:
+            kinds[last] = kinds.get(last, 0) + count
+        if not batch.records:
+            batch.first = self.stream.sequence - n + 1
+        batch.records += n
+        self._last_index = last_index
 
     def _take_run(self, run: TakenRun) -> int:
         """A run's records: stretches of plain slots through the engine, up to the batch's room each."""
@@ -138,25 +194,7 @@ class SlotPipeline(AuditPipeline):
             n: int = self._backend.add_framed(lambda out: stream.stamp_slots(slots, shapes, out))
         except (ValueError, OverflowError, TypeError):  # a value outside the engine's layout; no plan
             return sum(self._slot_safely(slot, planned) for slot, planned in zip(slots, shapes))  # noqa: B905
-        batch = self._batch
-        kinds = batch.kinds
-        last: Any = None
-        count = 0  # counted by runs of one kind: a kind's hash is a tuple's, made per lookup
-        for planned in shapes:
-            for shape in planned:
-                kind = shape.kind
-                if kind is last or kind == last:
-                    count += 1
-                    continue
-                if count:
-                    kinds[last] = kinds.get(last, 0) + count
-                last, count = kind, 1
-        if count:
-            kinds[last] = kinds.get(last, 0) + count
-        if not batch.records:
-            batch.first = self.stream.sequence - n + 1
-        batch.records += n
-        self._last_index = slots[-1][0]
+        self._counted([shape for planned in shapes for shape in planned], n, slots[-1][0])
         return n
 
     def _slot_safely(self, slot: Slot, shapes: list[Shape]) -> int:

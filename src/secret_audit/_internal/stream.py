@@ -58,11 +58,19 @@ class Stream:
     def stamp_slots(self, slots: Sequence[Any], shapes: Sequence[Sequence[Any]], out: bytearray) -> int:
         """Stamp a run of ring slots' records (shapes with plans) with the engine, appending them to
         ``out`` as framed OTLP LogRecords, all or none; how many records."""
+        return self._engine("stamp_slots", slots, shapes, out)
+
+    def stamp_raw(self, raw: bytes, shapes: list[Any], out: bytearray) -> int:
+        """``stamp_slots`` for raw ring slots (``Ring.read_raw``) and their shapes, one list."""
+        return self._engine("stamp_raw", raw, shapes, out)
+
+    def _engine(self, call: str, slots: Any, shapes: Any, out: bytearray) -> int:
         from secret_audit._internal import engine  # the agent's: an in-process app never imports it
 
         if self._consts is None:
             self._consts = engine.StreamConsts.of(self.id)
         first = self.sequence
         now = time_ns()
-        self.sequence, self.head = engine.stamp_slots(slots, shapes, self._consts, first, self.head, now, out)
+        stamp = getattr(engine, call)
+        self.sequence, self.head = stamp(slots, shapes, self._consts, first, self.head, now, out)
         return self.sequence - first
