@@ -66,6 +66,7 @@ def main() -> int:
         ctx = get_current()
         access = commands.access(wrapped, args, {}, found, 1, 2, ctx, b"x", None)
         builder = handoff._builder
+        item = commands.items(args, found, b"x", None)[0]
 
         def write() -> None:
             idx = ring.reserve()
@@ -83,7 +84,10 @@ def main() -> int:
             "shapes_of": lambda: builder.shapes_of(access),
             "ring reserve + write": write,
             **({"ring put": lambda: ring.put(0, 1, 2, 0, 0, 0, [0], 0)} if hasattr(ring, "put") else {}),
+            **({"ring put_one": lambda: ring.put_one(0, 1, 2, 0, 0, 0, 0, 0)} if hasattr(ring, "put_one") else {}),
             "submit (AgentHandoff)": lambda: handoff.submit(access),
+            **({"submit_one (a prepared Item)": lambda: handoff.submit_one(access.source, wrapped, item, 1, 2, ctx)}
+               if hasattr(handoff, "submit_one") else {}),
             "whole GET, outside a trace": lambda: wrapped.execute_command(*args),
         }
 
