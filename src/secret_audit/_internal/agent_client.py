@@ -46,6 +46,9 @@ _NO_IDS: tuple[int, ...] = (0, 0, 0)
 _NO_CONTEXT: tuple[Any, ...] = (object(), None, False, None, None)
 _SPAN_KEY: str | None = getattr(trace.propagation, "_SPAN_KEY", None)  # where a context holds its span
 _SPAN_TYPES: set[type] = set()  # the classes seen in that place that are Spans
+_PROBE = trace.SpanContext(3, 5, False, trace.TraceFlags(1))
+# the API's SpanContext is a tuple of its fields (trace id, span id, remote, flags, state, valid)
+_FIELDS_IN_PLACE = isinstance(_PROBE, tuple) and tuple(_PROBE) == (3, 5, False, 1, _PROBE.trace_state, True)
 _NO_SHAPES: tuple[Any, ...] = (object(), object(), None, {}, None)
 _NO_MORE = (None, None, None, None)  # an Access's error, expand, pending, ticket
 _random_bits = random.getrandbits  # a span id, as ``chosen_ids`` draws it
@@ -145,16 +148,21 @@ class AgentHandoff:
             elif len(_SPAN_TYPES) < 64:
                 _SPAN_TYPES.add(kind)
         parent = span.get_span_context()
-        spans, valid = self._spans, parent.is_valid
+        if _FIELDS_IN_PLACE and type(parent) is trace.SpanContext:  # its properties, read in one unpacking
+            trace_id, span_id, _, flags, _, valid = parent
+        else:
+            trace_id, span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
+            valid = parent.is_valid
+        spans = self._spans
         ids: tuple[int, ...] | bool | None
         chosen: tuple[int, int, int, int] | None = None
         if spans in ("off", "errors") or (spans == "in_trace" and not valid):
             # a call that succeeded never asks for an ``errors`` span
-            ids = (parent.trace_id, parent.span_id, int(parent.trace_flags)) if valid else _NO_IDS
+            ids = (trace_id, span_id, int(flags)) if valid else _NO_IDS
         elif self._via_agent or (self._via_agent is None and self._agent_spans()):
             ids = None
             if valid:  # every span in this context: the parent's trace id, flags and span id (as chosen_ids)
-                chosen = (parent.trace_id, 0, parent.trace_flags, parent.span_id)
+                chosen = (trace_id, 0, flags, span_id)
         else:
             ids = False
         now = self._fast_ctx = (ctx, who, ids, parent, chosen)

@@ -47,20 +47,20 @@ def single_wrapper(core: CallCore, commands: Commands, classified: PipelineItems
                                        None)))
 
     cached, entry_of = classified.cached, classified.entry
-    found, none = rr.found, rr.none
+    found, none, skip, general_way = rr.found, rr.none, SKIP, GENERAL  # closure cells: no global look-ups
 
     def audited(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
-        entry: Any = GENERAL
+        entry: Any = general_way
         if len(args) > 1:
             try:
                 entry = cached((args[0], args[1]))
                 if entry is None:
                     entry = entry_of(args[0], args[1])
             except Exception:  # an unhashable key (bytearray; a writable memoryview: ValueError)
-                entry = GENERAL
-        if entry is SKIP:
+                entry = general_way
+        if entry is skip:
             return wrapped(*args, **kwargs)
-        if entry is GENERAL:
+        if entry is general_way:
             return general(wrapped, instance, args, kwargs)
         ctx = get_current()
         start = time_ns()
