@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from otlp_receiver import otlp_receiver
 from secret_audit._internal.callcore import CallCore
 from secret_audit._internal.matcher import KeyMatcher
 from secret_audit._internal.redis_calls import Commands, Wrappers
@@ -24,8 +23,8 @@ from secret_audit._internal.redis_commands import UNKNOWN_COMMAND
 from secret_audit._internal.redis_pipelines import PipelineItems
 from secret_audit._internal.redis_single import single_wrapper
 from secret_audit._internal.ring import SPAN, Ring, open_ring
+from test_agent_caller import serving_agent
 
-P = "OTEL_PYTHON_SECRET_AUDIT_"
 CANARY = "canary-value-5d1c-never-recorded"
 
 
@@ -136,25 +135,9 @@ def test_put_one_writes_the_bytes_put_writes(flags: int, start: int, end: int, t
 
 @pytest.fixture
 def agent_get(redis_url: str, tmp_path: Any) -> Iterator[tuple[Any, Any, Any]]:
-    """A real agent serving this process's ring (SPANS_VIA=agent); a GET through our wrapper, the receiver."""
-    from secret_audit._internal import agent_wire
-    from secret_audit._internal.agent_client import AgentHandoff
-    from secret_audit._internal.config import load_settings
-
-    with otlp_receiver() as rx:
-        settings = load_settings({P + "EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs", P + "AGENT": "process",
-                                  P + "SPANS_VIA": "agent", P + "SPOOL_DIR": str(tmp_path / "spool")})
-        address = agent_wire.agent_address()
-        handoff = AgentHandoff(settings, address, agent_wire.spawn(address, settings))
-        handoff._via_agent = True  # whether the app's sampler allows it is test_agent's; here the ids
-        assert handoff.register() is not None
-        client = redis.Redis.from_url(redis_url)
-        get = Wrappers(handoff, KeyMatcher(["secret:*"])).execute_command
-        try:
-            yield handoff, (lambda key: get(client.execute_command, client, ("GET", key), {})), rx
-        finally:
-            handoff.close(10)
-            client.close()
+    """A real agent serving this process's ring, making the audit spans (SPANS_VIA=agent)."""
+    with serving_agent(redis_url, tmp_path, via_agent=True) as served:
+        yield served
 
 
 def test_each_access_in_a_request_span_gets_its_own_span_id(agent_get: Any) -> None:
