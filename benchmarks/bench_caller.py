@@ -4,7 +4,9 @@ A GET's wrapper is called around a function that returns at once (no Redis round
 is left is ours: wrapt, describe and key match, the Access, the shapes, the span ids, the ring
 write. Each piece is measured by itself, the variants interleaved round by round, in thread CPU
 time (``time.thread_time_ns``), so the agent's own CPU (another process) is not counted.
-Run: .venv/bin/python benchmarks/bench_caller.py   (BENCH_ROUNDS, BENCH_OPS)
+The short way of a single-key command (``redis_single``) shows as ``submit_one`` and ``ring put_one``;
+``BENCH_AGENT=off`` measures the in-process hand-off instead (no ring pieces).
+Run: .venv/bin/python benchmarks/bench_caller.py   (BENCH_ROUNDS, BENCH_OPS, BENCH_AGENT, BENCH_SPANS_VIA)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main() -> int:
     tracer = provider.get_tracer("bench")
     with otlp_sink() as sink:
         env = {"OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": sink + "/v1/logs",
-               "OTEL_PYTHON_SECRET_AUDIT_AGENT": "process",
+               "OTEL_PYTHON_SECRET_AUDIT_AGENT": os.environ.get("BENCH_AGENT", "process"),
                "OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA": os.environ.get("BENCH_SPANS_VIA", "agent")}
         pipeline = pipeline_for({"settings": load_settings(env)})
         handoff = pipeline.handoff
@@ -60,12 +62,13 @@ def main() -> int:
         args = ("GET", "secret:bench")
         wrapped.execute_command(*args)  # registers the ring, sends the shape
         found = commands.describe(bare, args, {})
-        ring = handoff.ring
+        ring = getattr(handoff, "ring", None)  # None in-process (BENCH_AGENT=off): no ring, no shapes here
         from opentelemetry.context import get_current
 
         ctx = get_current()
         access = commands.access(wrapped, args, {}, found, 1, 2, ctx, b"x", None)
-        builder = handoff._builder
+        builder = getattr(handoff, "_builder", None)
+        item = commands.items(args, found, b"x", None)[0]
 
         def write() -> None:
             idx = ring.reserve()
@@ -80,10 +83,13 @@ def main() -> int:
             "describe (lookup, keys, match)": lambda: commands.describe(bare, args, {}),
             "access (results, Access tuple)": lambda: commands.access(wrapped, args, {}, found, 1, 2, ctx, b"x",
                                                                        None),
-            "shapes_of": lambda: builder.shapes_of(access),
-            "ring reserve + write": write,
+            **({"shapes_of": lambda: builder.shapes_of(access), "ring reserve + write": write}
+               if ring is not None else {}),
             **({"ring put": lambda: ring.put(0, 1, 2, 0, 0, 0, [0], 0)} if hasattr(ring, "put") else {}),
-            "submit (AgentHandoff)": lambda: handoff.submit(access),
+            **({"ring put_one": lambda: ring.put_one(0, 1, 2, 0, 0, 0, 0, 0)} if hasattr(ring, "put_one") else {}),
+            f"submit ({type(handoff).__name__})": lambda: handoff.submit(access),
+            **({"submit_one (a prepared Item)": lambda: handoff.submit_one(access.source, wrapped, item, 1, 2, ctx)}
+               if hasattr(handoff, "submit_one") else {}),
             "whole GET, outside a trace": lambda: wrapped.execute_command(*args),
         }
 
@@ -108,8 +114,9 @@ def main() -> int:
                     op()
                 cpu[name].append((clock() - t0) / per_round / 1000)
                 if "GET" in name or "submit" in name or "ring" in name:
-                    handoff.flush(30)  # the ring's bound is its settled slots: let the agent catch up
+                    pipeline.flush(30)  # the ring's bound is its settled slots: let the agent catch up
         print(f"thread CPU per call, median of {rounds} rounds of {per_round} (µs); "
+              f"AGENT={env['OTEL_PYTHON_SECRET_AUDIT_AGENT']}, "
               f"SPANS_VIA={env['OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA']}, load {os.getloadavg()[0]:.1f}")
         for name, values in cpu.items():
             print(f"  {name:<34} {statistics.median(values):7.2f}  ({min(values):.2f} - {max(values):.2f})")

@@ -3,6 +3,7 @@ idle agent sleeps until an access wakes it (a steady stream of accesses wakes no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import statistics
@@ -70,6 +71,15 @@ def agent_extra() -> dict[str, str]:
 @pytest.fixture
 def agent_handoff(redis_url: str, tmp_path: Any, agent_extra: dict[str, str]) -> Iterator[tuple[Any, Any, Any]]:
     """A real agent serving this process's ring; its wrapper for GET, a real client, the receiver."""
+    with serving_agent(redis_url, tmp_path, extra=agent_extra) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_agent(redis_url: str, tmp_path: Any, via_agent: bool = False,
+                  extra: dict[str, str] | None = None) -> Iterator[tuple[Any, Any, Any]]:
+    """The agent's hand-off, a GET through our wrapper on a real client, the receiver; ``via_agent``: the
+    agent makes the audit spans (whether the app's sampler allows it is test_agent's to check)."""
     import redis
 
     from secret_audit._internal import agent_wire
@@ -80,9 +90,12 @@ def agent_handoff(redis_url: str, tmp_path: Any, agent_extra: dict[str, str]) ->
 
     with otlp_receiver() as rx:
         settings = load_settings({P + "EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs", P + "AGENT": "process",
-                                  P + "SPOOL_DIR": str(tmp_path / "spool"), **agent_extra})
+                                  P + "SPOOL_DIR": str(tmp_path / "spool"),
+                                  P + "SPANS_VIA": "agent" if via_agent else "app", **(extra or {})})
         address = agent_wire.agent_address()
         handoff = AgentHandoff(settings, address, agent_wire.spawn(address, settings))
+        if via_agent:
+            handoff._via_agent = True
         assert handoff.register() is not None
         client = redis.Redis.from_url(redis_url)
         get = Wrappers(handoff, KeyMatcher(["secret:*"])).execute_command

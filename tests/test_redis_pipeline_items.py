@@ -172,7 +172,7 @@ def _counted(fn: Any, stack: list[Any], replies: list[Any]) -> list[list[tuple[A
     bytes twin's entry: grouped otherwise, the same once merged)."""
     items = _pipelines(KeyMatcher(["secret:*"])).classified
     runs = [[(item, count) for item, count in
-             fn(stack, replies, items._entry, items._one, rp._make, rr.found, rr.none, rp._EMPTIABLE, rp.args_of)]
+             fn(stack, replies, items._entry, items._one, rp.make_item, rr.found, rr.none, rp._EMPTIABLE, rp.args_of)]
             for _ in range(2)]
     merged = [_merged([item._replace(times=count) for item, count in run]) for run in runs]
     assert merged[0] == merged[1]

@@ -74,11 +74,16 @@ def current_audit_context(ctx: Context | None = None) -> AuditContext:
     return value if isinstance(value, AuditContext) else _EMPTY
 
 
+# the context key baggage lives under (private to the API: without it, baggage is always asked)
+_BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)
 _DEFAULTS = {path: AuditContext(None, None, path, None) for path in ACCESS_PATHS}
 
 
 def resolve(ctx: Context | None, default_access_path: str) -> AuditContext:
     """Merge the explicit audit context with W3C baggage, explicit values winning."""
+    if ctx is not None and _BAGGAGE_KEY is not None and _KEY not in ctx and _BAGGAGE_KEY not in ctx:
+        # neither set (a request span's context, say): the shared default, without looking further
+        return _DEFAULTS.get(default_access_path) or AuditContext(None, None, default_access_path)
     explicit = current_audit_context(ctx)
     bag = baggage.get_all(ctx)
     if explicit is _EMPTY and not bag:

@@ -70,7 +70,7 @@ class CallCore:
             begin(instance)
         return ctx, time_ns()
 
-    def _hand_off(self, access: Callable[..., Access], call: tuple[Any, ...]) -> None:
+    def hand_off(self, access: Callable[..., Access], call: tuple[Any, ...]) -> None:
         """Hand the call off without waiting; a failure of ours is counted, never raised. A call that
         raised goes this way in fail-closed mode too: no value leaves, its own error goes through."""
         try:
@@ -109,7 +109,7 @@ class CallCore:
                 reply = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 end = time_ns()
-                self._hand_off(access, (instance, args, kwargs, described, start, end, ctx, None, exc))
+                self.hand_off(access, (instance, args, kwargs, described, start, end, ctx, None, exc))
                 raise
             end = time_ns()
             if not wait:
@@ -140,7 +140,7 @@ class CallCore:
             try:
                 reply = wrapped(*args, **kwargs)
             except BaseException as exc:
-                self._hand_off(access, (instance, args, kwargs, described, start, time_ns(), ctx, None, exc))
+                self.hand_off(access, (instance, args, kwargs, described, start, time_ns(), ctx, None, exc))
                 raise
             end = time_ns()
             if wait:

@@ -15,10 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from secret_audit._internal.config import Settings
-from secret_audit._internal.event import Access
+from secret_audit._internal.event import Access, Item
 from secret_audit._internal.ticket import Ticket
 
 __all__ = ["Handoff", "Marker"]
+
+
+_new_tuple = tuple.__new__  # an Access from a full field tuple, without the NamedTuple's Python __new__
 
 
 class Marker:
@@ -86,6 +89,11 @@ class Handoff:
         if (access.ticket is not None or len(dq) >= self._wake_at) and not self.wake.is_set():
             # is_set() first: set() takes a lock, and while the worker is behind every call gets here
             self.wake.set()
+
+    def submit_one(self, source: Any, target: Any, item: Item, start: int, end: int, ctx: Any) -> None:
+        """A call that succeeded with one Item (a single-key command), its Items already made."""
+        self.submit(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", None, None, None,
+                                        None)))
 
     def accepting(self) -> bool:
         """False while records cannot be made durable: fail-closed callers refuse before calling."""

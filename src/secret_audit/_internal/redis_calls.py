@@ -29,6 +29,7 @@ from secret_audit._internal.redis_commands import (
 )
 from secret_audit._internal.redis_keys import DELETE, META, upper
 from secret_audit._internal.redis_pipelines import PipelineItems, command_stack, key_name, verb
+from secret_audit._internal.redis_single import single_wrapper
 from secret_audit._internal.redis_source import SOURCE
 
 __all__ = ["Commands", "Pipelines", "Wrappers"]
@@ -271,7 +272,8 @@ class Wrappers:
         commands = Commands(is_secret, unknown, core.note_error)
         strategy = _StrategyCommands(is_secret, unknown, core.note_error)
         pipelines = Pipelines(commands)
-        self.execute_command: Wrapper = core.wrapper(commands)
+        self.classified = pipelines.classified  # (name, key) -> how a command is classified: names and keys
+        self.execute_command: Wrapper = single_wrapper(core, commands, pipelines.classified)
         self.async_execute_command: Wrapper = core.wrapper(commands, is_async=True)
         self.strategy_execute_command: Wrapper = core.wrapper(strategy)
         self.async_strategy_execute_command: Wrapper = core.wrapper(strategy, is_async=True)

@@ -18,11 +18,15 @@ from secret_audit._internal.event import Item
 from secret_audit._internal.redis_commands import Command, lookup
 from secret_audit._internal.redis_keys import SINGLE
 
-__all__ = ["PipelineItems", "args_of", "command_stack", "count_native", "count_python", "key_name", "verb"]
+__all__ = [
+    "GENERAL", "SKIP", "PipelineItems", "args_of", "command_stack", "count_native", "count_python",
+    "key_name", "make_item", "verb",
+]
 
 _PLAIN_KEYS = (str, bytes)
 _CACHE_LIMIT = 4096  # (name, key) pairs; a pipeline over many distinct keys starts afresh
 _SKIP, _GENERAL = 0, 1  # cached: no secret key; not cacheable (the single-command path)
+SKIP, GENERAL = _SKIP, _GENERAL
 _NONE: Any = object()  # no command seen yet
 _EMPTIABLE = (dict, list, set, tuple)  # an empty one of these is no data, as ``rr.found`` says
 # A cached command: its result function, its keys (as the result function expects them), and its
@@ -64,6 +68,8 @@ class PipelineItems:
         self.items = items
         self._cache: dict[tuple[Any, Any], _Entry | int] = {}  # names and keys only, never a value
         self._names: dict[Any, tuple[Command, str] | int] = {}  # a command's kind, by its name
+        self.cached = self._cache.get  # a single call's entry, if known (``redis_single``)
+        self.entry = self._entry
 
     def touches_secret(self, stack: Sequence[Any]) -> bool:
         """Whether any queued command names a secret key (fail-closed: only such a pipeline waits)."""
@@ -84,7 +90,8 @@ class PipelineItems:
         fits = type(replies) is list and len(replies) == n
         got = replies if fits else [_reply_at(replies, i) for i in range(n)]
         commands = stack if type(stack) is list else list(stack)
-        groups = _count(commands, got, self._entry, self._one, _make, rr.found, rr.none, _EMPTIABLE, args_of)
+        groups = _count(commands, got, self._entry, self._one, make_item, rr.found, rr.none, _EMPTIABLE,
+                        args_of)
         return tuple(item if count == 1 else item._replace(times=count) for item, count in groups)
 
     def _entry(self, name: Any, key: Any) -> _Entry | int:
@@ -146,7 +153,7 @@ class PipelineItems:
         return tuple(out)
 
 
-def _make(entry: _Entry, word: Any) -> Item:
+def make_item(entry: _Entry, word: Any) -> Item:
     """A cached command's Item for one result word, made once."""
     item = entry[2][word] = Item(entry[3], entry[4], entry[5], word)
     return item

@@ -56,6 +56,9 @@ _WHOLE = struct.Struct(f"<Q{_ACCESS.format[1:]}{MAX_IDS}I")
 assert _WHOLE.size == SLOT
 _KIND_ACCESS = 1
 _LOW = (1 << 64) - 1
+_MASK = SLOTS - 1
+_pack_one, _pack_word = _BODY[1].pack_into, _WORD.pack_into
+_SLEEPING_BYTE = 8 * SLEEPING  # little-endian: the word's low byte
 
 # index, flags, start, end, trace id, span id, trace flags, shape ids, parent span id
 Slot = tuple[int, int, int, int, int, int, int, tuple[int, ...], int]
@@ -163,6 +166,25 @@ class Ring:
                 return idx, False
             self.write(idx, flags, start, end, trace_id, span_id, trace_flags, ids, parent)
         return idx, bool(_WORD.unpack_from(mm, 8 * SLEEPING)[0])
+
+    def put_one(self, flags: int, start: int, end: int, trace_id: int, span_id: int, trace_flags: int,
+                sid: int, parent: int = 0) -> tuple[int, bool]:
+        """``put`` for one shape id, inlined (the caller's common case: one secret key): the same slot bytes,
+        the same commit order and the same fence before the ``SLEEPING`` word is read."""
+        mm = self.mm
+        with self._lock:
+            idx = self.next
+            if self._sealed or idx - self._settled >= SLOTS:
+                idx = self._claim()
+                if idx < 0:
+                    return idx, False
+            else:
+                self.next = idx + 1
+            off = HEADER + (idx & _MASK) * SLOT
+            _pack_one(mm, off + 8, _KIND_ACCESS, flags, 1, trace_flags, start, end, trace_id >> 64,
+                      trace_id & _LOW, span_id, parent, sid)
+            _pack_word(mm, off, idx + 1)
+        return idx, mm[_SLEEPING_BYTE] != 0  # the word is 0 or 1: its low byte says it
 
     # ---- the reader (agent) ----------------------------------------------------------------------
 

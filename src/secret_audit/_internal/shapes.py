@@ -261,6 +261,15 @@ class RecordBuilder:
             chosen.append(shape)
         return chosen, ctx, parent
 
+    def last_shape(self, access: Access) -> tuple[Any, trace.SpanContext, Shape] | None:
+        """After ``shapes_for(access)`` of a one-Item access that succeeded: its accessor, parent span and
+        shape, as kept for the next access of the same kind (None if another thread came between)."""
+        last_who, last = self._last_who, self._last
+        if last_who[0] is not access.context or last[1] is not access.target or last[2] is not last_who[1]:
+            return None
+        shape = last[5].get((access.items[0], 1, access.outcome)) if access.items else None
+        return None if shape is None else (last_who[1], last_who[2], shape)
+
     def wants_span(self, parent: trace.SpanContext, records: list[dict[str, Any]]) -> bool:
         """One audit span per instrumented call, following the span mode (and then the sampler)."""
         mode = self._spans

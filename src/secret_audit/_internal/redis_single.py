@@ -1,0 +1,107 @@
+"""A single-key command's wrapper (GET, SET, HGET, INCR...): a dict lookup, the call, a prepared hand-off.
+
+The common call names one key at a fixed place, so it is classified by its name and that key from
+the pipelines' cache (``redis_pipelines``: names and keys only, never a value). A key no secret
+pattern matches costs that lookup and the call; a secret one its start and end, the reply's result
+word (without keeping the reply), its Item (made once per word) and ``submit_one``, which the
+agent's hand-off turns into a slot from what it keeps per context and per client. Every other call
+(no key, a key that is not plain text, a command of another kind, one that raised, fail-closed
+mode) takes the call core's general path, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import time_ns
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.context import get_current
+
+from secret_audit._internal import redis_replies as rr
+from secret_audit._internal.callcore import Args, CallCore, Kwargs, Wrapper
+from secret_audit._internal.event import Access
+from secret_audit._internal.redis_pipelines import GENERAL, SKIP, PipelineItems, make_item
+from secret_audit._internal.redis_source import SOURCE
+
+if TYPE_CHECKING:
+    from secret_audit._internal.redis_calls import Commands
+
+__all__ = ["single_wrapper"]
+
+_EMPTIABLE = (dict, list, set, tuple)  # an empty one of these is no data, as ``rr.found`` says
+_new_tuple = tuple.__new__
+
+
+def single_wrapper(core: CallCore, commands: Commands, classified: PipelineItems) -> Wrapper:
+    """``execute_command``'s wrapt wrapper: the general one, with a short way for single-key commands."""
+    general = core.wrapper(commands)
+    if core.closed:  # fail-closed: every secret call waits for its record, the general path's work
+        return general
+    handoff, note_error = core.handoff, core.note_error
+    submit_one: Callable[..., None] | None = getattr(handoff, "submit_one", None)
+    if submit_one is None:
+        submit = handoff.submit
+
+        def submit_one(source: Any, target: Any, item: Any, start: int, end: int, ctx: Any) -> None:
+            submit(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", None, None, None,
+                                       None)))
+
+    cached, entry_of = classified.cached, classified.entry
+    found, none, skip, general_way = rr.found, rr.none, SKIP, GENERAL  # closure cells: no global look-ups
+
+    def audited(wrapped: Callable[..., Any], instance: Any, args: Args, kwargs: Kwargs) -> Any:
+        entry: Any = general_way
+        if len(args) > 1:
+            try:
+                entry = cached((args[0], args[1]))
+                if entry is None:
+                    entry = entry_of(args[0], args[1])
+            except Exception:  # an unhashable key (bytearray; a writable memoryview: ValueError)
+                entry = general_way
+        if entry is skip:
+            return wrapped(*args, **kwargs)
+        if entry is general_way:
+            return general(wrapped, instance, args, kwargs)
+        ctx = get_current()
+        start = time_ns()
+        try:
+            reply = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _failed(core, commands, instance, args, kwargs, start, ctx, exc)
+            raise
+        end = time_ns()
+        try:
+            result = entry[0]
+            if result is found:  # GET and its kind, without the call: held to rr.found by a test
+                empty = reply is None or (isinstance(reply, _EMPTIABLE) and not reply)
+                word: Any = "not_found" if empty else "found"
+            elif result is none:
+                word = None
+            else:
+                try:
+                    said = result(args, reply, entry[1])
+                    word = said[0] if said else None
+                except Exception:  # what the reply tells is unknown, the access is not: as the general path
+                    word = None
+            item = entry[2].get(word)
+            if item is None:
+                item = make_item(entry, word)
+            submit_one(SOURCE, instance, item, start, end, ctx)
+        except Exception:
+            note_error()
+        return reply
+
+    return audited
+
+
+def _failed(core: CallCore, commands: Commands, instance: Any, args: Args, kwargs: Kwargs, start: int,
+            ctx: Any, exc: BaseException) -> None:
+    """A call that raised: its record the general way (its error's shape is made for it alone)."""
+    end = time_ns()
+    try:
+        described = commands.describe(instance, args, kwargs)
+    except Exception:
+        core.note_error()
+        return
+    if described is not None:
+        core.hand_off(commands.access, (instance, args, kwargs, described, start, end, ctx, None, exc))
