@@ -7,7 +7,11 @@ to the agent once, over its socket. Everything else (stamping, encoding, sending
 accounting) runs in the agent. When the agent cannot be reached, or dies, the in-process pipeline
 takes over, announced once on stderr with the cause, and builds what was handed off and not
 settled from the ring, which keeps it until settled (``agent_takeover``). Fail-closed callers
-then refuse.
+then refuse. A single-key command's short way is ``agent_short``'s.
+
+Past 400 lines on purpose: one class holds the hand-off's whole protocol with its agent (the ring's
+writer, the socket's frames and watcher, fail-closed waits, flush, fork), whose state is shared
+under one lock; split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -17,25 +21,21 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import threading
 import time
 import weakref
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-
 from secret_audit._internal import agent_wire as wire
 from secret_audit._internal import ring as hdr
+from secret_audit._internal.agent_short import ShortWay
 from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
 from secret_audit._internal.agent_takeover import HeldShapes, take_over
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
-from secret_audit._internal.event import Access, Item
+from secret_audit._internal.event import Access
 from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
 from secret_audit._internal.shapes import RecordBuilder, Shape, fill
-from secret_audit.context import resolve
 
 __all__ = ["AgentHandoff"]
 
@@ -43,16 +43,6 @@ _log = logging.getLogger("secret_audit")
 _NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
 _SHAPE_IDS_LIMIT = 4096
 _NO_IDS: tuple[int, ...] = (0, 0, 0)
-_NO_CONTEXT: tuple[Any, ...] = (object(), None, False, None, None)
-_SPAN_KEY: str | None = getattr(trace.propagation, "_SPAN_KEY", None)  # where a context holds its span
-_SPAN_TYPES: set[type] = set()  # the classes seen in that place that are Spans
-_PROBE = trace.SpanContext(3, 5, False, trace.TraceFlags(1))
-# the API's SpanContext is a tuple of its fields (trace id, span id, remote, flags, state, valid)
-_FIELDS_IN_PLACE = isinstance(_PROBE, tuple) and tuple(_PROBE) == (3, 5, False, 1, _PROBE.trace_state, True)
-_NO_SHAPES: tuple[Any, ...] = (object(), object(), None, {}, None)
-_NO_MORE = (None, None, None, None)  # an Access's error, expand, pending, ticket
-_random_bits = random.getrandbits  # a span id, as ``chosen_ids`` draws it
-_new_tuple = tuple.__new__  # an Access from a full field tuple, without the NamedTuple's Python __new__
 
 
 class AgentHandoff:
@@ -72,6 +62,8 @@ class AgentHandoff:
         self.gone: str | None = None  # why the agent is gone
         self.predecessor: dict[str, Any] | None = None  # the dead agent's stream, its last settled sequence
         self.closed = False
+        self._short = ShortWay(self)  # one for the hand-off's life: the wrappers hold its submit_one
+        self.submit_one = self._short.submit_one
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forked(ref))
@@ -82,8 +74,7 @@ class AgentHandoff:
         self.ring: Ring | None = None
         self._sock: socket.socket | None = None
         self._ids: dict[int, tuple[int, Shape]] = {}
-        self._fast_ctx: tuple[Any, ...] = _NO_CONTEXT  # submit_one's last context, what it tells a slot
-        self._fast_shapes: tuple[Any, ...] = _NO_SHAPES  # submit_one's last client: its Items' shape ids
+        self._short.forget()
         self.held = HeldShapes()  # every shape an unsettled slot may name, by id
         self._next_id = 0
         self.dropped = 0
@@ -104,92 +95,6 @@ class AgentHandoff:
             self.fallback.submit(access)
             return
         self._put(access, 0)
-
-    def submit_one(self, source: Any, target: Any, item: Item, start: int, end: int, ctx: Context) -> None:
-        """A call that succeeded with one Item (a single-key command): its slot straight from what is kept
-        for its context (accessor, span ids) and its client (the Item's shape id), else ``submit``."""
-        now = self._fast_ctx
-        if ctx is not now[0]:
-            now = self._context(ctx)
-        kept = self._fast_shapes
-        if target is kept[0] and source is kept[2] and (now[1] is kept[1] or now[1] == kept[1]):
-            got = kept[3].get(id(item))  # by identity: an Item is made once per kind of call and kept
-            ids = now[2]
-            if got is not None and got[1] is item and ids is not False:  # False: a span made here
-                sid = got[0]
-                if ids is None:  # the agent makes the span: only its ids are chosen here
-                    chosen = now[4]
-                    if chosen is None:  # a root span: its trace id too
-                        chosen = chosen_ids(now[3])
-                        span_id = chosen[1]
-                    else:
-                        span_id = _random_bits(64) or 1
-                    idx, sleeping = kept[4].put_one(SPAN, start, end, chosen[0], span_id, chosen[2], sid,
-                                                    chosen[3])
-                else:
-                    idx, sleeping = kept[4].put_one(0, start, end, ids[0], ids[1], ids[2], sid)
-                if idx >= 0:
-                    if sleeping:
-                        kept[4].wake()
-                        self._nudge()
-                    return
-                self._fast_shapes = _NO_SHAPES  # full or sealed: the whole way, until learnt again
-        self._learn(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", *_NO_MORE)))
-
-    def _context(self, ctx: Context) -> tuple[Any, ...]:
-        """What a context tells every slot written in it: its accessor, its span ids (None: chosen per
-        slot, the agent makes the span; False: a span made here, the whole way), its parent span."""
-        who = resolve(ctx, self.settings.default_access_path)
-        span: Any = ctx.get(_SPAN_KEY) if _SPAN_KEY is not None else trace.get_current_span(ctx)
-        kind = type(span)
-        if kind not in _SPAN_TYPES:  # isinstance of the Span ABC costs more than the rest of this together
-            if not isinstance(span, trace.Span):
-                span = trace.INVALID_SPAN
-            elif len(_SPAN_TYPES) < 64:
-                _SPAN_TYPES.add(kind)
-        parent = span.get_span_context()
-        if _FIELDS_IN_PLACE and type(parent) is trace.SpanContext:  # its properties, read in one unpacking
-            trace_id, span_id, _, flags, _, valid = parent
-        else:
-            trace_id, span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
-            valid = parent.is_valid
-        spans = self._spans
-        ids: tuple[int, ...] | bool | None
-        chosen: tuple[int, int, int, int] | None = None
-        if spans in ("off", "errors") or (spans == "in_trace" and not valid):
-            # a call that succeeded never asks for an ``errors`` span
-            ids = (trace_id, span_id, int(flags)) if valid else _NO_IDS
-        elif self._via_agent or (self._via_agent is None and self._agent_spans()):
-            ids = None
-            if valid:  # every span in this context: the parent's trace id, flags and span id (as chosen_ids)
-                chosen = (trace_id, 0, flags, span_id)
-        else:
-            ids = False
-        now = self._fast_ctx = (ctx, who, ids, parent, chosen)
-        return now
-
-    def _learn(self, access: Access) -> None:
-        """The whole way for one Item; then keep its shape id for the next access of its kind."""
-        if self.fallback is not None or self.closed:
-            self.submit(access)
-            return
-        if self._put(access, 0) < 0:
-            return
-        now, ring, seen = self._fast_ctx, self.ring, self._builder.last_shape(access)
-        who = now[1]
-        if now[0] is not access.context or now[2] is False or ring is None or seen is None or seen[0] != who:
-            return
-        shape = seen[2]
-        entry = self._ids.get(id(shape))
-        if entry is None or entry[1] is not shape:
-            return
-        kept = self._fast_shapes
-        if (kept[0] is not access.target or kept[1] is not who or kept[2] is not access.source
-                or kept[4] is not ring):
-            kept = self._fast_shapes = (access.target, who, access.source, {}, ring)
-        if len(kept[3]) < _SHAPE_IDS_LIMIT:
-            item = access.items[0]  # type: ignore[index]
-            kept[3][id(item)] = (entry[0], item)
 
     def accepting(self) -> bool:
         """False while records cannot be made durable; for good in fail-closed mode once the agent is gone."""
@@ -252,7 +157,7 @@ class AgentHandoff:
                 waiting, PREFIX, int(timeout * 1000), self.agent_pid,
             )
         self.closed = True
-        self._fast_shapes = _NO_SHAPES
+        self._short.drop_shape_ids()
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -465,7 +370,7 @@ class AgentHandoff:
         body = json.dumps({"below": below, "at": at}).encode()
         self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
         self._ids.clear()
-        self._fast_shapes = _NO_SHAPES
+        self._short.drop_shape_ids()
         self.held.prune(self.ring.word(hdr.SETTLED))
         self.held.release(at, below)
 
