@@ -2,8 +2,9 @@
 
 A slot names its access by numbers (shape ids, start and end, the ids of its audit span); with
 its shapes resolved it is built as the agent builds it: records filled from the shapes, and the
-audit span made with the ids the app chose when the slot asks for one (``SPANS_VIA=agent``), through
-a tracer provider for the app's resource whose id generator hands out those ids. The agent's
+audit span made with the ids the app chose when the slot asks for one (``SPANS_VIA=agent``): encoded
+by ``agent_span_otlp`` when the env's traces exporter is OTLP/HTTP, else through a tracer provider for
+the app's resource whose id generator hands out those ids. The agent's
 ``RingStream`` takes runs of slots (``TakenRun``): their records are stamped and encoded by the
 engine in one call per stretch (``Stream.stamp_slots``), a slot with a span or a shape without a
 plan one at a time. The app's fallback takes the slots its dead agent had not settled (``Taken``)
@@ -12,9 +13,11 @@ and then the app's accesses as any in-process pipeline does.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, NamedTuple
 
+from secret_audit._internal.agent_span_otlp import SpanShipper, encode_span, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.pipeline import AuditPipeline
@@ -55,6 +58,9 @@ class SlotPipeline(AuditPipeline):
         super().__init__(settings, tracer_provider=spans.provider if spans is not None else None)
         self._resource = resource  # the app's, for the spans made with chosen ids
         self._spans = spans
+        # spans by our own encoder (None: not yet asked): with the env's traces exporter OTLP/HTTP
+        self._native: bool | None = False if spans is not None else None
+        self._resource_key: str | None = None
         self._span_builder: RecordBuilder | None = None
         self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         self._last_index = -1  # the ring index of the last slot whose records are in the batch
@@ -141,9 +147,14 @@ class SlotPipeline(AuditPipeline):
             if flags & SPAN:  # the access's last slot: its span, with the ids the app chose
                 records_of_span, self._span_records = self._span_records, []
                 try:
-                    spans, builder = self._span_maker()
-                    builder.span_ids(spans.context(trace_id, span_id, trace_flags, parent), records_of_span,
-                                     start, end)
+                    if self._native is None:
+                        self._native = native_traces()
+                    if not self._native:
+                        spans, builder = self._span_maker()
+                        context = spans.context(trace_id, span_id, trace_flags, parent)
+                        builder.span_ids(context, records_of_span, start, end)
+                    elif trace_flags & 1:  # sampled: the parent's flag, as the SDK's parent-based sampler
+                        self._ship(encode_span(trace_id, span_id, parent, start, end, records_of_span))
                 except Exception:  # a span we cannot make never costs the records
                     self._ledger.internal_errors += 1
                     _log.exception("secret-audit: failed to make an audit span")
@@ -151,6 +162,12 @@ class SlotPipeline(AuditPipeline):
         if trace_id:
             ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
         return self._stamp(records, shapes, bodies, ids, start)
+
+    def _ship(self, span: bytes) -> None:
+        """Queue an encoded span on the process's one span shipper, under the app's resource."""
+        if self._resource_key is None:
+            self._resource_key = json.dumps(self._resource or {}, sort_keys=True)
+        SpanShipper.shared().add(self._resource_key, self._resource, span)
 
     def _span_maker(self) -> tuple[SpanMaker, RecordBuilder]:
         """The provider for spans with chosen ids (made at the first such slot), and a builder on it."""
@@ -164,3 +181,5 @@ class SlotPipeline(AuditPipeline):
         super().shutdown(timeout)
         if self._spans is not None:
             self._spans.flush(self.settings.shutdown_timeout_ms)
+        if self._native:
+            SpanShipper.shared().flush(self.settings.shutdown_timeout_ms / 1000)
