@@ -28,6 +28,7 @@ from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.engine import plan_of
+from secret_audit._internal.export import PlainResource
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
     CHECKPOINTS,
@@ -86,12 +87,10 @@ class RingStream(SlotPipeline):
         spans = None  # the SDK's span path, for a traces exporter ours does not speak
         if settings.spans_via == "agent" and not native_traces():
             spans = SpanMaker.for_resource(resource)
-        super().__init__(settings, resource, spans=spans)
+        # the app's resource: records name the service and instance its spans name
+        plain = PlainResource(resource) if resource else None
+        super().__init__(settings, resource, spans=spans, records_resource=plain)
         self.ring = ring
-        if resource:  # the app's resource: records name the service and instance its spans name
-            from opentelemetry.sdk.resources import Resource
-
-            self._fallback_resource = Resource(resource)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:

@@ -54,8 +54,9 @@ class SlotPipeline(AuditPipeline):
     """An in-process pipeline that also takes ring slots (``Taken``) from its queue."""
 
     def __init__(self, settings: Settings, resource: dict[str, Any] | None, *, spans: SpanMaker | None = None,
-                 ) -> None:
-        super().__init__(settings, tracer_provider=spans.provider if spans is not None else None)
+                 records_resource: Any = None) -> None:
+        super().__init__(settings, tracer_provider=spans.provider if spans is not None else None,
+                         resource=records_resource)
         self._resource = resource  # the app's, for the spans made with chosen ids
         self._spans = spans
         # spans by our own encoder (None: not yet asked): with the env's traces exporter OTLP/HTTP
