@@ -222,3 +222,28 @@ def test_a_refusing_endpoint_drops_the_batch_counted_and_records_are_not_concern
     err = capsys.readouterr().err
     assert "did not take them (refused with HTTP 400)" in err
     assert "audit records are not affected" in err
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=_text, outcome=st.sampled_from(["success", "not_found", "denied", "error"]),
+    error=st.one_of(st.none(), _text), count=st.one_of(st.none(), st.integers(2, 2**40)),
+    trace_id=st.integers(min_value=1, max_value=2**128 - 1), span_id=st.integers(min_value=1, max_value=2**64 - 1),
+    parent=st.one_of(st.just(0), st.integers(min_value=1, max_value=2**64 - 1)),
+    start=st.integers(min_value=1, max_value=2**62), took=st.integers(min_value=0, max_value=2**40),
+)
+def test_a_lone_records_span_from_its_shapes_pieces_is_encode_span(name, outcome, error, count, trace_id, span_id,
+                                                                     parent, start, took):
+    """The agent's common span (one record) is written from pieces kept per shape: the same bytes, first
+    made or kept."""
+    from secret_audit._internal.agent_span_otlp import encode_lone_span
+    from secret_audit._internal.otlp import encode_attributes
+
+    attrs = _record(name, outcome, **({"error.type": error} if error is not None else {}),
+                    **({"audit.count": count} if count else {}))
+    del attrs["audit.duration_ms"]
+    records = [{**attrs, "audit.duration_ms": took / 1e6}]
+    expected = encode_span(trace_id, span_id, parent, start, start + took, records)
+    for _ in range(2):
+        assert encode_lone_span(trace_id, span_id, parent, start, start + took, attrs,
+                                encode_attributes(attrs)) == expected

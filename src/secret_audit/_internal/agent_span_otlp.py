@@ -24,7 +24,7 @@ from secret_audit._internal.otlp import encode_key_values, encode_request
 from secret_audit._internal.shapes import SCOPE, span_start, worst
 from secret_audit.version import __version__
 
-__all__ = ["SpanShipper", "encode_span", "native_traces", "span_of"]
+__all__ = ["SpanShipper", "encode_lone_span", "encode_span", "native_traces", "span_of"]
 
 _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
@@ -62,6 +62,13 @@ def span_of(records: list[dict[str, Any]]) -> tuple[str, dict[str, Any], str | N
     return name, attrs, None
 
 
+def _status(error: str | None) -> bytes:
+    """Span.status: unset (present, empty), or an error with its description."""
+    if error is None:
+        return _STATUS_UNSET
+    return _ld(b"\x7a", (_ld(b"\x12", error.encode("utf-8")) if error else b"") + b"\x18\x02")
+
+
 def encode_span(
     trace_id: int, span_id: int, parent: int, start_ns: int, end_ns: int, records: list[dict[str, Any]]
 ) -> bytes:
@@ -72,10 +79,7 @@ def encode_span(
         name_field = _ld(b"\x2a", name.encode("utf-8"))
         if len(_NAMES) < 64:
             _NAMES[name] = name_field
-    if error is None:
-        status = _STATUS_UNSET
-    else:
-        status = _ld(b"\x7a", (_ld(b"\x12", error.encode("utf-8")) if error else b"") + b"\x18\x02")
+    status = _status(error)
     return b"".join((
         b"\x0a\x10", trace_id.to_bytes(16, "big"),
         b"\x12\x08", span_id.to_bytes(8, "big"),
@@ -85,6 +89,39 @@ def encode_span(
         b"\x39" + _pack_q(start_ns) if start_ns else b"",
         b"\x41" + _pack_q(end_ns) if end_ns else b"",
         encode_key_values(b"\x4a", attrs),
+        status,
+        _FLAGS_REMOTE_PARENT if parent else _FLAGS_ROOT,
+    ))
+
+
+_DURATION_HEAD = encode_key_values(b"\x4a", {"audit.duration_ms": 0.0})[:-8]  # the attribute, but its double
+_pack_d = struct.Struct("<d").pack
+_LONE: dict[bytes, tuple[bytes, bytes, bytes]] = {}  # a lone record's span pieces, by its encoded attributes
+_LONE_LIMIT = 1024
+
+
+def encode_lone_span(
+    trace_id: int, span_id: int, parent: int, start_ns: int, end_ns: int, attrs: Mapping[str, Any], key: bytes
+) -> bytes:
+    """``encode_span`` of an access with one record of static attributes ``attrs`` (``key``: their encoding,
+    the shape's), its name, attributes but the duration, and status made once per shape."""
+    pieces = _LONE.get(key)
+    if pieces is None:
+        name, span_attrs, error = span_of([{**attrs, "audit.duration_ms": 0.0}])
+        head = _ld(b"\x2a", name.encode("utf-8")) + _KIND_INTERNAL
+        attributes = encode_key_values(b"\x4a", span_attrs)  # the duration last: cut, written per span
+        pieces = (head, attributes[:-len(_DURATION_HEAD) - 8], _status(error))
+        if error is None and len(_LONE) < _LONE_LIMIT:  # an error's text is one access's: not kept
+            _LONE[key] = pieces
+    head, attributes, status = pieces
+    return b"".join((
+        b"\x0a\x10", trace_id.to_bytes(16, "big"),
+        b"\x12\x08", span_id.to_bytes(8, "big"),
+        b"\x22\x08" + parent.to_bytes(8, "big") if parent else b"",
+        head,
+        b"\x39" + _pack_q(start_ns) if start_ns else b"",
+        b"\x41" + _pack_q(end_ns) if end_ns else b"",
+        attributes, _DURATION_HEAD, _pack_d((end_ns - start_ns) / 1e6),
         status,
         _FLAGS_REMOTE_PARENT if parent else _FLAGS_ROOT,
     ))

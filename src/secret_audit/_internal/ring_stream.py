@@ -18,7 +18,7 @@ import json
 import logging
 from typing import Any, NamedTuple
 
-from secret_audit._internal.agent_span_otlp import SpanShipper, encode_span, native_traces
+from secret_audit._internal.agent_span_otlp import SpanShipper, encode_lone_span, encode_span, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.pipeline import AuditPipeline
@@ -166,9 +166,21 @@ class SlotPipeline(AuditPipeline):
     def _spans_of_run(self, slots: list[Slot], shapes: list[list[Shape]]) -> None:
         """Our spans of a run's slots that make one, from their shapes' attributes (as ``fill`` has them)."""
         for slot, planned in zip(slots, shapes):  # noqa: B905 - built together
-            if slot[1] & _ONE_BY_ONE:
-                duration = (slot[3] - slot[2]) / 1e6
-                self._slot_span(slot, [{**shape.attrs, "audit.duration_ms": duration} for shape in planned])
+            flags = slot[1]
+            if not flags & _ONE_BY_ONE:
+                continue
+            if flags & SPAN and len(planned) == 1 and not self._span_records:  # one record: pieces per shape
+                if slot[6] & 1:
+                    shape = planned[0]
+                    try:
+                        self._ship(encode_lone_span(slot[4], slot[5], slot[8], slot[2], slot[3], shape.attrs,
+                                                    shape.encoded))
+                    except Exception:  # a span we cannot make never costs the records
+                        self._ledger.internal_errors += 1
+                        _log.exception("secret-audit: failed to make an audit span")
+                continue
+            duration = (slot[3] - slot[2]) / 1e6
+            self._slot_span(slot, [{**shape.attrs, "audit.duration_ms": duration} for shape in planned])
 
     def _slot_span(self, slot: Slot, records: list[dict[str, Any]]) -> None:
         """Gather an access's records over its slots; at its last, its span with the ids the app chose."""
