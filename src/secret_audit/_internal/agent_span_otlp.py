@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from secret_audit._internal.otlp import encode_key_values, encode_request
+from secret_audit._internal.otlp import encode_key_values, encode_request_framed, frame_record
 from secret_audit._internal.shapes import SCOPE, span_start, worst
 from secret_audit.version import __version__
 
@@ -195,7 +195,12 @@ class SpanShipper:
         self.deadline = _positive(env, "OTEL_BSP_EXPORT_TIMEOUT", 30000) / 1000
         self.dropped = 0
         self._said: set[str] = set()
-        self._queue: list[tuple[str, bytes]] = []  # (the span's resource key, the span)
+        # Spans wait framed (ScopeSpans field 2) in one buffer per resource, not as a Python object each:
+        # thousands of small objects held for seconds pin pymalloc's arenas long after they are sent.
+        self._open: dict[str, bytearray] = {}  # the batch being filled, by resource key
+        self._open_count = 0
+        self._ready: list[tuple[dict[str, bytearray], int]] = []  # full batches, oldest first
+        self._queued = 0  # spans in the open and ready batches: at most max_queue
         self._resources: dict[str, dict[str, Any]] = {}  # the resources' attributes, by key
         self._cond = threading.Condition()
         self._busy = 0  # spans taken from the queue and not yet sent (or dropped)
@@ -204,18 +209,25 @@ class SpanShipper:
     def add(self, resource: str, attributes: Mapping[str, Any] | None, span: bytes) -> None:
         """Queue one span of the resource keyed ``resource``; dropped (counted, said once) when full."""
         with self._cond:
-            if len(self._queue) >= self.max_queue:
+            if self._queued >= self.max_queue:
                 self._drop(1, f"its span queue was full (OTEL_BSP_MAX_QUEUE_SIZE={self.max_queue}): "
                               "raise it, or lower OTEL_BSP_SCHEDULE_DELAY")
                 return
-            self._queue.append((resource, span))
-            if resource not in self._resources:
-                self._resources[resource] = dict(attributes or {})
+            framed = self._open.get(resource)
+            if framed is None:
+                framed = self._open[resource] = bytearray()
+                if resource not in self._resources:
+                    self._resources[resource] = dict(attributes or {})
+            framed += frame_record(span)
+            self._queued += 1
+            self._open_count += 1
+            if self._open_count >= self.batch:
+                self._ready.append((self._open, self._open_count))
+                self._open, self._open_count = {}, 0
+                self._cond.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="secret-audit-spans", daemon=True)
                 self._thread.start()
-            if len(self._queue) >= self.batch:
-                self._cond.notify()
 
     def _drop(self, n: int, cause: str) -> None:
         self.dropped += n
@@ -229,8 +241,7 @@ class SpanShipper:
         """Send what is queued now; True once it is sent or dropped within ``timeout`` seconds."""
         end = time.monotonic() + timeout
         with self._cond:
-            self._cond.notify()
-            while self._queue or self._busy:
+            while self._queued or self._busy:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -241,24 +252,26 @@ class SpanShipper:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if len(self._queue) < self.batch:
-                    self._cond.wait(self.delay)
-                taken, self._queue = self._queue[:self.batch], self._queue[self.batch:]
-                self._busy = len(taken)
-            if taken:
-                self._send(taken)
+                if not self._ready:
+                    self._cond.wait(self.delay)  # a full batch, a flush, or the schedule's delay
+                if self._ready:
+                    taken, n = self._ready.pop(0)
+                else:
+                    taken, n = self._open, self._open_count
+                    self._open, self._open_count = {}, 0
+                self._queued -= n
+                self._busy = n
+            if n:
+                self._send(taken, n)
             with self._cond:
                 self._busy = 0
                 self._cond.notify_all()
 
-    def _send(self, taken: list[tuple[str, bytes]]) -> None:
+    def _send(self, taken: dict[str, bytearray], n: int) -> None:
         """One ExportTraceServiceRequest for the batch (a ResourceSpans per resource), retried."""
-        groups: dict[str, list[bytes]] = {}
-        for resource, span in taken:
-            groups.setdefault(resource, []).append(span)
         # ResourceSpans and ScopeSpans are laid out as ResourceLogs and ScopeLogs are, field for field
-        body = b"".join(encode_request(self._resources[resource], SCOPE, __version__, spans)
-                        for resource, spans in groups.items())
+        body = b"".join(encode_request_framed(self._resources[resource], SCOPE, __version__, framed)
+                        for resource, framed in taken.items())
         end, pause = time.monotonic() + self.deadline, 1.0
         while True:
             result = self.sender.send(body)
@@ -269,5 +282,5 @@ class SpanShipper:
             time.sleep(pause)
             pause *= 2
         with self._cond:
-            self._drop(len(taken), f"its traces endpoint {self.sender.endpoint} did not take them "
+            self._drop(n, f"its traces endpoint {self.sender.endpoint} did not take them "
                                    f"({self.sender.problem or result})")
