@@ -247,3 +247,21 @@ def test_a_lone_records_span_from_its_shapes_pieces_is_encode_span(name, outcome
     for _ in range(2):
         assert encode_lone_span(trace_id, span_id, parent, start, start + took, attrs,
                                 encode_attributes(attrs)) == expected
+
+
+def test_a_forked_child_gets_a_shipper_of_its_own(monkeypatch):
+    """The parent's shipper thread is not in the child: a child that made spans on it would wait for
+    a thread that is not there (an app's fallback that forks)."""
+    import os
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(SpanShipper, "_shared", None)
+    parent = SpanShipper.shared()
+    parent.add("r", {}, encode_span(1, 2, 0, 1, 2, [_record()]))
+    pid = os.fork()
+    if pid == 0:  # the child: a new shipper, whose span is sent by a thread of its own
+        fresh = SpanShipper._shared is None and SpanShipper.shared() is not parent
+        os._exit(0 if fresh else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert SpanShipper.shared() is parent

@@ -284,3 +284,12 @@ class SpanShipper:
         with self._cond:
             self._drop(n, f"its traces endpoint {self.sender.endpoint} did not take them "
                                    f"({self.sender.problem or result})")
+
+
+def _forget_in_child() -> None:
+    """A forked child's shipper is its own: the parent's thread is not copied, nor its spans to send."""
+    SpanShipper._shared = None
+    SpanShipper._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
