@@ -9,8 +9,10 @@
    client threads; then the proportional set size (PSS, which counts a page shared by n processes
    as 1/n in each) of the 8 workers, summed, and their summed RSS.
 Records and spans go over OTLP/HTTP to a sink in another process. Our package is byte-compiled first, as
-installing a wheel does (``_common.as_installed``).
-Run: .venv/bin/python benchmarks/bench_memory.py
+installing a wheel does (``_common.as_installed``). With the agent making the spans, the agent's own PSS is
+given apart; "agent + its spans, SDK path" makes them as before our encoder (SDK span objects and queue:
+``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=128``, the SDK's default, sends the agent down the SDK's path).
+Run: .venv/bin/python benchmarks/bench_memory.py (``BENCH_MEMORY_PREFORK_ONLY=1``: the gunicorn rows alone)
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ import threading
 import time
 from pathlib import Path
 
-from _common import as_installed, free_port, launcher_env, otlp_sink, valkey_server, verdict, wait_port
+from _common import (
+    as_installed,
+    env_flag,
+    free_port,
+    launcher_env,
+    otlp_sink,
+    valkey_server,
+    verdict,
+    wait_port,
+)
 
 TARGET_RSS_MIB = 10.0  # over the launcher without us
 TARGET_PREFORK_MIB = 40.0  # all 8 workers together
@@ -78,12 +89,15 @@ def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
     disabled, _, agent = disabled.partition(":")
     env = launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
     env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "process" if agent else "off"
-    env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "agent" if agent == "agent-spans" else "app"
+    env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "agent" if agent.startswith("agent-spans") else "app"
+    if agent == "agent-spans-sdk":  # the SDK's default limit, set: the agent makes SDK spans (agent_span_otlp)
+        env["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"] = "128"
     return env
 
 
 AGENT = "launcher + secret-audit, agent"
 AGENT_SPANS = "launcher + secret-audit, agent + its spans"
+AGENT_SPANS_SDK = "launcher + secret-audit, agent + its spans, SDK path"
 # name -> (under the launcher?, entry points disabled, and ":agent" for OTEL_PYTHON_SECRET_AUDIT_AGENT=process)
 VARIANTS = {
     "python, no launcher": (False, ""),
@@ -91,8 +105,12 @@ VARIANTS = {
     "launcher + secret-audit": (True, OFFICIAL),
     AGENT: (True, OFFICIAL + ":agent"),
     AGENT_SPANS: (True, OFFICIAL + ":agent-spans"),
+    AGENT_SPANS_SDK: (True, OFFICIAL + ":agent-spans-sdk"),
     "launcher + official": (True, OURS),
 }
+
+
+_NOT_PREFORK_ONLY = ("launcher + secret-audit", "launcher + official")  # BENCH_MEMORY_PREFORK_ONLY: the agent's rows
 
 
 def _argv(launched: bool, *argv: str) -> list[str]:
@@ -145,8 +163,10 @@ def _drive(port: int, requests: int, threads: int = 8) -> None:
         w.join()
 
 
-def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appdir: str) -> tuple[float, float]:
-    """Summed PSS and RSS (MiB) of gunicorn's 8 workers after 800 requests of 50 GETs each."""
+def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appdir: str,
+            ) -> tuple[float, float, float]:
+    """Summed PSS and RSS (MiB) of gunicorn's 8 workers (and the agent) after 800 requests of 50 GETs each,
+    and the agent's own PSS."""
     import psutil
 
     http_port = free_port()
@@ -167,7 +187,8 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
         if len(workers) != 8:
             raise RuntimeError(f"{name}: {len(workers)} workers")
         infos = [c.memory_full_info() for c in children]
-        return sum(i.pss for i in infos) / 2**20, sum(i.rss for i in infos) / 2**20
+        agent = sum(c.memory_full_info().pss for c in children if c not in workers)
+        return sum(i.pss for i in infos) / 2**20, sum(i.rss for i in infos) / 2**20, agent / 2**20
     finally:
         proc.terminate()
         try:
@@ -179,13 +200,15 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
 
 def main() -> int:
     as_installed()
+    prefork_only = env_flag("BENCH_MEMORY_PREFORK_ONLY", "0") == "1"
     with valkey_server() as (_host, port), otlp_sink() as sink:
-        one = one_process(sink, port)
+        one = {} if prefork_only else one_process(sink, port)
         appdir = tempfile.mkdtemp(prefix="sa-bench-wsgi-")
         Path(appdir, "bench_wsgi.py").write_text(_WSGI)
-        forked: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+        rows = {name: v for name, v in VARIANTS.items() if not prefork_only or name not in _NOT_PREFORK_ONLY}
+        forked: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
         for _ in range(3):
-            for name, (launched, disabled) in VARIANTS.items():
+            for name, (launched, disabled) in rows.items():
                 forked[name].append(prefork(sink, port, name, launched, disabled, appdir))
     print("\ngunicorn, 8 sync workers, 800 requests of 50 GETs (means of 3 runs; the 8 workers summed)")
     pf = {}
@@ -193,7 +216,16 @@ def main() -> int:
         pss, rss = statistics.fmean(r[0] for r in runs), statistics.fmean(r[1] for r in runs)
         pf[name] = pss
         low, high = min(r[0] for r in runs), max(r[0] for r in runs)
-        print(f"  {name:<26} PSS {pss:6.1f} MiB ({low:.1f}-{high:.1f})  RSS {rss:6.1f} MiB")
+        agent = statistics.fmean(r[2] for r in runs)
+        extra = f"  (the agent's PSS {agent:.1f}: {', '.join(f'{r[2]:.1f}' for r in runs)})" if agent else ""
+        print(f"  {name:<26} PSS {pss:6.1f} MiB ({low:.1f}-{high:.1f})  RSS {rss:6.1f} MiB{extra}")
+    for name in (AGENT, AGENT_SPANS, AGENT_SPANS_SDK):
+        print(f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit, ')}: "
+              f"{pf[name] - pf['python, no launcher']:+.1f} MiB PSS (workers and the agent) over plain gunicorn "
+              f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(pf[name] - pf['python, no launcher'], TARGET_PREFORK_MIB)}), "
+              f"{pf[name] - pf['launcher without us']:+.1f} over the launcher without us")
+    if prefork_only:
+        return 0
     base = one["launcher without us"]
     ours = one["launcher + secret-audit"]
     official = one["launcher + official"]
@@ -217,13 +249,6 @@ def main() -> int:
         f"(target <= +{TARGET_RSS_MIB:.0f} MiB: {verdict(agent_added, TARGET_RSS_MIB)}), and the agent's own "
         f"RSS {one[AGENT]['agent']:.1f} MiB"
     )
-    for name in (AGENT, AGENT_SPANS):
-        agent_over = pf[name] - pf["python, no launcher"]
-        print(
-            f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit, ')}: "
-            f"{agent_over:+.1f} MiB PSS (workers and the agent) over plain gunicorn "
-            f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(agent_over, TARGET_PREFORK_MIB)})"
-        )
     return 0
 
 

@@ -74,6 +74,7 @@ class Receiver:
                                 "body": any_value(lr.body),
                                 "trace_id": lr.trace_id.hex(),
                                 "span_id": lr.span_id.hex(),
+                                "flags": lr.flags,
                                 "attributes": {kv.key: any_value(kv.value) for kv in lr.attributes},
                             }
                         )
@@ -92,6 +93,9 @@ class Receiver:
                                 "trace_id": sp.trace_id.hex(),
                                 "span_id": sp.span_id.hex(),
                                 "parent_span_id": sp.parent_span_id.hex(),
+                                "flags": sp.flags,
+                                "status": (sp.status.code, sp.status.message),
+                                "resource": {kv.key: any_value(kv.value) for kv in rs.resource.attributes},
                                 "attributes": {kv.key: any_value(kv.value) for kv in sp.attributes},
                             }
                         )

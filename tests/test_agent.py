@@ -320,6 +320,44 @@ def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, 
     assert got["off"] == got["process"]
 
 
+def test_the_agents_own_spans_arrive_in_the_callers_trace_with_no_value(redis_url, tmp_path):
+    """With the traces exporter OTLP/HTTP the agent encodes the audit span itself (no SDK span, stats()
+    counts its dropped spans): the span the receiver decodes is the request span's child, in its
+    trace, flagged as having a remote parent, with the app's resource, and the record carries its ids;
+    no secret value is in any byte sent."""
+    key, value = secrets.token_hex(4), "s3cr3t-agent-span-canary-" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        env = env_for(rx, redis_url, tmp_path, **{P + "SPANS_VIA": "agent"})
+        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable,
+                               str(HERE / "apps" / "settings_app.py"), key, value],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        records = records_when(rx, 5)
+        deadline = time.monotonic() + 10
+        while len([s for s in rx.spans if s["name"].startswith("secret.")]) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        spans, raw = list(rx.spans), b"".join(rx.raw)
+    stats = said(proc.stdout, "stats")[0]
+    assert stats["spans_dropped"] == 0  # the agent's own span path (the SDK's has no such count)
+    audit = [s for s in spans if s["name"].startswith("secret.")]
+    request = [s for s in spans if s["name"] == "request"]
+    assert len(audit) == 1
+    assert len(request) == 1
+    span = audit[0]
+    assert (span["trace_id"], span["parent_span_id"]) == (request[0]["trace_id"], request[0]["span_id"])
+    assert span["flags"] == 0x300  # the parent's remoteness known, and remote: as the SDK's span says
+    assert span["resource"]["service.name"] == "agent-test"
+    assert span["resource"]["service.instance.id"] == request[0]["resource"]["service.instance.id"]
+    assert span["attributes"]["audit.action"] == "GET"
+    assert span["attributes"]["secret.name"] == f"secret:{key}"
+    in_trace = [r for r in records if r["trace_id"].strip("0")]
+    assert [(r["trace_id"], r["span_id"]) for r in in_trace] == [(span["trace_id"], span["span_id"])]
+    assert in_trace[0]["flags"] & 1  # sampled, as its parent
+    assert value.encode() not in raw
+    assert value not in proc.stdout + proc.stderr
+
+
 def test_settings_given_to_instrument_are_the_agents(redis_url, tmp_path):
     """The agent gets the settings the app checked (here an endpoint set nowhere but in them), not
     the environment read again; retiring the pipeline settles what was handed off and lets it go."""

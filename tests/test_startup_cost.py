@@ -48,8 +48,46 @@ def test_a_leftover_spool_is_still_found_at_start_without_importing_the_spool_fi
 def test_the_agent_imports_neither_the_sdk_trace_package_unless_it_makes_spans_nor_asyncio():
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     code = ("import json, sys\nimport secret_audit._internal.agent\n"
-            "print(json.dumps({'sdk trace': 'opentelemetry.sdk.trace' in sys.modules, 'asyncio': 'asyncio' in sys.modules}))\n")
-    assert _loaded(code, env, launcher=False) == {"sdk trace": False, "asyncio": False}
+            "print(json.dumps({m: m in sys.modules for m in ('opentelemetry.sdk.trace', 'asyncio', "
+            "'opentelemetry.sdk.resources', 'psutil')}))\n")
+    assert not any(_loaded(code, env, launcher=False).values())
+
+
+def test_the_agents_plain_resource_makes_the_records_bytes_the_sdk_resource_made():
+    """The agent names an app's resource without the SDK's Resource (whose module imports psutil): the
+    records' requests are the same bytes, and a resource without an instance id gets one as merge adds it."""
+    from opentelemetry.sdk.resources import Resource
+
+    from secret_audit._internal.export import PlainResource, audit_resource
+    from secret_audit._internal.otlp import RecordData
+    from secret_audit._internal.sinks import FastSink
+
+    attrs = {"service.name": "w", "service.instance.id": "i", "process.pid": 7, "process.command_args": ["a", "b"],
+             "x.ratio": 0.5, "x.flag": True, "telemetry.sdk.language": "python"}
+    record = RecordData(1, 2, 9, "INFO", "body", {"a": "b"}, 3, 4, 1, "secret.access")
+
+    class Keep:
+        endpoint, problem = "keep", None
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, body: bytes) -> str:
+            self.sent.append(body)
+            return "ok"
+
+    def sent(resource: object) -> bytes:
+        sender = Keep()
+        sink = FastSink(resource, "secret_audit", "1", sender)  # type: ignore[arg-type]
+        sink.add(record)
+        sink.send(sink.seal())
+        return sender.sent[0]
+
+    assert sent(PlainResource(attrs)) == sent(Resource(attrs)) != b""
+    no_id = {k: v for k, v in attrs.items() if k != "service.instance.id"}
+    plain, sdk = audit_resource(None, PlainResource(no_id)), audit_resource(None, Resource(no_id))
+    assert list(plain.attributes)[:-1] == list(sdk.attributes)[:-1] == list(no_id)
+    assert list(plain.attributes)[-1] == list(sdk.attributes)[-1] == "service.instance.id"
 
 
 _MAKERS = """

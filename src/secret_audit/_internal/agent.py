@@ -24,10 +24,12 @@ import threading
 import time
 from typing import Any
 
+from secret_audit._internal.agent_span_otlp import SpanShipper, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.engine import plan_of, resolve_raw
+from secret_audit._internal.export import PlainResource
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
@@ -85,13 +87,13 @@ class RingStream(SlotPipeline):
     """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
 
     def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
-        spans = SpanMaker.for_resource(resource) if settings.spans_via == "agent" else None
-        super().__init__(settings, resource, spans=spans)
+        spans = None  # the SDK's span path, for a traces exporter ours does not speak
+        if settings.spans_via == "agent" and not native_traces():
+            spans = SpanMaker.for_resource(resource)
+        # the app's resource: records name the service and instance its spans name
+        plain = PlainResource(resource) if resource else None
+        super().__init__(settings, resource, spans=spans, records_resource=plain)
         self.ring = ring
-        if resource:  # the app's resource: records name the service and instance its spans name
-            from opentelemetry.sdk.resources import Resource
-
-            self._fallback_resource = Resource(resource)
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:
@@ -117,6 +119,8 @@ class RingStream(SlotPipeline):
         """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
         out = self._ledger.counts()
         out["sequence"] = self.stream.sequence
+        if self.settings.spans_via == "agent" and native_traces():  # the agent's, for all its apps
+            out["spans_dropped"] = SpanShipper.dropped_so_far()
         return out
 
 

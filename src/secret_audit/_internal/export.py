@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import RecordData
@@ -15,8 +16,27 @@ from secret_audit._internal.sinks import FastSink, Sink
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.resources import Resource
 
-__all__ = ["NullSink", "audit_resource", "build_sink", "early_resource", "preload_sink"]
+__all__ = ["AnyResource", "NullSink", "PlainResource", "audit_resource", "build_sink", "early_resource",
+           "preload_sink"]
+
+
+class PlainResource(NamedTuple):
+    """An app's resource as the agent has it: the SDK's ``Resource`` would import its module, and psutil
+    with it, into the agent (about 2 MiB), for two fields the fast sink reads."""
+
+    attributes: Mapping[str, Any]
+    schema_url: str = ""
+
+
+AnyResource = Union["Resource", PlainResource]
+
+
+def _sdk_resource(resource: Any) -> bool:
+    """An SDK ``Resource``, without importing its module: none exists unless it was imported."""
+    module = sys.modules.get("opentelemetry.sdk.resources")
+    return module is not None and isinstance(resource, module.Resource)
 
 
 class NullSink(Sink):
@@ -57,7 +77,7 @@ def _sdk_otlp_exporter(settings: Settings) -> LogRecordExporter:
 
 
 def build_sink(
-    settings: Settings, resource: Resource, scope: str, version: str, exporter: LogRecordExporter | None
+    settings: Settings, resource: AnyResource, scope: str, version: str, exporter: LogRecordExporter | None
 ) -> Sink:
     """An explicit exporter wins; otherwise OTLP (fast or stock encoder), console, or nothing."""
     if settings.exporter == "otlp" and settings.encoder == "fast" and exporter is None:
@@ -65,7 +85,12 @@ def build_sink(
         return FastSink(resource, scope, version, sender)
     if settings.exporter == "none" and exporter is None:
         return NullSink()
+    from opentelemetry.sdk.resources import Resource
+
     from secret_audit._internal.sdk_sink import SdkSink
+
+    if isinstance(resource, PlainResource):  # the SDK's log pipeline takes the SDK's resource
+        resource = Resource(resource.attributes, resource.schema_url or None)
 
     if exporter is not None:
         return SdkSink(resource, scope, version, exporter)
@@ -94,23 +119,32 @@ def preload_sink(settings: Settings, exporter: object) -> None:
         preload(settings.otlp_protocol)
 
 
-def early_resource(provider: trace.TracerProvider | None = None) -> Resource | None:
+def early_resource(provider: trace.TracerProvider | None = None) -> AnyResource | None:
     """Detect the resource now when no tracer provider carries one: detection runs on a thread
     pool, which refuses work once the interpreter has begun to exit (when a short script's records
     are built)."""
-    if isinstance(getattr(provider or trace.get_tracer_provider(), "resource", None), Resource):
+    if _sdk_resource(getattr(provider or trace.get_tracer_provider(), "resource", None)):
         return None
     return audit_resource(provider)
 
 
 def audit_resource(
-    provider: trace.TracerProvider | None = None, detected: Resource | None = None
-) -> Resource:
+    provider: trace.TracerProvider | None = None, detected: AnyResource | None = None
+) -> AnyResource:
     """Reuse the tracer provider's resource so audit records and spans name the same service."""
     provider = provider or trace.get_tracer_provider()
-    resource = getattr(provider, "resource", None)
-    if not isinstance(resource, Resource):
-        resource = detected or Resource.create()
-    if "service.instance.id" not in resource.attributes:
-        resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
-    return resource
+    resource: Any = getattr(provider, "resource", None)
+    if not _sdk_resource(resource):
+        resource = detected
+        if resource is None:
+            from opentelemetry.sdk.resources import Resource
+
+            resource = Resource.create()
+    if "service.instance.id" in resource.attributes:
+        return resource  # type: ignore[no-any-return]
+    instance = {"service.instance.id": str(uuid.uuid4())}
+    if isinstance(resource, PlainResource):  # as Resource.merge: the id added last, the schema kept
+        return PlainResource({**resource.attributes, **instance}, resource.schema_url)
+    from opentelemetry.sdk.resources import Resource
+
+    return resource.merge(Resource(instance))  # type: ignore[no-any-return]

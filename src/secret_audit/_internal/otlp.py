@@ -17,6 +17,7 @@ __all__ = [
     "RecordData",
     "encode_any",
     "encode_attributes",
+    "encode_key_values",
     "encode_log_record",
     "encode_request",
     "encode_request_framed",
@@ -109,6 +110,11 @@ def _kv(key: str, value: Any) -> bytes:
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     return b"".join(_ld(tag, _kv(k, v)) for k, v in attributes.items())
+
+
+def encode_key_values(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
+    """Repeated KeyValue fields under ``tag`` (a Span's attributes), as the generated code writes them."""
+    return _attributes(tag, attributes)
 
 
 # Attributes whose values repeat from record to record: their encoded bytes are cached whole.

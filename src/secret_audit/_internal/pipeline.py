@@ -66,13 +66,14 @@ class AuditPipeline:
         *,
         exporter: LogRecordExporter | None = None,
         tracer_provider: TracerProvider | None = None,
+        resource: Any = None,
     ) -> None:
         self.settings = settings
         self._custom_exporter = exporter
         self._tracer_provider = tracer_provider
         # Resource detection runs on a thread pool, which refuses work once the interpreter has
-        # begun to exit: a three-line script's records are built then, so detect now.
-        self._fallback_resource = early_resource(tracer_provider)
+        # begun to exit: a three-line script's records are built then, so detect now (unless given one).
+        self._fallback_resource = resource if resource is not None else early_resource(tracer_provider)
         self._checkpoints = checkpoints_for(settings)  # None without a signing key
         self._echo = settings.echo
         self.handoff = Handoff(settings, self._spawn, self._successor)

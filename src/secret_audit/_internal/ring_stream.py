@@ -2,21 +2,25 @@
 
 A slot names its access by numbers (shape ids, start and end, the ids of its audit span); with
 its shapes resolved it is built as the agent builds it: records filled from the shapes, and the
-audit span made with the ids the app chose when the slot asks for one (``SPANS_VIA=agent``), through
-a tracer provider for the app's resource whose id generator hands out those ids. The agent's
-``RingStream`` takes runs of slots (``TakenRun``): their records are stamped and encoded by the
-engine in one call per stretch (``Stream.stamp_slots``), a slot with a span or a shape without a
-plan one at a time. The app's fallback takes the slots its dead agent had not settled (``Taken``)
-and then the app's accesses as any in-process pipeline does.
+audit span made with the ids the app chose when the slot asks for one (``SPANS_VIA=agent``): encoded
+by ``agent_span_otlp`` when the env's traces exporter is OTLP/HTTP, else through a tracer provider for
+the app's resource whose id generator hands out those ids. The agent's ``RingStream`` takes runs of
+slots (``TakenRun``): their records are stamped and encoded by the engine in one call per stretch
+(``Stream.stamp_slots``), a slot with an SDK span or a shape without a plan one at a time (our spans
+are made from the shapes, and their records stamped by the engine). The app's fallback takes the
+slots its dead agent had not settled (``Taken``) and then the app's accesses as any in-process
+pipeline does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from time import time_ns
 from typing import Any, NamedTuple
 
 from secret_audit import contract
+from secret_audit._internal.agent_span_otlp import SpanShipper, encode_lone_span, encode_span, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.pipeline import AuditPipeline
@@ -25,7 +29,7 @@ from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fil
 
 __all__ = ["Link", "RawRun", "SlotPipeline", "Taken", "TakenRun"]
 
-_ONE_BY_ONE = SPAN | SPAN_PART  # slots whose records make a span: built one at a time
+_ONE_BY_ONE = SPAN | SPAN_PART  # slots whose records make a span: built one at a time for an SDK span
 
 _log = logging.getLogger("secret_audit")
 
@@ -85,10 +89,14 @@ class SlotPipeline(AuditPipeline):
     """An in-process pipeline that also takes ring slots (``Taken``) from its queue."""
 
     def __init__(self, settings: Settings, resource: dict[str, Any] | None, *, spans: SpanMaker | None = None,
-                 ) -> None:
-        super().__init__(settings, tracer_provider=spans.provider if spans is not None else None)
+                 records_resource: Any = None) -> None:
+        super().__init__(settings, tracer_provider=spans.provider if spans is not None else None,
+                         resource=records_resource)
         self._resource = resource  # the app's, for the spans made with chosen ids
         self._spans = spans
+        # spans by our own encoder (None: not yet asked): with the env's traces exporter OTLP/HTTP
+        self._native: bool | None = False if spans is not None else None
+        self._resource_key: str | None = None
         self._span_builder: RecordBuilder | None = None
         self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         self._last_index = -1  # the ring index of the last slot whose records are in the batch
@@ -167,19 +175,23 @@ class SlotPipeline(AuditPipeline):
         engine = self._encodes and not self._echo  # the engine writes OTLP bytes, and echoes nothing
         limit = self.settings.batch_size
         slots, shapes = run.slots, run.shapes
-        if engine and not run.flags & _ONE_BY_ONE and self._batch.records + run.records < limit:
-            return self._stamp_run(slots, shapes)  # the common run: one call
+        alone = _ONE_BY_ONE  # slots built one at a time: those whose records make an SDK span
+        if engine and run.flags & _ONE_BY_ONE and self._native_spans():
+            self._spans_of_run(slots, shapes)  # our spans need no record built: the engine stamps them all
+            alone = 0
+        if engine and not run.flags & alone and self._batch.records + run.records < limit:
+            return self._stamp_run(slots, shapes, spans=not alone)  # the common run: one call
         built, i, n = 0, 0, len(slots)
         while i < n:
             j, room = i, limit - self._batch.records
-            while engine and j < n and room > 0 and not slots[j][1] & _ONE_BY_ONE:
+            while engine and j < n and room > 0 and not slots[j][1] & alone:
                 room -= len(shapes[j])
                 j += 1
             if j > i:
-                built += self._stamp_run(slots[i:j], shapes[i:j])
+                built += self._stamp_run(slots[i:j], shapes[i:j], spans=not alone)
                 i = j
             else:
-                built += self._slot_safely(slots[i], shapes[i])
+                built += self._slot_safely(slots[i], shapes[i], span=bool(alone))
                 i += 1
             if self._batch.records >= limit:
                 self.handoff.made_room()
@@ -187,46 +199,88 @@ class SlotPipeline(AuditPipeline):
                 self._export_batch()
         return built
 
-    def _stamp_run(self, slots: list[Slot], shapes: list[list[Shape]]) -> int:
-        """Stamp and encode a stretch of plain slots in one engine call; slot by slot if it refuses one."""
+    def _stamp_run(self, slots: list[Slot], shapes: list[list[Shape]], *, spans: bool = False) -> int:
+        """Stamp and encode a stretch of slots in one engine call (``spans``: their spans already made);
+        slot by slot if it refuses one."""
         stream = self.stream
         try:
             n: int = self._backend.add_framed(lambda out: stream.stamp_slots(slots, shapes, out))
         except (ValueError, OverflowError, TypeError):  # a value outside the engine's layout; no plan
-            return sum(self._slot_safely(slot, planned) for slot, planned in zip(slots, shapes))  # noqa: B905
+            return sum(self._slot_safely(slot, planned, span=not spans)
+                       for slot, planned in zip(slots, shapes))  # noqa: B905
         self._counted([shape for planned in shapes for shape in planned], n, slots[-1][0])
         return n
 
-    def _slot_safely(self, slot: Slot, shapes: list[Shape]) -> int:
+    def _slot_safely(self, slot: Slot, shapes: list[Shape], *, span: bool = True) -> int:
         """One slot of a run; a record that cannot be built is counted and logged, the run goes on."""
         try:
-            return self._take_slot(slot, shapes)
+            return self._take_slot(slot, shapes, span=span)
         except Exception:
             self._ledger.internal_errors += 1
             _log.exception("secret-audit: failed to build an audit record")
             return 0
 
-    def _take_slot(self, slot: Slot, shapes: list[Shape]) -> int:
+    def _take_slot(self, slot: Slot, shapes: list[Shape], *, span: bool = True) -> int:
         if self._backend is None:
             self._prepare()
         self._last_index = slot[0]
-        _, flags, start, end, trace_id, span_id, trace_flags, _, parent = slot
+        _, flags, start, end, trace_id, span_id, trace_flags, _, _ = slot
         records, bodies = fill(shapes, start, end)
-        if flags & (SPAN | SPAN_PART):
-            self._span_records.extend(records)
-            if flags & SPAN:  # the access's last slot: its span, with the ids the app chose
-                records_of_span, self._span_records = self._span_records, []
-                try:
-                    spans, builder = self._span_maker()
-                    builder.span_ids(spans.context(trace_id, span_id, trace_flags, parent), records_of_span,
-                                     start, end)
-                except Exception:  # a span we cannot make never costs the records
-                    self._ledger.internal_errors += 1
-                    _log.exception("secret-audit: failed to make an audit span")
+        if span and flags & _ONE_BY_ONE:
+            self._slot_span(slot, records)
         ids: Ids = NO_IDS
         if trace_id:
             ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
         return self._stamp(records, shapes, bodies, ids, start)
+
+    def _native_spans(self) -> bool:
+        """Whether this stream's spans are ours (asked once: the env's traces exporter is OTLP/HTTP)."""
+        if self._native is None:
+            self._native = native_traces()
+        return self._native
+
+    def _spans_of_run(self, slots: list[Slot], shapes: list[list[Shape]]) -> None:
+        """Our spans of a run's slots that make one, from their shapes' attributes (as ``fill`` has them)."""
+        for slot, planned in zip(slots, shapes):  # noqa: B905 - built together
+            flags = slot[1]
+            if not flags & _ONE_BY_ONE:
+                continue
+            if flags & SPAN and len(planned) == 1 and not self._span_records:  # one record: pieces per shape
+                if slot[6] & 1:
+                    shape = planned[0]
+                    try:
+                        self._ship(encode_lone_span(slot[4], slot[5], slot[8], slot[2], slot[3], shape.attrs,
+                                                    shape.encoded))
+                    except Exception:  # a span we cannot make never costs the records
+                        self._ledger.internal_errors += 1
+                        _log.exception("secret-audit: failed to make an audit span")
+                continue
+            duration = (slot[3] - slot[2]) / 1e6
+            self._slot_span(slot, [{**shape.attrs, "audit.duration_ms": duration} for shape in planned])
+
+    def _slot_span(self, slot: Slot, records: list[dict[str, Any]]) -> None:
+        """Gather an access's records over its slots; at its last, its span with the ids the app chose."""
+        _, flags, start, end, trace_id, span_id, trace_flags, _, parent = slot
+        self._span_records.extend(records)
+        if not flags & SPAN:
+            return
+        records_of_span, self._span_records = self._span_records, []
+        try:
+            if not self._native_spans():
+                spans, builder = self._span_maker()
+                context = spans.context(trace_id, span_id, trace_flags, parent)
+                builder.span_ids(context, records_of_span, start, end)
+            elif trace_flags & 1:  # sampled: the parent's flag, as the SDK's parent-based sampler
+                self._ship(encode_span(trace_id, span_id, parent, start, end, records_of_span))
+        except Exception:  # a span we cannot make never costs the records
+            self._ledger.internal_errors += 1
+            _log.exception("secret-audit: failed to make an audit span")
+
+    def _ship(self, span: bytes) -> None:
+        """Queue an encoded span on the process's one span shipper, under the app's resource."""
+        if self._resource_key is None:
+            self._resource_key = json.dumps(self._resource or {}, sort_keys=True)
+        SpanShipper.shared().add(self._resource_key, self._resource, span)
 
     def _span_maker(self) -> tuple[SpanMaker, RecordBuilder]:
         """The provider for spans with chosen ids (made at the first such slot), and a builder on it."""
@@ -240,3 +294,5 @@ class SlotPipeline(AuditPipeline):
         super().shutdown(timeout)
         if self._spans is not None:
             self._spans.flush(self.settings.shutdown_timeout_ms)
+        if self._native:
+            SpanShipper.shared().flush(self.settings.shutdown_timeout_ms / 1000)

@@ -121,7 +121,9 @@ class HttpSender:
         if resp.status in _RETRYABLE_HTTP:
             return self._failed(f"HTTP {resp.status}", SendResult.RETRY)
         hint = ""
-        if resp.status == 404:
+        if resp.status == 404 and "/v1/traces" in self.endpoint:
+            hint = ": no OTLP traces receiver at this path (set OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)"
+        elif resp.status == 404:
             hint = (": no OTLP logs receiver at this path (OTLP/HTTP logs go to /v1/logs; "
                     f"set {PREFIX}EXPORTER_OTLP_ENDPOINT)")
         elif resp.status in (401, 403):
@@ -256,28 +258,33 @@ def build_sender(
     override_endpoint: str | None,
     override_headers: str | None,
     env: Mapping[str, str] | None = None,
+    *,
+    signal: str = "logs",
 ) -> Sender:
-    """Resolve endpoint, headers, timeout, compression and TLS like the SDK's OTLP log exporters."""
+    """Resolve endpoint, headers, timeout, compression and TLS like the SDK's OTLP ``signal`` exporters."""
     env = os.environ if env is None else env
-    headers = _headers(_env(env, "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
+    own = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+    headers = _headers(_env(env, own + "HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
     headers.update(_headers(override_headers))
-    timeout = float(_env(env, "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") or 10)
+    timeout = float(_env(env, own + "TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") or 10)
     if timeout > 1000:  # the spec says milliseconds; the Python SDK historically used seconds
         timeout /= 1000
-    compression = _env(env, "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    compression = _env(env, own + "COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
     gzip_body = (compression or "").lower() == "gzip"
-    endpoint, _ = resolve_endpoint(protocol, override_endpoint, env)
+    if signal == "logs":
+        endpoint, _ = resolve_endpoint(protocol, override_endpoint, env)
+    else:  # the SDK's OTLP/HTTP exporters: the signal's own URL as is, or the base URL and the signal's path
+        base = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+        endpoint = _env(env, own + "ENDPOINT") or base.rstrip("/") + f"/v1/{signal}"
     if protocol == "grpc":
-        insecure_env = _env(env, "OTEL_EXPORTER_OTLP_LOGS_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
+        insecure_env = _env(env, own + "INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
         insecure = endpoint.startswith("http://") or (insecure_env or "").lower() == "true"
         if "://" not in endpoint and insecure_env is None:
             insecure = True
         return GrpcSender(endpoint, headers, timeout=timeout, insecure=insecure, gzip_body=gzip_body)
-    ca_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    ca_file = _env(env, own + "CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
     verify: str | bool = ca_file or True
-    cert_file = _env(
-        env, "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
-    )
-    key_file = _env(env, "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
+    cert_file = _env(env, own + "CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+    key_file = _env(env, own + "CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
     cert: Any = (cert_file, key_file) if cert_file and key_file else cert_file
     return HttpSender(endpoint, headers, timeout=timeout, gzip_body=gzip_body, verify=verify, cert=cert)

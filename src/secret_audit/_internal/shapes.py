@@ -25,7 +25,8 @@ from secret_audit.hashing import hash_name
 from secret_audit.version import __version__
 
 __all__ = [
-    "NO_IDS", "SCOPE", "SEVERITY", "Built", "Ids", "RecordBuilder", "Shape", "echo_line", "fill", "summary",
+    "NO_IDS", "SCOPE", "SEVERITY", "Built", "Ids", "RecordBuilder", "Shape", "echo_line", "fill",
+    "span_start", "summary", "worst",
 ]
 
 SCOPE = "secret_audit"
@@ -130,7 +131,8 @@ _SHAPES_LIMIT = 1024
 _RANK = {"success": 0, "not_found": 1, "denied": 2, "error": 3}
 
 
-def _worst(records: list[dict[str, Any]]) -> str:
+def worst(records: list[dict[str, Any]]) -> str:
+    """The worst outcome among an access's records: its span's outcome and status."""
     return str(max((r["audit.outcome"] for r in records), key=lambda o: _RANK.get(o, 3)))
 
 
@@ -276,7 +278,7 @@ class RecordBuilder:
         return not (
             mode == "off"
             or (mode == "in_trace" and not parent.is_valid)
-            or (mode == "errors" and _worst(records) not in ("error", "denied"))
+            or (mode == "errors" and worst(records) not in ("error", "denied"))
         )
 
     def span_ids(self, ctx: Context, records: list[dict[str, Any]], start_ns: int, end_ns: int) -> Ids:
@@ -320,8 +322,7 @@ class RecordBuilder:
         """End an access's span once its records are stamped: a lone record lends it all its attributes."""
         if len(records) == 1:
             span.set_attributes(records[0])
-        worst = _worst(records)
-        if worst in ("error", "denied"):
+        if worst(records) in ("error", "denied"):
             span.set_status(Status(StatusCode.ERROR, records[0].get("error.type")))
         span.end(end_time=end_ns)
 
@@ -390,17 +391,23 @@ class RecordBuilder:
 
     def _start_span(self, ctx: Context, records: list[dict[str, Any]], start_ns: int) -> Span:
         """The audit span of one call: named by its operation, with its records' common facts."""
-        first = records[0]
-        ops = {r["audit.operation"] for r in records}
-        name = f"secret.{first['audit.operation']}" if len(ops) == 1 else "secret.access"
-        attrs: dict[str, Any] = {
-            "secret.source": first["secret.source"],
-            "audit.action": first["audit.action"],
-            "audit.outcome": _worst(records),
-            "audit.record_count": len(records),
-        }
-        if "secret.resource" in first:
-            attrs["secret.resource"] = first["secret.resource"]
+        name, attrs = span_start(records)
         return self.tracer().start_span(
             name, context=ctx, kind=SpanKind.INTERNAL, attributes=attrs, start_time=start_ns
         )
+
+
+def span_start(records: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """An access's audit span as started: named by its operation, with its records' common facts."""
+    first = records[0]
+    ops = {r["audit.operation"] for r in records}
+    name = f"secret.{first['audit.operation']}" if len(ops) == 1 else "secret.access"
+    attrs: dict[str, Any] = {
+        "secret.source": first["secret.source"],
+        "audit.action": first["audit.action"],
+        "audit.outcome": worst(records),
+        "audit.record_count": len(records),
+    }
+    if "secret.resource" in first:
+        attrs["secret.resource"] = first["secret.resource"]
+    return name, attrs

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from opentelemetry.sdk.resources import Resource
+from typing import TYPE_CHECKING, Any
 
 from secret_audit._internal.otlp import RecordData, encode_log_record, encode_request_framed, frame_record
 from secret_audit._internal.senders import Sender
+
+if TYPE_CHECKING:
+    from secret_audit._internal.export import AnyResource
 
 __all__ = ["FastSink", "Sink"]
 
@@ -51,7 +52,7 @@ class FastSink(Sink):
     spoolable = True
     empty = b""  # an empty ExportLogsServiceRequest
 
-    def __init__(self, resource: Resource, scope: str, version: str, sender: Sender) -> None:
+    def __init__(self, resource: AnyResource, scope: str, version: str, sender: Sender) -> None:
         self._resource = dict(resource.attributes)
         self._schema_url = resource.schema_url or ""
         self._scope = scope
