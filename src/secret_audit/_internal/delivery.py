@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from opentelemetry import context as otel_context
-
-from secret_audit._internal import meters
 from secret_audit._internal.config import PREFIX
+from secret_audit._internal.courier import UNSENT, Courier, send
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import Sink
 
@@ -43,7 +40,6 @@ _REPLAY_BYTES = 4 * 1024 * 1024
 # Sealed batches handed to the courier at once: the one on the wire and the next, which it sends as soon as
 # the first is answered (the worker's turn between two requests was a third of the agent's time on the wire).
 _WINDOW = 2
-_UNSENT = "unsent"  # the courier's result for a batch queued behind a failed request: not sent, in order
 
 
 def records_text(count: int) -> str:
@@ -114,7 +110,7 @@ class Delivery:
         self.spool_only = False
         self._replay = Backoff(0.2, 5.0)
         self._probe = Backoff(0.2, 1.0)
-        self._courier: _Courier | None = None
+        self._courier: Courier | None = None
         self._inflight: deque[Sealed] = deque()  # handed to the courier, oldest first
         self._verdicts: list[Verdict] = []  # replay's, collected until the worker asks
 
@@ -194,10 +190,10 @@ class Delivery:
         if result == SendResult.REFUSED:
             return Verdict(REFUSED, batch, self.problem)
         if self.spool is not None:
-            if result != _UNSENT:
+            if result != UNSENT:
                 self._replay.later()
             return self._spool_or_retry(batch)
-        return self._retry(batch, None if result == _UNSENT else result)
+        return self._retry(batch, None if result == UNSENT else result)
 
     def verdicts(self) -> list[Verdict]:
         """Verdicts on spooled batches replayed since the last call."""
@@ -219,7 +215,7 @@ class Delivery:
                     self._replay.reset()
                     return
                 # Serialised protobuf messages concatenate into one: their resource_logs add up.
-                result = _send(backend, b"".join(b.body for b in batches))
+                result = send(backend, b"".join(b.body for b in batches))
                 if result == SendResult.REFUSED and len(batches) > 1:
                     result = self._replay_one_by_one(spool, backend, batches)
                     if result == SendResult.OK:
@@ -285,11 +281,11 @@ class Delivery:
 
     # ---- inside ---------------------------------------------------------------------------------
 
-    def _new_courier(self) -> _Courier | None:
+    def _new_courier(self) -> Courier | None:
         """The sender thread, or None where no thread may start (at exit, from Python 3.12 on)."""
         assert self.backend is not None
         try:
-            self._courier = _Courier(self.backend)
+            self._courier = Courier(self.backend)
         except RuntimeError:
             return None
         return self._courier
@@ -333,12 +329,12 @@ class Delivery:
             self.replay()
             if spool.pending():
                 return SendResult.RETRY
-        return _send(backend, payload)
+        return send(backend, payload)
 
     def _replay_one_by_one(self, spool: Spool, backend: Sink, batches: list[SpooledBatch]) -> str:
         """A refused combined request: find which spooled requests the endpoint refuses."""
         for batch in batches:
-            result = _send(backend, batch.body)
+            result = send(backend, batch.body)
             if result == SendResult.RETRY:
                 return result
             spool.remove(batch.id)
@@ -356,62 +352,3 @@ class Delivery:
         batch = Sealed(None, spooled.stream, first, last, spooled.records, {}, [], reports)
         ok = result == SendResult.OK
         self._verdicts.append(Verdict(REPLAYED if ok else REFUSED, batch, None if ok else self.problem, True))
-
-
-class _Courier:
-    """The sender thread: its requests one at a time, in order, while the worker builds the next batch.
-
-    After a request that may be retried it sends nothing more (``_UNSENT``) until ``resume``: the worker
-    retries or spools that batch, then those behind it, so no batch reaches the endpoint ahead of an
-    older one.
-    """
-
-    def __init__(self, backend: Sink) -> None:
-        self._backend = backend
-        self._jobs: queue.SimpleQueue[tuple[Any] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._halted = False  # set by the courier after a failed send; cleared once all results are taken
-        self._thread = threading.Thread(target=self._run, name="secret-audit-sender", daemon=True)
-        self._thread.start()
-
-    def start(self, payload: Any) -> None:
-        self._jobs.put((payload,))
-
-    def wait(self) -> str:
-        return self._results.get()
-
-    def resume(self) -> None:
-        """Send again after a failure (called with no job left on the courier)."""
-        self._halted = False
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-        # Our own exports must never be traced or audited by other instrumentations.
-        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if self._halted:
-                self._results.put(_UNSENT)
-                continue
-            result = _send(self._backend, job[0])
-            if result not in (SendResult.OK, SendResult.REFUSED):
-                self._halted = True
-            self._results.put(result)
-
-
-def _send(backend: Sink, payload: Any) -> str:
-    """One request, timed for the export histogram; an exporter's exception counts as a retry."""
-    started = time.perf_counter()
-    try:
-        result = str(backend.send(payload))
-    except Exception:
-        _log.debug("audit send raised", exc_info=True)
-        result = SendResult.RETRY
-    meters.record_export(time.perf_counter() - started, result)
-    return result

@@ -2,8 +2,10 @@
 
 A shape holds a record's static attributes (named, HMAC'd where asked), its summary around the
 duration, its severity and its attributes pre-encoded as OTLP bytes; ``RecordBuilder.build`` fills
-in what varies per access and starts the access's audit span. The native engine will take over
-this per-record fill; it owns no stream state (the stream stamps) and no delivery.
+in what varies per access and starts the access's audit span. In the agent the engine (``engine``)
+stamps and encodes from a shape's plan instead of ``fill``. It owns no stream state (the stream
+stamps) and no delivery. Slightly past 400 lines: the builder and the span helpers that both span
+paths (the SDK's and the agent's own encoder) share, kept beside the shapes they read.
 """
 
 from __future__ import annotations
