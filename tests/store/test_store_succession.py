@@ -65,23 +65,16 @@ def kinds(report: Any) -> list[tuple[str, str, int | None]]:
     return [(b.kind, b.stream_id, b.sequence) for b in report.breaks]
 
 
-def test_a_successor_explains_the_end_and_its_rebuilt_copies_are_counted(client, tokens, owner):
-    """8 records sent, 5 acknowledged when the agent died: the app rebuilt 6..8 in its new stream."""
-    before = chained(8)
+@pytest.mark.parametrize(("sent", "acknowledged", "rebuilt"), [(8, 5, 3), (6, 6, 0)])
+def test_a_successor_explains_the_end_and_its_rebuilt_copies_are_counted(client, tokens, owner, sent, acknowledged,
+                                                                         rebuilt):
+    """``sent`` records sent, ``acknowledged`` of them when the agent died: the app rebuilt the rest."""
+    before = chained(sent)
     post(client, tokens, before)
-    post(client, tokens, successor_of(before, 5, 3, 2))
+    post(client, tokens, successor_of(before, acknowledged, rebuilt, 2))
     report = verify(owner)
     assert report.ok, kinds(report)
-    assert (report.streams, report.rebuilt) == (2, 3)
-
-
-def test_a_successor_that_rebuilt_nothing_counts_nothing(client, tokens, owner):
-    before = chained(6)
-    post(client, tokens, before)
-    post(client, tokens, successor_of(before, 6, 0, 4))
-    report = verify(owner)
-    assert report.ok, kinds(report)
-    assert report.rebuilt == 0
+    assert (report.streams, report.rebuilt) == (2, rebuilt)
 
 
 @pytest.mark.parametrize("count", [1, 3])
