@@ -101,3 +101,31 @@ def test_a_link_naming_another_producers_stream_is_forged(client, tokens, owner)
     post(client, tokens, forged)
     report = verify(owner)
     assert kinds(report) == [("bad_link", forged[0]["attributes"]["audit.stream.id"], 1)]
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_a_signed_successor_explains_the_end_unless_it_is_another_producers(client, tokens, signing_key, run,
+                                                                             foreign):
+    """Signed: the dead stream's end is ``continued``, not ``not_final``; a successor signed with the same key
+    by another producer (a key shared by several apps) names it in vain: ``bad_link``, and the end stays open."""
+    from secret_audit.signing import load_signer
+
+    from .records import checkpoint_after
+    from .signed import kinds as findings
+
+    signer = load_signer(signing_key)
+    before = chained(4)
+    checkpoint_after(before, signer, prev=contract.GENESIS, covered=0)
+    after = successor_of(before, 5, 0, 2, **({"service.instance.id": "i-elsewhere"} if foreign else {}))
+    checkpoint_after(after, signer, prev=contract.GENESIS, covered=0, final=True)
+    post(client, tokens, before)
+    post(client, tokens, after)
+    code, doc = run("--public-key", f"{signing_key}.pub")
+    found = findings(doc)
+    if foreign:
+        assert code == 1, doc
+        assert [(b["stream_id"], b["sequence"]) for b in found["bad_link"]] == [(after[0]["attributes"]["audit.stream.id"], 1)]
+        assert [w["stream_id"] for w in found["not_final"]] == [before[0]["attributes"]["audit.stream.id"]]
+    else:
+        assert code == 0, doc
+        assert (doc["signed"]["continued"], doc["signed"]["breaks"], "not_final" in found) == (1, 0, False)

@@ -71,6 +71,7 @@ class _Stream:
         self.after_final: tuple[int, Where] | None = None  # the first record after it
         self.after_final_count = 0
         self.link: tuple[str, int] | None = None  # from its first record: the stream it continues, and where
+        self.owner: tuple[Any, ...] = ()  # the producer its rows name: service, instance, tenant
 
     def fail(self, kind: str, seq: int | None, detail: str, where: Where = (None, None),
              expected: str | None = None, actual: str | None = None) -> None:
@@ -81,6 +82,8 @@ class _Stream:
         event = row["event_name"]
         where = where_of(row)
         self.rows += 1
+        if self.rows == 1:
+            self.owner = (row["service_name"], row["service_instance_id"], row["tenant"])
         self.producer = self.producer or event in contract.PRODUCER_EVENTS
         if self.final_at is not None and seq > self.final_at:
             self.after_final = self.after_final or (seq, where)
@@ -177,6 +180,7 @@ class _Stream:
         report = self.report
         report.streams += 1
         self.attestor.stored[self.stream] = self.last_seq
+        self.attestor.owners[self.stream] = self.owner
         if self.checkpoint is None:
             self.fail("unsigned_stream", None, f"{self.rows} records and no checkpoint that verifies with "
                       "the given keys: the producer did not sign, or its checkpoints were removed")
@@ -191,7 +195,7 @@ class _Stream:
                         f"sequence {self.range_start}..{self.last_seq}: {self.range_rows} records after the "
                         f"last checkpoint ({self.checkpoint}) that no signature covers yet")
         if self.link is not None and self.proven_head >= 1:  # a signature covers the link: trust it
-            self.attestor.links[self.link[0]] = (self.stream, self.link[1])
+            self.attestor.links[self.link[0]] = (self.stream, self.link[1], self.owner)
         if self.final_at is None:
             self.attestor.open_ends[self.stream] = self.last_seq  # settled once every stream is walked
         for gap in self.gaps:
@@ -225,7 +229,9 @@ class Attestor:
         self.archived_through = archived_through
         self.report = SignedReport(strict=strict, keys=sorted(keys))
         self._current: _Stream | None = None
-        self.links: dict[str, tuple[str, int]] = {}  # stream -> (its successor, its last durable sequence)
+        # stream -> its successor, its last durable sequence, the successor's producer
+        self.links: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
+        self.owners: dict[str, tuple[Any, ...]] = {}  # every producer stream -> service, instance, tenant
         self.open_ends: dict[str, int] = {}  # producer streams without a final checkpoint -> last stored
         self.stored: dict[str, int] = {}  # every producer stream -> its last stored sequence
 
@@ -252,7 +258,11 @@ class Attestor:
         """A stream without a final checkpoint: ended where its successor's signed first record says its
         agent died (every record up to there stored), cut short of that, or unexplained (``not_final``)."""
         report = self.report
-        for stream, (successor, last) in self.links.items():
+        for stream, (successor, last, owner) in self.links.items():
+            if self.owners.get(stream, owner) != owner:  # a key shared by producers: not this one's successor
+                report.fail("bad_link", successor, 1, f"its signed first record names stream {stream} of "
+                            "another producer (service, instance or tenant) as the one it continues")
+                continue
             self.open_ends.pop(stream, None)  # its end is explained, or a cut below
             stored = self.stored.get(stream, 0)  # 0: no row of it is left
             if stored < last:
