@@ -21,7 +21,7 @@ from secret_audit import contract
 from secret_audit._internal import engine
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.otlp import RecordData, _varint, encode_log_record, encode_request_framed
+from secret_audit._internal.otlp import RecordData, encode_log_record, encode_request_framed, varint
 from secret_audit._internal.redis_source import SOURCE
 from secret_audit._internal.shapes import RecordBuilder, fill
 from secret_audit._internal.stream import Stream
@@ -61,7 +61,7 @@ def _reference(stream: Stream, slots, shapes, observed: int) -> bytes:
                                           f"{trace_id:032x}" if trace_id else "",
                                           f"{span_id:016x}" if trace_id else "")
             encoded = encode_log_record(record, shape.encoded, shape.skip, tail)
-            out.append(b"\x12" + _varint(len(encoded)) + encoded)
+            out.append(b"\x12" + varint(len(encoded)) + encoded)
     return b"".join(out)
 
 

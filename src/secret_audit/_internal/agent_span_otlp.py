@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from secret_audit._internal.otlp import encode_key_values, encode_request_framed, frame_record
+from secret_audit._internal.otlp import encode_key_values, encode_request_framed, frame_record, ld
 from secret_audit._internal.shapes import SCOPE, span_start, worst
 from secret_audit.version import __version__
 
@@ -34,16 +34,6 @@ _FLAGS_REMOTE_PARENT = b"\x85\x01" + _pack_i(0x300)
 _KIND_INTERNAL = b"\x30\x01"  # Span.kind (field 6): SPAN_KIND_INTERNAL
 _STATUS_UNSET = b"\x7a\x00"  # Span.status (field 15): present and empty, as the SDK's encoder sets it
 _NAMES: dict[str, bytes] = {}
-
-
-def _ld(tag: bytes, payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytearray(tag)
-    while n > 0x7F:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + payload
 
 
 def span_of(records: list[dict[str, Any]]) -> tuple[str, dict[str, Any], str | None]:
@@ -66,7 +56,7 @@ def _status(error: str | None) -> bytes:
     """Span.status: unset (present, empty), or an error with its description."""
     if error is None:
         return _STATUS_UNSET
-    return _ld(b"\x7a", (_ld(b"\x12", error.encode("utf-8")) if error else b"") + b"\x18\x02")
+    return ld(b"\x7a", (ld(b"\x12", error.encode("utf-8")) if error else b"") + b"\x18\x02")
 
 
 def encode_span(
@@ -76,7 +66,7 @@ def encode_span(
     name, attrs, error = span_of(records)
     name_field = _NAMES.get(name)
     if name_field is None:
-        name_field = _ld(b"\x2a", name.encode("utf-8"))
+        name_field = ld(b"\x2a", name.encode("utf-8"))
         if len(_NAMES) < 64:
             _NAMES[name] = name_field
     status = _status(error)
@@ -108,7 +98,7 @@ def encode_lone_span(
     pieces = _LONE.get(key)
     if pieces is None:
         name, span_attrs, error = span_of([{**attrs, "audit.duration_ms": 0.0}])
-        head = _ld(b"\x2a", name.encode("utf-8")) + _KIND_INTERNAL
+        head = ld(b"\x2a", name.encode("utf-8")) + _KIND_INTERNAL
         attributes = encode_key_values(b"\x4a", span_attrs)  # the duration last: cut, written per span
         pieces = (head, attributes[:-len(_DURATION_HEAD) - 8], _status(error))
         if error is None and len(_LONE) < _LONE_LIMIT:  # an error's text is one access's: not kept

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from secret_audit import contract
-from secret_audit._internal.otlp import AuditTail, _event_name_field, _ld, _severity_field, _varint
+from secret_audit._internal.otlp import AuditTail, _event_name_field, _severity_field, ld, varint
 
 __all__ = [
     "NATIVE", "Plan", "StreamConsts", "float_json", "plan_of", "resolve_raw", "resolve_raw_py", "stamp_raw",
@@ -101,7 +101,7 @@ def plan_of(attrs: dict[str, Any], body: str, tail: str | None, severity: int, s
     severity_field, event = _severity_field(severity, severity_text), _event_name_field(contract.EVENT_ACCESS)
     joined, packed = b"".join(pieces), struct.pack(f"<{len(ends)}I", *ends)
     if tail is None:
-        whole = _ld(b"\x2a", _ld(b"\x0a", body.encode("utf-8")))
+        whole = ld(b"\x2a", ld(b"\x0a", body.encode("utf-8")))
         return Plan(tuple(pieces), codes, severity_field, whole, None, encoded, event, joined, packed)
     return Plan(tuple(pieces), codes, severity_field, body.encode("utf-8"), tail.encode("utf-8"), encoded,
                 event, joined, packed)
@@ -169,19 +169,19 @@ def stamp_slots_py(slots: Sequence[Any], shapes: Sequence[Sequence[Any]], consts
                 body = plan.body
             else:
                 raw = plan.body + took + plan.tail
-                body = _ld(b"\x2a", _ld(b"\x0a", raw))
+                body = ld(b"\x2a", ld(b"\x0a", raw))
             event_id = sid + b":" + seq_text
-            event_kv = consts.event_key + _ld(b"\x12", _ld(b"\x0a", event_id))
-            seq_value = b"\x18" + _varint(seq)
-            seq_kv = consts.sequence_key + _ld(b"\x12", seq_value)
+            event_kv = consts.event_key + ld(b"\x12", ld(b"\x0a", event_id))
+            seq_value = b"\x18" + varint(seq)
+            seq_kv = consts.sequence_key + ld(b"\x12", seq_value)
             record = b"".join((
                 time_field, plan.severity, body, plan.attrs,
                 consts.duration, _pack_d(duration),
-                _ld(b"\x32", event_kv), consts.stream, _ld(b"\x32", seq_kv),
+                ld(b"\x32", event_kv), consts.stream, ld(b"\x32", seq_kv),
                 consts.prev, prev, consts.digest, digest,
                 ids, observed_field, plan.event,
             ))
-            append(b"\x12" + _varint(len(record)))
+            append(b"\x12" + varint(len(record)))
             append(record)
             prev = digest
     out += b"".join(parts)

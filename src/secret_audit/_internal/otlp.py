@@ -22,6 +22,8 @@ __all__ = [
     "encode_request",
     "encode_request_framed",
     "frame_record",
+    "ld",
+    "varint",
 ]
 
 _pack_d = struct.Struct("<d").pack
@@ -45,7 +47,8 @@ class RecordData(NamedTuple):
     event_name: str
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf varint (negative ints as their 64-bit two's complement, as int64 fields take them)."""
     if 0 <= n < 128:
         return _SMALL[n]
     if 0 < n < 16384:  # lengths of records and batches, sequences: two bytes, written directly
@@ -62,15 +65,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _ld(tag: bytes, payload: bytes) -> bytes:
+def ld(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     n = len(payload)
-    return tag + (_SMALL[n] if n < 128 else _varint(n)) + payload
+    return tag + (_SMALL[n] if n < 128 else varint(n)) + payload
 
 
 def frame_record(record: bytes) -> bytes:
     """An encoded LogRecord framed as a ScopeLogs field (field 2), as a request carries each record."""
-    return _ld(b"\x12", record)
+    return ld(b"\x12", record)
 
 
 def encode_any(value: Any) -> bytes:
@@ -82,17 +85,17 @@ def encode_any(value: Any) -> bytes:
     if value is False:
         return b"\x10\x00"
     if isinstance(value, str):
-        return _ld(b"\x0a", value.encode("utf-8"))
+        return ld(b"\x0a", value.encode("utf-8"))
     if isinstance(value, int):
-        return b"\x18" + _varint(value)
+        return b"\x18" + varint(value)
     if isinstance(value, float):
         return b"\x21" + _pack_d(value)
     if isinstance(value, bytes):
-        return _ld(b"\x3a", value)
+        return ld(b"\x3a", value)
     if isinstance(value, Mapping):
-        return _ld(b"\x32", b"".join(_ld(b"\x0a", _kv(str(k), v)) for k, v in value.items()))
+        return ld(b"\x32", b"".join(ld(b"\x0a", _kv(str(k), v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return _ld(b"\x2a", b"".join(_ld(b"\x0a", encode_any(v)) for v in value))
+        return ld(b"\x2a", b"".join(ld(b"\x0a", encode_any(v)) for v in value))
     raise TypeError(f"cannot encode attribute of type {type(value).__name__}")
 
 
@@ -102,14 +105,14 @@ _KEYS: dict[str, bytes] = {}
 def _kv(key: str, value: Any) -> bytes:
     prefix = _KEYS.get(key)
     if prefix is None:
-        prefix = _ld(b"\x0a", key.encode("utf-8")) if key else b""
+        prefix = ld(b"\x0a", key.encode("utf-8")) if key else b""
         if len(_KEYS) < 4096:
             _KEYS[key] = prefix
-    return prefix + _ld(b"\x12", encode_any(value))
+    return prefix + ld(b"\x12", encode_any(value))
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
-    return b"".join(_ld(tag, _kv(k, v)) for k, v in attributes.items())
+    return b"".join(ld(tag, _kv(k, v)) for k, v in attributes.items())
 
 
 def encode_key_values(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
@@ -148,7 +151,7 @@ def _string_field(cache: dict[str, bytes], tag: bytes, text: str, limit: int) ->
     """A string field (tag, length, UTF-8; nothing for an empty string), cached up to ``limit``."""
     field = cache.get(text)
     if field is None:
-        field = _ld(tag, text.encode("utf-8")) if text else b""
+        field = ld(tag, text.encode("utf-8")) if text else b""
         if len(cache) < limit:
             cache[text] = field
     return field
@@ -177,7 +180,7 @@ def _record_attributes(attributes: Iterable[tuple[str, Any]]) -> bytes:
             if k in _REPEATING:
                 field = cache.get((k, v))
                 if field is None:
-                    field = _ld(b"\x32", _kv(k, v))
+                    field = ld(b"\x32", _kv(k, v))
                     if len(cache) >= _FIELD_CACHE_LIMIT:
                         cache.clear()
                     cache[(k, v)] = field
@@ -199,13 +202,13 @@ def _record_attributes(attributes: Iterable[tuple[str, Any]]) -> bytes:
                 continue
         elif t is int:
             prefix = _KEY_PREFIX.get(k) or _key_prefix(k)
-            value = _varint(v)
+            value = varint(v)
             kv_len = len(prefix) + len(value) + 3
             if kv_len < 128:
                 append(b"".join((b"\x32", small[kv_len], prefix, b"\x12", small[len(value) + 1])))
                 append(b"\x18" + value)
                 continue
-        append(_ld(b"\x32", _kv(k, v)))
+        append(ld(b"\x32", _kv(k, v)))
     return b"".join(parts)
 
 
@@ -231,7 +234,7 @@ class AuditTail:
                                    _key_prefix(self.KEYS[0]), b"\x12\x09\x21"))
         self._event_key = _key_prefix(self.KEYS[1])
         self._event_prefix = f"{stream_id}:".encode()
-        self._stream = _ld(b"\x32", _kv(self.KEYS[2], stream_id))
+        self._stream = ld(b"\x32", _kv(self.KEYS[2], stream_id))
         self._sequence_key = _key_prefix(self.KEYS[3])
         self._prev = self._digest_head(self.KEYS[4])
         self._hash = self._digest_head(self.KEYS[5])
@@ -243,14 +246,14 @@ class AuditTail:
     @staticmethod
     def _digest_head(key: str) -> bytes:
         prefix = _key_prefix(key)
-        return b"".join((b"\x32", _varint(len(prefix) + 68), prefix, b"\x12\x42\x0a\x40"))
+        return b"".join((b"\x32", varint(len(prefix) + 68), prefix, b"\x12\x42\x0a\x40"))
 
     def encode(self, duration_ms: float, sequence: int, prev: str, digest: str) -> bytes | None:
         """The six attribute fields, or None when a value falls outside the fast layout."""
         raw_event = self._event_prefix + str(sequence).encode()
         n = len(raw_event)
         event_len = len(self._event_key) + n + 4
-        seq = _varint(sequence)
+        seq = varint(sequence)
         if event_len >= 128 or len(prev) != 64 or len(digest) != 64:
             return None
         small = _SMALL
@@ -274,9 +277,9 @@ def _severity_field(number: int, text: str) -> bytes:
     if field is None:
         field = b""
         if number:
-            field += b"\x10" + _varint(number)
+            field += b"\x10" + varint(number)
         if text:
-            field += _ld(b"\x1a", text.encode("utf-8"))
+            field += ld(b"\x1a", text.encode("utf-8"))
         if len(_SEVERITY_FIELDS) < 64:
             _SEVERITY_FIELDS[(number, text)] = field
     return field
@@ -302,9 +305,9 @@ def encode_log_record(
         if n < 126:
             body_field = b"".join((b"\x2a", _SMALL[n + 2], b"\x0a", _SMALL[n], raw))
         else:
-            body_field = _ld(b"\x2a", _ld(b"\x0a", raw))
+            body_field = ld(b"\x2a", ld(b"\x0a", raw))
     else:
-        body_field = _ld(b"\x2a", encode_any(body))
+        body_field = ld(b"\x2a", encode_any(body))
     if not skip:
         attributes = _record_attributes(rec.attributes.items())
     elif tail is not None:
@@ -355,17 +358,17 @@ def encode_request_framed(
     The heads are worked out from the lengths, so the batch is copied once (into the request).
     """
     pieces = (framed,) if isinstance(framed, (bytes, bytearray)) else framed
-    resource = _ld(b"\x0a", _attributes(b"\x0a", resource_attributes))
+    resource = ld(b"\x0a", _attributes(b"\x0a", resource_attributes))
     scope = b""
     if scope_name:
-        scope += _ld(b"\x0a", scope_name.encode("utf-8"))
+        scope += ld(b"\x0a", scope_name.encode("utf-8"))
     if scope_version:
-        scope += _ld(b"\x12", scope_version.encode("utf-8"))
-    scope = _ld(b"\x0a", scope)
-    scope_tail = _ld(b"\x1a", scope_schema_url.encode("utf-8")) if scope_schema_url else b""
-    resource_tail = _ld(b"\x1a", resource_schema_url.encode("utf-8")) if resource_schema_url else b""
+        scope += ld(b"\x12", scope_version.encode("utf-8"))
+    scope = ld(b"\x0a", scope)
+    scope_tail = ld(b"\x1a", scope_schema_url.encode("utf-8")) if scope_schema_url else b""
+    resource_tail = ld(b"\x1a", resource_schema_url.encode("utf-8")) if resource_schema_url else b""
     scope_logs = len(scope) + sum(map(len, pieces)) + len(scope_tail)
-    scope_head = b"\x12" + _varint(scope_logs)
+    scope_head = b"\x12" + varint(scope_logs)
     resource_logs = len(resource) + len(scope_head) + scope_logs + len(resource_tail)
-    return b"".join((b"\x0a" + _varint(resource_logs), resource, scope_head, scope, *pieces, scope_tail,
+    return b"".join((b"\x0a" + varint(resource_logs), resource, scope_head, scope, *pieces, scope_tail,
                      resource_tail))
