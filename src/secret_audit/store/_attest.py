@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from secret_audit import contract
 from secret_audit.signing import verify as signature_ok
 from secret_audit.store._findings import Findings, Where, where_of
-from secret_audit.store._rows import attributes_of
+from secret_audit.store._rows import Owner, attributes_of, link_of, owner_of
 
 __all__ = ["Attestor", "SignedReport"]
 
@@ -71,7 +71,7 @@ class _Stream:
         self.after_final: tuple[int, Where] | None = None  # the first record after it
         self.after_final_count = 0
         self.link: tuple[str, int] | None = None  # from its first record: the stream it continues, and where
-        self.owner: tuple[Any, ...] = ()  # the producer its rows name: service, instance, tenant
+        self.owner: Owner = (None, None, None)  # the producer its rows name: service, instance, tenant
 
     def fail(self, kind: str, seq: int | None, detail: str, where: Where = (None, None),
              expected: str | None = None, actual: str | None = None) -> None:
@@ -83,7 +83,7 @@ class _Stream:
         where = where_of(row)
         self.rows += 1
         if self.rows == 1:
-            self.owner = (row["service_name"], row["service_instance_id"], row["tenant"])
+            self.owner = owner_of(row)
         self.producer = self.producer or event in contract.PRODUCER_EVENTS
         if self.final_at is not None and seq > self.final_at:
             self.after_final = self.after_final or (seq, where)
@@ -113,11 +113,8 @@ class _Stream:
         self.last_seq = seq
         if event == contract.EVENT_DROPPED:
             self._loss(row, seq)
-        elif event == contract.EVENT_CONTINUED and seq == 1:
-            attrs = row["attributes"]
-            before, last = attrs.get(contract.PREDECESSOR_ID), attrs.get(contract.PREDECESSOR_SEQUENCE)
-            if isinstance(before, str) and type(last) is int:
-                self.link = (before, last)
+        elif (link := link_of(row)) is not None:
+            self.link = link
         elif event == contract.EVENT_CHECKPOINT:
             self._checkpoint(row, seq, prior, adjacent, where)
 
@@ -230,8 +227,8 @@ class Attestor:
         self.report = SignedReport(strict=strict, keys=sorted(keys))
         self._current: _Stream | None = None
         # stream -> its successor, its last durable sequence, the successor's producer
-        self.links: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
-        self.owners: dict[str, tuple[Any, ...]] = {}  # every producer stream -> service, instance, tenant
+        self.links: dict[str, tuple[str, int, Owner]] = {}
+        self.owners: dict[str, Owner] = {}  # every producer stream -> service, instance, tenant
         self.open_ends: dict[str, int] = {}  # producer streams without a final checkpoint -> last stored
         self.stored: dict[str, int] = {}  # every producer stream -> its last stored sequence
 

@@ -15,9 +15,12 @@ __all__ = [
     "COLUMNS",
     "COLUMN_TYPES",
     "TYPED",
+    "Owner",
     "attributes_of",
     "canonical_of_row",
     "event_json",
+    "link_of",
+    "owner_of",
     "is_audit_event",
     "stamp_of",
     "stamp_of_time",
@@ -159,3 +162,21 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
 def dumps(value: Any) -> str:
     """JSON text for a JSONB column."""
     return orjson.dumps(value).decode()
+
+
+Owner = tuple[str | None, str | None, str | None]
+
+
+def owner_of(row: Mapping[str, Any]) -> Owner:
+    """The producer a row names: service, instance and tenant (a stream's successor shares them)."""
+    return row["service_name"], row["service_instance_id"], row["tenant"]
+
+
+def link_of(row: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The stream a stream's first record says it continues, and that stream's last durable sequence
+    (``audit.stream.continued``: the producer's audit agent died); None for any other row."""
+    if row["event_name"] != contract.EVENT_CONTINUED or int(row["sequence"]) != 1:
+        return None
+    attrs = row["attributes"]
+    before, last = attrs.get(contract.PREDECESSOR_ID), attrs.get(contract.PREDECESSOR_SEQUENCE)
+    return (before, last) if isinstance(before, str) and type(last) is int else None

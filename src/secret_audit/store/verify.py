@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from secret_audit import contract
 from secret_audit.store._columns import COLUMN_KINDS, NO_STREAM, ColumnCheck
 from secret_audit.store._query import Filters, and_all, where_clause
-from secret_audit.store._rows import canonical_of_row
+from secret_audit.store._rows import Owner, canonical_of_row, link_of, owner_of
 
 __all__ = ["Break", "VerifyReport", "verify"]
 
@@ -122,7 +122,7 @@ class _Walker:
 
     def start(self, conn: psycopg.Connection[Any], row: dict[str, Any], whole: bool) -> None:
         self.stream = row["stream_id"]
-        self.owners[str(self.stream)] = _owner(row)
+        self.owners[str(self.stream)] = owner_of(row)
         self.count = 0
         self.losses = []
         self.pending = []
@@ -173,11 +173,8 @@ class _Walker:
                 Break("gap", stream, seq, f"sequence {first}..{last} missing before this row", *where,
                       None, f"{first}..{last}")
             )
-        if row["event_name"] == contract.EVENT_CONTINUED and seq == 1:
-            a = row["attributes"]
-            before, last = a.get(contract.PREDECESSOR_ID), a.get(contract.PREDECESSOR_SEQUENCE)
-            if isinstance(before, str) and type(last) is int:
-                self.links[before] = (stream, last, *where, _owner(row))
+        if (link := link_of(row)) is not None:
+            self.links[link[0]] = (stream, link[1], *where, owner_of(row))
         if row["event_name"] == "audit.dropped":
             a = row["attributes"]
             lo, hi = a.get("audit.dropped.first_sequence"), a.get("audit.dropped.last_sequence")
@@ -237,14 +234,6 @@ class _Walker:
         elif count != self.count:
             self.add(Break("count_mismatch", self.stream, None,
                            f"{self.count} rows stored, {count} ingested"))
-
-
-Owner = tuple[str | None, str | None, str | None]
-
-
-def _owner(row: dict[str, Any]) -> Owner:
-    """The producer a row names: service, instance and tenant (a stream's successor shares them)."""
-    return row["service_name"], row["service_instance_id"], row["tenant"]
 
 
 def _copies(conn: psycopg.Connection[Any], stream: str, last: int, successor: str) -> int:
