@@ -213,15 +213,31 @@ put(buf *b, const void *p, size_t n)
     return 0;
 }
 
+typedef struct {
+    const char *p;
+    size_t n;
+} text;
+
 static int
-put_bytes(buf *b, PyObject *bytes)
+as_text(PyObject *bytes, text *t)
 {
     char *p;
     Py_ssize_t n;
     if (PyBytes_AsStringAndSize(bytes, &p, &n) < 0) {
         return -1;
     }
-    return put(b, p, (size_t)n);
+    t->p = p, t->n = (size_t)n;
+    return 0;
+}
+
+static int
+put_bytes(buf *b, PyObject *bytes)
+{
+    text t;
+    if (as_text(bytes, &t) < 0) {
+        return -1;
+    }
+    return put(b, t.p, t.n);
 }
 
 static size_t
@@ -366,23 +382,6 @@ static PyObject *sixty_four;
 /* The plan's fields (engine.Plan) and the stream's (engine.StreamConsts), by position. */
 enum { P_PIECES, P_CODES, P_SEVERITY, P_BODY, P_TAIL, P_ATTRS, P_EVENT, P_JOINED, P_ENDS, P_FIELDS };
 enum { C_SID, C_DURATION, C_EVENT_KEY, C_STREAM, C_SEQUENCE_KEY, C_PREV, C_DIGEST, C_FIELDS };
-
-typedef struct {
-    const char *p;
-    size_t n;
-} text;
-
-static int
-as_text(PyObject *bytes, text *t)
-{
-    char *p;
-    Py_ssize_t n;
-    if (PyBytes_AsStringAndSize(bytes, &p, &n) < 0) {
-        return -1;
-    }
-    t->p = p, t->n = (size_t)n;
-    return 0;
-}
 
 static int
 slot_int64(PyObject *slot, Py_ssize_t i, long long *out)
