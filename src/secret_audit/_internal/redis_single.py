@@ -12,6 +12,7 @@ mode) takes the call core's general path, as before.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from opentelemetry.context import get_current
 
 from secret_audit._internal import redis_replies as rr
 from secret_audit._internal.callcore import Args, CallCore, Kwargs, Wrapper
-from secret_audit._internal.event import Access
+from secret_audit._internal.handoff import Handoff
 from secret_audit._internal.redis_pipelines import GENERAL, SKIP, PipelineItems, make_item
 from secret_audit._internal.redis_source import SOURCE
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["single_wrapper"]
 
 _EMPTIABLE = (dict, list, set, tuple)  # an empty one of these is no data, as ``rr.found`` says
-_new_tuple = tuple.__new__
 
 
 def single_wrapper(core: CallCore, commands: Commands, classified: PipelineItems) -> Wrapper:
@@ -39,12 +39,8 @@ def single_wrapper(core: CallCore, commands: Commands, classified: PipelineItems
         return general
     handoff, note_error = core.handoff, core.note_error
     submit_one: Callable[..., None] | None = getattr(handoff, "submit_one", None)
-    if submit_one is None:
-        submit = handoff.submit
-
-        def submit_one(source: Any, target: Any, item: Any, start: int, end: int, ctx: Any) -> None:
-            submit(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", None, None, None,
-                                       None)))
+    if submit_one is None:  # a hand-off with ``submit`` alone (a test's recorder): the in-process one's way
+        submit_one = partial(Handoff.submit_one, handoff)
 
     cached, entry_of = classified.cached, classified.entry
     found, none, skip, general_way = rr.found, rr.none, SKIP, GENERAL  # closure cells: no global look-ups
