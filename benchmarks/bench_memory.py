@@ -10,7 +10,9 @@
    as 1/n in each) of the 8 workers, summed, and their summed RSS.
 Records and spans go over OTLP/HTTP to a sink in another process. Our package is byte-compiled first, as
 installing a wheel does (``_common.as_installed``). With the agent making the spans, the agent's own PSS is
-given apart; "agent + its spans, SDK path" makes them as before our encoder (SDK span objects and queue:
+given apart. "launcher + secret-audit (default)" is what ships (the agent, making the audit spans);
+the in-process pipeline (``AGENT=off``) and the agent with spans made in the app are measured beside it;
+"agent, spans by its SDK path" makes them as before our encoder (SDK span objects and queue:
 ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=128``, the SDK's default, sends the agent down the SDK's path).
 Run: .venv/bin/python benchmarks/bench_memory.py (``BENCH_MEMORY_PREFORK_ONLY=1``: the gunicorn rows alone)
 """
@@ -86,31 +88,34 @@ def app(environ, start_response):
 
 
 def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
-    disabled, _, agent = disabled.partition(":")
+    disabled, _, mode = disabled.partition(":")
     env = launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
-    env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "process" if agent else "off"
-    env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "agent" if agent.startswith("agent-spans") else "app"
-    if agent == "agent-spans-sdk":  # the SDK's default limit, set: the agent makes SDK spans (agent_span_otlp)
+    if mode == "in-process":
+        env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "off"
+    elif mode == "app-spans":
+        env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "app"
+    elif mode == "sdk-spans":  # the SDK's default limit, set: the agent makes SDK spans (agent_span_otlp)
         env["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"] = "128"
-    return env
+    return env  # no mode: our defaults (the agent, which makes the audit spans too)
 
 
-AGENT = "launcher + secret-audit, agent"
-AGENT_SPANS = "launcher + secret-audit, agent + its spans"
-AGENT_SPANS_SDK = "launcher + secret-audit, agent + its spans, SDK path"
-# name -> (under the launcher?, entry points disabled, and ":agent" for OTEL_PYTHON_SECRET_AUDIT_AGENT=process)
+OURS_DEFAULT = "launcher + secret-audit (default)"  # the audit agent, its own spans
+IN_PROCESS = "launcher + secret-audit, in-process"
+AGENT = "launcher + secret-audit, agent, spans in the app"
+AGENT_SPANS_SDK = "launcher + secret-audit, agent, spans by its SDK path"
+# name -> (under the launcher?, entry points disabled, and ":mode" for a setting away from our defaults)
 VARIANTS = {
     "python, no launcher": (False, ""),
     "launcher without us": (True, f"{OURS},{OFFICIAL}"),
-    "launcher + secret-audit": (True, OFFICIAL),
-    AGENT: (True, OFFICIAL + ":agent"),
-    AGENT_SPANS: (True, OFFICIAL + ":agent-spans"),
-    AGENT_SPANS_SDK: (True, OFFICIAL + ":agent-spans-sdk"),
+    OURS_DEFAULT: (True, OFFICIAL),
+    IN_PROCESS: (True, OFFICIAL + ":in-process"),
+    AGENT: (True, OFFICIAL + ":app-spans"),
+    AGENT_SPANS_SDK: (True, OFFICIAL + ":sdk-spans"),
     "launcher + official": (True, OURS),
 }
 
 
-_NOT_PREFORK_ONLY = ("launcher + secret-audit", "launcher + official")  # BENCH_MEMORY_PREFORK_ONLY: the agent's rows
+_NOT_PREFORK_ONLY = (IN_PROCESS, "launcher + official")  # BENCH_MEMORY_PREFORK_ONLY: the agent's rows
 
 
 def _argv(launched: bool, *argv: str) -> list[str]:
@@ -219,36 +224,37 @@ def main() -> int:
         agent = statistics.fmean(r[2] for r in runs)
         extra = f"  (the agent's PSS {agent:.1f}: {', '.join(f'{r[2]:.1f}' for r in runs)})" if agent else ""
         print(f"  {name:<26} PSS {pss:6.1f} MiB ({low:.1f}-{high:.1f})  RSS {rss:6.1f} MiB{extra}")
-    for name in (AGENT, AGENT_SPANS, AGENT_SPANS_SDK):
-        print(f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit, ')}: "
-              f"{pf[name] - pf['python, no launcher']:+.1f} MiB PSS (workers and the agent) over plain gunicorn "
-              f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(pf[name] - pf['python, no launcher'], TARGET_PREFORK_MIB)}), "
+    for name in (OURS_DEFAULT, AGENT, AGENT_SPANS_SDK):
+        over = pf[name] - pf["python, no launcher"]
+        goal = (f"target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(over, TARGET_PREFORK_MIB)}" if name == OURS_DEFAULT
+                else "the target is the default's")
+        print(f"pre-fork, 8 gunicorn workers, {name.removeprefix('launcher + secret-audit').strip(', ')}: "
+              f"{over:+.1f} MiB PSS (workers and the agent) over plain gunicorn ({goal}), "
               f"{pf[name] - pf['launcher without us']:+.1f} over the launcher without us")
     if prefork_only:
         return 0
     base = one["launcher without us"]
-    ours = one["launcher + secret-audit"]
+    ours = one[OURS_DEFAULT]
     official = one["launcher + official"]
     added = ours["rss"] - base["rss"]
     print(
         f"app RSS after 20k GETs under the launcher: ours {added:+.1f} MiB over the launcher without us "
         f"(target <= +{TARGET_RSS_MIB:.0f} MiB: {verdict(added, TARGET_RSS_MIB)}; peak {ours['hwm'] - base['hwm']:+.1f}); "
         f"official {official['rss'] - base['rss']:+.1f} MiB; launcher without us {base['rss']:.1f} MiB, "
-        f"plain python {one['python, no launcher']['rss']:.1f} MiB"
+        f"plain python {one['python, no launcher']['rss']:.1f} MiB; the agent's own RSS {ours['agent']:.1f} MiB"
     )
-    over_bare = pf["launcher + secret-audit"] - pf["python, no launcher"]
+    in_process = pf[IN_PROCESS] - pf["python, no launcher"]
     print(
-        f"pre-fork, 8 gunicorn workers: ours {over_bare:+.1f} MiB PSS over plain gunicorn "
-        f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(over_bare, TARGET_PREFORK_MIB)}), "
-        f"{pf['launcher + secret-audit'] - pf['launcher without us']:+.1f} MiB over the launcher without us; "
+        f"pre-fork, 8 gunicorn workers, in-process (AGENT=off): {in_process:+.1f} MiB PSS over plain gunicorn "
+        f"(the target, <= +{TARGET_PREFORK_MIB:.0f} MiB, is the default's, above), "
+        f"{pf[IN_PROCESS] - pf['launcher without us']:+.1f} MiB over the launcher without us; "
         f"official {pf['launcher + official'] - pf['launcher without us']:+.1f} MiB over the launcher without us"
     )
-    agent_added = one[AGENT]["rss"] - base["rss"]
-    print(
-        f"app RSS after 20k GETs under the launcher, agent: {agent_added:+.1f} MiB over the launcher without us "
-        f"(target <= +{TARGET_RSS_MIB:.0f} MiB: {verdict(agent_added, TARGET_RSS_MIB)}), and the agent's own "
-        f"RSS {one[AGENT]['agent']:.1f} MiB"
-    )
+    for name in (IN_PROCESS, AGENT):
+        added = one[name]["rss"] - base["rss"]
+        agent = f", and the agent's own RSS {one[name]['agent']:.1f} MiB" if one[name]["agent"] else ""
+        print(f"app RSS after 20k GETs under the launcher, {name.removeprefix('launcher + secret-audit, ')}: "
+              f"{added:+.1f} MiB over the launcher without us (the target is the default's, above){agent}")
     return 0
 
 

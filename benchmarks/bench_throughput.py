@@ -196,10 +196,9 @@ def main() -> int:
     with_spans = next(r["rate"] for r in results if r["encoder"] == "fast+spans")
     span_cost_us = 1e6 / with_spans - 1e6 / fast
     print(
-        f"throughput: {fast:,.0f} records/s {'with zero loss' if ok else 'WITH LOSS'}, median of {len(fast_rates)} rounds "
-        f"({fast_rates[0]:,.0f}-{fast_rates[-1]:,.0f}) (target >= {TARGET:,}/s, zero loss: "
-        f"{verdict(fast, TARGET, at_most=False) if ok else 'NOT met'}); "
-        f"stock SDK encoder {sdk:,.0f} records/s; ratio {fast / sdk:.1f}x"
+        f"throughput in-process (AGENT=off): {fast:,.0f} records/s {'with zero loss' if ok else 'WITH LOSS'}, median of "
+        f"{len(fast_rates)} rounds ({fast_rates[0]:,.0f}-{fast_rates[-1]:,.0f}) (the target, >= {TARGET:,}/s, is the "
+        f"default's: the agent's, below); stock SDK encoder {sdk:,.0f} records/s; ratio {fast / sdk:.1f}x"
     )
     print(
         f"audit span per access (SDK span + BatchSpanProcessor + OTLP span export): "
@@ -207,9 +206,12 @@ def main() -> int:
     )
     agent_rates = sorted(r["rate"] for r in results if r["encoder"] == "fast+agent")
     agent_cpu = sorted(r["cpu_us"] for r in results if r["encoder"] == "fast+agent")
+    agent_rate = agent_rates[len(agent_rates) // 2]
     print(
-        f"throughput with the audit agent: {agent_rates[len(agent_rates) // 2]:,.0f} records/s with zero loss, "
-        f"median of {len(agent_rates)} rounds ({agent_rates[0]:,.0f}-{agent_rates[-1]:,.0f}) (target >= {TARGET:,}/s); "
+        f"throughput with the audit agent (the default): {agent_rate:,.0f} records/s "
+        f"{'with zero loss' if ok else 'WITH LOSS'}, median of {len(agent_rates)} rounds "
+        f"({agent_rates[0]:,.0f}-{agent_rates[-1]:,.0f}) (target >= {TARGET:,}/s, zero loss: "
+        f"{verdict(agent_rate, TARGET, at_most=False) if ok else 'NOT met'}); "
         f"the app's own CPU {agent_cpu[len(agent_cpu) // 2]:.1f} µs per access "
         f"(in-process: {sorted(r['cpu_us'] for r in results if r['encoder'] == 'fast')[1]:.1f} µs)"
     )

@@ -287,12 +287,13 @@ def test_no_value_crosses_the_ring_or_the_agents_socket(redis_url, tmp_path):
         assert value.encode() not in seen
 
 
-@pytest.mark.parametrize("via", ["app", "agent"])
+@pytest.mark.parametrize("via", ["app", "agent", "auto"])
 @pytest.mark.parametrize("sampler", ["parentbased_always_on", "parentbased_always_off"])
 def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, sampler, via):
     """The audit span is made in the app through its tracer provider (SPANS_VIA=app), or by the agent
-    with the ids the app chose (SPANS_VIA=agent): either way a child of the request span, sampled as
-    the request is, and the record carries its ids, as in-process."""
+    with the ids the app chose (SPANS_VIA=agent; ``auto`` under the SDK's default sampler): either way
+    a child of the request span, sampled as the request is, and the record carries its ids, as
+    in-process. Under another sampler the spans stay in the app, said only when ``agent`` was asked."""
     got = {}
     for agent in ("off", "process"):
         with otlp_receiver() as rx:
@@ -305,6 +306,8 @@ def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, 
             records = records_when(rx, 5)
             time.sleep(0.5)  # the app's span processor exports on its own schedule
             spans = list(rx.spans)
+        said_sampler = "needs the SDK's default sampler" in proc.stderr
+        assert said_sampler == (agent == "process" and via == "agent" and sampler != "parentbased_always_on")
         in_trace = [r for r in records if r["trace_id"].strip("0")]
         assert len(in_trace) == 1
         audit = [s for s in spans if s["name"].startswith("secret.")]

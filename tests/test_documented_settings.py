@@ -202,6 +202,10 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Check]] = {
         default_trail(r), len(audit_spans(r)) == 5 or pytest.fail(str(audit_spans(r))),
         {(s["trace_id"], s["span_id"]) for s in audit_spans(r)} == {(x["trace_id"], x["span_id"]) for x in r.records}
         or pytest.fail(str(r.records)))),
+    (P + "SPANS_VIA", "auto"): ({P + "AGENT": "process", P + "SPANS_VIA": "auto", P + "SPANS": "all"}, lambda r, t: (
+        default_trail(r), len(audit_spans(r)) == 5 or pytest.fail(str(audit_spans(r))),
+        {(s["trace_id"], s["span_id"]) for s in audit_spans(r)} == {(x["trace_id"], x["span_id"]) for x in r.records}
+        or pytest.fail(str(r.records)))),
     (P + "EXPORTER_OTLP_ENDPOINT", "*"): ({}, lambda r, t: default_trail(r)),
     (P + "EXPORTER_OTLP_PROTOCOL", "grpc"): ({P + "EXPORTER_OTLP_PROTOCOL": "grpc", "grpc": True},
                                              lambda r, t: default_trail(r)),

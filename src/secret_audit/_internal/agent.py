@@ -88,7 +88,7 @@ class RingStream(SlotPipeline):
 
     def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
         spans = None  # the SDK's span path, for a traces exporter ours does not speak
-        if settings.spans_via == "agent" and not native_traces():
+        if settings.spans_via != "app" and not native_traces():
             spans = SpanMaker.for_resource(resource)
         # the app's resource: records name the service and instance its spans name
         plain = PlainResource(resource) if resource else None
@@ -119,7 +119,7 @@ class RingStream(SlotPipeline):
         """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
         out = self._ledger.counts()
         out["sequence"] = self.stream.sequence
-        if self.settings.spans_via == "agent" and native_traces():  # the agent's, for all its apps
+        if self.settings.spans_via != "app" and native_traces():  # the agent's, for all its apps
             out["spans_dropped"] = SpanShipper.dropped_so_far()
         return out
 

@@ -57,7 +57,7 @@ class AgentHandoff:
         self._address, self._proc = address, proc
         self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
         self._spans = settings.spans
-        self._via_agent: bool | None = None if settings.spans_via == "agent" else False
+        self._via_agent: bool | None = None if settings.spans_via != "app" else False
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
         self.predecessor: dict[str, Any] | None = None  # the dead agent's stream, its last settled sequence
@@ -315,9 +315,13 @@ class AgentHandoff:
         return idx
 
     def _agent_spans(self) -> bool:
-        """Whether the agent makes the spans: asked for, and the app's sampler the SDK's default."""
+        """Whether the agent makes the spans: not declined, and the app's sampler the SDK's default.
+
+        Said on stderr only when ``agent`` was asked for by name: ``auto`` (the default) makes them in the
+        app without a word, as every app with a sampler of its own would otherwise read at each start.
+        """
         if self._via_agent is None:
-            self._via_agent = parent_based_default(announce=True)
+            self._via_agent = parent_based_default(announce=self.settings.spans_via == "agent")
         return self._via_agent
 
     def _to_fallback(self, access: Access) -> int:

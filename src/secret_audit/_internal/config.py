@@ -42,7 +42,7 @@ EXPORTERS = ("otlp", "console", "none")
 ENCODERS = ("fast", "sdk")
 ACCESS_PATHS = ("internal", "external")
 AGENT_MODES = ("off", "process")
-SPANS_VIA = ("app", "agent")
+SPANS_VIA = ("auto", "app", "agent")
 
 DEFAULT_REDIS_KEY_PATTERNS = (
     "*secret*",
@@ -167,10 +167,10 @@ SETTINGS: tuple[Setting, ...] = (
        "a checkpoint after at most this many records"),
     _S("CHECKPOINT_INTERVAL_MS", "checkpoint_interval_ms", _int(10, 3_600_000), 1000, "int",
        "a checkpoint at least this often"),
-    _S("AGENT", "agent", choice(AGENT_MODES), "off", "choice",
+    _S("AGENT", "agent", choice(AGENT_MODES), "process", "choice",
        "build and send records in this process, or in an audit agent process"),
-    _S("SPANS_VIA", "spans_via", choice(SPANS_VIA), "app", "choice",
-       "with the agent: audit spans made in the app, or by the agent"),
+    _S("SPANS_VIA", "spans_via", choice(SPANS_VIA), "auto", "choice",
+       "with the agent: audit spans by the agent where the sampler allows, in the app, or by the agent"),
     _S("SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms", _int(0, 600_000), 10000, "int",
        "how long exit waits for export"),
 )
