@@ -20,6 +20,8 @@ from secret_audit import contract
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.pipeline import peek_pipeline
 from secret_audit.signing import generate_key
+from test_exit_and_protocol import THREE_LINES, run
+from test_spool_default import app_env, spooled  # noqa: F401 - app_env: a fixture
 
 P = "OTEL_PYTHON_SECRET_AUDIT_"
 
@@ -82,3 +84,23 @@ def test_the_final_checkpoint_is_at_the_sink_when_shutdown_returns(redis_url, tm
     assert len(accesses) == 10
     checkpoints = [seq for event, seq, _ in rows if event == contract.EVENT_CHECKPOINT]
     assert checkpoints == [5, 10, 13], rows
+
+
+_FLUSHED_THEN_EXIT = THREE_LINES + "import secret_audit\nassert secret_audit.flush(10)\n"
+
+
+@pytest.mark.parametrize("agent", ["off", "process"])
+def test_a_refused_batch_flushed_before_exit_leaves_nothing_in_the_spool(tmp_path, app_env, agent):
+    """A refusal is not an outage: the loss report made after it is sent (and refused, said), never spooled
+    for a later process with the same token, whether the app flushed before exiting (in-process) or the
+    agent ends the stream after the app's flush. Before, both spooled it and advised a replay."""
+    with otlp_receiver() as rx:
+        rx.status = 401
+        proc = run(tmp_path, _FLUSHED_THEN_EXIT, **app_env, OTEL_PYTHON_SECRET_AUDIT_AGENT=agent,
+                   OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT=rx.url + "/v1/logs")
+    assert proc.returncode == 0, proc.stderr
+    assert "lost 1 audit record (sequence 1..1): the endpoint refused them" in proc.stderr
+    assert "lost 1 audit record (sequence 2..2): the endpoint refused them" in proc.stderr
+    assert "wait in the spool" not in proc.stderr
+    assert sum(spooled(Path(app_env["XDG_STATE_HOME"])).values()) == 0
+    assert app_env["VALUE"] not in proc.stderr
