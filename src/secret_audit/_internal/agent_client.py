@@ -85,6 +85,7 @@ class AgentHandoff:
         self._hello = threading.Event()  # the agent said which agent and stream serve this ring
         self._asking = threading.Lock()  # one stats() question to the agent at a time
         self._answer = threading.Event()
+        self._ended = threading.Event()  # the agent closed its end of the socket: this stream is ended
         self._ledger: dict[str, Any] = {}
 
     # ---- the caller's side ----------------------------------------------------------------------
@@ -145,9 +146,11 @@ class AgentHandoff:
         self.errors += 1
 
     def close(self, timeout: float) -> None:
-        """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go."""
+        """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go,
+        waiting (within ``timeout`` again, as the in-process worker's join) until it ended the stream."""
         ring = self.ring
-        if not self.flush(timeout) and ring is not None and self.fallback is None:
+        flushed = self.flush(timeout)
+        if not flushed and ring is not None and self.fallback is None:
             # Not lost yet (the agent still holds them), but lost unsaid if it dies before they are durable.
             waiting = ring.next - ring.word(hdr.SETTLED)
             _log.warning(
@@ -160,6 +163,13 @@ class AgentHandoff:
         self._short.drop_shape_ids()
         sock, self._sock = self._sock, None
         if sock is not None:
+            if flushed and self.fallback is None:
+                # Our end of the socket is the agent's cue to end this stream (its final checkpoint, made
+                # durable); it closes its end once done, which the watcher sees: a signed trail ends when
+                # shutdown returns, as in-process, not a moment later.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                    self._ended.wait(timeout)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv; close alone would not end it
             sock.close()
@@ -428,6 +438,7 @@ class AgentHandoff:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
         self._answer.set()  # a stats() waiting for the agent's answer waits no more
+        self._ended.set()
 
 
 def _forked(ref: weakref.ref[AgentHandoff]) -> None:

@@ -108,6 +108,8 @@ class Delivery:
         self.spool_failed = False
         # Set at exit while the endpoint is failing: what is left goes to the spool, not the wire.
         self.spool_only = False
+        # The last batch found the endpoint unavailable (a refusal is not an outage: nothing spooled for it).
+        self.unavailable = False
         self._replay = Backoff(0.2, 5.0)
         self._probe = Backoff(0.2, 1.0)
         self._courier: Courier | None = None

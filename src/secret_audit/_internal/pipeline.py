@@ -20,7 +20,7 @@ from opentelemetry.trace import TracerProvider
 from secret_audit import contract
 from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import Settings
-from secret_audit._internal.delivery import Delivery, Sealed, Verdict
+from secret_audit._internal.delivery import REFUSED, Delivery, Sealed, Verdict
 from secret_audit._internal.event import Access
 from secret_audit._internal.export import audit_resource, build_sink, early_resource, preload_sink
 from secret_audit._internal.handoff import Handoff, Marker
@@ -160,7 +160,7 @@ class AuditPipeline:
             return
         limit = self.settings.shutdown_timeout_ms / 1000 if timeout is None else timeout
         spooling = self.settings.spool_dir is not None and not delivery.spool_failed
-        if handoff.degraded and spooling:
+        if handoff.degraded and delivery.unavailable and spooling:  # an outage, not a refusal
             delivery.spool_only = True
         flushed = self.flush(limit)
         if not flushed and spooling and not delivery.spool_only:
@@ -375,6 +375,7 @@ class AuditPipeline:
             if not verdict.from_spool:
                 durable = verdict.durable
                 self.handoff.degraded = not durable
+                self._delivery.unavailable = not durable and verdict.kind != REFUSED
                 if not durable:
                     self._delivery.probe_soon()
                 for ticket in verdict.batch.tickets:
