@@ -252,7 +252,7 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], Check]] = {
 # Settings whose effect needs more than one run of the app: the tests that run them end to end.
 ELSEWHERE: dict[str, list[str]] = {
     P + "HMAC_KEY_FILE": ["tests/test_hmac_names.py"],
-    P + "HANDLE_SIGTERM": ["tests/test_lifecycle.py"],
+    P + "HANDLE_SIGTERM": ["tests/test_lifecycle.py", "tests/test_agent.py"],
     **{P + "STORE_" + name: ["tests/store/test_store_settings.py"] for name in (
         "DATA_DIR", "HOST", "PORT", "MAX_BODY_BYTES", "NON_AUDIT", "RETENTION_DAYS", "ARCHIVE_DIR",
         "POOL_SIZE", "INGEST_CONCURRENCY", "NATIVE", "WORKERS", "APP_ROLE", "URL", "TOKEN")},

@@ -29,6 +29,8 @@ def test_sigterm_flushes_queued_records_then_terminates(redis_url, handle):
             OTEL_PYTHON_SECRET_AUDIT_BATCH_SIZE="100000",
             OTEL_PYTHON_SECRET_AUDIT_QUEUE_SIZE="200000",
             OTEL_PYTHON_SECRET_AUDIT_HANDLE_SIGTERM=handle,
+            # the in-process SIGTERM handler; the agent's twin: test_agent.py::test_exit_and_sigterm_deliver_everything_handed_off
+            OTEL_PYTHON_SECRET_AUDIT_AGENT="off",
         )
         proc = subprocess.Popen(
             [str(BIN / "opentelemetry-instrument"), sys.executable, str(HERE / "apps" / "sigterm_app.py"), key, "500"],

@@ -18,6 +18,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordE
 from conftest import retire_pipeline
 from otlp_receiver import any_value, otlp_receiver
 from secret_audit._internal.config import load_settings
+from secret_audit._internal.lifecycle import AgentPipeline
 from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline
 from secret_audit.redis import RedisSecretAuditInstrumentor
 
@@ -31,8 +32,13 @@ def _instrument(env, exporter=None, tracer_provider=None):
         kwargs["tracer_provider"] = tracer_provider
     RedisSecretAuditInstrumentor().instrument(**kwargs)
     pipeline = peek_pipeline()
-    assert isinstance(pipeline, AuditPipeline)
+    agent = settings.agent == "process" and exporter is None and tracer_provider is None
+    assert isinstance(pipeline, AgentPipeline if agent else AuditPipeline)
     return pipeline
+
+
+# The OTLP settings below are the user's, whoever sends: each runs in-process (AGENT=off) and with the agent.
+BOTH_MODES = pytest.mark.parametrize("agent", ["off", "process"])
 
 
 @pytest.fixture
@@ -179,11 +185,13 @@ def test_export_failures_are_reported_with_the_exact_lost_range(redis_url, key, 
     assert [r.attributes["audit.sequence"] for r in logs] == [6, 7]
 
 
-def test_fast_http_sender_with_gzip_and_headers(redis_url, key, cleanup, monkeypatch):
+@BOTH_MODES
+def test_fast_http_sender_with_gzip_and_headers(redis_url, key, cleanup, monkeypatch, agent):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
     with otlp_receiver() as rx:
         pipeline = _instrument(
             {
+                "OTEL_PYTHON_SECRET_AUDIT_AGENT": agent,
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cr3t-token",
@@ -226,7 +234,8 @@ def test_fast_http_sender_goes_through_the_environment_proxy(cleanup, monkeypatc
         assert len(proxy.raw) == 1
 
 
-def test_fast_grpc_sender_against_a_real_grpc_logs_service(redis_url, key, cleanup):
+@BOTH_MODES
+def test_fast_grpc_sender_against_a_real_grpc_logs_service(redis_url, key, cleanup, agent):
     received: list[ExportLogsServiceRequest] = []
 
     def export(request_bytes, context):
@@ -244,6 +253,7 @@ def test_fast_grpc_sender_against_a_real_grpc_logs_service(redis_url, key, clean
     try:
         pipeline = _instrument(
             {
+                "OTEL_PYTHON_SECRET_AUDIT_AGENT": agent,
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "grpc",
             }
@@ -260,10 +270,12 @@ def test_fast_grpc_sender_against_a_real_grpc_logs_service(redis_url, key, clean
     assert attrs["audit.outcome"] == "not_found"
 
 
-def test_sdk_encoder_setting_uses_the_stock_exporter(redis_url, key, cleanup):
+@BOTH_MODES
+def test_sdk_encoder_setting_uses_the_stock_exporter(redis_url, key, cleanup, agent):
     with otlp_receiver() as rx:
         pipeline = _instrument(
             {
+                "OTEL_PYTHON_SECRET_AUDIT_AGENT": agent,
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_ENDPOINT": rx.url + "/v1/logs",
                 "OTEL_PYTHON_SECRET_AUDIT_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 "OTEL_PYTHON_SECRET_AUDIT_ENCODER": "sdk",

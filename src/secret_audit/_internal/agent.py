@@ -119,6 +119,8 @@ class RingStream(SlotPipeline):
         """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
         out = self._ledger.counts()
         out["sequence"] = self.stream.sequence
+        spool = self._delivery.spool  # what waits in it, as the in-process stats() says
+        out["spool"] = spool.stats() if spool is not None else None
         if self.settings.spans_via != "app" and native_traces():  # the agent's, for all its apps
             out["spans_dropped"] = SpanShipper.dropped_so_far()
         return out
