@@ -7,17 +7,19 @@ records them into its histogram at that collection (``meters``), on its metric r
 
 Exact, not estimated: up to ``KEEP`` durations between two questions travel as they were measured
 (JSON carries a float's shortest repr, which reads back to the same float), so the app records the
-very values, in order, that the in-process pipeline would have recorded: the same count, sum, buckets,
-least and greatest. Past ``KEEP`` (an app that never collects, or collects seldom under a great many
-requests) the rest are folded per bucket of the histogram's boundaries into count, sum, least and
-greatest, so memory stays bounded; replayed as the least, the greatest and the rest at their mean (which
-lies between them, so in the same bucket), they still give every bucket's count, the count, least and
-greatest exactly, and the sum up to floating-point rounding.
+very values, in order within each result (each is its own series of the histogram), that the
+in-process pipeline would have recorded: the same count, sum, buckets, least and greatest. Past
+``KEEP`` (an app that never collects, or collects seldom under a great many requests) the rest are
+folded per bucket of the histogram's boundaries into count, sum, least and greatest, so memory stays
+bounded; replayed as the least, the greatest and the rest at their mean (which lies between them, so
+in the same bucket), they still give every bucket's count, the count, least and greatest exactly,
+and the sum up to floating-point rounding.
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
@@ -35,29 +37,36 @@ class ExportTimings:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the sender and worker add; the agent's reader or app's watcher takes
-        self._values: list[tuple[float, str]] = []
+        self._values: dict[str, array[float]] = {}  # by result, in order: 8 bytes a duration
+        self._kept = 0
         # (result, bucket) -> [count, sum, least, greatest]
         self._folded: dict[tuple[str, int], list[float]] = {}
 
     def add(self, seconds: float, result: str) -> None:
         """One request's duration (``courier.send``, in place of the app's histogram)."""
         with self._lock:
-            if len(self._values) < KEEP:
-                self._values.append((seconds, result))
+            if self._kept < KEEP:
+                values = self._values.get(result)
+                if values is None:
+                    values = self._values[result] = array("d")
+                values.append(seconds)
+                self._kept += 1
             else:
                 self._fold(seconds, result, 1, seconds, seconds, seconds)
 
     def take(self) -> dict[str, Any]:
         """What was added since the last take, as JSON; none of it is kept here after."""
         with self._lock:
-            values, self._values = self._values, []
+            values, self._values, self._kept = self._values, {}, 0
             folded, self._folded = self._folded, {}
-        return {"values": values, "folded": [[result, *row] for (result, _), row in folded.items()]}
+        return {"values": {result: list(kept) for result, kept in values.items()},
+                "folded": [[result, *row] for (result, _), row in folded.items()]}
 
     def merge(self, taken: dict[str, Any]) -> None:
         """Add what another ``ExportTimings`` took (the app's watcher, with each answer of its agent)."""
-        for seconds, result in taken.get("values", ()):
-            self.add(float(seconds), str(result))
+        for result, values in taken.get("values", {}).items():
+            for seconds in values:
+                self.add(float(seconds), str(result))
         with self._lock:
             for result, count, total, least, greatest in taken.get("folded", ()):
                 self._fold(float(least), str(result), int(count), float(total), float(least), float(greatest))
@@ -66,8 +75,9 @@ class ExportTimings:
         """Every duration taken, as ``(seconds, result)`` to record: the kept ones as measured, a folded
         bucket's as its least, its greatest and the rest at their mean."""
         taken = self.take()
-        for seconds, result in taken["values"]:
-            yield seconds, result
+        for result, values in taken["values"].items():
+            for seconds in values:
+                yield seconds, result
         for result, n, total, least, greatest in taken["folded"]:
             count = int(n)
             yield least, result
