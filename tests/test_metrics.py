@@ -70,9 +70,12 @@ def metered():
         provider.shutdown()
 
 
-def test_records_made_and_exported_by_source_and_outcome(metered, redis_url, key):
+# queue.capacity: QUEUE_SIZE (65,536 by default) in-process; with the agent the ring's bound, QUEUE_SIZE
+# up to its 16,384 slots
+@pytest.mark.parametrize(("agent", "capacity"), [("process", 16384), ("off", 65536)])
+def test_records_made_and_exported_by_source_and_outcome(metered, redis_url, key, agent, capacity):
     with otlp_receiver() as rx:
-        reader, pipeline = metered(rx.url)
+        reader, pipeline = metered(rx.url, OTEL_PYTHON_SECRET_AUDIT_AGENT=agent)
         client = redis.Redis.from_url(redis_url)
         client.set(key, "v")
         client.get(key)
@@ -87,7 +90,7 @@ def test_records_made_and_exported_by_source_and_outcome(metered, redis_url, key
         assert value(got, name, **ok) == 2
         assert value(got, name, **missing) == 1
     assert value(got, "secret_audit.queue.size") == 0
-    assert value(got, "secret_audit.queue.capacity") == 65536
+    assert value(got, "secret_audit.queue.capacity") == capacity
     assert value(got, "secret_audit.pipeline.degraded") == 0
     assert {a["audit.dropped.reason"]: v for a, v in got["secret_audit.record.lost"]} == {
         "queue_full": 0, "export_failed": 0, "build_failed": 0}
@@ -119,7 +122,9 @@ def test_a_lost_batch_is_counted_by_cause(metered, redis_url, key):
     # no spool and no retry time: the endpoint's failure loses the batch, and it is counted as such
     with otlp_receiver() as rx:
         rx.status = 503
-        reader, pipeline = metered(rx.url, OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS="0")
+        # a long schedule: the loss report of the lost batch (lost in turn) waits for a later flush
+        reader, pipeline = metered(rx.url, OTEL_PYTHON_SECRET_AUDIT_EXPORT_RETRY_TIMEOUT_MS="0",
+                                   OTEL_PYTHON_SECRET_AUDIT_SCHEDULE_DELAY_MS="60000")
         redis.Redis.from_url(redis_url).get(key)
         assert pipeline.flush(10)
         got = points(reader)
@@ -160,27 +165,33 @@ def test_fail_closed_refusals_are_counted_and_reported_in_the_stream(metered, re
     assert {a["audit.outcome"] for a in refused} == {"error"}
 
 
-def test_the_caller_never_records_a_metric(metered, redis_url, key, monkeypatch):
-    """Callers only enqueue: the histogram is recorded by the worker and sender threads, and the
-    counters are read by the reader's collection, never on a secret call."""
+@pytest.fixture
+def spied(monkeypatch) -> tuple[set[str], list[str]]:
+    """The threads that record the export histogram, and those that read the counters (``_current``)."""
     threads: set[str] = set()
-    real = meters.record_export
+    calls: list[str] = []
+    real, original = meters.record_export, meters._current
 
     def spy(seconds: float, result: str) -> None:
         threads.add(threading.current_thread().name)
         real(seconds, result)
 
-    monkeypatch.setattr(meters, "record_export", spy)
-    calls: list[str] = []
-    original = meters._current
-
     def counted() -> Any:
         calls.append(threading.current_thread().name)
         return original()
 
+    monkeypatch.setattr(meters, "record_export", spy)
     monkeypatch.setattr(meters, "_current", counted)
+    return threads, calls
+
+
+def test_the_caller_never_records_a_metric(metered, redis_url, key, spied):
+    """Callers only enqueue: the histogram is recorded by the worker and sender threads, and the
+    counters are read by the reader's collection, never on a secret call. In-process (its thread names);
+    with the agent: tests/test_agent_metrics.py::test_the_caller_never_records_a_metric_with_the_agent."""
+    threads, calls = spied
     with otlp_receiver() as rx:
-        reader, pipeline = metered(rx.url)
+        reader, pipeline = metered(rx.url, OTEL_PYTHON_SECRET_AUDIT_AGENT="off")  # pins in-process threads
         client = redis.Redis.from_url(redis_url)
         for _ in range(50):
             client.get(key)

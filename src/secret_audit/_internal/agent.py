@@ -30,6 +30,7 @@ from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings
 from secret_audit._internal.config import Settings
 from secret_audit._internal.engine import plan_of, resolve_raw
 from secret_audit._internal.export import PlainResource
+from secret_audit._internal.export_timings import ExportTimings
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.ring import (
@@ -77,7 +78,8 @@ class _Settle:
 
     def complete(self, durable: bool) -> None:
         ring = self.ring
-        if not durable:
+        if not durable:  # degraded before the waiting caller wakes, as in-process: its next call refuses
+            ring.set_word(DEGRADED, 1)
             ring.set_word(LOST, ring.word(LOST) + 1)
         if ring.word(SETTLED) <= self.index:
             ring.set_word(SETTLED, self.index + 1)
@@ -92,8 +94,13 @@ class RingStream(SlotPipeline):
             spans = SpanMaker.for_resource(resource)
         # the app's resource: records name the service and instance its spans name
         plain = PlainResource(resource) if resource else None
+        self.timings = ExportTimings()  # its requests' durations, for the app's histogram (``counts``)
         super().__init__(settings, resource, spans=spans, records_resource=plain)
         self.ring = ring
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self._backend.timings = self.timings
 
     def _export_batch(self) -> None:
         if self._last_index >= 0:
@@ -121,6 +128,7 @@ class RingStream(SlotPipeline):
         out["sequence"] = self.stream.sequence
         spool = self._delivery.spool  # what waits in it, as the in-process stats() says
         out["spool"] = spool.stats() if spool is not None else None
+        out["export_durations"] = self.timings.take()  # the app records them into its histogram
         if self.settings.spans_via != "app" and native_traces():  # the agent's, for all its apps
             out["spans_dropped"] = SpanShipper.dropped_so_far()
         return out

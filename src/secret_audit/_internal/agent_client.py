@@ -34,6 +34,7 @@ from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
 from secret_audit._internal.agent_takeover import HeldShapes, take_over
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
+from secret_audit._internal.export_timings import ExportTimings
 from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
 from secret_audit._internal.shapes import RecordBuilder, Shape, fill
 
@@ -50,7 +51,7 @@ class AgentHandoff:
 
     def __init__(self, settings: Settings, address: bytes, proc: Any = None) -> None:
         self.settings = settings
-        self.capacity = hdr.SLOTS
+        self.capacity = min(settings.queue_size, hdr.SLOTS)  # the ring's bound of unsettled accesses
         self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
         self._full_wait = settings.queue_full_timeout_ms / 1000
         self.closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
@@ -87,6 +88,8 @@ class AgentHandoff:
         self._answer = threading.Event()
         self._ended = threading.Event()  # the agent closed its end of the socket: this stream is ended
         self._ledger: dict[str, Any] = {}
+        self._final: dict[str, Any] | None = None  # the agent's last answer, asked as this hand-off closed
+        self.timings = ExportTimings()  # durations the agent measured, until the app's metrics take them
 
     # ---- the caller's side ----------------------------------------------------------------------
 
@@ -147,9 +150,13 @@ class AgentHandoff:
 
     def close(self, timeout: float) -> None:
         """Stop handing off here: settle what was handed off (within ``timeout``), then let the agent go,
-        waiting (within ``timeout`` again, as the in-process worker's join) until it ended the stream."""
+        waiting (within ``timeout`` again, as the in-process worker's join) until it ended the stream.
+
+        The agent's counts are asked once more first: a metric collection after this (the MeterProvider's
+        own exit hook runs after ours) reads them, and the export durations that came with them."""
         ring = self.ring
         flushed = self.flush(timeout)
+        self._final = self.ledger(1.0 if flushed else 0.2)
         if not flushed and ring is not None and self.fallback is None:
             # Not lost yet (the agent still holds them), but lost unsaid if it dies before they are durable.
             waiting = ring.next - ring.word(hdr.SETTLED)
@@ -217,7 +224,9 @@ class AgentHandoff:
 
     def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
         """The agent's counters of this process's stream (ledger and sequence), asked over the socket;
-        None if it does not answer in time."""
+        None if it does not answer in time; once closed, its last answer."""
+        if self.closed:
+            return self._final
         with self._asking:
             sock = self._sock
             if sock is None or self.fallback is not None:
@@ -416,6 +425,7 @@ class AgentHandoff:
                 cause = f"it cannot be reached ({exc!r})"
             else:
                 self._sock, self.ring = sock, Ring(mm)
+                self.ring.bound = self.capacity
                 watcher = threading.Thread(target=self._watch, args=(sock,), name="secret-audit-agent-watch",
                                            daemon=True)
                 watcher.start()
@@ -432,7 +442,9 @@ class AgentHandoff:
             self._hello.set()
             while (frame := wire.read_frame(sock)) is not None:
                 if frame[0] == b"C":  # the answer to ledger()
-                    self._ledger = json.loads(frame[1])
+                    answer = json.loads(frame[1])
+                    self.timings.merge(answer.pop("export_durations", {}))  # also of an answer come late
+                    self._ledger = answer
                     self._answer.set()
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"

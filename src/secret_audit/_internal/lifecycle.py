@@ -127,6 +127,11 @@ class AgentPipeline:
         out.update({k: v for k, v in handed.items() if fallback is None or k == "agent"})
         return out
 
+    def export_durations(self) -> Any:
+        """The export requests' durations the agent measured, taken by ``counts()`` so far, to be recorded
+        into the app's histogram (by the metrics' collection only: see ``export_timings``)."""
+        return self.handoff.timings.drain()
+
     def stats(self) -> dict[str, Any]:
         out = self.counts()
         out.setdefault("spool", None)

@@ -1,13 +1,16 @@
 """The pipeline's OpenTelemetry metrics, read from counters the worker keeps, so callers pay nothing.
 
 Every instrument but one is asynchronous: its callback runs on the app's metric reader thread at
-collection time and reads ``AuditPipeline.counts()``. The export duration histogram is recorded by
-the worker and sender threads, once per export request.
+collection time and reads the pipeline's ``counts()``, once per collection (the first instrument's
+callback reads them, the others reuse what it read). The export duration histogram is recorded by
+the worker and sender threads, once per export request; with the audit agent, which sends, by the
+collection: it records the durations the agent measured since the last one (``export_timings``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,16 +44,42 @@ _pinned: dict[int, tuple[Any, Histogram]] = {}
 _histograms: tuple[Histogram, ...] = ()
 
 
+_FRESH = 1.0  # seconds a collection's counts serve its other callbacks
+_latest: tuple[float, dict[str, Any] | None] = (0.0, None)
+
+
 def _current() -> dict[str, Any] | None:
+    """The pipeline's counts; with the agent, also records the export durations it measured meanwhile."""
     from secret_audit._internal.pipeline import peek_pipeline
 
     pipeline = peek_pipeline()
-    return None if pipeline is None else pipeline.counts()
+    if pipeline is None:
+        return None
+    counts: dict[str, Any] = pipeline.counts()  # first: with the agent, its answer brings the durations
+    measured = getattr(pipeline, "export_durations", None)
+    if measured is not None:
+        for seconds, result in measured():
+            record_export(seconds, result)  # before the SDK collects the histogram: async callbacks run first
+    return counts
+
+
+def _counts(first: bool) -> dict[str, Any] | None:
+    """The counts of this collection: read by its first callback, reused by the rest (one ``Q`` to
+    the agent per collection, not one per instrument)."""
+    global _latest
+    at, counts = _latest
+    now = time.monotonic()
+    if first or now - at > _FRESH:
+        counts = _current()
+        _latest = (now, counts)
+    return counts
 
 
 def _kinds(column: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    first = column == "created"  # the first instrument made (INSTRUMENTS' order), so the first called
+
     def callback(options: CallbackOptions) -> Iterable[Observation]:
-        counts = _current()
+        counts = _counts(first)
         if counts is None:
             return []
         return [Observation(row[column], row["attributes"]) for row in counts["records"]]
@@ -60,21 +89,30 @@ def _kinds(column: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 
 def _total(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
-        counts = _current()
+        counts = _counts(False)
         return [] if counts is None else [Observation(int(counts[key]))]
 
     return callback
 
 
 def _lost(options: CallbackOptions) -> Iterable[Observation]:
-    counts = _current()
+    counts = _counts(False)
     if counts is None:
         return []
     return [Observation(int(counts[key]), {"audit.dropped.reason": reason}) for reason, key in _LOST]
 
 
+def _queued(options: CallbackOptions) -> Iterable[Observation]:
+    counts = _counts(False)
+    if counts is None:
+        return []
+    if "handed_off" in counts:  # the agent's ring: what the app holds until settled, which its bound counts
+        return [Observation(int(counts["handed_off"]) - int(counts["settled"]))]
+    return [Observation(int(counts["queued"]))]
+
+
 def _refused(options: CallbackOptions) -> Iterable[Observation]:
-    counts = _current()
+    counts = _counts(False)
     if counts is None:
         return []
     return [Observation(n, {"audit.refused.reason": reason}) for reason, n in counts["refused"].items()]
@@ -84,7 +122,7 @@ _CALLBACKS: dict[str, Callable[[CallbackOptions], Iterable[Observation]]] = {
     **{name: _kinds(column) for name, column in _KIND_COLUMNS.items()},
     "secret_audit.record.replayed": _total("replayed"),
     "secret_audit.record.lost": _lost,
-    "secret_audit.queue.size": _total("queued"),
+    "secret_audit.queue.size": _queued,
     "secret_audit.queue.capacity": _total("queue_capacity"),
     "secret_audit.call.refused": _refused,
     "secret_audit.checkpoint.signed": _total("checkpoints_signed"),

@@ -89,6 +89,7 @@ class Ring:
         self.next = 0  # the writer's next index / the reader's next index
         self._settled = 0  # the reader's settled watermark as the writer last saw it
         self._sealed = False
+        self.bound = SLOTS  # the writer's: unsettled slots at most (the app's QUEUE_SIZE, up to SLOTS)
 
     # ---- words -------------------------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class Ring:
     # ---- the writer (app) ---------------------------------------------------------------------------
 
     def reserve(self) -> int:
-        """The next slot's index; -1 while the ring is full (every slot unsettled); SEALED once sealed."""
+        """The next slot's index; -1 while ``bound`` slots are unsettled; SEALED once sealed."""
         with self._lock:
             return self._claim()
 
@@ -115,9 +116,9 @@ class Ring:
         if self._sealed:
             return SEALED
         idx = self.next
-        if idx - self._settled >= SLOTS:
+        if idx - self._settled >= self.bound:
             self._settled = int(_WORD.unpack_from(self.mm, 8 * SETTLED)[0])
-            if idx - self._settled >= SLOTS:
+            if idx - self._settled >= self.bound:
                 return -1
         self.next = idx + 1
         return idx
@@ -174,7 +175,7 @@ class Ring:
         mm = self.mm
         with self._lock:
             idx = self.next
-            if self._sealed or idx - self._settled >= SLOTS:
+            if self._sealed or idx - self._settled >= self.bound:
                 idx = self._claim()
                 if idx < 0:
                     return idx, False

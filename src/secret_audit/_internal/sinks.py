@@ -25,6 +25,9 @@ class Sink:
     spoolable = False
     empty: Any = None  # the payload of an empty request, as the probe sends it
     problem: str | None = None
+    # where ``courier.send`` puts each request's duration: None, the app's histogram (``meters``); an
+    # agent's stream keeps them for its app (``export_timings``), whose histogram is in the app
+    timings: Any = None
 
     def add(self, record: RecordData, prefix: bytes = b"", skip: int = 0, tail: bytes | None = None) -> None:
         """Add a record whose first ``skip`` attributes are already encoded as ``prefix`` (and the
