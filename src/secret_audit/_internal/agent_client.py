@@ -165,8 +165,8 @@ class AgentHandoff:
         if sock is not None:
             if flushed and self.fallback is None:
                 # Our end of the socket is the agent's cue to end this stream (its final checkpoint, made
-                # durable); it closes its end once done, which the watcher sees: a signed trail ends when
-                # shutdown returns, as in-process, not a moment later.
+                # durable); it says so (an E frame; or it closes its end), which the watcher sees: a signed
+                # trail ends when shutdown returns, as in-process, not a moment later.
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
                     self._ended.wait(timeout)
@@ -215,9 +215,9 @@ class AgentHandoff:
                       "gone": self.gone, "predecessor": self.predecessor},
         }
 
-    def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
-        """The agent's counters of this process's stream (ledger and sequence), asked over the socket;
-        None if it does not answer in time."""
+    def ledger(self, timeout: float = 1.0, spool: bool = False) -> dict[str, Any] | None:
+        """The agent's counters of this process's stream (ledger and sequence; with ``spool`` also what
+        waits in its spool), asked over the socket; None if it does not answer in time."""
         with self._asking:
             sock = self._sock
             if sock is None or self.fallback is not None:
@@ -225,7 +225,8 @@ class AgentHandoff:
             self._answer.clear()
             try:
                 with self.lock:  # whole frames: shapes are sent under the same lock
-                    sock.sendall(wire.FRAME.pack(b"Q", 0))
+                    ask = b"spool" if spool else b""
+                    sock.sendall(wire.FRAME.pack(b"Q", len(ask)) + ask)
             except OSError:
                 return None
             answered = self._answer.wait(timeout)  # also set once the agent is gone
@@ -434,6 +435,8 @@ class AgentHandoff:
                 if frame[0] == b"C":  # the answer to ledger()
                     self._ledger = json.loads(frame[1])
                     self._answer.set()
+                elif frame[0] == b"E":  # the agent ended this stream (after our half-close)
+                    self._ended.set()
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
