@@ -85,7 +85,7 @@ class AgentHandoff:
         self._hello = threading.Event()  # the agent said which agent and stream serve this ring
         self._asking = threading.Lock()  # one stats() question to the agent at a time
         self._answer = threading.Event()
-        self._ended = threading.Event()  # the agent closed its end of the socket: this stream is ended
+        self._ended = threading.Event()  # the agent ended this stream (an E frame), or its socket closed
         self._ledger: dict[str, Any] = {}
 
     # ---- the caller's side ----------------------------------------------------------------------
