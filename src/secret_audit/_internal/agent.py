@@ -53,6 +53,7 @@ from secret_audit._internal.ring import (
 )
 from secret_audit._internal.ring_stream import RawRun, SlotPipeline, TakenRun
 from secret_audit._internal.shapes import Shape
+from secret_audit._internal.spooldir import leftover_spool
 
 __all__ = ["main"]
 
@@ -122,13 +123,13 @@ class RingStream(SlotPipeline):
         ring.set_word(INTERNAL_ERRORS, counts.internal_errors)
         ring.set_word(CHECKPOINTS, counts.checkpoints_signed())
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self, spool: bool = False) -> dict[str, Any]:
         """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
         out = self._ledger.counts()
         out["sequence"] = self.stream.sequence
-        spool = self._delivery.spool  # what waits in it, as the in-process stats() says
-        out["spool"] = spool.stats() if spool is not None else None
         out["export_durations"] = self.timings.take()  # the app records them into its histogram
+        if spool and (waiting := self._delivery.spool) is not None:  # and what waits in its spool
+            out["spool"] = waiting.stats()
         if self.settings.spans_via != "app" and native_traces():  # the agent's, for all its apps
             out["spans_dropped"] = SpanShipper.dropped_so_far()
         return out
@@ -168,17 +169,26 @@ class Member:
         size = FRAME.unpack_from(message)[1]
         registration = json.loads(message[FRAME.size:FRAME.size + size])
         stream = self._stream = RingStream(self.settings, ring, registration.get("resource"))
-        hello = {"agent_pid": os.getpid(), "stream_id": stream.stream_id}
+        if leftover_spool(self.settings.spool_dir):  # replayed now, even for an app that audits nothing
+            stream.handoff.start()
         self._buffer = message[FRAME.size + size:]
-        body = json.dumps(hello).encode()
-        # the app may be gone already (killed right after handing off): its ring is read all the same
-        with contextlib.suppress(OSError):
-            self.conn.sendall(FRAME.pack(b"H", len(body)) + body)
+        self._send(b"H", {"agent_pid": os.getpid(), "stream_id": stream.stream_id})
         self._pump(ring, stream)
         # The app no longer waits: unless the agent itself is asked to stop, give a send in flight and
         # its retries their time (then the spool), rather than the app's own exit timeout.
+        stream.on_end = lambda: self._ended(ring)
         stream.shutdown(None if self.stopping.is_set() else _patience(self.settings))
+
+    def _ended(self, ring: Ring) -> None:
+        """The stream's records are final, its last checkpoint durable: the app's shutdown waits no more."""
         ring.set_word(TAIL, ring.next)
+        self._send(b"E")
+
+    def _send(self, kind: bytes, data: Any = None) -> None:
+        """A frame to the app, JSON; the app may be gone already (killed): its ring is read all the same."""
+        body = json.dumps(data).encode() if data is not None else b""
+        with contextlib.suppress(OSError):
+            self.conn.sendall(FRAME.pack(kind, len(body)) + body)
 
     def _pump(self, ring: Ring, stream: RingStream) -> None:
         """Read slots while the app lives, then to the last committed one."""
@@ -330,9 +340,7 @@ class Member:
             elif kind == b"L":
                 self._flush = True
             elif kind == b"Q" and self._stream is not None:  # the app's stats(): the stream's counters
-                body = json.dumps(self._stream.counts()).encode()
-                with contextlib.suppress(OSError):
-                    self.conn.sendall(FRAME.pack(b"C", len(body)) + body)
+                self._send(b"C", self._stream.counts(spool=payload == b"spool"))
         self._buffer = buf
 
     def _shape(self, data: dict[str, Any]) -> None:

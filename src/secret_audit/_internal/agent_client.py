@@ -86,7 +86,7 @@ class AgentHandoff:
         self._hello = threading.Event()  # the agent said which agent and stream serve this ring
         self._asking = threading.Lock()  # one stats() question to the agent at a time
         self._answer = threading.Event()
-        self._ended = threading.Event()  # the agent closed its end of the socket: this stream is ended
+        self._ended = threading.Event()  # the agent ended this stream (an E frame), or its socket closed
         self._ledger: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None  # the agent's last answer, asked as this hand-off closed
         self.timings = ExportTimings()  # durations the agent measured, until the app's metrics take them
@@ -172,8 +172,8 @@ class AgentHandoff:
         if sock is not None:
             if flushed and self.fallback is None:
                 # Our end of the socket is the agent's cue to end this stream (its final checkpoint, made
-                # durable); it closes its end once done, which the watcher sees: a signed trail ends when
-                # shutdown returns, as in-process, not a moment later.
+                # durable); it says so (an E frame; or it closes its end), which the watcher sees: a signed
+                # trail ends when shutdown returns, as in-process, not a moment later.
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
                     self._ended.wait(timeout)
@@ -222,9 +222,10 @@ class AgentHandoff:
                       "gone": self.gone, "predecessor": self.predecessor},
         }
 
-    def ledger(self, timeout: float = 1.0) -> dict[str, Any] | None:
-        """The agent's counters of this process's stream (ledger and sequence), asked over the socket;
-        None if it does not answer in time; once closed, its last answer."""
+    def ledger(self, timeout: float = 1.0, spool: bool = False) -> dict[str, Any] | None:
+        """The agent's counters of this process's stream (ledger and sequence; with ``spool`` also what
+        waits in its spool), asked over the socket; None if it does not answer in time; once closed, its
+        last answer."""
         if self.closed:
             return self._final
         with self._asking:
@@ -234,7 +235,8 @@ class AgentHandoff:
             self._answer.clear()
             try:
                 with self.lock:  # whole frames: shapes are sent under the same lock
-                    sock.sendall(wire.FRAME.pack(b"Q", 0))
+                    ask = b"spool" if spool else b""
+                    sock.sendall(wire.FRAME.pack(b"Q", len(ask)) + ask)
             except OSError:
                 return None
             answered = self._answer.wait(timeout)  # also set once the agent is gone
@@ -446,6 +448,8 @@ class AgentHandoff:
                     self.timings.merge(answer.pop("export_durations", {}))  # also of an answer come late
                     self._ledger = answer
                     self._answer.set()
+                elif frame[0] == b"E":  # the agent ended this stream (after our half-close)
+                    self._ended.set()
         if sock is self._sock:
             what = "died" if hello is not None else "exited before serving this process"
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")

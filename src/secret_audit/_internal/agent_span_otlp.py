@@ -91,10 +91,12 @@ _LONE_LIMIT = 1024
 
 
 def encode_lone_span(
-    trace_id: int, span_id: int, parent: int, start_ns: int, end_ns: int, attrs: Mapping[str, Any], key: bytes
+    trace_id: int, span_id: int, parent: int, start_ns: int, end_ns: int, attrs: Mapping[str, Any],
+    key: bytes, fields: bytes = b"",
 ) -> bytes:
     """``encode_span`` of an access with one record of static attributes ``attrs`` (``key``: their encoding,
-    the shape's), its name, attributes but the duration, and status made once per shape."""
+    the shape's), its name, attributes but the duration, and status made once per shape; ``fields``: the
+    encoded attributes the record got after its duration (its stream fields, once stamped)."""
     pieces = _LONE.get(key)
     if pieces is None:
         name, span_attrs, error = span_of([{**attrs, "audit.duration_ms": 0.0}])
@@ -111,7 +113,7 @@ def encode_lone_span(
         head,
         b"\x39" + _pack_q(start_ns) if start_ns else b"",
         b"\x41" + _pack_q(end_ns) if end_ns else b"",
-        attributes, _DURATION_HEAD, _pack_d((end_ns - start_ns) / 1e6),
+        attributes, _DURATION_HEAD, _pack_d((end_ns - start_ns) / 1e6), fields,
         status,
         _FLAGS_REMOTE_PARENT if parent else _FLAGS_ROOT,
     ))

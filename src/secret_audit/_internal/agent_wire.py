@@ -3,7 +3,9 @@
 Frames are a kind byte and a payload length: ``R`` registers a ring (its memfd rides along with
 SCM_RIGHTS), ``S`` is a shape's static attributes (JSON), ``F`` lets the agent forget shape ids,
 ``N`` wakes the reader, ``L`` (the app's flush) also has it export what it read once it has read all
-that is committed, and the agent's ``H`` says which agent and stream serve the app.
+that is committed, ``Q`` asks for the stream's counters (``spool`` as its payload: and its spool's);
+the agent's ``H`` says which agent and stream serve the app, ``C`` answers ``Q``, and ``E`` says the
+stream ended (its final checkpoint durable) after the app half-closed the socket at its shutdown.
 """
 
 from __future__ import annotations

@@ -106,13 +106,16 @@ class AgentPipeline:
 
     def counts(self) -> dict[str, Any]:
         """The in-process pipeline's keys: the hand-off's counters here, the stream's from the agent."""
+        return self._counts(spool=False)
+
+    def _counts(self, *, spool: bool) -> dict[str, Any]:
         fallback = self.handoff.fallback
         handed = self.handoff.stats()  # first: it waits a moment for a just-started agent to name the stream
         out: dict[str, Any] = {"stream_id": self.stream_id, "sequence": 0, "exported": 0, "lost_export": 0,
                                "internal_errors": 0, "spooled": 0, "replayed": 0, "records": [],
                                "checkpoints_signed": 0}
         if fallback is not None:
-            out.update(fallback.counts())
+            out.update(fallback.stats() if spool else fallback.counts())
         else:
             from secret_audit._internal import ring as hdr
             from secret_audit._internal.agent_wire import EXPORTED, SPOOLED
@@ -123,7 +126,7 @@ class AgentPipeline:
                                   ("lost_export", hdr.LOST_EXPORT), ("internal_errors", hdr.INTERNAL_ERRORS),
                                   ("checkpoints_signed", hdr.CHECKPOINTS)):
                     out[key] = ring.word(word)
-                out.update(self.handoff.ledger() or {})
+                out.update(self.handoff.ledger(spool=spool) or {})
         out.update({k: v for k, v in handed.items() if fallback is None or k == "agent"})
         return out
 
@@ -133,7 +136,7 @@ class AgentPipeline:
         return self.handoff.timings.drain()
 
     def stats(self) -> dict[str, Any]:
-        out = self.counts()
+        out = self._counts(spool=True)  # and what waits in the stream's spool, as in-process
         out.setdefault("spool", None)
         return out
 
@@ -148,14 +151,11 @@ def install(pipeline: AuditPipeline) -> None:
         util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)  # started in a multiprocessing child
     if pipeline.settings.handle_sigterm:
         _install_sigterm()
-    directory = pipeline.settings.spool_dir
-    if directory:
-        from secret_audit._internal.spooldir import SPOOL_FILE
+    from secret_audit._internal.spooldir import leftover_spool  # not spool: sqlite3 costs every start-up
 
-        # the name from spooldir, not spool: importing spool (and sqlite3) costs every start-up
-        if os.path.exists(os.path.join(directory, SPOOL_FILE)):
-            # Records an earlier process spooled are replayed now, not at this one's first access.
-            pipeline.handoff.start()
+    if leftover_spool(pipeline.settings.spool_dir):
+        # Records an earlier process spooled are replayed now, not at this one's first access.
+        pipeline.handoff.start()
 
 
 def _install_sigterm() -> None:

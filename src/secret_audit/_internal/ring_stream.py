@@ -23,6 +23,7 @@ from secret_audit import contract
 from secret_audit._internal.agent_span_otlp import SpanShipper, encode_lone_span, encode_span, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
+from secret_audit._internal.otlp import encode_key_values
 from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.ring import SPAN, SPAN_PART, Slot, slots_of
 from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fill
@@ -100,6 +101,7 @@ class SlotPipeline(AuditPipeline):
         self._span_builder: RecordBuilder | None = None
         self._span_records: list[dict[str, Any]] = []  # an access's records before its last slot
         self._last_index = -1  # the ring index of the last slot whose records are in the batch
+        self.on_end: Any = None  # called once shutdown made the records final (the agent tells its app)
 
     def continue_from(self, stream_id: str, last_sequence: int) -> None:
         """Queue, ahead of anything else, this stream's first record: it names the dead agent's stream it
@@ -175,12 +177,11 @@ class SlotPipeline(AuditPipeline):
         engine = self._encodes and not self._echo  # the engine writes OTLP bytes, and echoes nothing
         limit = self.settings.batch_size
         slots, shapes = run.slots, run.shapes
-        alone = _ONE_BY_ONE  # slots built one at a time: those whose records make an SDK span
-        if engine and run.flags & _ONE_BY_ONE and self._native_spans():
-            self._spans_of_run(slots, shapes)  # our spans need no record built: the engine stamps them all
-            alone = 0
+        # Slots whose records make a span are built one at a time: a lone record lends its span its stream
+        # fields (event id, stream, sequence, chain), known once it is stamped, as in-process.
+        alone = _ONE_BY_ONE
         if engine and not run.flags & alone and self._batch.records + run.records < limit:
-            return self._stamp_run(slots, shapes, spans=not alone)  # the common run: one call
+            return self._stamp_run(slots, shapes)  # the common run: one call
         built, i, n = 0, 0, len(slots)
         while i < n:
             j, room = i, limit - self._batch.records
@@ -188,10 +189,10 @@ class SlotPipeline(AuditPipeline):
                 room -= len(shapes[j])
                 j += 1
             if j > i:
-                built += self._stamp_run(slots[i:j], shapes[i:j], spans=not alone)
+                built += self._stamp_run(slots[i:j], shapes[i:j])
                 i = j
             else:
-                built += self._slot_safely(slots[i], shapes[i], span=bool(alone))
+                built += self._slot_safely(slots[i], shapes[i])
                 i += 1
             if self._batch.records >= limit:
                 self.handoff.made_room()
@@ -200,8 +201,8 @@ class SlotPipeline(AuditPipeline):
         return built
 
     def _stamp_run(self, slots: list[Slot], shapes: list[list[Shape]], *, spans: bool = False) -> int:
-        """Stamp and encode a stretch of slots in one engine call (``spans``: their spans already made);
-        slot by slot if it refuses one."""
+        """Stamp and encode a stretch of slots in one engine call (``spans``: their spans made by the
+        caller); slot by slot if it refuses one."""
         stream = self.stream
         try:
             n: int = self._backend.add_framed(lambda out: stream.stamp_slots(slots, shapes, out))
@@ -225,38 +226,42 @@ class SlotPipeline(AuditPipeline):
             self._prepare()
         self._last_index = slot[0]
         _, flags, start, end, trace_id, span_id, trace_flags, _, _ = slot
+        if (span and flags & SPAN and len(shapes) == 1 and not self._span_records and self._encodes
+                and not self._echo and self._native_spans()):
+            return self._lone_slot(slot, shapes)
         records, bodies = fill(shapes, start, end)
-        if span and flags & _ONE_BY_ONE:
-            self._slot_span(slot, records)
         ids: Ids = NO_IDS
         if trace_id:
             ids = (trace_id, span_id, trace_flags, f"{trace_id:032x}", f"{span_id:016x}")
-        return self._stamp(records, shapes, bodies, ids, start)
+        n = self._stamp(records, shapes, bodies, ids, start)
+        if span and flags & _ONE_BY_ONE:  # once stamped: a lone record lends the span its stream fields
+            self._slot_span(slot, records)
+        return n
+
+    def _lone_slot(self, slot: Slot, shapes: list[Shape]) -> int:
+        """An access of one record making our span: stamped by the engine, then its span from its shape's
+        pieces and the stream fields the record got (the SDK span's attributes: the record's, in order)."""
+        stream = self.stream
+        prev = stream.head
+        n = self._stamp_run([slot], [shapes], spans=True)
+        if n == 1 and slot[6] & 1:  # sampled: the parent's flag, as the SDK's parent-based sampler
+            shape, seq = shapes[0], stream.sequence
+            try:
+                fields = encode_key_values(b"\x4a", {
+                    contract.EVENT_ID: f"{stream.id}:{seq}", contract.STREAM_ID: stream.id,
+                    contract.SEQUENCE: seq, contract.CHAIN_PREV: prev, contract.CHAIN_HASH: stream.head})
+                self._ship(encode_lone_span(slot[4], slot[5], slot[8], slot[2], slot[3], shape.attrs,
+                                            shape.encoded, fields))
+            except Exception:  # a span we cannot make never costs the records
+                self._ledger.internal_errors += 1
+                _log.exception("secret-audit: failed to make an audit span")
+        return n
 
     def _native_spans(self) -> bool:
         """Whether this stream's spans are ours (asked once: the env's traces exporter is OTLP/HTTP)."""
         if self._native is None:
             self._native = native_traces()
         return self._native
-
-    def _spans_of_run(self, slots: list[Slot], shapes: list[list[Shape]]) -> None:
-        """Our spans of a run's slots that make one, from their shapes' attributes (as ``fill`` has them)."""
-        for slot, planned in zip(slots, shapes):  # noqa: B905 - built together
-            flags = slot[1]
-            if not flags & _ONE_BY_ONE:
-                continue
-            if flags & SPAN and len(planned) == 1 and not self._span_records:  # one record: pieces per shape
-                if slot[6] & 1:
-                    shape = planned[0]
-                    try:
-                        self._ship(encode_lone_span(slot[4], slot[5], slot[8], slot[2], slot[3], shape.attrs,
-                                                    shape.encoded))
-                    except Exception:  # a span we cannot make never costs the records
-                        self._ledger.internal_errors += 1
-                        _log.exception("secret-audit: failed to make an audit span")
-                continue
-            duration = (slot[3] - slot[2]) / 1e6
-            self._slot_span(slot, [{**shape.attrs, "audit.duration_ms": duration} for shape in planned])
 
     def _slot_span(self, slot: Slot, records: list[dict[str, Any]]) -> None:
         """Gather an access's records over its slots; at its last, its span with the ids the app chose."""
@@ -292,6 +297,8 @@ class SlotPipeline(AuditPipeline):
 
     def shutdown(self, timeout: float | None = None) -> None:
         super().shutdown(timeout)
+        if self.on_end is not None:  # the records are final (the last checkpoint durable); spans may lag
+            self.on_end()
         if self._spans is not None:
             self._spans.flush(self.settings.shutdown_timeout_ms)
         if self._native:

@@ -13,12 +13,21 @@ import pwd
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["DESTINATION_FILE", "SPOOL_FILE", "default_spool_dir", "prepare_spool_dir", "state_home"]
+__all__ = [
+    "DESTINATION_FILE", "SPOOL_FILE", "default_spool_dir", "leftover_spool", "prepare_spool_dir",
+    "state_home",
+]
 
 # Written beside the spool so an operator can tell what a folder holds (never the headers).
 DESTINATION_FILE = "destination.txt"
 # The spool's own file, named here so that start-up can look for a leftover one without importing sqlite3.
 SPOOL_FILE = "audit-spool.sqlite3"
+
+
+def leftover_spool(directory: str | None) -> bool:
+    """Whether a spool waits in ``directory``: its stream's worker starts at once to replay it, not at a
+    first access that a process may never make."""
+    return bool(directory) and os.path.exists(os.path.join(str(directory), SPOOL_FILE))
 
 
 def state_home(env: Mapping[str, str]) -> Path | None:
