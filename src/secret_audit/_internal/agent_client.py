@@ -233,12 +233,17 @@ class AgentHandoff:
             if sock is None or self.fallback is not None:
                 return None
             self._answer.clear()
+            # whole frames: shapes are sent under the same lock (bounded: close() may run in a signal
+            # handler that interrupted this thread while it held it)
+            if not self.lock.acquire(timeout=timeout):
+                return None
             try:
-                with self.lock:  # whole frames: shapes are sent under the same lock
-                    ask = b"spool" if spool else b""
-                    sock.sendall(wire.FRAME.pack(b"Q", len(ask)) + ask)
+                ask = b"spool" if spool else b""
+                sock.sendall(wire.FRAME.pack(b"Q", len(ask)) + ask)
             except OSError:
                 return None
+            finally:
+                self.lock.release()
             answered = self._answer.wait(timeout)  # also set once the agent is gone
             return self._ledger if answered and self.fallback is None else None
 
