@@ -28,7 +28,7 @@ from secret_audit._internal.agent_span_otlp import SpanShipper, native_traces
 from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
-from secret_audit._internal.engine import plan_of, resolve_raw
+from secret_audit._internal.engine import malloc_arenas, malloc_trim, plan_of, resolve_raw
 from secret_audit._internal.export import PlainResource
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
@@ -65,6 +65,10 @@ _SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_
 # (or, should a wake be missed, by this timeout; the app's end and its nudges wake it too).
 _NAP, _LONGEST_NAP, _SLEEP = 0.002, 0.008, 0.25
 _RUN = 128  # slots the reader hands to its stream at once (one queue item, one engine call or a few)
+# The agent's malloc (section 20 of docs/design/pipeline.md): its threads share this many arenas instead of
+# one each, and every _TRIM seconds the free pages malloc keeps go back to the system.
+_ARENAS = 1
+_TRIM = 1.0
 
 
 class _Settle:
@@ -350,7 +354,7 @@ def serve(listener: socket.socket, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     members: list[Member] = []
     listener.settimeout(0.1)
-    idle_since = time.monotonic()
+    idle_since = trimmed = time.monotonic()
     linger = _FIRST_WAIT
     while not stopping.is_set():
         try:
@@ -364,9 +368,13 @@ def serve(listener: socket.socket, settings: Settings) -> int:
             member.thread.start()
             linger = _LINGER
         members = [m for m in members if m.thread.is_alive()]
+        now = time.monotonic()
+        if _TRIM and now - trimmed >= _TRIM:
+            malloc_trim()
+            trimmed = now
         if members:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since > linger:
+            idle_since = now
+        elif now - idle_since > linger:
             break
     listener.close()
     for member in members:
@@ -385,6 +393,8 @@ def main(argv: list[str]) -> int:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     # The agent's own exports are never traced or audited, whatever was loaded into it.
     otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    if _ARENAS:
+        malloc_arenas(_ARENAS)  # before any thread of the agent's is made
     listener = socket.socket(fileno=int(argv[0]))
     settings = settings_from(sys.stdin.buffer.read())  # exactly the settings the app checked
     # What was imported stays: out of the collector's sight. The reader's slots (tuples, made by the

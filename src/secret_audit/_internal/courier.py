@@ -68,6 +68,7 @@ class Courier:
                 self._results.put(UNSENT)
                 continue
             result = send(self._backend, job[0])
+            job = None  # not held while waiting for the next: a request's bytes (about 100 kB) per stream
             if result not in (SendResult.OK, SendResult.REFUSED):
                 self._halted = True
             self._results.put(result)
