@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import Any
 
-from opentelemetry import context as otel_context
-
-from secret_audit._internal import meters
+from secret_audit._internal.quiet import suppress_instrumentation
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import Sink
 
@@ -56,10 +55,7 @@ class Courier:
         self._jobs.put(None)
 
     def _run(self) -> None:
-        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-        # Our own exports must never be traced or audited by other instrumentations.
-        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        suppress_instrumentation()  # our own exports are never traced or audited by other instrumentations
         while True:
             job = self._jobs.get()
             if job is None:
@@ -82,5 +78,9 @@ def send(backend: Sink, payload: Any) -> str:
     except Exception:
         _log.debug("audit send raised", exc_info=True)
         result = SendResult.RETRY
-    meters.record_export(time.perf_counter() - started, result)
+    # The export histograms exist once meters.observe registered them (an instrumented app): the audit agent
+    # never does, and does not import the metrics API for nothing.
+    meters = sys.modules.get("secret_audit._internal.meters")
+    if meters is not None:
+        meters.record_export(time.perf_counter() - started, result)
     return result
