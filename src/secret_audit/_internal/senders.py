@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import logging
 import os
@@ -92,9 +91,12 @@ class HttpSender:
             "User-Agent": f"otel-secret-audit/{__version__}",
             **headers,
         }
+        self._gzip: Any = None
         if gzip_body:
+            import gzip
+
             self._headers["Content-Encoding"] = "gzip"
-        self._gzip = gzip_body
+            self._gzip = gzip
         self._timeout = timeout
         parts = urlsplit(endpoint)
         self._tls = _tls_context(verify, cert) if parts.scheme.lower() == "https" else None
@@ -137,7 +139,7 @@ class HttpSender:
     def send(self, body: bytes) -> str:
         if self._unsupported:
             return self._failed(self._unsupported, SendResult.RETRY)
-        data = gzip.compress(body, 5) if self._gzip else body
+        data = self._gzip.compress(body, 5) if self._gzip else body
         # the kept connection, unless another thread's request holds it: then one of its own, closed after
         kept = self._lock.acquire(blocking=False)
         try:
