@@ -226,3 +226,15 @@ def test_one_connection_is_kept_and_a_connection_the_endpoint_closed_while_idle_
         finally:
             sender.close()
     assert len(seen.requests) == 3
+
+
+def test_an_https_proxy_for_an_https_endpoint_is_refused_in_words_and_the_batch_kept(monkeypatch):
+    """TLS inside TLS is not supported: each send is a retry (the records spool) that says what to set."""
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("https_proxy", "https://127.0.0.1:9")
+    result, problem = _send("https://127.0.0.1:9/v1/logs", {})
+    assert result == SendResult.RETRY
+    assert problem is not None
+    assert "https:// proxy" in problem
+    assert "http:// URL" in problem
