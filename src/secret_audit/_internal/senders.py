@@ -182,9 +182,13 @@ class HttpSender:
         return result
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
+        # never waits: a request still in flight on another thread (at exit) ends by its own timeout
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+            finally:
+                self._lock.release()
 
 
 def _dropped(sock: Any) -> bool:
