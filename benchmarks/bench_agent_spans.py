@@ -29,9 +29,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from secret_audit._internal import agent_spans
 from secret_audit._internal.agent_span_otlp import SpanShipper, encode_lone_span, encode_span
+from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.otlp import encode_attributes
-from secret_audit._internal.shapes import RecordBuilder
 
 N = int(env_flag("BENCH_SPANS", "20000"))
 RESOURCE = {"service.name": "bench", "service.instance.id": "i-1", "telemetry.sdk.language": "python"}

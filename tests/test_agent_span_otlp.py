@@ -20,10 +20,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otlp_receiver import serve_http
 from secret_audit._internal import agent_spans
 from secret_audit._internal.agent_span_otlp import SpanShipper, encode_span, native_traces
+from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.otlp import encode_request
 from secret_audit._internal.senders import build_sender
-from secret_audit._internal.shapes import SCOPE, RecordBuilder
+from secret_audit._internal.shapes import SCOPE
 from secret_audit.version import __version__
 
 RESOURCE = {"service.name": "span-test", "service.instance.id": "i-1", "process.pid": 42,

@@ -19,11 +19,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from secret_audit import contract
 from secret_audit._internal import engine
+from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.event import Access, Item
 from secret_audit._internal.otlp import RecordData, encode_log_record, encode_request_framed, varint
 from secret_audit._internal.redis_source import SOURCE
-from secret_audit._internal.shapes import RecordBuilder, fill
+from secret_audit._internal.shapes import fill
 from secret_audit._internal.stream import Stream
 from test_fast_records import _context, contexts, items
 

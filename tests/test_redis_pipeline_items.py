@@ -13,11 +13,11 @@ from opentelemetry.context import get_current
 
 from secret_audit._internal import redis_pipelines as rp
 from secret_audit._internal import redis_replies as rr
+from secret_audit._internal.builder import _coalesce
 from secret_audit._internal.matcher import KeyMatcher
 from secret_audit._internal.redis_calls import Commands, Pipelines
 from secret_audit._internal.redis_commands import UNKNOWN_COMMAND
 from secret_audit._internal.redis_pipelines import PipelineItems
-from secret_audit._internal.shapes import _coalesce
 
 CANARY = "canary-value-7f3e-never-recorded"
 

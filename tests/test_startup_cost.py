@@ -53,6 +53,36 @@ def test_the_agent_imports_neither_the_sdk_trace_package_unless_it_makes_spans_n
     assert not any(_loaded(code, env, launcher=False).values())
 
 
+# What the agent runs (its streams, the fast sink's sender, the engine, our span shipper) without the API:
+# the agent's environment drops the launcher's sitecustomize, so nothing instrumented is loaded into it.
+_AGENT_RUNS = """
+import json, sys
+import secret_audit._internal.agent
+from secret_audit._internal.agent_span_otlp import SpanShipper
+from secret_audit._internal.config import load_settings
+from secret_audit._internal.export import PlainResource
+from secret_audit._internal.ring_stream import SlotPipeline
+stream = SlotPipeline(load_settings({}), {"service.name": "w"}, records_resource=PlainResource({"service.name": "w"}))
+stream._prepare()
+SpanShipper.shared()
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("opentelemetry", "urllib3")
+                        or m in ("urllib.request", "importlib.metadata", "subprocess", "secret_audit.context"))))
+"""
+
+
+def test_the_agent_runs_without_the_opentelemetry_api_urllib3_or_urllib_request():
+    """About 3.5 MiB of the agent's private memory (section 20 of docs/design/pipeline.md): the OTel API
+    (context, trace, metrics, logs, baggage) was imported only for types, a context key no instrumentation
+    in the agent reads, and meters it never registers; urllib3 (with importlib.metadata through its HTTP/2
+    probe) for a connection pool; urllib.request only to read ``*_proxy`` variables; subprocess to spawn."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and not k.lower().endswith("_proxy")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+    proc = subprocess.run([sys.executable, "-c", _AGENT_RUNS], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
 def test_the_agents_plain_resource_makes_the_records_bytes_the_sdk_resource_made():
     """The agent names an app's resource without the SDK's Resource (whose module imports psutil): the
     records' requests are the same bytes, and a resource without an instance id gets one as merge adds it."""

@@ -12,6 +12,7 @@
  *   stamp_slots(slots, shapes, consts, seq, head, observed, out, plan_at=8) -> (seq, head)
  *   float_text(x) -> bytes   (a duration as contract.canonical_bytes writes it)
  *   portable_sha256(data) -> str, LIBCRYPTO   (the built-in hash, for its test; whether libcrypto's is used)
+ *   malloc_arenas(n) -> bool, malloc_trim() -> bool   (the agent's malloc: glibc only, else False)
  *
  * Past the 400-line guideline, for two reasons: a portable SHA-256 (so that the build needs no
  * library's headers; about 110 lines), and the OTLP record spelled out field by field, each with
@@ -21,6 +22,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -894,7 +898,43 @@ portable_sha256(PyObject *self, PyObject *arg)
     return PyUnicode_FromStringAndSize(out, 64);
 }
 
+/* The agent's threads (three per app) each got a malloc arena of their own, about 1 MiB resident apiece
+ * once their buffers came and went: at most n arenas for threads made from now on. */
+static PyObject *
+malloc_arenas(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+#ifdef __GLIBC__
+    return PyBool_FromLong(n > 0 && n <= INT_MAX && mallopt(M_ARENA_MAX, (int)n) == 1);
+#else
+    return PyBool_FromLong(0);
+#endif
+}
+
+/* Free pages malloc keeps (between live chunks too) handed back to the system; True if any was. */
+static PyObject *
+trim(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+#ifdef __GLIBC__
+    int released;
+    Py_BEGIN_ALLOW_THREADS
+    released = malloc_trim(0);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(released);
+#else
+    return PyBool_FromLong(0);
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"malloc_arenas", malloc_arenas, METH_O, "At most n malloc arenas for threads made from now on (glibc)."},
+    {"malloc_trim", trim, METH_NOARGS, "Hand malloc's free pages back to the system (glibc)."},
     {"portable_sha256", portable_sha256, METH_O, "The built-in SHA-256 (used without libcrypto), hex."},
     {"stamp_slots", stamp_slots, METH_VARARGS, "Stamp and encode a run of ring slots' records."},
     {"stamp_raw", stamp_raw, METH_VARARGS, "stamp_slots for a run of raw ring slots."},

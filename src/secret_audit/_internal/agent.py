@@ -25,14 +25,14 @@ import time
 from typing import Any
 
 from secret_audit._internal.agent_span_otlp import SpanShipper, native_traces
-from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
 from secret_audit._internal.config import Settings
-from secret_audit._internal.engine import plan_of, resolve_raw
+from secret_audit._internal.engine import malloc_arenas, malloc_trim, plan_of, resolve_raw
 from secret_audit._internal.export import PlainResource
 from secret_audit._internal.export_timings import ExportTimings
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
+from secret_audit._internal.quiet import suppress_instrumentation
 from secret_audit._internal.ring import (
     CHECKPOINTS,
     DEGRADED,
@@ -67,6 +67,11 @@ _SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_
 # (or, should a wake be missed, by this timeout; the app's end and its nudges wake it too).
 _NAP, _LONGEST_NAP, _SLEEP = 0.002, 0.008, 0.25
 _RUN = 128  # slots the reader hands to its stream at once (one queue item, one engine call or a few)
+# The agent's malloc (section 20 of docs/design/pipeline.md): its threads share this many arenas instead of
+# one each, and the free pages malloc keeps go back to the system once no slot came for _QUIET seconds
+# (never under load: pages given back are faulted in again).
+_ARENAS = 1
+_QUIET = 0.25
 
 
 class _Settle:
@@ -92,6 +97,8 @@ class RingStream(SlotPipeline):
     def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
         spans = None  # the SDK's span path, for a traces exporter ours does not speak
         if settings.spans_via != "app" and not native_traces():
+            from secret_audit._internal.agent_spans import SpanMaker
+
             spans = SpanMaker.for_resource(resource)
         # the app's resource: records name the service and instance its spans name
         plain = PlainResource(resource) if resource else None
@@ -149,6 +156,7 @@ class Member:
         self._stream: RingStream | None = None  # the app's stream, once its ring is registered
         self._flush = False  # the app flushes: export what was read once the ring is read to its end
         self._kinds: dict[tuple[str, str, str], tuple[str, str, str]] = {}  # kinds counted by `is`
+        self.read = 0  # runs of slots read so far: the agent is quiet while no member's count moves
         self.thread = threading.Thread(target=self._run, name="secret-audit-agent-member", daemon=True)
 
     def _run(self) -> None:
@@ -215,6 +223,7 @@ class Member:
                 queue.append(Marker())
                 handoff.wake.set()
             if read:
+                self.read += 1
                 ring.set_word(TAIL, ring.next)
                 self._losses(ring, handoff)
                 if handoff.consumer is None:
@@ -368,7 +377,8 @@ def serve(listener: socket.socket, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     members: list[Member] = []
     listener.settimeout(0.1)
-    idle_since = time.monotonic()
+    idle_since = ticked = time.monotonic()
+    last_read = -1
     linger = _FIRST_WAIT
     while not stopping.is_set():
         try:
@@ -382,9 +392,15 @@ def serve(listener: socket.socket, settings: Settings) -> int:
             member.thread.start()
             linger = _LINGER
         members = [m for m in members if m.thread.is_alive()]
+        now = time.monotonic()
+        if _QUIET and now - ticked >= _QUIET:
+            read = sum(m.read for m in members)
+            if read == last_read:
+                malloc_trim()
+            last_read, ticked = read, now
         if members:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since > linger:
+            idle_since = now
+        elif now - idle_since > linger:
             break
     listener.close()
     for member in members:
@@ -394,15 +410,14 @@ def serve(listener: socket.socket, settings: Settings) -> int:
 
 def main(argv: list[str]) -> int:
     """The agent's entry point: the inherited listening socket's descriptor is its only argument."""
-    from opentelemetry import context as otel_context
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
     # The agent's work is batch work: it takes its fair share of the CPU, but its wake-ups never preempt
     # the app or its Redis (SCHED_BATCH; theirs preempt it as before): it does not lengthen round trips.
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as any process
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     # The agent's own exports are never traced or audited, whatever was loaded into it.
-    otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    suppress_instrumentation()
+    if _ARENAS:
+        malloc_arenas(_ARENAS)  # before any thread of the agent's is made
     listener = socket.socket(fileno=int(argv[0]))
     settings = settings_from(sys.stdin.buffer.read())  # exactly the settings the app checked
     # What was imported stays: out of the collector's sight. The reader's slots (tuples, made by the

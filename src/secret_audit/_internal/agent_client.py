@@ -32,11 +32,12 @@ from secret_audit._internal import ring as hdr
 from secret_audit._internal.agent_short import ShortWay
 from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
 from secret_audit._internal.agent_takeover import HeldShapes, take_over
+from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
 from secret_audit._internal.export_timings import ExportTimings
 from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
-from secret_audit._internal.shapes import RecordBuilder, Shape, fill
+from secret_audit._internal.shapes import Shape, fill
 
 __all__ = ["AgentHandoff"]
 

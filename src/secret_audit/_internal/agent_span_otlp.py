@@ -255,6 +255,7 @@ class SpanShipper:
                 self._busy = n
             if n:
                 self._send(taken, n)
+            taken = {}  # not held while waiting for the next batch
             with self._cond:
                 self._busy = 0
                 self._cond.notify_all()

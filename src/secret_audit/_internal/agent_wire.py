@@ -17,12 +17,14 @@ import secrets
 import signal
 import socket
 import struct
-import subprocess
 import sys
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secret_audit._internal.config import Settings
+
+if TYPE_CHECKING:  # the app's side only: the agent, which imports this module, starts no process
+    import subprocess
 
 __all__ = [
     "EXPORTED", "FRAME", "SPOOLED", "agent_address", "agent_env", "exit_cause", "read_frame",
@@ -86,6 +88,8 @@ def spawn(address: bytes, settings: Settings) -> subprocess.Popen[bytes]:
     agent is still importing; its own session, so that a signal to the app's process group (Ctrl-C,
     a container's SIGTERM) does not stop it before it drained what the app handed off.
     """
+    import subprocess
+
     listener = _above_stdio(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
     try:
         listener.bind(address)
@@ -139,6 +143,8 @@ def _exactly(sock: socket.socket, n: int) -> bytes | None:
 def exit_cause(proc: Any, pid: int | None) -> str:
     """How the agent ended, as far as this process can tell (only its parent can reap it)."""
     if proc is not None:
+        import subprocess
+
         try:
             code = proc.wait(2)
         except subprocess.TimeoutExpired:

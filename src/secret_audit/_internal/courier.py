@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import Any
 
-from opentelemetry import context as otel_context
-
-from secret_audit._internal import meters
+from secret_audit._internal.quiet import suppress_instrumentation
 from secret_audit._internal.senders import SendResult
 from secret_audit._internal.sinks import Sink
 
@@ -56,10 +55,7 @@ class Courier:
         self._jobs.put(None)
 
     def _run(self) -> None:
-        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-        # Our own exports must never be traced or audited by other instrumentations.
-        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        suppress_instrumentation()  # our own exports are never traced or audited by other instrumentations
         while True:
             job = self._jobs.get()
             if job is None:
@@ -68,6 +64,7 @@ class Courier:
                 self._results.put(UNSENT)
                 continue
             result = send(self._backend, job[0])
+            job = None  # not held while waiting for the next: a request's bytes (about 100 kB) per stream
             if result not in (SendResult.OK, SendResult.REFUSED):
                 self._halted = True
             self._results.put(result)
@@ -84,8 +81,12 @@ def send(backend: Sink, payload: Any) -> str:
         result = SendResult.RETRY
     seconds = time.perf_counter() - started
     timings = getattr(backend, "timings", None)  # a back end of a test or an embedder may not be a Sink
-    if timings is None:
-        meters.record_export(seconds, result)
-    else:
+    if timings is not None:  # the agent's: the app records them into its histogram (export_timings)
         timings.add(seconds, result)
+        return result
+    # The export histograms exist once meters.observe registered them (an instrumented app): the audit agent
+    # never does, and does not import the metrics API for nothing.
+    meters = sys.modules.get("secret_audit._internal.meters")
+    if meters is not None:
+        meters.record_export(seconds, result)
     return result

@@ -25,7 +25,8 @@ from secret_audit import contract
 from secret_audit._internal.otlp import AuditTail, _event_name_field, _severity_field, ld, varint
 
 __all__ = [
-    "NATIVE", "Plan", "StreamConsts", "float_json", "plan_of", "resolve_raw", "resolve_raw_py", "stamp_raw",
+    "NATIVE", "Plan", "StreamConsts", "float_json", "malloc_arenas", "malloc_trim", "plan_of", "resolve_raw",
+    "resolve_raw_py", "stamp_raw",
     "stamp_raw_py", "stamp_slots", "stamp_slots_py",
 ]
 
@@ -239,9 +240,19 @@ try:  # the C twin, when the optional extension was built
     stamp_slots: Callable[..., tuple[int, str]] = _engine.stamp_slots
     stamp_raw: Callable[..., tuple[int, str]] = _engine.stamp_raw
     resolve_raw: Callable[[bytes, dict[int, Any]], Resolved | None] = _engine.resolve_raw
+    malloc_arenas: Callable[[int], bool] = _engine.malloc_arenas
+    malloc_trim: Callable[[], bool] = _engine.malloc_trim
     NATIVE = True
 except ImportError:  # pragma: no cover - a build without a C compiler
     stamp_slots = stamp_slots_py
     stamp_raw = stamp_raw_py
     resolve_raw = resolve_raw_py
     NATIVE = False
+
+    def malloc_arenas(n: int) -> bool:
+        """Without the extension the agent's malloc is left as it is."""
+        return False
+
+    def malloc_trim() -> bool:
+        """Without the extension the agent's malloc is left as it is."""
+        return False

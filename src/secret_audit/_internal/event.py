@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from opentelemetry.context import Context
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 __all__ = ["Access", "Item", "Source"]
 

@@ -7,8 +7,6 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from opentelemetry import trace
-
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import RecordData
 from secret_audit._internal.senders import SendResult, build_sender
@@ -17,6 +15,7 @@ from secret_audit._internal.sinks import FastSink, Sink
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["AnyResource", "NullSink", "PlainResource", "audit_resource", "build_sink", "early_resource",
            "preload_sink"]
@@ -119,21 +118,29 @@ def preload_sink(settings: Settings, exporter: object) -> None:
         preload(settings.otlp_protocol)
 
 
-def early_resource(provider: trace.TracerProvider | None = None) -> AnyResource | None:
+def _provider(provider: TracerProvider | None) -> Any:
+    """The given tracer provider, else the global one; none without the API's trace module imported (the
+    audit agent does not import it): only an SDK provider carries a resource, and the SDK imports it."""
+    if provider is not None:
+        return provider
+    trace = sys.modules.get("opentelemetry.trace")
+    return None if trace is None else trace.get_tracer_provider()
+
+
+def early_resource(provider: TracerProvider | None = None) -> AnyResource | None:
     """Detect the resource now when no tracer provider carries one: detection runs on a thread
     pool, which refuses work once the interpreter has begun to exit (when a short script's records
     are built)."""
-    if _sdk_resource(getattr(provider or trace.get_tracer_provider(), "resource", None)):
+    if _sdk_resource(getattr(_provider(provider), "resource", None)):
         return None
     return audit_resource(provider)
 
 
 def audit_resource(
-    provider: trace.TracerProvider | None = None, detected: AnyResource | None = None
+    provider: TracerProvider | None = None, detected: AnyResource | None = None
 ) -> AnyResource:
     """Reuse the tracer provider's resource so audit records and spans name the same service."""
-    provider = provider or trace.get_tracer_provider()
-    resource: Any = getattr(provider, "resource", None)
+    resource: Any = getattr(_provider(provider), "resource", None)
     if not _sdk_resource(resource):
         resource = detected
         if resource is None:

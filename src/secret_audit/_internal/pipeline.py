@@ -14,9 +14,6 @@ import threading
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
-from opentelemetry.trace import TracerProvider
-
 from secret_audit import contract
 from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import Settings
@@ -26,12 +23,16 @@ from secret_audit._internal.export import audit_resource, build_sink, early_reso
 from secret_audit._internal.handoff import Handoff, Marker
 from secret_audit._internal.ledger import CREATED, Kind, Ledger
 from secret_audit._internal.otlp import RecordData
-from secret_audit._internal.shapes import SCOPE, SEVERITY, Ids, RecordBuilder, Shape, echo_line
+from secret_audit._internal.quiet import suppress_instrumentation
+from secret_audit._internal.shapes import SCOPE, SEVERITY, Ids, Shape, echo_line
 from secret_audit._internal.stream import Stream
 from secret_audit.version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.trace import TracerProvider
+
+    from secret_audit._internal.builder import RecordBuilder
 
 __all__ = ["AuditPipeline", "peek_pipeline", "set_pipeline"]
 
@@ -86,7 +87,7 @@ class AuditPipeline:
         """Fresh stream, queue and worker: used at start and in a forked child."""
         self.handoff.reset()
         self.stream = Stream()
-        self._builder = RecordBuilder(self.settings, self._tracer_provider)
+        self._builder: RecordBuilder | None = None  # made at the first access built here: never in the agent
         self._stop = threading.Event()
         self._delivery = Delivery(self.settings.export_retry_timeout_ms / 1000, self._stop)
         self._ledger = Ledger()
@@ -185,10 +186,7 @@ class AuditPipeline:
         return thread
 
     def _run(self) -> None:
-        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-        # Our own exports must never be traced or audited by other instrumentations.
-        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        suppress_instrumentation()  # our own exports are never traced or audited by other instrumentations
         handoff, delivery = self.handoff, self._delivery
         delay = self.settings.schedule_delay_ms / 1000
         if self.settings.spool_dir:
@@ -273,13 +271,18 @@ class AuditPipeline:
         """Turn one access into its records (stamped, handed to the back end) and end its span."""
         if self._backend is None:
             self._prepare()
-        built = self._builder.build(access)
+        builder = self._builder
+        if builder is None:
+            from secret_audit._internal.builder import RecordBuilder
+
+            builder = self._builder = RecordBuilder(self.settings, self._tracer_provider)
+        built = builder.build(access)
         if built is None:
             return 0
         records, shapes, bodies, ids, span = built
         n = self._stamp(records, shapes, bodies, ids, access.start_ns)
         if span is not None:
-            self._builder.end_span(span, records, access.end_ns)
+            builder.end_span(span, records, access.end_ns)
         return n
 
     def _stamp(self, records: list[dict[str, Any]], shapes: list[Shape], bodies: list[str], ids: Ids,

@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 import logging
 from time import time_ns
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from secret_audit import contract
 from secret_audit._internal.agent_span_otlp import SpanShipper, encode_lone_span, encode_span, native_traces
-from secret_audit._internal.agent_spans import SpanMaker
 from secret_audit._internal.config import Settings
 from secret_audit._internal.otlp import encode_key_values
 from secret_audit._internal.pipeline import AuditPipeline
 from secret_audit._internal.ring import SPAN, SPAN_PART, Slot, slots_of
-from secret_audit._internal.shapes import NO_IDS, Ids, RecordBuilder, Shape, fill
+from secret_audit._internal.shapes import NO_IDS, Ids, Shape, fill
+
+if TYPE_CHECKING:  # the SDK's span path only: the agent imports neither unless it makes SDK spans
+    from secret_audit._internal.agent_spans import SpanMaker
+    from secret_audit._internal.builder import RecordBuilder
 
 __all__ = ["Link", "RawRun", "SlotPipeline", "Taken", "TakenRun"]
 
@@ -289,6 +292,9 @@ class SlotPipeline(AuditPipeline):
 
     def _span_maker(self) -> tuple[SpanMaker, RecordBuilder]:
         """The provider for spans with chosen ids (made at the first such slot), and a builder on it."""
+        from secret_audit._internal.agent_spans import SpanMaker
+        from secret_audit._internal.builder import RecordBuilder
+
         if self._spans is None:
             self._spans = SpanMaker.for_resource(self._resource)
         if self._span_builder is None:
