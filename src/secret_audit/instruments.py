@@ -9,14 +9,15 @@ callback each side gives, the histogram with its advisory buckets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+if TYPE_CHECKING:  # for types only: the audit agent reads BUCKETS and never imports the metrics API
+    from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 __all__ = ["BUCKETS", "INSTRUMENTS", "STORE_SCOPE", "Callback", "Instrument", "create", "of_scope"]
 
 STORE_SCOPE = "secret_audit.store"
-Callback = Callable[[CallbackOptions], Iterable[Observation]]
+Callback = Callable[["CallbackOptions"], Iterable["Observation"]]
 
 
 class Instrument(NamedTuple):
