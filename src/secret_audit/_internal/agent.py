@@ -7,6 +7,7 @@ once; the agent reads the ring's slots, and for each app process runs one stream
 pipeline (builder fill, stream, delivery, spool, ledger, checkpoints) on its own thread. What an app
 handed off outlives it: when its socket closes (exit, SIGTERM or kill -9) the ring is read to its
 last committed slot and the stream flushed or spooled. The agent exits once no app is left.
+Slightly past 400 lines: its malloc policy (one arena, trimmed when quiet) sits in the accept loop.
 """
 
 from __future__ import annotations
@@ -67,11 +68,9 @@ _SEND_TIMEOUT = 15.0  # seconds: a request in flight ends by OTEL_EXPORTER_OTLP_
 # (or, should a wake be missed, by this timeout; the app's end and its nudges wake it too).
 _NAP, _LONGEST_NAP, _SLEEP = 0.002, 0.008, 0.25
 _RUN = 128  # slots the reader hands to its stream at once (one queue item, one engine call or a few)
-# The agent's malloc (section 20 of docs/design/pipeline.md): its threads share this many arenas instead of
-# one each, and the free pages malloc keeps go back to the system once no slot came for _QUIET seconds
-# (never under load: pages given back are faulted in again).
-_ARENAS = 1
-_QUIET = 0.25
+# The agent's malloc (docs/design/pipeline.md section 20): its threads share _ARENAS arenas, and malloc's
+# free pages go back to the system once no slot came for _QUIET s (never under load: faulted in again)
+_ARENAS, _QUIET = 1, 0.25
 
 
 class _Settle:
@@ -378,7 +377,7 @@ def serve(listener: socket.socket, settings: Settings) -> int:
     members: list[Member] = []
     listener.settimeout(0.1)
     idle_since = ticked = time.monotonic()
-    last_read = -1
+    last_read = -1  # runs of slots all members had read at the last tick
     linger = _FIRST_WAIT
     while not stopping.is_set():
         try:
@@ -393,11 +392,11 @@ def serve(listener: socket.socket, settings: Settings) -> int:
             linger = _LINGER
         members = [m for m in members if m.thread.is_alive()]
         now = time.monotonic()
-        if _QUIET and now - ticked >= _QUIET:
-            read = sum(m.read for m in members)
+        if now - ticked >= _QUIET:
+            read, ticked = sum(m.read for m in members), now
             if read == last_read:
                 malloc_trim()
-            last_read, ticked = read, now
+            last_read = read
         if members:
             idle_since = now
         elif now - idle_since > linger:
@@ -416,8 +415,7 @@ def main(argv: list[str]) -> int:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     # The agent's own exports are never traced or audited, whatever was loaded into it.
     suppress_instrumentation()
-    if _ARENAS:
-        malloc_arenas(_ARENAS)  # before any thread of the agent's is made
+    malloc_arenas(_ARENAS)  # before any thread of the agent's is made
     listener = socket.socket(fileno=int(argv[0]))
     settings = settings_from(sys.stdin.buffer.read())  # exactly the settings the app checked
     # What was imported stays: out of the collector's sight. The reader's slots (tuples, made by the
