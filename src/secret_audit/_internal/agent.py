@@ -7,7 +7,7 @@ once; the agent reads the ring's slots, and for each app process runs one stream
 pipeline (builder fill, stream, delivery, spool, ledger, checkpoints) on its own thread. What an app
 handed off outlives it: when its socket closes (exit, SIGTERM or kill -9) the ring is read to its
 last committed slot and the stream flushed or spooled. The agent exits once no app is left.
-Slightly past 400 lines: its malloc policy (one arena, trimmed when quiet) sits in the accept loop.
+One app process's stream (``RingStream``) is ``agent_stream``'s.
 """
 
 from __future__ import annotations
@@ -25,26 +25,16 @@ import threading
 import time
 from typing import Any
 
-from secret_audit._internal.agent_span_otlp import SpanShipper, native_traces
-from secret_audit._internal.agent_wire import EXPORTED, FRAME, SPOOLED, settings_from
+from secret_audit._internal.agent_stream import RingStream, Settle
+from secret_audit._internal.agent_wire import FRAME, settings_from
 from secret_audit._internal.config import Settings
 from secret_audit._internal.engine import malloc_arenas, malloc_trim, plan_of, resolve_raw
-from secret_audit._internal.export import PlainResource
-from secret_audit._internal.export_timings import ExportTimings
 from secret_audit._internal.handoff import Marker
 from secret_audit._internal.otlp import encode_attributes
 from secret_audit._internal.quiet import suppress_instrumentation
 from secret_audit._internal.ring import (
-    CHECKPOINTS,
-    DEGRADED,
     DROPPED,
-    INTERNAL_ERRORS,
-    LOST,
-    LOST_EXPORT,
     REFUSALS,
-    SEQUENCE,
-    SETTLED,
-    SETTLED_SEQUENCE,
     TAIL,
     TAKEN,
     WAIT,
@@ -52,7 +42,7 @@ from secret_audit._internal.ring import (
     open_ring,
     slots_of,
 )
-from secret_audit._internal.ring_stream import RawRun, SlotPipeline, TakenRun
+from secret_audit._internal.ring_stream import RawRun, TakenRun
 from secret_audit._internal.shapes import Shape
 from secret_audit._internal.spooldir import leftover_spool
 
@@ -71,74 +61,6 @@ _RUN = 128  # slots the reader hands to its stream at once (one queue item, one 
 # The agent's malloc (docs/design/pipeline.md section 20): its threads share _ARENAS arenas, and malloc's
 # free pages go back to the system once no slot came for _QUIET s (never under load: faulted in again)
 _ARENAS, _QUIET = 1, 0.25
-
-
-class _Settle:
-    """Completed with a batch: moves the ring's settled watermark (and counts a batch that was lost)."""
-
-    __slots__ = ("index", "ring")
-
-    def __init__(self, ring: Ring, index: int) -> None:
-        self.ring, self.index = ring, index
-
-    def complete(self, durable: bool) -> None:
-        ring = self.ring
-        if not durable:  # degraded before the waiting caller wakes, as in-process: its next call refuses
-            ring.set_word(DEGRADED, 1)
-            ring.set_word(LOST, ring.word(LOST) + 1)
-        if ring.word(SETTLED) <= self.index:
-            ring.set_word(SETTLED, self.index + 1)
-
-
-class RingStream(SlotPipeline):
-    """One app process's stream in the agent: the in-process pipeline, fed from its ring."""
-
-    def __init__(self, settings: Settings, ring: Ring, resource: dict[str, Any] | None) -> None:
-        spans = None  # the SDK's span path, for a traces exporter ours does not speak
-        if settings.spans_via != "app" and not native_traces():
-            from secret_audit._internal.agent_spans import SpanMaker
-
-            spans = SpanMaker.for_resource(resource)
-        # the app's resource: records name the service and instance its spans name
-        plain = PlainResource(resource) if resource else None
-        self.timings = ExportTimings()  # its requests' durations, for the app's histogram (``counts``)
-        super().__init__(settings, resource, spans=spans, records_resource=plain)
-        self.ring = ring
-
-    def _prepare(self) -> None:
-        super()._prepare()
-        self._backend.timings = self.timings
-
-    def _export_batch(self) -> None:
-        if self._last_index >= 0:
-            self._batch.tickets.append(_Settle(self.ring, self._last_index))
-        super()._export_batch()
-
-    def _settled(self, verdicts: list[Any]) -> None:
-        super()._settled(verdicts)
-        counts = self._ledger
-        ring = self.ring
-        last = max((v.batch.last for v in verdicts if not v.from_spool), default=0)
-        if last > ring.word(SETTLED_SEQUENCE):  # sent, spooled or reported lost: a fallback takes up after it
-            ring.set_word(SETTLED_SEQUENCE, last)
-        ring.set_word(DEGRADED, int(self.handoff.degraded))
-        ring.set_word(EXPORTED, counts.exported)
-        ring.set_word(SPOOLED, counts.spooled)
-        ring.set_word(SEQUENCE, self.stream.sequence)
-        ring.set_word(LOST_EXPORT, counts.lost_export)
-        ring.set_word(INTERNAL_ERRORS, counts.internal_errors)
-        ring.set_word(CHECKPOINTS, counts.checkpoints_signed())
-
-    def counts(self, spool: bool = False) -> dict[str, Any]:
-        """What the app's stats() asks for (a ``Q`` frame): the in-process counters of this stream."""
-        out = self._ledger.counts()
-        out["sequence"] = self.stream.sequence
-        out["export_durations"] = self.timings.take()  # the app records them into its histogram
-        if spool and (waiting := self._delivery.spool) is not None:  # and what waits in its spool
-            out["spool"] = waiting.stats()
-        if self.settings.spans_via != "app" and native_traces():  # the agent's, for all its apps
-            out["spans_dropped"] = SpanShipper.dropped_so_far()
-        return out
 
 
 class Member:
@@ -266,7 +188,7 @@ class Member:
                 below = marks.pop(0)[1]
                 self.shapes = {k: v for k, v in self.shapes.items() if k >= below}
             wait = found[3]
-            return RawRun(raw, found[0], _Settle(ring, wait) if wait >= 0 else None, found[1], found[2])
+            return RawRun(raw, found[0], Settle(ring, wait) if wait >= 0 else None, found[1], found[2])
         slots = slots_of(raw)
         shapes: list[list[Shape]] = []
         ticket = None
@@ -285,7 +207,7 @@ class Member:
                 add_shapes(planned)
                 records += len(planned)
             if slot_flags & WAIT:
-                ticket = _Settle(ring, slot[0])
+                ticket = Settle(ring, slot[0])
             # forget a shape once read past its last use (the index of the slot just taken, + 1)
             while forget and slot[0] + 1 >= forget[0][0]:
                 below = forget.pop(0)[1]

@@ -10,8 +10,9 @@ settled from the ring, which keeps it until settled (``agent_takeover``). Fail-c
 then refuse. A single-key command's short way is ``agent_short``'s.
 
 Past 400 lines on purpose: one class holds the hand-off's whole protocol with its agent (the ring's
-writer, the socket's frames and watcher, fail-closed waits, flush, fork), whose state is shared
-under one lock; split, each part would reach into the others' state.
+writer, the socket's frames and watcher, fail-closed waits, flush, the stats question and its last
+answer, the stream's end at close, fork), whose state is shared under one lock; split, each part would
+reach into the others' state.
 """
 
 from __future__ import annotations
