@@ -64,9 +64,9 @@ def test_the_caller_never_records_a_metric_with_the_agent(metered, redis_url, ke
         asked: list[str] = []
         ledger = pipeline.handoff.ledger
 
-        def asking(timeout: float = 1.0) -> Any:
+        def asking(timeout: float = 1.0, spool: bool = False) -> Any:
             asked.append(threading.current_thread().name)
-            return ledger(timeout)
+            return ledger(timeout, spool)
 
         monkeypatch.setattr(pipeline.handoff, "ledger", asking)
         client = redis.Redis.from_url(redis_url)
