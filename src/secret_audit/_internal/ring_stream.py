@@ -182,13 +182,12 @@ class SlotPipeline(AuditPipeline):
         slots, shapes = run.slots, run.shapes
         # Slots whose records make a span are built one at a time: a lone record lends its span its stream
         # fields (event id, stream, sequence, chain), known once it is stamped, as in-process.
-        alone = _ONE_BY_ONE
-        if engine and not run.flags & alone and self._batch.records + run.records < limit:
+        if engine and not run.flags & _ONE_BY_ONE and self._batch.records + run.records < limit:
             return self._stamp_run(slots, shapes)  # the common run: one call
         built, i, n = 0, 0, len(slots)
         while i < n:
             j, room = i, limit - self._batch.records
-            while engine and j < n and room > 0 and not slots[j][1] & alone:
+            while engine and j < n and room > 0 and not slots[j][1] & _ONE_BY_ONE:
                 room -= len(shapes[j])
                 j += 1
             if j > i:
