@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
-    "DESTINATION_FILE", "EMPTY_FILE", "SPOOL_FILE", "default_spool_dir", "leftover_spool", "prepare_spool_dir",
-    "state_home",
+    "DESTINATION_FILE", "EMPTY_FILE", "SPOOL_FILE", "default_spool_dir", "leftover_spool",
+    "prepare_spool_dir", "state_home",
 ]
 
 # Written beside the spool so an operator can tell what a folder holds (never the headers).
@@ -33,7 +33,8 @@ def leftover_spool(directory: str | None) -> bool:
     if not directory:
         return False
     folder = str(directory)
-    return os.path.exists(os.path.join(folder, SPOOL_FILE)) and not os.path.exists(os.path.join(folder, EMPTY_FILE))
+    spool, empty = os.path.join(folder, SPOOL_FILE), os.path.join(folder, EMPTY_FILE)
+    return os.path.exists(spool) and not os.path.exists(empty)
 
 
 def state_home(env: Mapping[str, str]) -> Path | None:
