@@ -19,6 +19,8 @@ given apart. "launcher + secret-audit (default)" is what ships (the agent, makin
 the in-process pipeline (``AGENT=off``) and the agent with spans made in the app are measured beside it;
 "agent, spans by its SDK path" makes them as before our encoder (SDK span objects and queue:
 ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=128``, the SDK's default, sends the agent down the SDK's path).
+The pre-fork rows are measured again with the traces over OTLP/gRPC (the SDK's default protocol: an app
+sending to Jaeger or a collector on 4317), the launcher without us likewise.
 Run: .venv/bin/python benchmarks/bench_memory.py (``BENCH_MEMORY_PREFORK_ONLY=1``: the gunicorn rows alone)
 """
 
@@ -39,6 +41,7 @@ from _common import (
     env_flag,
     free_port,
     launcher_env,
+    otlp_grpc_sink,
     otlp_sink,
     valkey_server,
     verdict,
@@ -95,10 +98,16 @@ def app(environ, start_response):
 """
 
 
+# The gRPC sink's URL, once main has started it: the pre-fork rows with traces over OTLP/gRPC use it.
+GRPC_SINK: list[str] = []
+
+
 def env_for(sink: str, port: int, disabled: str) -> dict[str, str]:
     disabled, _, mode = disabled.partition(":")
     env = launcher_env(sink, disabled, BENCH_REDIS_PORT=str(port))
-    if mode == "in-process":
+    if mode == "grpc":  # the app's (and so the agent's) traces over OTLP/gRPC, the distro's default protocol
+        env.update(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=GRPC_SINK[0])
+    elif mode == "in-process":
         env["OTEL_PYTHON_SECRET_AUDIT_AGENT"] = "off"
     elif mode == "app-spans":
         env["OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA"] = "app"
@@ -121,6 +130,10 @@ VARIANTS = {
     AGENT_SPANS_SDK: (True, OFFICIAL + ":sdk-spans"),
     "launcher + official": (True, OURS),
 }
+# Pre-fork only: traces over OTLP/gRPC (the SDK's default protocol, e.g. Jaeger or a collector on 4317),
+# both sides alike; the agent sends its spans over gRPC itself.
+GRPC_BASE, GRPC_OURS = "launcher without us, traces over gRPC", "launcher + secret-audit (default), traces over gRPC"
+GRPC_VARIANTS = {GRPC_BASE: (True, f"{OURS},{OFFICIAL}:grpc"), GRPC_OURS: (True, OFFICIAL + ":grpc")}
 
 
 _NOT_PREFORK_ONLY = (IN_PROCESS, "launcher + official")  # BENCH_MEMORY_PREFORK_ONLY: the agent's rows
@@ -214,11 +227,13 @@ def prefork(sink: str, port: int, name: str, launched: bool, disabled: str, appd
 def main() -> int:
     as_installed()
     prefork_only = env_flag("BENCH_MEMORY_PREFORK_ONLY", "0") == "1"
-    with valkey_server() as (_host, port), otlp_sink() as sink:
+    with valkey_server() as (_host, port), otlp_sink() as sink, otlp_grpc_sink() as grpc_sink:
+        GRPC_SINK.append(grpc_sink)
         one = {} if prefork_only else one_process(sink, port)
         appdir = tempfile.mkdtemp(prefix="sa-bench-wsgi-")
         Path(appdir, "bench_wsgi.py").write_text(_WSGI)
         rows = {name: v for name, v in VARIANTS.items() if not prefork_only or name not in _NOT_PREFORK_ONLY}
+        rows.update(GRPC_VARIANTS)
         forked: dict[str, list[tuple[float, float, float]]] = {name: [] for name in rows}
         for _ in range(3):
             for name, (launched, disabled) in rows.items():
@@ -240,6 +255,10 @@ def main() -> int:
               f"{over:+.1f} MiB PSS (workers and the agent) over the launcher without us ({goal}), "
               f"{pf[name] - pf['python, no launcher']:+.1f} over plain gunicorn (the launcher alone "
               f"{pf['launcher without us'] - pf['python, no launcher']:+.1f})")
+    over = pf[GRPC_OURS] - pf[GRPC_BASE]
+    print(f"pre-fork, 8 gunicorn workers, traces over OTLP/gRPC (the distro's default protocol), the default: "
+          f"{over:+.1f} MiB PSS (workers and the agent) over the launcher without us, traces over gRPC too "
+          f"(target <= +{TARGET_PREFORK_MIB:.0f} MiB: {verdict(over, TARGET_PREFORK_MIB)})")
     if prefork_only:
         return 0
     base = one["launcher without us"]
