@@ -1,6 +1,6 @@
-"""The async short way (``single_wrapper(..., is_async=True)``: redis.asyncio and its cluster): the same Access
-as the call core's general async wrapper, the coroutine's result and exceptions unchanged, and with a real
-agent the same records and audit spans as the general path, no value anywhere."""
+"""The async short way (``single_wrapper(..., is_async=True)``: redis.asyncio and its cluster): taken when
+awaited, in that context; fail-closed keeps the general way; with a real agent the same records and audit
+spans as the general path, no value anywhere (the Accesses against the general path: test_redis_single)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -26,7 +24,8 @@ from secret_audit._internal.redis_calls import Commands, Wrappers
 from secret_audit._internal.redis_commands import UNKNOWN_COMMAND
 from secret_audit._internal.redis_pipelines import PipelineItems
 from secret_audit._internal.redis_single import single_wrapper
-from test_redis_single import _ERRORS, _KEYS, _NAMES, _REPLIES, CANARY, Recorder, _items
+from secret_audit.exceptions import AuditUnavailableError
+from test_redis_single import CANARY, Recorder, _items, drive
 
 P = "OTEL_PYTHON_SECRET_AUDIT_"
 
@@ -45,58 +44,6 @@ class OneByOne(Recorder):
         Handoff.submit_one(self, source, target, item, start, end, ctx)  # type: ignore[arg-type]
 
 
-def _drive(coro: Any) -> Any:
-    """Run a coroutine that never suspends (its wrapped call returns at once) to its result or error."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("the coroutine suspended")
-
-
-def _wrappers(handoff: Any) -> tuple[Any, Any]:
-    """The async short way and the call core's general async wrapper, each with its own Commands."""
-    matcher = KeyMatcher(["secret:*"])
-    commands = Commands(matcher, UNKNOWN_COMMAND, lambda: None)
-    classified = PipelineItems(matcher, UNKNOWN_COMMAND, commands.describe, commands.items)
-    fast = single_wrapper(CallCore(handoff), commands, classified, is_async=True)
-    slow = CallCore(handoff).wrapper(Commands(matcher, UNKNOWN_COMMAND, lambda: None), is_async=True)
-    return fast, slow
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(_NAMES), st.lists(st.sampled_from(_KEYS), max_size=3),
-                          st.one_of(st.sampled_from(_REPLIES), st.sampled_from(_ERRORS))), max_size=8))
-def test_the_async_short_way_hands_off_what_the_general_path_does(calls: list[Any]) -> None:
-    """Any command, key and reply (or error) of an awaited call, twice (learnt, then from the cache): the
-    same Items, outcome, error, client and context as the general async wrapper, the same result or error."""
-    short, general = Recorder(), Recorder()
-    fast, _ = _wrappers(short)
-    _, slow = _wrappers(general)
-    client = object()
-    for name, keys, reply in calls * 2:
-        async def call(*args: Any, _reply: Any = reply, **kwargs: Any) -> Any:
-            if isinstance(_reply, BaseException):
-                raise _reply
-            return _reply
-
-        outcomes = []
-        for wrapper in (fast, slow):
-            try:
-                outcomes.append(("returned", _drive(wrapper(call, client, (name, *keys), {}))))
-            except redis.exceptions.RedisError as exc:
-                outcomes.append(("raised", exc))
-        assert outcomes[0] == outcomes[1]
-        if isinstance(reply, BaseException):
-            assert outcomes[0][1] is reply  # the very exception, not a copy
-    assert len(short.got) == len(general.got)
-    for one, other in zip(short.got, general.got, strict=True):
-        assert _items(one) == _items(other)
-        assert (one.source, one.target, one.outcome, one.error, one.context) == (
-            other.source, other.target, other.outcome, other.error, other.context)
-    assert short.errors == general.errors == 0
-
-
 def test_an_async_single_key_call_takes_the_short_way_in_the_context_it_is_awaited_in() -> None:
     """A secret GET, SET or HGET of redis.asyncio goes by ``submit_one`` (not the general ``submit``); DEL
     (any number of keys) the general way, as the sync short way leaves it; a plain key hands off nothing;
@@ -113,7 +60,7 @@ def test_an_async_single_key_call_takes_the_short_way_in_the_context_it_is_await
                          ("DEL", "secret:a"), ("GET", "plain:b"))]
     with tracer.start_as_current_span("request"):
         awaited_in = otel_context.get_current()
-        assert [_drive(c) for c in made] == [b"v"] * 5
+        assert [drive(c) for c in made] == [b"v"] * 5
     assert (rec.short, len(rec.got)) == (3, 4)
     assert [a.context for a in rec.got] == [awaited_in] * 4
     assert [(i.name, i.action) for a in rec.got for i in _items(a)] == [
@@ -121,13 +68,25 @@ def test_an_async_single_key_call_takes_the_short_way_in_the_context_it_is_await
 
 
 def test_fail_closed_async_calls_keep_the_general_way() -> None:
-    """Fail-closed: every secret call waits for its record, so the async wrapper is the general one."""
+    """Fail-closed: a secret async GET is refused before it runs while records cannot be made durable
+    (the general way's check; the short way would have run it), a plain one runs untouched."""
     rec = OneByOne()
-    core = CallCore(rec, closed=True)  # type: ignore[arg-type]
+    refused: list[str] = []
+    rec.accepting = lambda: False  # type: ignore[attr-defined]
+    rec.refuse = refused.append  # type: ignore[attr-defined]
     commands = Commands(KeyMatcher(["secret:*"]), None, lambda: None)
     classified = PipelineItems(commands.is_secret, None, commands.describe, commands.items)
-    wrapper = single_wrapper(core, commands, classified, is_async=True)
-    assert wrapper.__qualname__ == "CallCore.wrapper.<locals>.audited"
+    wrapper = single_wrapper(CallCore(rec, closed=True), commands, classified, is_async=True)  # type: ignore[arg-type]
+    ran: list[Any] = []
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        ran.append(args)
+        return b"v"
+
+    with pytest.raises(AuditUnavailableError):
+        drive(wrapper(call, object(), ("GET", "secret:a"), {}))
+    assert drive(wrapper(call, object(), ("GET", "plain:a"), {})) == b"v"
+    assert (ran, refused, rec.short, rec.got) == ([("GET", "plain:a")], ["unavailable"], 0, [])
 
 
 @pytest.fixture
