@@ -5,6 +5,7 @@ is left is ours: wrapt, describe and key match, the Access, the shapes, the span
 write. Each piece is measured by itself, the variants interleaved round by round, in thread CPU
 time (``time.thread_time_ns``), so the agent's own CPU (another process) is not counted.
 The short way of a single-key command (``redis_single``) shows as ``submit_one`` and ``ring put_one``;
+the async ``execute_command`` (redis.asyncio) is its coroutine driven to its end without an event loop;
 ``BENCH_AGENT=off`` measures the in-process hand-off instead (no ring pieces).
 Run: .venv/bin/python benchmarks/bench_caller.py   (BENCH_ROUNDS, BENCH_OPS, BENCH_AGENT, BENCH_SPANS_VIA)
 """
@@ -55,10 +56,29 @@ def main() -> int:
         class Passthrough(Client):
             pass
 
+        class AsyncClient:  # redis.asyncio's execute_command: a coroutine, here one that never suspends
+            async def execute_command(self, *args: object, **kwargs: object) -> bytes:
+                return b"x" * 64
+
+        class AsyncWrapped(AsyncClient):
+            pass
+
         wrapt.wrap_function_wrapper(Wrapped, "execute_command", wrappers.execute_command)
+        wrapt.wrap_function_wrapper(AsyncWrapped, "execute_command", wrappers.async_execute_command)
         wrapt.wrap_function_wrapper(Passthrough, "execute_command",
                                     lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
         bare, wrapped, passthrough = Client(), Wrapped(), Passthrough()
+        abare, awrapped = AsyncClient(), AsyncWrapped()
+
+        def drive(client: AsyncClient) -> object:
+            """Its coroutine run to its end without an event loop: the caller's path alone."""
+            coro = client.execute_command(*args)
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                return done.value
+            raise RuntimeError("the coroutine suspended")
+
         args = ("GET", "secret:bench")
         wrapped.execute_command(*args)  # registers the ring, sends the shape
         found = commands.describe(bare, args, {})
@@ -91,6 +111,8 @@ def main() -> int:
             **({"submit_one (a prepared Item)": lambda: handoff.submit_one(access.source, wrapped, item, 1, 2, ctx)}
                if hasattr(handoff, "submit_one") else {}),
             "whole GET, outside a trace": lambda: wrapped.execute_command(*args),
+            "bare coroutine (async)": lambda: drive(abare),
+            "whole async GET, outside a trace": lambda: drive(awrapped),
         }
 
         def in_span() -> None:
@@ -102,7 +124,12 @@ def main() -> int:
                 pass
 
         pieces["request span alone"] = span_alone
+        def in_span_async() -> None:
+            with tracer.start_as_current_span("request"):
+                drive(awrapped)
+
         pieces["request span + GET"] = in_span
+        pieces["request span + async GET"] = in_span_async
         cpu: dict[str, list[float]] = {name: [] for name in pieces}
         clock = time.thread_time_ns
         for _ in range(rounds):

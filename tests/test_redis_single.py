@@ -56,32 +56,50 @@ _ERRORS = [redis.exceptions.ResponseError("WRONGTYPE Operation against a key"),
            redis.exceptions.ConnectionError("Connection reset by peer")]
 
 
+def drive(coro: Any) -> Any:
+    """Run a coroutine that never suspends (its wrapped call returns at once) to its result or error."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")
+
+
+@pytest.mark.parametrize("is_async", [False, True])
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_NAMES), st.lists(st.sampled_from(_KEYS), max_size=3),
                           st.one_of(st.sampled_from(_REPLIES), st.sampled_from(_ERRORS))), max_size=8))
-def test_the_short_way_hands_off_what_the_general_path_does(calls: list[Any]) -> None:
+def test_the_short_way_hands_off_what_the_general_path_does(is_async: bool, calls: list[Any]) -> None:
     """Any command, key and reply (or error), twice (learnt, then from the cache): the same Items, outcome,
-    error, client, times and context as the call core's general wrapper, and the same reply or error."""
+    error, client, times and context as the call core's general wrapper, and the same reply or the very
+    same error; for an async ``execute_command`` (redis.asyncio), the awaited coroutine's."""
     matcher = KeyMatcher(["secret:*"])
     short, general = Recorder(), Recorder()
     commands = Commands(matcher, UNKNOWN_COMMAND, lambda: None)
     fast = single_wrapper(CallCore(short), commands, PipelineItems(matcher, UNKNOWN_COMMAND, commands.describe,
-                                                                   commands.items))
-    slow = CallCore(general).wrapper(Commands(matcher, UNKNOWN_COMMAND, lambda: None))
+                                                                   commands.items), is_async=is_async)
+    slow = CallCore(general).wrapper(Commands(matcher, UNKNOWN_COMMAND, lambda: None), is_async=is_async)
     client = object()
+    run = drive if is_async else (lambda returned: returned)
     for name, keys, reply in calls * 2:
         def call(*args: Any, _reply: Any = reply, **kwargs: Any) -> Any:
             if isinstance(_reply, BaseException):
                 raise _reply
             return _reply
 
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            return call(*args, **kwargs)
+
         outcomes = []
         for wrapper in (fast, slow):
             try:
-                outcomes.append(("returned", wrapper(call, client, (name, *keys), {})))
+                outcomes.append(("returned", run(wrapper(call_async if is_async else call, client, (name, *keys),
+                                                         {}))))
             except redis.exceptions.RedisError as exc:
                 outcomes.append(("raised", exc))
         assert outcomes[0] == outcomes[1]
+        if isinstance(reply, BaseException):
+            assert outcomes[0][1] is reply  # the very exception, not a copy
     assert len(short.got) == len(general.got)
     for one, other in zip(short.got, general.got, strict=True):
         assert _items(one) == _items(other)

@@ -274,7 +274,8 @@ class Wrappers:
         pipelines = Pipelines(commands)
         self.classified = pipelines.classified  # (name, key) -> how a command is classified: names and keys
         self.execute_command: Wrapper = single_wrapper(core, commands, pipelines.classified)
-        self.async_execute_command: Wrapper = core.wrapper(commands, is_async=True)
+        self.async_execute_command: Wrapper = single_wrapper(core, commands, pipelines.classified,
+                                                                    is_async=True)
         self.strategy_execute_command: Wrapper = core.wrapper(strategy)
         self.async_strategy_execute_command: Wrapper = core.wrapper(strategy, is_async=True)
         self.pipeline_execute: Wrapper = core.wrapper(pipelines, pipelines.waits, pipelines.begin)
