@@ -151,6 +151,33 @@ def test_forked_children_share_the_agent_with_streams_of_their_own(redis_url, tm
     assert sorted(by_stream.values()) == [f"{key}:child{i}" for i in range(3)]
 
 
+def test_a_master_that_audits_nothing_starts_the_agent_its_forked_workers_share(redis_url, tmp_path):
+    """The agent starts at a process tree's first hand-off, and before its first fork: a pre-fork
+    server's master (gunicorn --preload) that audits nothing still serves its workers with one agent,
+    rather than each worker starting one of its own at its first access."""
+    key = "secret:prefork:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "50", "prefork", "3")
+        records = records_when(rx, 3 * 50)
+    assert proc.returncode == 0, proc.stderr
+    parent, children = said(proc.stdout, "parent")[0], said(proc.stdout, "child")
+    assert len(children) == 3
+    assert isinstance(parent["agent"]["pid"], int)
+    assert {c["agent"]["pid"] for c in children} == {parent["agent"]["pid"]}  # one agent for the tree
+    assert sorted(len(s) for s in contiguous(records).values()) == [50, 50, 50]
+
+
+def test_kill_9_right_after_the_first_hand_off_which_started_the_agent_loses_nothing(redis_url, tmp_path):
+    """The first access starts the agent (its socket bound and its process spawned before the slot is
+    written, the ring handed over at once): killed right after it, the app's one record still arrives."""
+    key = "secret:k9first:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "0", "kill9", **{P + "SCHEDULE_DELAY_MS": "60000"})
+        records = records_when(rx, 1)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [r["attributes"]["audit.action"] for r in records] == ["SET"]
+
+
 @pytest.mark.parametrize("spans_via", ["app", "agent"])
 def test_what_a_killed_agent_had_not_settled_is_delivered_by_the_app(redis_url, tmp_path, spans_via):
     """The agent reads accesses but settles none (a long schedule delay), is stopped, more accesses
