@@ -40,8 +40,10 @@ def test_an_app_that_uses_redis_only_imports_neither_the_gcp_wrappers_nor_the_sp
 
 # With the agent (the default), what only the in-process pipeline needs: imported only where the agent
 # cannot serve the app. And the agent itself starts at the first hand-off, not at start.
+# The Redis command table (its key specifications' JSON): read at the first command an app sends.
 IN_PROCESS = ("secret_audit._internal.pipeline", "secret_audit._internal.delivery",
-              "secret_audit._internal.senders", "secret_audit._internal.ring_stream")
+              "secret_audit._internal.senders", "secret_audit._internal.ring_stream",
+              "secret_audit._internal.redis_keyspecs")
 _CHILDREN = ("import os\n"
              "def children():\n"
              "    out = []\n"
@@ -57,7 +59,8 @@ _CHILDREN = ("import os\n"
 
 def test_an_app_that_audits_nothing_starts_no_agent_and_imports_no_in_process_pipeline(redis_url, tmp_path):
     """Before, ``instrument()`` started the agent (its interpreter's start-up beside the app's on this
-    2-core machine), imported the in-process pipeline's modules, and exit waited for the agent's answer."""
+    2-core machine), imported the in-process pipeline's modules, built the Redis command table, and
+    exit waited for the agent's answer."""
     env = launcher_env("http://127.0.0.1:9", redis_url, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=GRPC,
                        OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path / "spool"))
     code = (_CHILDREN + "import json, sys, redis\n"
