@@ -123,9 +123,11 @@ if ending == "agent-dies-gap":
     say("stats", secret_audit.stats())
     sys.exit(0)
 
-if ending == "prefork":  # a pre-fork server's master: it forks its workers before any access of its own
+def fork_children(n: int) -> None:
+    """N forked children read and say their stats, then leave with os._exit (no atexit, no flush: the
+    agent drains the child's ring); the parent waits for them."""
     children = []
-    for i in range(int(sys.argv[4])):
+    for i in range(n):
         pid = os.fork()
         if pid == 0:
             reads(count, f"{key}:child{i}")
@@ -134,6 +136,10 @@ if ending == "prefork":  # a pre-fork server's master: it forks its workers befo
         children.append(pid)
     for pid in children:
         os.waitpid(pid, 0)
+
+
+if ending == "prefork":  # a pre-fork server's master: it forks its workers before any access of its own
+    fork_children(int(sys.argv[4]))
     say("parent", secret_audit.stats())
     sys.exit(0)
 
@@ -149,16 +155,7 @@ elif ending == "wait":
 elif ending == "fork":
     secret_audit.flush(10)
     say("parent", secret_audit.stats())
-    children = []
-    for i in range(int(sys.argv[4])):
-        pid = os.fork()
-        if pid == 0:
-            reads(count, f"{key}:child{i}")
-            say("child", secret_audit.stats())
-            os._exit(0)  # no atexit, no flush: the agent drains the child's ring
-        children.append(pid)
-    for pid in children:
-        os.waitpid(pid, 0)
+    fork_children(int(sys.argv[4]))
     reads(1)
 elif ending == "agent-dies":
     secret_audit.flush(10)
