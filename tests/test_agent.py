@@ -452,6 +452,27 @@ def test_an_agent_that_cannot_start_leaves_the_app_audited_in_process(redis_url,
     assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
 
 
+def test_an_agent_that_cannot_be_spawned_at_the_first_access_leaves_the_app_audited_in_process(redis_url, tmp_path):
+    """The agent is spawned at the first access: when that fails (here its interpreter is not there), the
+    access and the ones after it are built in-process, and the cause is said once, with the fix."""
+    key = "secret:nospawn:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "-c",
+                               "import json, os, sys, redis, secret_audit\n"
+                               "sys.executable = '/nonexistent/python3'\n"
+                               "c = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+                               f"[c.get({key!r}) for _ in range(3)]\n"
+                               "secret_audit.flush(10)\n"
+                               "print('stats', json.dumps(secret_audit.stats(), default=str))\n"],
+                              env=env_for(rx, redis_url, tmp_path), capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("the audit agent is gone: it could not start (FileNotFoundError") == 1, proc.stderr
+    assert "the app may not start child processes here" in proc.stderr
+    assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+
+
 def test_records_name_the_apps_resource_and_stats_name_the_agent_at_once(redis_url, tmp_path):
     """The agent's records carry the resource of the app's tracer provider (set in code here, so the
     agent could not read it from the environment), and stats() right after start names the agent."""

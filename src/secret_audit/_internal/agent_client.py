@@ -435,7 +435,8 @@ class AgentHandoff:
                 socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
                 os.close(fd)
             except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
-                cause = f"it {'cannot be reached' if self._address else 'could not start'} ({exc!r})"
+                cause = (f"it cannot be reached ({exc!r})" if self._address else
+                         f"it could not start ({exc!r}; the app may not start child processes here)")
             else:
                 self._sock, self.ring = sock, Ring(mm)
                 self.ring.bound = self.capacity
