@@ -151,6 +151,33 @@ def test_forked_children_share_the_agent_with_streams_of_their_own(redis_url, tm
     assert sorted(by_stream.values()) == [f"{key}:child{i}" for i in range(3)]
 
 
+def test_a_master_that_audits_nothing_starts_the_agent_its_forked_workers_share(redis_url, tmp_path):
+    """The agent starts at a process tree's first hand-off, and before its first fork: a pre-fork
+    server's master (gunicorn --preload) that audits nothing still serves its workers with one agent,
+    rather than each worker starting one of its own at its first access."""
+    key = "secret:prefork:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "50", "prefork", "3")
+        records = records_when(rx, 3 * 50)
+    assert proc.returncode == 0, proc.stderr
+    parent, children = said(proc.stdout, "parent")[0], said(proc.stdout, "child")
+    assert len(children) == 3
+    assert isinstance(parent["agent"]["pid"], int)
+    assert {c["agent"]["pid"] for c in children} == {parent["agent"]["pid"]}  # one agent for the tree
+    assert sorted(len(s) for s in contiguous(records).values()) == [50, 50, 50]
+
+
+def test_kill_9_right_after_the_first_hand_off_which_started_the_agent_loses_nothing(redis_url, tmp_path):
+    """The first access starts the agent (its socket bound and its process spawned before the slot is
+    written, the ring handed over at once): killed right after it, the app's one record still arrives."""
+    key = "secret:k9first:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = run(rx, redis_url, tmp_path, key, "0", "kill9", **{P + "SCHEDULE_DELAY_MS": "60000"})
+        records = records_when(rx, 1)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [r["attributes"]["audit.action"] for r in records] == ["SET"]
+
+
 @pytest.mark.parametrize("spans_via", ["app", "agent"])
 def test_what_a_killed_agent_had_not_settled_is_delivered_by_the_app(redis_url, tmp_path, spans_via):
     """The agent reads accesses but settles none (a long schedule delay), is stopped, more accesses
@@ -425,6 +452,27 @@ def test_an_agent_that_cannot_start_leaves_the_app_audited_in_process(redis_url,
     assert "agent_fails: this agent exits at start" in proc.stderr
     assert proc.stderr.count("the audit agent is gone: it exited before serving this process") == 1, proc.stderr
     assert "exited with status 3" in proc.stderr
+    assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
+    assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
+
+
+def test_an_agent_that_cannot_be_spawned_at_the_first_access_leaves_the_app_audited_in_process(redis_url, tmp_path):
+    """The agent is spawned at the first access: when that fails (here its interpreter is not there), the
+    access and the ones after it are built in-process, and the cause is said once, with the fix."""
+    key = "secret:nospawn:" + secrets.token_hex(4)
+    with otlp_receiver() as rx:
+        proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, "-c",
+                               "import json, os, sys, redis, secret_audit\n"
+                               "sys.executable = '/nonexistent/python3'\n"
+                               "c = redis.Redis.from_url(os.environ['REDIS_URL'])\n"
+                               f"[c.get({key!r}) for _ in range(3)]\n"
+                               "secret_audit.flush(10)\n"
+                               "print('stats', json.dumps(secret_audit.stats(), default=str))\n"],
+                              env=env_for(rx, redis_url, tmp_path), capture_output=True, text=True, timeout=60)
+        records = records_when(rx, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("the audit agent is gone: it could not start (FileNotFoundError") == 1, proc.stderr
+    assert "the app may not start child processes here" in proc.stderr
     assert said(proc.stdout, "stats")[0]["agent"]["mode"] == "in-process"
     assert [r["attributes"]["secret.name"] for r in records] == [key] * 3
 

@@ -38,6 +38,46 @@ def test_an_app_that_uses_redis_only_imports_neither_the_gcp_wrappers_nor_the_sp
     assert loaded == {**dict.fromkeys(NOT_AT_START, False), "secret_audit.redis": True}
 
 
+# With the agent (the default), what only the in-process pipeline needs: imported only where the agent
+# cannot serve the app. And the agent itself starts at the first hand-off, not at start.
+# The Redis command table (its key specifications' JSON): read at the first command an app sends.
+IN_PROCESS = ("secret_audit._internal.pipeline", "secret_audit._internal.delivery",
+              "secret_audit._internal.senders", "secret_audit._internal.ring_stream",
+              "secret_audit._internal.redis_keyspecs")
+_CHILDREN = ("import os\n"
+             "def children():\n"
+             "    out = []\n"
+             "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+             "        try:\n"
+             "            with open(f'/proc/{pid}/stat') as f:\n"
+             "                if int(f.read().rsplit(')', 1)[1].split()[1]) == os.getpid():\n"
+             "                    out.append(pid)\n"
+             "        except OSError:\n"
+             "            pass\n"
+             "    return len(out)\n")
+
+
+def test_an_app_that_audits_nothing_starts_no_agent_and_imports_no_in_process_pipeline(redis_url, tmp_path):
+    """Before, ``instrument()`` started the agent (its interpreter's start-up beside the app's on this
+    2-core machine), imported the in-process pipeline's modules, built the Redis command table, and
+    exit waited for the agent's answer."""
+    env = launcher_env("http://127.0.0.1:9", redis_url, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=GRPC,
+                       OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path / "spool"))
+    code = (_CHILDREN + "import json, sys, redis\n"
+            f"print(json.dumps({{'children': children(), **{{m: m in sys.modules for m in {IN_PROCESS!r}}}}}))\n")
+    assert _loaded(code, env, launcher=True) == {"children": 0, **dict.fromkeys(IN_PROCESS, False)}
+
+
+def test_the_agent_starts_with_the_pipeline_where_a_first_call_must_not_wait_for_it(redis_url, tmp_path):
+    """Fail-closed: a first call would otherwise wait for the agent's interpreter to start. (A leftover
+    spool starts it too: tests/test_spool.py, replayed by a process that audits nothing.)"""
+    env = launcher_env("http://127.0.0.1:9", redis_url, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=GRPC,
+                       OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path / "spool"),
+                       OTEL_PYTHON_SECRET_AUDIT_FAILURE_MODE="closed", OTEL_PYTHON_SECRET_AUDIT_SHUTDOWN_TIMEOUT_MS="500")
+    code = _CHILDREN + "import json, redis\nprint(json.dumps({'children': children()}))\n"
+    assert _loaded(code, env, launcher=True) == {"children": 1}
+
+
 def test_a_leftover_spool_is_still_found_at_start_without_importing_the_spool_first(redis_url, tmp_path):
     from secret_audit._internal.spool import Spool
     from secret_audit._internal.spooldir import SPOOL_FILE

@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
 
 def flush(timeout: float = 10.0) -> bool:
     """Export every audit record queued so far; True when all were handed to the exporter in time."""
-    from secret_audit._internal.pipeline import peek_pipeline
+    from secret_audit._internal.current import peek_pipeline
 
     pipeline = peek_pipeline()
     return True if pipeline is None else pipeline.flush(timeout)
@@ -46,7 +46,7 @@ def flush(timeout: float = 10.0) -> bool:
 
 def stats() -> dict[str, object]:
     """Counters of the audit pipeline (queued, exported, dropped, lost), for health endpoints."""
-    from secret_audit._internal.pipeline import peek_pipeline
+    from secret_audit._internal.current import peek_pipeline
 
     pipeline = peek_pipeline()
     return {} if pipeline is None else pipeline.stats()

@@ -2,7 +2,8 @@
 
 argv: key, count, then the ending: ``kill9`` (SIGKILL itself right after handing off), ``exit``
 (a normal exit, nothing flushed by hand), ``wait`` (say "done", then sleep until signalled),
-``fork N`` (N forked children read and leave with os._exit), ``agent-dies`` (the agent is stopped,
+``fork N`` (N forked children read and leave with os._exit), ``prefork N`` (the same, forked before
+any access of the parent's), ``agent-dies`` (the agent is stopped,
 more reads are handed off, the agent is killed, then more reads), ``canary VALUE`` (reads of a
 secret holding VALUE, then what crossed the ring and the agent's socket is printed as hex),
 ``agent-killed VALUE`` (the agent reads the reads but settles none, is stopped, more reads are handed
@@ -56,6 +57,7 @@ def say(what: str, value: object) -> None:
 
 if ending == "canary":
     handoff = peek_pipeline().handoff
+    handoff.register()  # the agent starts at the first hand-off: here, so that its socket is recorded from the first byte
     sent: list[bytes] = []
 
     class Recording:
@@ -121,6 +123,26 @@ if ending == "agent-dies-gap":
     say("stats", secret_audit.stats())
     sys.exit(0)
 
+def fork_children(n: int) -> None:
+    """N forked children read and say their stats, then leave with os._exit (no atexit, no flush: the
+    agent drains the child's ring); the parent waits for them."""
+    children = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            reads(count, f"{key}:child{i}")
+            say("child", secret_audit.stats())
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+if ending == "prefork":  # a pre-fork server's master: it forks its workers before any access of its own
+    fork_children(int(sys.argv[4]))
+    say("parent", secret_audit.stats())
+    sys.exit(0)
+
 client.set(key, "v")
 reads(count)
 if ending == "kill9":
@@ -133,16 +155,7 @@ elif ending == "wait":
 elif ending == "fork":
     secret_audit.flush(10)
     say("parent", secret_audit.stats())
-    children = []
-    for i in range(int(sys.argv[4])):
-        pid = os.fork()
-        if pid == 0:
-            reads(count, f"{key}:child{i}")
-            say("child", secret_audit.stats())
-            os._exit(0)  # no atexit, no flush: the agent drains the child's ring
-        children.append(pid)
-    for pid in children:
-        os.waitpid(pid, 0)
+    fork_children(int(sys.argv[4]))
     reads(1)
 elif ending == "agent-dies":
     secret_audit.flush(10)

@@ -51,13 +51,13 @@ _NO_IDS: tuple[int, ...] = (0, 0, 0)
 class AgentHandoff:
     """The caller's side over a ring: ``submit``, ``wait_durable``, ``accepting``, ``refuse``, ``stats``."""
 
-    def __init__(self, settings: Settings, address: bytes, proc: Any = None) -> None:
+    def __init__(self, settings: Settings, address: bytes | None = None, proc: Any = None) -> None:
         self.settings = settings
         self.capacity = min(settings.queue_size, hdr.SLOTS)  # the ring's bound of unsettled accesses
         self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
         self._full_wait = settings.queue_full_timeout_ms / 1000
         self.closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
-        self._address, self._proc = address, proc
+        self._address, self._proc = address, proc  # no address: this process tree's agent starts at register
         self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
         self._spans = settings.spans
         self._via_agent: bool | None = None if settings.spans_via != "app" else False
@@ -69,7 +69,7 @@ class AgentHandoff:
         self.submit_one = self._short.submit_one
         self._reset()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forked(ref))
+        os.register_at_fork(before=lambda: _before_fork(ref), after_in_child=lambda: _forked(ref))
 
     def _reset(self) -> None:
         """No ring and no shapes yet: at start and in a forked child (which registers its own ring)."""
@@ -275,7 +275,7 @@ class AgentHandoff:
     def _put(self, access: Access, flags: int) -> int:
         """Write an access's slots; its last slot's index, or what became of it."""
         if self.closed:  # replaced by a newer pipeline (re-wiring): hand over rather than lose the record
-            from secret_audit._internal.pipeline import peek_pipeline
+            from secret_audit._internal.current import peek_pipeline
 
             current = peek_pipeline()
             if current is not None and current.handoff is not self:
@@ -419,11 +419,15 @@ class AgentHandoff:
                 sock.send(wire.FRAME.pack(kind, 0), socket.MSG_DONTWAIT)
 
     def register(self) -> Ring | None:
-        """Map a ring of this process's own and hand it to the agent (at start, and in a forked child)."""
+        """Map a ring of this process's own and hand it to the agent, started first if this process tree
+        has none yet (at the first hand-off, ``stats()`` or a fork; a forked child's is its parent's)."""
         with self.lock:
             if self.ring is not None or self.fallback is not None:
                 return self.ring
             try:
+                if self._address is None:  # bound here, before the agent starts: registering never waits
+                    address = wire.agent_address()
+                    self._proc, self._address = wire.spawn(address, self.settings), address
                 fd, mm = open_ring()
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(self._address)
@@ -431,7 +435,8 @@ class AgentHandoff:
                 socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
                 os.close(fd)
             except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
-                cause = f"it cannot be reached ({exc!r})"
+                cause = (f"it cannot be reached ({exc!r})" if self._address else
+                         f"it could not start ({exc!r}; the app may not start child processes here)")
             else:
                 self._sock, self.ring = sock, Ring(mm)
                 self.ring.bound = self.capacity
@@ -462,6 +467,14 @@ class AgentHandoff:
             take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
         self._answer.set()  # a stats() waiting for the agent's answer waits no more
         self._ended.set()
+
+
+def _before_fork(ref: weakref.ref[AgentHandoff]) -> None:
+    """Before a fork: start the agent if none serves this process yet (a pre-fork server's master that
+    audited nothing), so that the children share it rather than each starting one at its first access."""
+    handoff = ref()
+    if handoff is not None and handoff._address is None and not handoff.closed:
+        handoff.register()
 
 
 def _forked(ref: weakref.ref[AgentHandoff]) -> None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secret_audit._internal import ring as hdr
 from secret_audit._internal.config import PREFIX
 from secret_audit._internal.ring import Ring
-from secret_audit._internal.ring_stream import SlotPipeline, Taken
 from secret_audit._internal.shapes import Shape
+
+if TYPE_CHECKING:
+    from secret_audit._internal.ring_stream import SlotPipeline
 
 __all__ = ["HeldShapes", "take_over"]
 
@@ -59,6 +61,7 @@ def take_over(handoff: Any, cause: str) -> None:
     """The agent is gone: build what it had not settled here, run the pipeline in-process, say so once."""
     from secret_audit._internal.agent_wire import resource_attributes
     from secret_audit._internal.lifecycle import install
+    from secret_audit._internal.ring_stream import SlotPipeline  # the in-process pipeline: only now
 
     with handoff.lock:
         if handoff.fallback is not None or handoff.closed:
@@ -98,6 +101,8 @@ def take_over(handoff: Any, cause: str) -> None:
 
 def _hand_over(ring: Ring, held: HeldShapes, fallback: SlotPipeline) -> tuple[int, int]:
     """Queue the ring's unsettled slots in ``fallback``, in order; how many were queued, and lost."""
+    from secret_audit._internal.ring_stream import Taken
+
     end = ring.seal()
     items: list[Any] = []  # the queue takes slots besides accesses (SlotPipeline)
     lost = 0

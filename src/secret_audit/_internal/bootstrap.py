@@ -11,7 +11,7 @@ from typing import Any
 
 from secret_audit._internal import lifecycle, meters
 from secret_audit._internal.config import SOURCES, ConfigurationError, Settings, load_settings
-from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline, set_pipeline
+from secret_audit._internal.current import peek_pipeline, set_pipeline
 
 __all__ = ["checked_settings", "pipeline_for"]
 
@@ -124,6 +124,8 @@ def _started(settings: Settings, exporter: Any = None, provider: Any = None) -> 
     """A new pipeline with its lifecycle hooks (exit, SIGTERM, fork); the agent's twin when asked."""
     if exporter is None and provider is None:
         return lifecycle.start(settings)
+    from secret_audit._internal.pipeline import AuditPipeline  # wired in code: always in-process
+
     pipeline = AuditPipeline(settings, exporter=exporter, tracer_provider=provider)
     lifecycle.install(pipeline)
     return pipeline

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from secret_audit._internal.destination import (
     PROTOCOLS,
@@ -106,9 +106,11 @@ class Settings:
         return self.failure_mode
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One ``OTEL_PYTHON_SECRET_AUDIT_*`` variable: the docs and the tests read the list the code reads."""
+class Setting(NamedTuple):
+    """One ``OTEL_PYTHON_SECRET_AUDIT_*`` variable: the docs and the tests read the list the code reads.
+
+    A NamedTuple, not a frozen dataclass: generating a dataclass's methods costs every start-up about
+    a millisecond, and a row of this table needs none of them."""
 
     suffix: str  # the name after the prefix
     field: str | None  # the Settings attribute it sets; None when a rule below reads it with others

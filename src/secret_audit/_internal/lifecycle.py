@@ -1,12 +1,17 @@
 """Starting the process's pipeline (an audit agent, or in-process) and its lifecycle hooks.
 
-``start`` starts this process tree's audit agent when the settings ask for one, and falls back to
-the in-process pipeline, announced once on stderr, when it cannot. The in-process pipeline's hooks
-are installed here, by whoever starts it (bootstrap), never by its constructor: at interpreter exit
-and on SIGTERM it flushes (or spools) what is queued; in a forked child it starts a fresh stream.
-Installing them here keeps a pipeline made for a test or a benchmark free of process-wide side
-effects. With the agent, exit waits likewise until the agent has made what was handed off durable
-(the agent drains the ring after the app is gone in any case), and says what it still holds.
+``start`` makes the process pipeline the settings ask for. With the audit agent it is the agent's
+twin, and the agent itself starts at this process tree's first hand-off, not here (an app that
+audits nothing starts none and waits for none at exit): at the first audited access, ``stats()``, or
+the first fork, so that a pre-fork server's workers share the agent their master started. It starts
+here when the first accesses must not wait for it (fail-closed) or a leftover spool waits to be
+replayed. Where it cannot start, the in-process pipeline takes over, announced once on stderr. The
+in-process pipeline's hooks are installed here, by whoever starts it (bootstrap), never by its
+constructor: at interpreter exit and on SIGTERM it flushes (or spools) what is queued; in a forked
+child it starts a fresh stream. Installing them here keeps a pipeline made for a test or a
+benchmark free of process-wide side effects. With the agent, exit waits likewise until the agent
+has made what was handed off durable (the agent drains the ring after the app is gone in any
+case), and says what it still holds.
 """
 
 from __future__ import annotations
@@ -17,55 +22,49 @@ import signal
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from secret_audit._internal.config import PREFIX, Settings
-from secret_audit._internal.pipeline import AuditPipeline, peek_pipeline
+from secret_audit._internal.config import SOURCES, Settings
+from secret_audit._internal.current import peek_pipeline
+from secret_audit._internal.spooldir import leftover_spool  # not spool: sqlite3 costs every start-up
+
+if TYPE_CHECKING:
+    from secret_audit._internal.pipeline import AuditPipeline
 
 __all__ = ["AgentPipeline", "in_process", "install", "start"]
 
-_ANNOUNCED = False
-
 
 def start(settings: Settings) -> Any:
-    """The process pipeline the settings ask for: an agent's twin, or in-process (also if no agent starts)."""
+    """The process pipeline the settings ask for: an agent's twin, or in-process."""
     if settings.agent == "process":
-        from secret_audit._internal import agent_client, agent_wire
+        from secret_audit._internal.agent_client import AgentHandoff
 
-        try:
-            # the agent's socket is bound here, so this process registers at once, never waiting for it
-            address = agent_wire.agent_address()
-            handoff = agent_client.AgentHandoff(settings, address, agent_wire.spawn(address, settings))
-            handoff.register()
-        except OSError as exc:
-            _announce(f"the audit agent could not start ({exc})")
-        else:
-            if handoff.fallback is None:
-                pipeline = AgentPipeline(settings, handoff)
-                # At exit, wait (SHUTDOWN_TIMEOUT_MS) until the agent made what was handed off durable,
-                # as the in-process pipeline does, and say what it still holds if not.
-                atexit.register(_at_exit, weakref.ref(pipeline))
-                return pipeline
-            return handoff.fallback  # it could not be reached: announced by the hand-off
+        handoff = AgentHandoff(settings)
+        if _agent_now(settings):
+            handoff.register()  # the agent's socket is bound first: this process never waits for it
+            if handoff.fallback is not None:  # it could not start or be reached: announced by the hand-off
+                return handoff.fallback
+        pipeline = AgentPipeline(settings, handoff)
+        # At exit, wait (SHUTDOWN_TIMEOUT_MS) until the agent made what was handed off durable,
+        # as the in-process pipeline does, and say what it still holds if not.
+        atexit.register(_at_exit, weakref.ref(pipeline))
+        return pipeline
     return in_process(settings)
+
+
+def _agent_now(settings: Settings) -> bool:
+    """Whether the agent starts with the pipeline rather than at the first hand-off: a fail-closed
+    call must not wait for an interpreter to start, and a leftover spool is replayed now."""
+    return any(settings.mode_for(s) == "closed" for s in SOURCES) or leftover_spool(settings.spool_dir)
 
 
 def in_process(settings: Settings) -> AuditPipeline:
     """A pipeline in this process, with its lifecycle hooks (exit, SIGTERM, fork) installed."""
+    from secret_audit._internal.pipeline import AuditPipeline
+
     pipeline = AuditPipeline(settings)
     install(pipeline)
     return pipeline
-
-
-def _announce(cause: str) -> None:
-    global _ANNOUNCED
-    if not _ANNOUNCED:
-        _ANNOUNCED = True
-        sys.stderr.write(
-            f"otel-secret-audit: {cause}; records are built and sent in this process instead (kill -9 of it "
-            f"loses what is queued). Fix: allow the app to start a child process, or set {PREFIX}AGENT=off "
-            "to silence this.\n"
-        )
 
 
 class AgentPipeline:
@@ -136,6 +135,8 @@ class AgentPipeline:
         return self.handoff.timings.drain()
 
     def stats(self) -> dict[str, Any]:
+        if self.handoff.ring is None and not self.closed:
+            self.handoff.register()  # they name the agent and the stream: started now if not yet
         out = self._counts(spool=True)  # and what waits in the stream's spool, as in-process
         out.setdefault("spool", None)
         return out
@@ -151,8 +152,6 @@ def install(pipeline: AuditPipeline) -> None:
         util.Finalize(None, _at_exit, args=(ref,), exitpriority=-100)  # started in a multiprocessing child
     if pipeline.settings.handle_sigterm:
         _install_sigterm()
-    from secret_audit._internal.spooldir import leftover_spool  # not spool: sqlite3 costs every start-up
-
     if leftover_spool(pipeline.settings.spool_dir):
         # Records an earlier process spooled are replayed now, not at this one's first access.
         pipeline.handoff.start()

@@ -50,7 +50,7 @@ _latest: tuple[float, dict[str, Any] | None] = (0.0, None)
 
 def _current() -> dict[str, Any] | None:
     """The pipeline's counts; with the agent, also records the export durations it measured meanwhile."""
-    from secret_audit._internal.pipeline import peek_pipeline
+    from secret_audit._internal.current import peek_pipeline
 
     pipeline = peek_pipeline()
     if pipeline is None:

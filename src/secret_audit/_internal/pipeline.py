@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from secret_audit import contract
 from secret_audit._internal.checkpoint import checkpoints_for
 from secret_audit._internal.config import Settings
+from secret_audit._internal.current import peek_pipeline, set_pipeline
 from secret_audit._internal.delivery import REFUSED, Delivery, Sealed, Verdict
 from secret_audit._internal.event import Access
 from secret_audit._internal.export import audit_resource, build_sink, early_resource, preload_sink
@@ -139,7 +140,7 @@ class AuditPipeline:
         )
 
     def _successor(self) -> Any:
-        current = _PIPELINE
+        current = peek_pipeline()
         if current is None or current is self or current.handoff.closed:
             return None
         return current.handoff
@@ -385,20 +386,3 @@ class AuditPipeline:
                     ticket.complete(durable)
             self._ledger.note(verdict, stream_id, self._delivery.spool_dir)
 
-
-# The process pipeline: an AuditPipeline, or lifecycle.AgentPipeline when an audit agent serves it.
-_PIPELINE: Any = None
-_PIPELINE_LOCK = threading.Lock()
-
-
-def peek_pipeline() -> Any:
-    """Return the current pipeline without creating one."""
-    return _PIPELINE
-
-
-def set_pipeline(pipeline: Any) -> Any:
-    """Replace the process pipeline (tests and embedding apps), returning the old one."""
-    global _PIPELINE
-    with _PIPELINE_LOCK:
-        old, _PIPELINE = _PIPELINE, pipeline
-    return old
