@@ -25,6 +25,7 @@ __all__ = [
     "free_port",
     "interleave",
     "launcher_env",
+    "otlp_grpc_sink",
     "otlp_sink",
     "report",
     "valkey_server",
@@ -51,6 +52,34 @@ def otlp_sink() -> Iterator[str]:
     """An OTLP/HTTP endpoint in another process that accepts and discards, so it costs us no CPU."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)])
+    wait_port(port, proc)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+_GRPC_SINK = r"""
+import sys, time
+from concurrent import futures
+import grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers([
+    grpc.method_handlers_generic_handler(f"opentelemetry.proto.collector.{service}",
+                                         {"Export": grpc.unary_unary_rpc_method_handler(lambda body, ctx: b"")})
+    for service in ("logs.v1.LogsService", "trace.v1.TraceService")])
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+
+@contextlib.contextmanager
+def otlp_grpc_sink() -> Iterator[str]:
+    """The same sink over OTLP/gRPC (the SDK's default protocol): Export answered, the request discarded."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _GRPC_SINK, str(port)])
     wait_port(port, proc)
     try:
         yield f"http://127.0.0.1:{port}"

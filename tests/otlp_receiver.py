@@ -185,26 +185,29 @@ def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator
 
 @contextmanager
 def otlp_grpc_receiver() -> Iterator[Receiver]:
-    """The same receiver over OTLP/gRPC: LogsService/Export with the request bytes as they are."""
+    """The same receiver over OTLP/gRPC: LogsService/Export and TraceService/Export, the request bytes as they are."""
     from concurrent import futures
 
     import grpc
 
     receiver = Receiver()
 
-    def export(body: bytes, context: Any) -> bytes:
-        metadata = dict(context.invocation_metadata())
-        status, payload = receiver.handle("/v1/logs", body, metadata)
-        if status != 200:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
-        return payload
+    def exporter(path: str) -> Any:
+        def export(body: bytes, context: Any) -> bytes:
+            metadata = dict(context.invocation_metadata())
+            status, payload = receiver.handle(path, body, metadata)
+            if status != 200:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "receiver set to fail")
+            return payload
 
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.logs.v1.LogsService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
+        return grpc.unary_unary_rpc_method_handler(export)
+
+    handlers = [
+        grpc.method_handlers_generic_handler(f"opentelemetry.proto.collector.{service}", {"Export": exporter(path)})
+        for service, path in (("logs.v1.LogsService", "/v1/logs"), ("trace.v1.TraceService", "/v1/traces"))
+    ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     receiver.url = f"http://127.0.0.1:{port}"
     server.start()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from otlp_receiver import Receiver, otlp_receiver
+from otlp_receiver import Receiver, otlp_grpc_receiver, otlp_receiver
 from store.attacks import cut_tail
 from test_faults import assert_clean, fault_pg, store  # noqa: F401 - fixtures: a real store on PostgreSQL
 from test_faults import contiguous as store_contiguous
@@ -325,24 +325,28 @@ def test_audit_spans_stay_in_the_callers_trace_and_sampler(redis_url, tmp_path, 
     assert got["off"] == got["process"]
 
 
-def test_the_agents_own_spans_arrive_in_the_callers_trace_with_no_value(redis_url, tmp_path):
-    """With the traces exporter OTLP/HTTP the agent encodes the audit span itself (no SDK span, stats()
-    counts its dropped spans): the span the receiver decodes is the request span's child, in its
-    trace, flagged as having a remote parent, with the app's resource, and the record carries its ids;
-    no secret value is in any byte sent."""
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_agents_own_spans_arrive_in_the_callers_trace_with_no_value(redis_url, tmp_path, protocol):
+    """With the traces exporter OTLP (over HTTP, or gRPC: the SDK's default protocol) the agent encodes
+    the audit span itself (no SDK span, stats() counts its dropped spans): the span the receiver
+    decodes is the request span's child, in its trace, flagged as having a remote parent, with the
+    app's resource, and the record carries its ids; no secret value is in any byte sent."""
     key, value = secrets.token_hex(4), "s3cr3t-agent-span-canary-" + secrets.token_hex(4)
-    with otlp_receiver() as rx:
-        env = env_for(rx, redis_url, tmp_path, **{P + "SPANS_VIA": "agent"})
+    with otlp_receiver() as rx, (otlp_grpc_receiver() if protocol == "grpc" else contextlib.nullcontext(rx)) as trx:
+        env = env_for(rx, redis_url, tmp_path, **{P + "SPANS_VIA": "agent"},
+                      OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=protocol,
+                      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=trx.url + ("/v1/traces" if protocol != "grpc" else ""))
         proc = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable,
                                str(HERE / "apps" / "settings_app.py"), key, value],
                               env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         records = records_when(rx, 5)
         deadline = time.monotonic() + 10
-        while len([s for s in rx.spans if s["name"].startswith("secret.")]) < 1 and time.monotonic() < deadline:
+        while len([s for s in trx.spans if s["name"].startswith("secret.")]) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        spans, raw = list(rx.spans), b"".join(rx.raw)
+        spans, raw = list(trx.spans), b"".join(rx.raw + (trx.raw if trx is not rx else []))
+    assert rx.spans == [] or trx is rx
     stats = said(proc.stdout, "stats")[0]
     assert stats["spans_dropped"] == 0  # the agent's own span path (the SDK's has no such count)
     audit = [s for s in spans if s["name"].startswith("secret.")]

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otlp_receiver import serve_http
 from secret_audit._internal import agent_spans
-from secret_audit._internal.agent_span_otlp import SpanShipper, encode_span, native_traces
+from secret_audit._internal.agent_span_otlp import SpanShipper, encode_span, native_traces, traces_protocol
 from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import load_settings
 from secret_audit._internal.otlp import encode_request
@@ -130,21 +130,72 @@ def test_any_access_span_is_the_sdks(names, outcome, error, principal, count, du
     assert ours == sdk
 
 
-def test_only_plain_otlp_over_http_protobuf_is_ours():
+def test_plain_otlp_over_http_protobuf_or_grpc_is_ours():
     http = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-    assert native_traces(http)
-    assert native_traces({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-                          "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-    assert native_traces({**http, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"})
-    for other in ({"OTEL_TRACES_EXPORTER": "otlp"},  # the SDK's default protocol: gRPC
-                  {**http, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
+    assert traces_protocol(http) == "http/protobuf"
+    assert traces_protocol({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) == "http/protobuf"
+    assert traces_protocol({**http, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}) == "http/protobuf"
+    assert traces_protocol({"OTEL_TRACES_EXPORTER": "otlp_proto_http"}) == "http/protobuf"
+    # gRPC, the SDK's default protocol (and so the distro's), by our encoder over a grpcio channel
+    assert traces_protocol({"OTEL_TRACES_EXPORTER": "otlp"}) == "grpc"
+    assert traces_protocol({**http, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}) == "grpc"
+    assert traces_protocol({"OTEL_TRACES_EXPORTER": "otlp_proto_grpc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}) == "grpc"
+    grpc = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    assert traces_protocol({**grpc, "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_HEADERS": "a=b"}) == "grpc"
+    assert traces_protocol({**http, "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem"}) == "http/protobuf"  # HTTP: ours
+    for other in ({**http, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
                   {**http, "OTEL_TRACES_EXPORTER": "otlp,console"},
                   {**http, "OTEL_TRACES_EXPORTER": "console"},
                   {**http, "OTEL_TRACES_EXPORTER": "none"},
                   {**http, "OTEL_EXPORTER_OTLP_COMPRESSION": "deflate"},
                   {**http, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "8"},
-                  {**http, "OTEL_SDK_DISABLED": "true"}):
+                  {**http, "OTEL_SDK_DISABLED": "true"},
+                  # a CA, client certificate or credential provider for gRPC: the SDK's exporter honours them
+                  {**grpc, "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem"},
+                  {**grpc, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": "/key.pem"},
+                  {**grpc, "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER": "mine"}):
         assert not native_traces(other), other
+        assert traces_protocol(other) is None, other
+
+
+def test_the_grpc_traces_sender_reads_the_sdks_grpc_variables():
+    """Endpoint and TLS as the SDK's OTLP/gRPC span exporter reads them, the TraceService's method."""
+    cases = [
+        ({}, "http://localhost:4317", True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4317"}, "https://c:4317", False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317"}, "c:4317", False),  # no scheme, no word: TLS, as the SDK
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"}, "c:4317", True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1",
+          "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false"}, "http://t:1", False),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t:1", "OTEL_EXPORTER_OTLP_INSECURE": "true"}, "https://t:1",
+         False),  # https is TLS whatever is said
+    ]
+    for env, endpoint, insecure in cases:
+        sender = build_sender("grpc", None, None, env, signal="traces")
+        try:
+            assert (sender.endpoint, sender.insecure) == (endpoint, insecure), env
+            assert sender.method == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        finally:
+            sender.close()
+
+
+def test_spans_over_grpc_reach_the_trace_service_as_the_http_path_sends_them():
+    from otlp_receiver import otlp_grpc_receiver
+
+    with otlp_grpc_receiver() as rx:
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rx.url, "OTEL_EXPORTER_OTLP_HEADERS": "Tenant=t1",
+               "OTEL_BSP_SCHEDULE_DELAY": "20"}
+        shipper = SpanShipper(build_sender("grpc", None, None, env, signal="traces"), env)
+        spans = [encode_span(1, i, 0, 1, 2, [_record(f"secret:{i}")]) for i in range(1, 4)]
+        for span in spans:
+            shipper.add("r", {"service.name": "g"}, span)
+        assert shipper.flush(10)
+        shipper.sender.close()
+    assert shipper.dropped == 0
+    assert sorted(s["attributes"]["secret.name"] for s in rx.spans) == ["secret:1", "secret:2", "secret:3"]
+    assert {s["resource"]["service.name"] for s in rx.spans} == {"g"}
+    assert rx.headers[0]["tenant"] == "t1"
 
 
 def test_the_traces_sender_reads_the_sdks_traces_variables():

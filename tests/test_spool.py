@@ -121,6 +121,40 @@ def test_a_leftover_spool_is_replayed_even_by_a_process_that_audits_nothing(tmp_
     assert spool_rows(tmp_path) == 0
 
 
+def test_only_a_spool_with_rows_in_it_is_a_leftover(tmp_path):
+    """An opened spool stays on disk: were it a leftover for good, every later process would start
+    its threads at once (its agent stream too) to replay nothing."""
+    from secret_audit._internal.spool import Spool
+    from secret_audit._internal.spooldir import leftover_spool
+
+    assert not leftover_spool(str(tmp_path))  # none yet
+    drainer = Spool(str(tmp_path), 1 << 20)
+    assert not leftover_spool(str(tmp_path))  # created, nothing in it
+    writer = Spool(str(tmp_path), 1 << 20)  # another process sharing the folder
+    assert writer.append("s", 1, 1, 1, b"request")
+    assert leftover_spool(str(tmp_path))
+    Spool(str(tmp_path), 1 << 20).close()  # a third opening it while a row waits marks nothing
+    assert leftover_spool(str(tmp_path))
+    drainer._note_if_empty()  # a drainer's look while the row waits
+    assert leftover_spool(str(tmp_path))
+    batch = drainer.oldest()[0]
+    drainer.remove(batch.id)
+    drainer.release()
+    assert not leftover_spool(str(tmp_path))  # drained
+    assert writer.append("s", 2, 2, 1, b"request")  # after a drainer marked it empty
+    assert leftover_spool(str(tmp_path))
+    assert spool_rows(tmp_path) == 1
+    drainer.remove(drainer.oldest()[0].id)
+    drainer.release()
+    writer.close()
+    drainer.close()
+    assert not leftover_spool(str(tmp_path))
+    (tmp_path / "audit-spool.empty").unlink()  # a spool written before the mark existed is replayed
+    assert leftover_spool(str(tmp_path))
+    Spool(str(tmp_path), 1 << 20).close()  # which finds it empty
+    assert not leftover_spool(str(tmp_path))
+
+
 def _spooling(instrument, rx, tmp_path, **extra):
     """A pipeline exporting to ``rx`` (answering 503 for now) with a spool in ``tmp_path``."""
     rx.status = 503

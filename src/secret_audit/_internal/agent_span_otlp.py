@@ -1,11 +1,13 @@
 """The agent's audit spans as OTLP bytes, not SDK spans: encoded from a slot's ids and records, batched.
 
 With ``OTEL_PYTHON_SECRET_AUDIT_SPANS_VIA=agent`` and the app's traces exporter OTLP over HTTP/protobuf
-(``OTEL_TRACES_EXPORTER=otlp`` with ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=http/protobuf``), the agent
-writes each audit span's protobuf ``Span`` itself (what the SDK's span would be: ids, parent, times,
-name, kind, attributes, status; ``tests/test_agent_span_otlp.py`` holds the bytes to the SDK's) and one
-thread ships them to ``/v1/traces`` grouped by resource, bounded as the SDK's batch processor is
-(``OTEL_BSP_*``): no tracer provider, span objects or SDK queue in the agent (issue 19's memory goal).
+or gRPC (``OTEL_TRACES_EXPORTER=otlp`` with ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` ``http/protobuf``
+or ``grpc``, the SDK's default; gRPC through a ``grpcio`` channel, the request's bytes as they are),
+the agent writes each audit span's protobuf ``Span`` itself (what the SDK's span would be: ids,
+parent, times, name, kind, attributes, status; ``tests/test_agent_span_otlp.py`` holds the bytes to
+the SDK's) and one thread ships them (to ``/v1/traces``, or TraceService/Export) grouped by resource,
+bounded as the SDK's batch processor is (``OTEL_BSP_*``): no tracer provider, span objects or SDK
+queue in the agent (issue 19's memory goal).
 A span dropped (queue full, export refused or failed) is counted (``stats()["spans_dropped"]``) and
 said once on stderr; spans are not records: no record ever waits for, or is dropped for, a span.
 """
@@ -24,7 +26,7 @@ from secret_audit._internal.otlp import encode_key_values, encode_request_framed
 from secret_audit._internal.shapes import SCOPE, span_start, worst
 from secret_audit.version import __version__
 
-__all__ = ["SpanShipper", "encode_lone_span", "encode_span", "native_traces", "span_of"]
+__all__ = ["SpanShipper", "encode_lone_span", "encode_span", "native_traces", "span_of", "traces_protocol"]
 
 _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
@@ -127,24 +129,44 @@ def _env(env: Mapping[str, str], *names: str) -> str:
     return ""
 
 
-def native_traces(env: Mapping[str, str] | None = None) -> bool:
-    """True when the env's only traces exporter is OTLP over HTTP/protobuf, configured as we send it.
+# Set, these keep the SDK's span path: span limits; the SDK's HTTP session and gRPC credential hooks.
+_SDK_ONLY = (
+    "OTEL_SPAN_", "OTEL_ATTRIBUTE_", "OTEL_PYTHON_EXPORTER_OTLP_HTTP_", "OTEL_PYTHON_EXPORTER_OTLP_GRPC_",
+)
+# Our gRPC channel trusts the system's roots only: a CA or client certificate keeps the SDK's exporter.
+_GRPC_SDK_ONLY = tuple(f"OTEL_EXPORTER_OTLP_{signal}{name}" for signal in ("", "TRACES_")
+                       for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"))
 
-    Anything else (gRPC, console, zipkin, several exporters, deflate, a credential provider, span
-    limits, the SDK disabled) keeps the SDK's span path, which honours it.
+
+def traces_protocol(env: Mapping[str, str] | None = None) -> str | None:
+    """``http/protobuf`` or ``grpc`` when the env's only traces exporter is OTLP, configured as we send
+    it (the SDK's default protocol, gRPC, included: the distro's default); None otherwise.
+
+    Anything else (console, zipkin, several exporters, http/json, deflate, a credential provider or a
+    certificate for gRPC, span limits, the SDK disabled) keeps the SDK's span path, which honours it.
     """
     env = os.environ if env is None else env
     names = [n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")]
-    protocol = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-    if names not in (["otlp"], ["otlp_proto_http"]) or (names == ["otlp"] and protocol != "http/protobuf"):
-        return False
+    protocol = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if names == ["otlp_proto_http"]:
+        protocol = "http/protobuf"
+    elif names == ["otlp_proto_grpc"]:
+        protocol = "grpc"
+    elif names != ["otlp"] or protocol not in ("http/protobuf", "grpc"):
+        return None
     compression = _env(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION").lower()
-    sdk_only = [
-        name for name in env
-        if name.startswith(("OTEL_SPAN_", "OTEL_ATTRIBUTE_", "OTEL_PYTHON_EXPORTER_OTLP_HTTP_"))
-    ]
-    return (compression in ("", "none", "gzip") and not sdk_only
-            and env.get("OTEL_SDK_DISABLED", "").strip().lower() != "true")
+    sdk_only = [name for name in env if name.startswith(_SDK_ONLY)]
+    if protocol == "grpc":
+        sdk_only += [name for name in _GRPC_SDK_ONLY if env.get(name, "").strip()]
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    if compression not in ("", "none", "gzip") or sdk_only or disabled:
+        return None
+    return protocol
+
+
+def native_traces(env: Mapping[str, str] | None = None) -> bool:
+    """True when the agent sends the audit spans itself (``traces_protocol``), not through the SDK."""
+    return traces_protocol(env) is not None
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -169,7 +191,7 @@ class SpanShipper:
             if cls._shared is None:
                 from secret_audit._internal.senders import build_sender
 
-                sender = build_sender("http/protobuf", None, None, signal="traces")
+                sender = build_sender(traces_protocol() or "http/protobuf", None, None, signal="traces")
                 cls._shared = SpanShipper(sender, os.environ)
             return cls._shared  # type: ignore[no-any-return]
 

@@ -9,7 +9,7 @@ import select
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from secret_audit._internal.config import PREFIX, resolve_endpoint
 from secret_audit.version import __version__
@@ -280,16 +280,21 @@ def _proxy_for(endpoint: str) -> str | None:
 
 
 class GrpcSender:
-    """OTLP/gRPC: the LogsService/Export method called with the request bytes as they are."""
+    """OTLP/gRPC: a signal's Export method (logs; the agent's traces), given the request's bytes as is."""
 
-    _METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+    _METHODS: ClassVar[dict[str, str]] = {
+        "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    }
 
     def __init__(
-        self, endpoint: str, headers: Mapping[str, str], *, timeout: float, insecure: bool, gzip_body: bool
+        self, endpoint: str, headers: Mapping[str, str], *, timeout: float, insecure: bool, gzip_body: bool,
+        signal: str = "logs",
     ) -> None:
         import grpc
 
         self.endpoint = endpoint
+        self.insecure = insecure
         self.problem: str | None = None
         target = endpoint.split("://", 1)[-1].rstrip("/")
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -300,7 +305,8 @@ class GrpcSender:
             self._channel = grpc.secure_channel(
                 target, grpc.ssl_channel_credentials(), options=options, compression=compression
             )
-        self._call = self._channel.unary_unary(self._METHOD)
+        self.method = self._METHODS[signal]
+        self._call = self._channel.unary_unary(self.method)
         self._metadata = tuple(headers.items())
         self._timeout = timeout
 
@@ -366,6 +372,14 @@ def build_sender(
     gzip_body = (compression or "").lower() == "gzip"
     if signal == "logs":
         endpoint, _ = resolve_endpoint(protocol, override_endpoint, env)
+    elif protocol == "grpc":  # the SDK's OTLP/gRPC exporters: host and port, TLS unless told or http://
+        endpoint = _env(env, own + "ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4317"
+        insecure_env = _env(env, own + "INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
+        scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else ""
+        told = insecure_env.lower() == "true" if insecure_env else scheme == "http"
+        insecure = scheme != "https" and told
+        return GrpcSender(endpoint, headers, timeout=timeout, insecure=insecure, gzip_body=gzip_body,
+                          signal=signal)
     else:  # the SDK's OTLP/HTTP exporters: the signal's own URL as is, or the base URL and the signal's path
         base = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
         endpoint = _env(env, own + "ENDPOINT") or base.rstrip("/") + f"/v1/{signal}"

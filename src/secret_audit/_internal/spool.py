@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from secret_audit._internal.spooldir import SPOOL_FILE
+from secret_audit._internal.spooldir import EMPTY_FILE, SPOOL_FILE
 
 __all__ = ["Spool", "SpooledBatch"]
 
@@ -59,6 +59,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.path = self.directory / self.FILENAME
         self._claim_path = self.directory / (self.FILENAME + ".replay")  # locked by the replaying process
+        self._empty_path = self.directory / EMPTY_FILE
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"no audit spool in {self.directory} (no {self.FILENAME} there)")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ class Spool:
         self._done = 0
         self._claim: int | None = None  # the replay claim's file descriptor, while held
         _SPOOLS.add(self)
+        self._note_if_empty()
 
     def _bytes(self) -> int:
         row = self._conn.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM batches").fetchone()
@@ -106,11 +108,13 @@ class Spool:
         try:
             if self._bytes() + len(body) > self.max_bytes:
                 return False
+            self._unmark()  # before the row lands, should this process die right after it
             self._conn.execute(
                 "INSERT INTO batches (stream, first_seq, last_seq, records, body, created_ns, reports) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (stream, first_seq, last_seq, records, body, time.time_ns(), reports),
             )
+            self._unmark()  # and after: another process may have marked it empty in between
             return True
         except sqlite3.Error as exc:
             _log.error("secret-audit: cannot write the audit spool %s: %s", self.path, exc)
@@ -154,6 +158,28 @@ class Spool:
         except sqlite3.Error as exc:
             _log.warning("secret-audit: cannot delete replayed requests from the audit spool %s: %s",
                          self.path, exc)
+        self._note_if_empty()
+
+    def _note_if_empty(self) -> None:
+        """Mark the spool empty, so later processes skip replaying it at start (``leftover_spool``).
+
+        Processes share the spool: a writer removes the mark after its row lands (and before), and
+        this looks again after making it, so whichever comes last, a row leaves the spool unmarked.
+        The mark is only a hint: a spool marked wrongly empty is still replayed, at a first record.
+        """
+        try:
+            if self._conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is not None:
+                return
+            self._empty_path.touch()
+            if self._conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone() is not None:
+                self._empty_path.unlink(missing_ok=True)
+        except (OSError, sqlite3.Error):
+            return
+
+    def _unmark(self) -> None:
+        """Take the empty mark away: a row is about to wait, or just did."""
+        with contextlib.suppress(OSError):
+            self._empty_path.unlink(missing_ok=True)
 
     def claim(self) -> bool:
         """Take the spool's replay claim, or return False while another process (or Spool) holds it.

@@ -14,20 +14,27 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
-    "DESTINATION_FILE", "SPOOL_FILE", "default_spool_dir", "leftover_spool", "prepare_spool_dir",
-    "state_home",
+    "DESTINATION_FILE", "EMPTY_FILE", "SPOOL_FILE", "default_spool_dir", "leftover_spool",
+    "prepare_spool_dir", "state_home",
 ]
 
 # Written beside the spool so an operator can tell what a folder holds (never the headers).
 DESTINATION_FILE = "destination.txt"
 # The spool's own file, named here so that start-up can look for a leftover one without importing sqlite3.
 SPOOL_FILE = "audit-spool.sqlite3"
+# Beside the spool while nothing waits in it (the spool keeps it true): a spool once opened stays on
+# disk, and without this every later process would start its stream's threads at once to replay nothing.
+EMPTY_FILE = "audit-spool.empty"
 
 
 def leftover_spool(directory: str | None) -> bool:
     """Whether a spool waits in ``directory``: its stream's worker starts at once to replay it, not at a
     first access that a process may never make."""
-    return bool(directory) and os.path.exists(os.path.join(str(directory), SPOOL_FILE))
+    if not directory:
+        return False
+    folder = str(directory)
+    spool, empty = os.path.join(folder, SPOOL_FILE), os.path.join(folder, EMPTY_FILE)
+    return os.path.exists(spool) and not os.path.exists(empty)
 
 
 def state_home(env: Mapping[str, str]) -> Path | None:
