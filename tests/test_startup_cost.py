@@ -68,6 +68,22 @@ def test_an_app_that_audits_nothing_starts_no_agent_and_imports_no_in_process_pi
     assert _loaded(code, env, launcher=True) == {"children": 0, **dict.fromkeys(IN_PROCESS, False)}
 
 
+def test_a_process_that_forks_builds_the_command_table_first_for_its_children_to_share(redis_url, tmp_path):
+    """Built lazily, the table was built by each gunicorn worker at its first command, 8 private copies
+    where the master's one was shared: about 10 MiB more for 8 workers (bench_memory.py)."""
+    env = launcher_env("http://127.0.0.1:9", redis_url, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=GRPC,
+                       OTEL_PYTHON_SECRET_AUDIT_SPOOL_DIR=str(tmp_path / "spool"), OTEL_PYTHON_SECRET_AUDIT_AGENT="off")
+    code = ("import json, os, sys, redis\n"
+            "m = sys.modules['secret_audit._internal.redis_commands']\n"
+            "before = 'COMMANDS' in vars(m)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(0 if 'COMMANDS' in vars(m) else 3)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(json.dumps({'before': before, 'child': os.waitstatus_to_exitcode(status)}))\n")
+    assert _loaded(code, env, launcher=True) == {"before": False, "child": 0}
+
+
 def test_the_agent_starts_with_the_pipeline_where_a_first_call_must_not_wait_for_it(redis_url, tmp_path):
     """Fail-closed: a first call would otherwise wait for the agent's interpreter to start. (A leftover
     spool starts it too: tests/test_spool.py, replayed by a process that audits nothing.)"""
