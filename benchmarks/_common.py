@@ -48,16 +48,21 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 @contextlib.contextmanager
-def otlp_sink() -> Iterator[str]:
-    """An OTLP/HTTP endpoint in another process that accepts and discards, so it costs us no CPU."""
+def _sink_process(script: str) -> Iterator[str]:
+    """A sink script run in another process (so it costs us no CPU), listening on a free port."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port)])
     wait_port(port, proc)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def otlp_sink() -> contextlib.AbstractContextManager[str]:
+    """An OTLP/HTTP endpoint in another process that accepts and discards."""
+    return _sink_process(_SINK)
 
 
 _GRPC_SINK = r"""
@@ -75,17 +80,9 @@ server.wait_for_termination()
 """
 
 
-@contextlib.contextmanager
-def otlp_grpc_sink() -> Iterator[str]:
+def otlp_grpc_sink() -> contextlib.AbstractContextManager[str]:
     """The same sink over OTLP/gRPC (the SDK's default protocol): Export answered, the request discarded."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _GRPC_SINK, str(port)])
-    wait_port(port, proc)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    return _sink_process(_GRPC_SINK)
 
 
 class Samples(dict[str, list[float]]):
