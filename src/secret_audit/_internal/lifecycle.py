@@ -24,7 +24,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from secret_audit._internal.config import SOURCES, Settings
+from secret_audit._internal.config import Settings
 from secret_audit._internal.current import peek_pipeline
 from secret_audit._internal.spooldir import leftover_spool  # not spool: sqlite3 costs every start-up
 
@@ -40,7 +40,9 @@ def start(settings: Settings) -> Any:
         from secret_audit._internal.agent_client import AgentHandoff
 
         handoff = AgentHandoff(settings)
-        if _agent_now(settings):
+        # Now, not at the first hand-off, where a fail-closed call must not wait for an interpreter to
+        # start, or a leftover spool waits to be replayed.
+        if handoff.closed_mode or leftover_spool(settings.spool_dir):
             handoff.register()  # the agent's socket is bound first: this process never waits for it
             if handoff.fallback is not None:  # it could not start or be reached: announced by the hand-off
                 return handoff.fallback
@@ -50,12 +52,6 @@ def start(settings: Settings) -> Any:
         atexit.register(_at_exit, weakref.ref(pipeline))
         return pipeline
     return in_process(settings)
-
-
-def _agent_now(settings: Settings) -> bool:
-    """Whether the agent starts with the pipeline rather than at the first hand-off: a fail-closed
-    call must not wait for an interpreter to start, and a leftover spool is replayed now."""
-    return any(settings.mode_for(s) == "closed" for s in SOURCES) or leftover_spool(settings.spool_dir)
 
 
 def in_process(settings: Settings) -> AuditPipeline:
