@@ -65,8 +65,10 @@ class AgentHandoff:
         self.gone: str | None = None  # why the agent is gone
         self.predecessor: dict[str, Any] | None = None  # the dead agent's stream, its last settled sequence
         self.closed = False
-        self._short = ShortWay(self)  # one for the hand-off's life: the wrappers hold its submit_one
-        self.submit_one = self._short.submit_one
+        # for the hand-off's life (the wrappers hold their submit_one): single-key commands, and pipelines
+        # (kept apart, so that an app that mixes the two does not make each forget the other's client)
+        self._short = (ShortWay(self), ShortWay(self))
+        self.submit_one, self.submit_merged = self._short[0].submit_one, self._short[1].submit_one
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(before=lambda: _before_fork(ref), after_in_child=lambda: _forked(ref))
@@ -77,7 +79,8 @@ class AgentHandoff:
         self.ring: Ring | None = None
         self._sock: socket.socket | None = None
         self._ids: dict[int, tuple[int, Shape]] = {}
-        self._short.forget()
+        for way in self._short:
+            way.forget()
         self.held = HeldShapes()  # every shape an unsettled slot may name, by id
         self._next_id = 0
         self.dropped = 0
@@ -169,7 +172,8 @@ class AgentHandoff:
                 waiting, PREFIX, int(timeout * 1000), self.agent_pid,
             )
         self.closed = True
-        self._short.drop_shape_ids()
+        for way in self._short:
+            way.drop_shape_ids()
         sock, self._sock = self._sock, None
         if sock is not None:
             if flushed and self.fallback is None:
@@ -402,7 +406,8 @@ class AgentHandoff:
         body = json.dumps({"below": below, "at": at}).encode()
         self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
         self._ids.clear()
-        self._short.drop_shape_ids()
+        for way in self._short:
+            way.drop_shape_ids()
         self.held.prune(self.ring.word(hdr.SETTLED))
         self.held.release(at, below)
 

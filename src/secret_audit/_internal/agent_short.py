@@ -56,14 +56,18 @@ class ShortWay:
         """The shape ids kept are no longer valid (forgotten, or the hand-off closed)."""
         self._kept = _NO_SHAPES
 
-    def submit_one(self, source: Any, target: Any, item: Item, start: int, end: int, ctx: Context) -> None:
-        """A call that succeeded with one Item (a single-key command): its slot straight from what is kept
-        for its context (accessor, span ids) and its client (the Item's shape id), else ``submit``."""
+    def submit_one(self, source: Any, target: Any, item: Item, start: int, end: int, ctx: Context,
+                   owner: Any = None) -> None:
+        """A call that succeeded with one Item (a single-key command, a pipeline whose commands merged into
+        one): its slot straight from what is kept for its context (accessor, span ids) and its client
+        (the Item's shape id), else ``submit``. ``owner`` stands for the client when the target is made
+        afresh for each call (a pipeline: its connection pool) and describes as the target does."""
         now = self._ctx
         if ctx is not now[0]:
             now = self._context(ctx)
         kept = self._kept
-        if target is kept[0] and source is kept[2] and (now[1] is kept[1] or now[1] == kept[1]):
+        if (target if owner is None else owner) is kept[0] and source is kept[2] and (
+                now[1] is kept[1] or now[1] == kept[1]):
             got = kept[3].get(id(item))  # by identity: an Item is made once per kind of call and kept
             ids = now[2]
             if got is not None and got[1] is item and ids is not False:  # False: a span made here
@@ -85,7 +89,8 @@ class ShortWay:
                         self._handoff._nudge()
                     return
                 self._kept = _NO_SHAPES  # full or sealed: the whole way, until learnt again
-        self._learn(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", *_NO_MORE)))
+        self._learn(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", *_NO_MORE)),
+                    target if owner is None else owner)
 
     def _context(self, ctx: Context) -> tuple[Any, ...]:
         """What a context tells every slot written in it: its accessor, its span ids (None: chosen per
@@ -120,7 +125,7 @@ class ShortWay:
         now = self._ctx = (ctx, who, ids, parent, chosen)
         return now
 
-    def _learn(self, access: Access) -> None:
+    def _learn(self, access: Access, owner: Any) -> None:
         """The whole way for one Item; then keep its shape id for the next access of its kind."""
         h = self._handoff
         if h.fallback is not None or h.closed:
@@ -137,9 +142,8 @@ class ShortWay:
         if entry is None or entry[1] is not shape:
             return
         kept = self._kept
-        if (kept[0] is not access.target or kept[1] is not who or kept[2] is not access.source
-                or kept[4] is not ring):
-            kept = self._kept = (access.target, who, access.source, {}, ring)
+        if kept[0] is not owner or kept[1] is not who or kept[2] is not access.source or kept[4] is not ring:
+            kept = self._kept = (owner, who, access.source, {}, ring)
         if len(kept[3]) < _KEPT_LIMIT:
             item = access.items[0]  # type: ignore[index]
             kept[3][id(item)] = (entry[0], item)

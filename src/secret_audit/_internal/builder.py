@@ -164,7 +164,8 @@ class RecordBuilder:
         last_who, last = self._last_who, self._last
         if last_who[0] is not access.context or last[1] is not access.target or last[2] is not last_who[1]:
             return None
-        shape = last[5].get((access.items[0], 1, access.outcome)) if access.items else None
+        item = access.items[0] if access.items else None
+        shape = None if item is None else last[5].get((item, item.times, access.outcome))
         return None if shape is None else (last_who[1], last_who[2], shape)
 
     def wants_span(self, parent: trace.SpanContext, records: list[dict[str, Any]]) -> bool:

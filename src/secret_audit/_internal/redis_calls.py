@@ -28,6 +28,7 @@ from secret_audit._internal.redis_commands import (
     lookup,
 )
 from secret_audit._internal.redis_keys import DELETE, META, upper
+from secret_audit._internal.redis_pipeline_way import pipeline_wrapper
 from secret_audit._internal.redis_pipelines import PipelineItems, command_stack, key_name, verb
 from secret_audit._internal.redis_single import single_wrapper
 from secret_audit._internal.redis_source import SOURCE
@@ -278,9 +279,8 @@ class Wrappers:
                                                                     is_async=True)
         self.strategy_execute_command: Wrapper = core.wrapper(strategy)
         self.async_strategy_execute_command: Wrapper = core.wrapper(strategy, is_async=True)
-        self.pipeline_execute: Wrapper = core.wrapper(pipelines, pipelines.waits, pipelines.begin)
-        self.async_pipeline_execute: Wrapper = core.wrapper(pipelines, pipelines.waits, pipelines.begin,
-                                                             is_async=True)
+        self.pipeline_execute: Wrapper = pipeline_wrapper(core, pipelines)
+        self.async_pipeline_execute: Wrapper = pipeline_wrapper(core, pipelines, is_async=True)
         self.pipeline_first_error: Wrapper = pipelines.first_error
         self.strategy_first_error: Wrapper = pipelines.strategy_first_error
 

@@ -70,6 +70,9 @@ class PipelineItems:
         self._names: dict[Any, tuple[Command, str] | int] = {}  # a command's kind, by its name
         self.cached = self._cache.get  # a single call's entry, if known (``redis_single``)
         self.entry = self._entry
+        # a cached Item repeated n times, made once (by the Item's id and n): one object, as a single call's
+        # Item is, so that the hand-off keeps its shape id by identity (``agent_short``)
+        self._merged: dict[tuple[int, int], tuple[Item, Item]] = {}
 
     def touches_secret(self, stack: Sequence[Any]) -> bool:
         """Whether any queued command names a secret key (fail-closed: only such a pipeline waits)."""
@@ -92,7 +95,21 @@ class PipelineItems:
         commands = stack if type(stack) is list else list(stack)
         groups = _count(commands, got, self._entry, self._one, make_item, rr.found, rr.none, _EMPTIABLE,
                         args_of)
-        return tuple(item if count == 1 else item._replace(times=count) for item, count in groups)
+        return tuple(item if count == 1 else self._times(item, count) for item, count in groups)
+
+    def _times(self, item: Item, count: int) -> Item:
+        """``item`` done ``count`` times, one object for each pair while the cache holds them."""
+        merged = self._merged
+        got = merged.get((id(item), count))
+        if got is not None and got[0] is item:
+            return got[1]
+        if item.error is not None:  # never kept: an exception holds its traceback's frames
+            return item._replace(times=count)
+        if len(merged) >= _CACHE_LIMIT:
+            merged.clear()
+        out = item._replace(times=count)
+        merged[id(item), count] = (item, out)
+        return out
 
     def _entry(self, name: Any, key: Any) -> _Entry | int:
         """A command's cache entry by its name and key, learnt the first time they are seen."""

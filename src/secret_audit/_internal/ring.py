@@ -160,6 +160,8 @@ class Ring:
         the ``SLEEPING`` word is read after the commit is visible: a reader that set it before looking at
         the slot either sees the slot or is seen asleep (``Ring.doze`` fences its side likewise).
         """
+        if len(ids) == 1:  # most accesses: their one slot packed by one prepared Struct
+            return self.put_one(flags, start, end, trace_id, span_id, trace_flags, ids[0], parent)
         mm = self.mm
         with self._lock:
             idx = self._claim()
