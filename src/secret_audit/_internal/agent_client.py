@@ -34,7 +34,7 @@ from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
 from secret_audit._internal.export_timings import ExportTimings
-from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
+from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring
 from secret_audit._internal.shapes import Shape, fill
 
 __all__ = ["AgentHandoff"]
@@ -122,7 +122,7 @@ class AgentHandoff:
         lost, idx = self._waiting_put(access)
         if idx < 0:
             return idx == _NOTHING
-        return until_settled(functools.partial(self._settled, idx, lost), limit)
+        return until_settled(self, idx, lost, limit)
 
     async def wait_durable_async(self, access: Access, timeout: float | None = None) -> bool:
         """The same for coroutines, without blocking the event loop."""
@@ -132,7 +132,7 @@ class AgentHandoff:
         lost, idx = self._waiting_put(access)
         if idx < 0:
             return idx == _NOTHING
-        return await until_settled_async(functools.partial(self._settled, idx, lost), limit)
+        return await until_settled_async(self, idx, lost, limit)
 
     def refuse(self, reason: str) -> None:
         """Count one fail-closed refusal; the agent (or the fallback) reports it in the stream."""
@@ -229,15 +229,6 @@ class AgentHandoff:
         ring = self.ring or self.register()
         lost = ring.word(hdr.LOST) if ring is not None else 0
         return lost, self.put(access, WAIT)
-
-    def _settled(self, idx: int, lost: int) -> bool | None:
-        """None while the slot is not settled; then whether it is durable (no batch lost since)."""
-        ring = self.ring
-        if self.fallback is not None or ring is None:
-            return False
-        if ring.word(hdr.SETTLED) <= idx:
-            return None
-        return bool(ring.word(hdr.LOST) == lost)
 
     def put(self, access: Access, flags: int) -> int:
         """Write an access's slots; its last slot's index, or what became of it."""
@@ -343,18 +334,13 @@ class AgentHandoff:
             if self.ring is not None or self.fallback is not None:
                 return self.ring
             try:
-                if self.link.address is None:
-                    self.link.start(self.settings)
-                fd, mm = open_ring()
-                self.link.open(fd, functools.partial(take_over, self))
-                os.close(fd)
+                ring = self.ring = self.link.register(self.settings, functools.partial(take_over, self))
             except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
                 cause = (f"it cannot be reached ({exc!r})" if self.link.address else
                          f"it could not start ({exc!r}; the app may not start child processes here)")
             else:
-                self.ring = Ring(mm)
-                self.ring.bound = self.capacity
-                return self.ring
+                ring.bound = self.capacity
+                return ring
         take_over(self, cause)
         return None
 

@@ -22,6 +22,7 @@ from typing import Any
 from secret_audit._internal import agent_wire as wire
 from secret_audit._internal.config import Settings
 from secret_audit._internal.export_timings import ExportTimings
+from secret_audit._internal.ring import Ring, open_ring
 
 __all__ = ["AgentLink"]
 
@@ -31,7 +32,7 @@ class AgentLink:
 
     def __init__(self, lock: threading.Lock, address: bytes | None, proc: Any) -> None:
         self.lock = lock
-        self.address = address  # the agent's socket; None: this process tree's agent is started at open()
+        self.address = address  # the agent's socket; None: this process tree's agent starts at register()
         self.proc = proc  # the agent's process, if this process started it
         self.sock: socket.socket | None = None
         self.agent_pid: int | None = None
@@ -43,23 +44,25 @@ class AgentLink:
         self._ended = threading.Event()  # the agent ended this stream (an E frame), or its socket closed
         self._counts: dict[str, Any] = {}
 
-    def start(self, settings: Settings) -> None:
-        """Start this process tree's agent, its socket bound here first: registering never waits for it."""
-        address = wire.agent_address()
-        self.proc, self.address = wire.spawn(address, settings), address
-
-    def open(self, fd: int, gone: Callable[[str], None]) -> None:
-        """Connect, register the ring ``fd`` and start the watcher, which calls ``gone(cause)`` if the
-        agent goes while this link is open; OSError when it cannot be reached."""
-        assert self.address is not None
+    def register(self, settings: Settings, gone: Callable[[str], None]) -> Ring:
+        """A new ring, handed to the agent (started first if there is none: its socket bound here, so that
+        registering never waits for it); a watcher then calls ``gone(cause)`` if the agent goes while this
+        link is open. OSError when it cannot be reached (AttributeError: no memfd, not Linux)."""
+        address = self.address
+        if address is None:
+            address = wire.agent_address()
+            self.proc, self.address = wire.spawn(address, settings), address
+        fd, mm = open_ring()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.address)
+        sock.connect(address)
         body = json.dumps({"pid": os.getpid(), "resource": wire.resource_attributes()}).encode()
         socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
+        os.close(fd)
         self.sock = sock
         watcher = threading.Thread(target=self._watch, args=(sock, gone), name="secret-audit-agent-watch",
                                    daemon=True)
         watcher.start()
+        return Ring(mm)
 
     def send(self, kind: bytes, payload: bytes) -> None:
         """One whole frame, under ``lock``; OSError if the agent went away."""
