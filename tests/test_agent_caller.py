@@ -145,13 +145,13 @@ def test_a_steady_stream_of_accesses_does_not_wake_the_agent(agent_handoff):
     get(key)  # its shape crosses once
     assert handoff.flush(10)
     woken = []
-    nudge = handoff._nudge
+    nudge = handoff.nudge
 
     def counted() -> None:  # no fail-closed caller and no flush here: a nudge is a wake
         woken.append(handoff.ring.next)
         nudge()
 
-    handoff._nudge = counted
+    handoff.nudge = counted
     for _ in range(500):
         get(key)
         time.sleep(0.0005)

@@ -188,7 +188,7 @@ def test_each_access_in_a_request_span_gets_its_own_span_id(agent_get: Any) -> N
 
 
 def test_shape_ids_forgotten_are_learnt_again(agent_get: Any) -> None:
-    """At the shape-id bound the app forgets every id (``_forget``): the short way then learns a new id
+    """At the shape-id bound the app forgets every id (``ShapeIds.forget``): the short way then learns a new id
     instead of writing a forgotten one, and every record still names its key."""
     handoff, get, rx = agent_get
     keys = ["secret:" + secrets.token_hex(6) for _ in range(2)]
@@ -196,7 +196,7 @@ def test_shape_ids_forgotten_are_learnt_again(agent_get: Any) -> None:
         get(key)
     before = [handoff.ring.slot(handoff.ring.next - 1)[7]]
     with handoff.lock:
-        handoff._forget()
+        handoff.shape_ids.forget(handoff.ring)
     for key in keys:
         get(key)
     after = handoff.ring.slot(handoff.ring.next - 1)[7]

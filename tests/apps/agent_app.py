@@ -74,7 +74,7 @@ if ending == "canary":
             sent.append(bytes(data))
             return self.sock.send(data, flags)
 
-    handoff._sock = Recording(handoff._sock)
+    handoff.link.sock = Recording(handoff.link.sock)
     value = sys.argv[4]
     client.set(key, value)
     reads(count)

@@ -682,11 +682,10 @@ run_close(run *r, PyObject *out, int ok)
 }
 
 static PyObject *
-stamp_slots(PyObject *self, PyObject *args)
+stamp_slots(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *slots, *shapes, *consts, *head_obj, *out;
     long long seq, observed;
-    (void)self;
     run r;
     Py_ssize_t plan_at = 8;
     if (!PyArg_ParseTuple(args, "OOOLULO|n", &slots, &shapes, &consts, &seq, &head_obj, &observed, &out, &plan_at)) {
@@ -776,12 +775,11 @@ raw_run(PyObject *raw, const unsigned char **p, Py_ssize_t *count)
  * in order) from ``known`` (shape id -> Shape), the records they make, the slots' flags or-ed, and the
  * ring index of the last slot a fail-closed caller waits on (-1: none); None if an id is not known. */
 static PyObject *
-resolve_raw(PyObject *self, PyObject *args)
+resolve_raw(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *raw, *known;
     const unsigned char *p;
     Py_ssize_t count;
-    (void)self;
     if (!PyArg_ParseTuple(args, "SO!", &raw, &PyDict_Type, &known) || raw_run(raw, &p, &count) < 0) {
         return NULL;
     }
@@ -826,14 +824,13 @@ resolve_raw(PyObject *self, PyObject *args)
 /* stamp_raw(raw, shapes, consts, seq, head, observed, out, plan_at=8) -> (seq, head): stamp_slots for a run
  * of raw slots and their shapes as resolve_raw gives them (one list, each slot's in turn). */
 static PyObject *
-stamp_raw(PyObject *self, PyObject *args)
+stamp_raw(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *raw, *shapes, *consts, *head_obj, *out;
     long long seq, observed;
     const unsigned char *p;
     Py_ssize_t count, plan_at = 8;
     run r;
-    (void)self;
     if (!PyArg_ParseTuple(args, "SO!OLULO|n", &raw, &PyList_Type, &shapes, &consts, &seq, &head_obj, &observed,
                           &out, &plan_at)
         || raw_run(raw, &p, &count) < 0) {
@@ -869,9 +866,8 @@ stamp_raw(PyObject *self, PyObject *args)
 }
 
 static PyObject *
-float_text(PyObject *self, PyObject *arg)
+float_text(PyObject *Py_UNUSED(self), PyObject *arg)
 {
-    (void)self;
     double d = PyFloat_AsDouble(arg);
     if (d == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -883,9 +879,8 @@ float_text(PyObject *self, PyObject *arg)
 
 /* The portable SHA-256 alone, hex, for the test that holds it to hashlib. */
 static PyObject *
-portable_sha256(PyObject *self, PyObject *arg)
+portable_sha256(PyObject *Py_UNUSED(self), PyObject *arg)
 {
-    (void)self;
     char *p, out[64];
     Py_ssize_t n;
     if (PyBytes_AsStringAndSize(arg, &p, &n) < 0) {
@@ -901,9 +896,8 @@ portable_sha256(PyObject *self, PyObject *arg)
 /* The agent's threads (three per app) each got a malloc arena of their own, about 1 MiB resident apiece
  * once their buffers came and went: at most n arenas for threads made from now on. */
 static PyObject *
-malloc_arenas(PyObject *self, PyObject *arg)
+malloc_arenas(PyObject *Py_UNUSED(self), PyObject *arg)
 {
-    (void)self;
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
@@ -917,10 +911,8 @@ malloc_arenas(PyObject *self, PyObject *arg)
 
 /* Free pages malloc keeps (between live chunks too) handed back to the system; True if any was. */
 static PyObject *
-trim(PyObject *self, PyObject *unused)
+trim(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused))
 {
-    (void)self;
-    (void)unused;
 #ifdef __GLIBC__
     int released;
     Py_BEGIN_ALLOW_THREADS

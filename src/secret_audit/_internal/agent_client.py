@@ -7,44 +7,40 @@ to the agent once, over its socket. Everything else (stamping, encoding, sending
 accounting) runs in the agent. When the agent cannot be reached, or dies, the in-process pipeline
 takes over, announced once on stderr with the cause, and builds what was handed off and not
 settled from the ring, which keeps it until settled (``agent_takeover``). Fail-closed callers
-then refuse. A single-key command's short way is ``agent_short``'s.
-
-Past 400 lines on purpose: one class holds the hand-off's whole protocol with its agent (the ring's
-writer, the socket's frames and watcher, fail-closed waits, flush, the stats question and its last
-answer, the stream's end at close, fork), whose state is shared under one lock; split, each part would
-reach into the others' state.
+then refuse. Its parts: the socket and the agent's answers (``agent_link``), the ring's shape ids
+(``agent_shape_ids``), a single-key command's short way (``agent_short``), the agent's death
+(``agent_takeover``); this module writes the ring and holds them together under one lock.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
+import functools
 import logging
 import os
-import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
-from secret_audit._internal import agent_wire as wire
 from secret_audit._internal import ring as hdr
+from secret_audit._internal.agent_link import AgentLink
+from secret_audit._internal.agent_shape_ids import ShapeIds
 from secret_audit._internal.agent_short import ShortWay
 from secret_audit._internal.agent_spans import chosen_ids, parent_based_default
-from secret_audit._internal.agent_takeover import HeldShapes, take_over
+from secret_audit._internal.agent_takeover import take_over
+from secret_audit._internal.agent_waits import until_settled, until_settled_async
 from secret_audit._internal.builder import RecordBuilder
 from secret_audit._internal.config import PREFIX, SOURCES, Settings
 from secret_audit._internal.event import Access
 from secret_audit._internal.export_timings import ExportTimings
-from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring, open_ring
+from secret_audit._internal.ring import MAX_IDS, SEALED, SPAN, SPAN_PART, WAIT, Ring
 from secret_audit._internal.shapes import Shape, fill
 
 __all__ = ["AgentHandoff"]
 
 _log = logging.getLogger("secret_audit")
-_NOTHING, _NOT_HANDED = -2, -1  # what _put returns besides a slot index
-_SHAPE_IDS_LIMIT = 4096
+_NOTHING, _NOT_HANDED = -2, -1  # what put returns besides a slot index
 _NO_IDS: tuple[int, ...] = (0, 0, 0)
 
 
@@ -57,9 +53,8 @@ class AgentHandoff:
         self.fail_closed_timeout = settings.fail_closed_timeout_ms / 1000
         self._full_wait = settings.queue_full_timeout_ms / 1000
         self.closed_mode = any(settings.mode_for(s) == "closed" for s in SOURCES)
-        self._address, self._proc = address, proc  # no address: this process tree's agent starts at register
-        self._builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
-        self._spans = settings.spans
+        self.builder = RecordBuilder(settings, None)  # spans through the app's global tracer provider
+        self.spans = settings.spans
         self._via_agent: bool | None = None if settings.spans_via != "app" else False
         self.fallback: Any = None  # the in-process pipeline, once the agent is gone
         self.gone: str | None = None  # why the agent is gone
@@ -69,32 +64,39 @@ class AgentHandoff:
         # (kept apart, so that an app that mixes the two does not make each forget the other's client)
         self._short = (ShortWay(self), ShortWay(self))
         self.submit_one, self.submit_merged = self._short[0].submit_one, self._short[1].submit_one
-        self._reset()
+        self._reset(address, proc)  # no address: this process tree's agent starts at register
         ref = weakref.ref(self)
         os.register_at_fork(before=lambda: _before_fork(ref), after_in_child=lambda: _forked(ref))
 
-    def _reset(self) -> None:
+    def _reset(self, address: bytes | None, proc: Any) -> None:
         """No ring and no shapes yet: at start and in a forked child (which registers its own ring)."""
         self.lock = threading.Lock()
         self.ring: Ring | None = None
-        self._sock: socket.socket | None = None
-        self._ids: dict[int, tuple[int, Shape]] = {}
+        self.link = AgentLink(self.lock, address, proc)
+        self.nudge: Callable[[], None] = self.link.signal  # wakes the agent's reader now
         for way in self._short:
             way.forget()
-        self.held = HeldShapes()  # every shape an unsettled slot may name, by id
-        self._next_id = 0
+        self.shape_ids = ShapeIds(self.link, [way.drop_shape_ids for way in self._short])
+        # the writer's own names for the shape ids' table and their lookup: no attribute to follow per access
+        self._ids: dict[int, tuple[int, Shape]] = self.shape_ids.known
+        self._shape_id = self.shape_ids.id_of
         self.dropped = 0
         self.refused: dict[str, int] = {}
         self.errors = 0
-        self.agent_pid: int | None = None
-        self.stream_id: str | None = None
-        self._hello = threading.Event()  # the agent said which agent and stream serve this ring
-        self._asking = threading.Lock()  # one stats() question to the agent at a time
-        self._answer = threading.Event()
-        self._ended = threading.Event()  # the agent ended this stream (an E frame), or its socket closed
-        self._ledger: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None  # the agent's last answer, asked as this hand-off closed
-        self.timings = ExportTimings()  # durations the agent measured, until the app's metrics take them
+
+    @property
+    def agent_pid(self) -> int | None:
+        return self.link.agent_pid
+
+    @property
+    def stream_id(self) -> str | None:
+        return self.link.stream_id
+
+    @property
+    def timings(self) -> ExportTimings:
+        """Durations the agent measured, until the app's metrics take them."""
+        return self.link.timings
 
     # ---- the caller's side ----------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class AgentHandoff:
         if self.fallback is not None:
             self.fallback.submit(access)
             return
-        self._put(access, 0)
+        self.put(access, 0)
 
     def accepting(self) -> bool:
         """False while records cannot be made durable; for good in fail-closed mode once the agent is gone."""
@@ -120,11 +122,7 @@ class AgentHandoff:
         lost, idx = self._waiting_put(access)
         if idx < 0:
             return idx == _NOTHING
-        deadline, pause = time.monotonic() + limit, 0.00005
-        while (verdict := self._verdict(idx, lost, deadline)) is None:
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
-        return verdict
+        return until_settled(self, idx, lost, limit)
 
     async def wait_durable_async(self, access: Access, timeout: float | None = None) -> bool:
         """The same for coroutines, without blocking the event loop."""
@@ -134,11 +132,7 @@ class AgentHandoff:
         lost, idx = self._waiting_put(access)
         if idx < 0:
             return idx == _NOTHING
-        deadline, pause = time.monotonic() + limit, 0.0001
-        while (verdict := self._verdict(idx, lost, deadline)) is None:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.002)
-        return verdict
+        return await until_settled_async(self, idx, lost, limit)
 
     def refuse(self, reason: str) -> None:
         """Count one fail-closed refusal; the agent (or the fallback) reports it in the stream."""
@@ -174,18 +168,8 @@ class AgentHandoff:
         self.closed = True
         for way in self._short:
             way.drop_shape_ids()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            if flushed and self.fallback is None:
-                # Our end of the socket is the agent's cue to end this stream (its final checkpoint, made
-                # durable); it says so (an E frame; or it closes its end), which the watcher sees: a signed
-                # trail ends when shutdown returns, as in-process, not a moment later.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-                    self._ended.wait(timeout)
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv; close alone would not end it
-            sock.close()
+        # our end of the socket is the agent's cue to end this stream: waited for once all is settled
+        self.link.close(timeout, end=flushed and self.fallback is None)
 
     def flush(self, timeout: float) -> bool:
         """Block until everything handed off so far is settled by the agent (sent or spooled)."""
@@ -195,7 +179,7 @@ class AgentHandoff:
         if ring is None:
             return True
         target = ring.next
-        self._frame(b"L")  # wake it, and have it export once it has read this far (not at its next timer)
+        self.link.signal(b"L")  # wake it, and have it export once it has read this far (not at its timer)
         deadline = time.monotonic() + timeout
         while ring.word(hdr.SETTLED) < target:
             if self.fallback is not None:
@@ -209,7 +193,7 @@ class AgentHandoff:
         """The caller's counters, and what the agent wrote into the ring's header."""
         ring = self.ring
         if ring is not None and self.fallback is None:
-            self._hello.wait(5.0)  # a ring just registered: its agent and stream are named within a moment
+            self.link.served(5.0)  # a ring just registered: its agent and stream are named within a moment
         handed = ring.next if ring is not None else 0
 
         def words(i: int) -> int:
@@ -234,49 +218,19 @@ class AgentHandoff:
         last answer."""
         if self.closed:
             return self._final
-        with self._asking:
-            sock = self._sock
-            if sock is None or self.fallback is not None:
-                return None
-            self._answer.clear()
-            # whole frames: shapes are sent under the same lock (bounded: close() may run in a signal
-            # handler that interrupted this thread while it held it)
-            if not self.lock.acquire(timeout=timeout):
-                return None
-            try:
-                ask = b"spool" if spool else b""
-                sock.sendall(wire.FRAME.pack(b"Q", len(ask)) + ask)
-            except OSError:
-                return None
-            finally:
-                self.lock.release()
-            answered = self._answer.wait(timeout)  # also set once the agent is gone
-            return self._ledger if answered and self.fallback is None else None
+        if self.fallback is not None:
+            return None
+        answer = self.link.ask(b"spool" if spool else b"", timeout)
+        return answer if self.fallback is None else None  # the agent's going also ends the wait
 
     # ---- the ring -------------------------------------------------------------------------------
 
     def _waiting_put(self, access: Access) -> tuple[int, int]:
         ring = self.ring or self.register()
         lost = ring.word(hdr.LOST) if ring is not None else 0
-        return lost, self._put(access, WAIT)
+        return lost, self.put(access, WAIT)
 
-    def _verdict(self, idx: int, lost: int, deadline: float) -> bool | None:
-        """A waiting caller's answer once its slot is settled or its time is up; None to wait on."""
-        settled = self._settled(idx, lost)
-        if settled is None and time.monotonic() >= deadline:
-            return False
-        return settled
-
-    def _settled(self, idx: int, lost: int) -> bool | None:
-        """None while the slot is not settled; then whether it is durable (no batch lost since)."""
-        ring = self.ring
-        if self.fallback is not None or ring is None:
-            return False
-        if ring.word(hdr.SETTLED) <= idx:
-            return None
-        return bool(ring.word(hdr.LOST) == lost)
-
-    def _put(self, access: Access, flags: int) -> int:
+    def put(self, access: Access, flags: int) -> int:
         """Write an access's slots; its last slot's index, or what became of it."""
         if self.closed:  # replaced by a newer pipeline (re-wiring): hand over rather than lose the record
             from secret_audit._internal.current import peek_pipeline
@@ -289,7 +243,7 @@ class AgentHandoff:
         if ring is None:
             self.fallback.submit(access)
             return _NOT_HANDED
-        builder = self._builder
+        builder = self.builder
         found = builder.shapes_for(access)
         if found is None:
             return _NOTHING
@@ -299,14 +253,14 @@ class AgentHandoff:
             if len(shapes) == 1:  # most calls: one secret, its shape seen before
                 shape = shapes[0]
                 entry = known.get(id(shape))
-                sids = [entry[0] if entry is not None and entry[1] is shape else self._shape_id(shape)]
+                sids = [entry[0] if entry is not None and entry[1] is shape else self._shape_id(shape, ring)]
             else:
-                sids = [self._shape_id(shape) for shape in shapes]
+                sids = [self._shape_id(shape, ring) for shape in shapes]
         except OSError as exc:  # the agent went away under us: the in-process pipeline takes this one
             take_over(self, f"its socket failed ({exc})")
             return self._to_fallback(access)
         start, end = access.start_ns, access.end_ns
-        spans = self._spans
+        spans = self.spans
         parent_id = 0
         valid = parent.is_valid
         if spans == "off" or (spans == "in_trace" and not valid) or (
@@ -314,7 +268,7 @@ class AgentHandoff:
             ids: tuple[int, ...] = _NO_IDS
             if valid:  # the records carry the caller's span's ids
                 ids = (parent.trace_id, parent.span_id, int(parent.trace_flags))
-        elif self._via_agent or (self._via_agent is None and self._agent_spans()):
+        elif self._via_agent or (self._via_agent is None and self.spans_by_agent()):
             # the agent makes the span: only its ids are chosen here
             trace_id, span_id, trace_flags, parent_id = chosen_ids(parent)
             ids, flags = (trace_id, span_id, trace_flags), flags | SPAN
@@ -343,10 +297,10 @@ class AgentHandoff:
         if sleeping:  # the agent said it sleeps: clear its word (so no other caller wakes it too), wake it
             ring.wake()
         if sleeping or flags & WAIT:  # or a fail-closed caller waits: wake it now, not at its next look
-            self._nudge()
+            self.nudge()
         return idx
 
-    def _agent_spans(self) -> bool:
+    def spans_by_agent(self) -> bool:
         """Whether the agent makes the spans: not declined, and the app's sampler the SDK's default.
 
         Said on stderr only when ``agent`` was asked for by name: ``auto`` (the default) makes them in the
@@ -366,62 +320,12 @@ class AgentHandoff:
 
     def _room(self, ring: Ring, records: int) -> int:
         """A full ring: wait the bounded time for room, else count the records as dropped (-1)."""
-        idx = ring.reserve_within(self._full_wait, self._nudge)
+        idx = ring.reserve_within(self._full_wait, self.nudge)
         if idx == -1:
             with self.lock:
                 self.dropped += records
             ring.add(hdr.DROPPED, records)
         return idx
-
-    def _shape_id(self, shape: Shape) -> int:
-        """A shape's id in this ring, sending its static attributes to the agent the first time."""
-        entry = self._ids.get(id(shape))
-        if entry is not None and entry[1] is shape:
-            return entry[0]
-        once = "error.type" in shape.attrs  # an error's shape is made for its one access
-        with self.lock:
-            held = self.held
-            if self._next_id - held.floor >= _SHAPE_IDS_LIMIT:
-                self._forget()
-            sid = self._next_id
-            self._next_id += 1
-            payload = json.dumps({
-                "id": sid, "attrs": shape.attrs, "body": shape.body, "tail": shape.tail,
-                "severity": shape.severity, "severity_text": shape.severity_text, "kind": shape.kind,
-                "once": once,
-            }).encode()
-            assert self._sock is not None
-            self._sock.sendall(wire.FRAME.pack(b"S", len(payload)) + payload)
-            held.keep(sid, shape)
-            if not once:
-                self._ids[id(shape)] = (sid, shape)
-        return sid
-
-    def _forget(self) -> None:
-        """Drop every shape id so far; the agent forgets them once it has read past the slots using
-        them, this process once they are settled."""
-        assert self._sock is not None
-        assert self.ring is not None
-        at, below = self.ring.next, self._next_id
-        body = json.dumps({"below": below, "at": at}).encode()
-        self._sock.sendall(wire.FRAME.pack(b"F", len(body)) + body)
-        self._ids.clear()
-        for way in self._short:
-            way.drop_shape_ids()
-        self.held.prune(self.ring.word(hdr.SETTLED))
-        self.held.release(at, below)
-
-    def _nudge(self) -> None:
-        """Wake the agent's reader now (a fail-closed caller, half a batch written, a full ring)."""
-        self._frame(b"N")
-
-    def _frame(self, kind: bytes) -> None:
-        """An empty frame to the agent (``N`` wakes its reader; ``L``, a flush, also has it export)."""
-        sock = self._sock
-        if sock is not None:
-            # a full socket buffer wakes the reader anyway; a closed one is the watcher's to report
-            with contextlib.suppress(OSError):
-                sock.send(wire.FRAME.pack(kind, 0), socket.MSG_DONTWAIT)
 
     def register(self) -> Ring | None:
         """Map a ring of this process's own and hand it to the agent, started first if this process tree
@@ -430,55 +334,22 @@ class AgentHandoff:
             if self.ring is not None or self.fallback is not None:
                 return self.ring
             try:
-                if self._address is None:  # bound here, before the agent starts: registering never waits
-                    address = wire.agent_address()
-                    self._proc, self._address = wire.spawn(address, self.settings), address
-                fd, mm = open_ring()
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(self._address)
-                body = json.dumps({"pid": os.getpid(), "resource": wire.resource_attributes()}).encode()
-                socket.send_fds(sock, [wire.FRAME.pack(b"R", len(body)) + body], [fd])
-                os.close(fd)
+                ring = self.ring = self.link.register(self.settings, functools.partial(take_over, self))
             except (OSError, AttributeError) as exc:  # AttributeError: no memfd (not Linux)
-                cause = (f"it cannot be reached ({exc!r})" if self._address else
+                cause = (f"it cannot be reached ({exc!r})" if self.link.address else
                          f"it could not start ({exc!r}; the app may not start child processes here)")
             else:
-                self._sock, self.ring = sock, Ring(mm)
-                self.ring.bound = self.capacity
-                watcher = threading.Thread(target=self._watch, args=(sock,), name="secret-audit-agent-watch",
-                                           daemon=True)
-                watcher.start()
-                return self.ring
+                ring.bound = self.capacity
+                return ring
         take_over(self, cause)
         return None
-
-    def _watch(self, sock: socket.socket) -> None:
-        """Wait for the agent's hello, then for its end: an end while this process lives is reported."""
-        hello = wire.read_frame(sock)
-        if hello is not None:
-            info = json.loads(hello[1])
-            self.agent_pid, self.stream_id = int(info["agent_pid"]), str(info["stream_id"])
-            self._hello.set()
-            while (frame := wire.read_frame(sock)) is not None:
-                if frame[0] == b"C":  # the answer to ledger()
-                    answer = json.loads(frame[1])
-                    self.timings.merge(answer.pop("export_durations", {}))  # also of an answer come late
-                    self._ledger = answer
-                    self._answer.set()
-                elif frame[0] == b"E":  # the agent ended this stream (after our half-close)
-                    self._ended.set()
-        if sock is self._sock:
-            what = "died" if hello is not None else "exited before serving this process"
-            take_over(self, f"it {what} ({wire.exit_cause(self._proc, self.agent_pid)})")
-        self._answer.set()  # a stats() waiting for the agent's answer waits no more
-        self._ended.set()
 
 
 def _before_fork(ref: weakref.ref[AgentHandoff]) -> None:
     """Before a fork: start the agent if none serves this process yet (a pre-fork server's master that
     audited nothing), so that the children share it rather than each starting one at its first access."""
     handoff = ref()
-    if handoff is not None and handoff._address is None and not handoff.closed:
+    if handoff is not None and handoff.link.address is None and not handoff.closed:
         handoff.register()
 
 
@@ -487,10 +358,8 @@ def _forked(ref: weakref.ref[AgentHandoff]) -> None:
     handoff = ref()
     if handoff is None:
         return
-    sock, ring = handoff._sock, handoff.ring
-    handoff._proc = None  # the agent is the parent's child, not ours
-    handoff._reset()
-    if sock is not None:
-        sock.close()  # this process's descriptor only: the parent's connection stays open
+    link, ring = handoff.link, handoff.ring
+    handoff._reset(link.address, None)  # the agent is the parent's child, not ours
+    link.forked()
     if ring is not None:
         ring.mm.close()

@@ -3,28 +3,30 @@
 ``redis_single`` hands a call that succeeded with one prepared Item to ``submit_one``. What a context
 tells a slot (its accessor, its span ids or the ids the agent's span is made with) is worked out once
 per context; the Item's shape id once per client and accessor, by the Item's identity (an Item is made
-once per kind of call and kept). A miss takes the hand-off's whole way (``AgentHandoff._put``) and
+once per kind of call and kept). A miss takes the hand-off's whole way (``AgentHandoff.put``) and
 keeps what it worked out. Nothing kept is a value: contexts, accessors, Items (names and fixed words)
-and shape ids. It is the hand-off's friend: it reads the hand-off's settings, ring and shape ids.
+and shape ids. What it asks of the hand-off is ``Writer``.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from secret_audit._internal.agent_spans import chosen_ids
 from secret_audit._internal.event import Access, Item
-from secret_audit._internal.ring import SPAN
+from secret_audit._internal.ring import SPAN, Ring
 from secret_audit.context import resolve
 
 if TYPE_CHECKING:
-    from secret_audit._internal.agent_client import AgentHandoff
+    from secret_audit._internal.agent_shape_ids import ShapeIds
+    from secret_audit._internal.builder import RecordBuilder
+    from secret_audit._internal.config import Settings
 
-__all__ = ["ShortWay"]
+__all__ = ["ShortWay", "Writer"]
 
 _KEPT_LIMIT = 4096  # Items kept per client and accessor
 _NO_IDS: tuple[int, ...] = (0, 0, 0)
@@ -40,10 +42,30 @@ _random_bits = random.getrandbits  # a span id, as ``chosen_ids`` draws it
 _new_tuple = tuple.__new__  # an Access from a full field tuple, without the NamedTuple's Python __new__
 
 
+class Writer(Protocol):
+    """What the short way asks of its hand-off (``AgentHandoff``): its ring and shape ids, its whole way."""
+
+    settings: Settings
+    spans: str  # the SPANS setting
+    builder: RecordBuilder
+    shape_ids: ShapeIds
+    ring: Ring | None
+    fallback: Any
+    closed: bool
+
+    def spans_by_agent(self) -> bool: ...
+
+    def submit(self, access: Access) -> None: ...
+
+    def put(self, access: Access, flags: int) -> int: ...
+
+    def nudge(self) -> None: ...
+
+
 class ShortWay:
     """One per hand-off, for its life (the wrappers hold its ``submit_one``); emptied at fork and reset."""
 
-    def __init__(self, handoff: AgentHandoff) -> None:
+    def __init__(self, handoff: Writer) -> None:
         self._handoff = handoff
         self.forget()
 
@@ -86,7 +108,7 @@ class ShortWay:
                 if idx >= 0:
                     if sleeping:
                         kept[4].wake()
-                        self._handoff._nudge()
+                        self._handoff.nudge()
                     return
                 self._kept = _NO_SHAPES  # full or sealed: the whole way, until learnt again
         self._learn(_new_tuple(Access, (source, start, end, ctx, target, (item,), "success", *_NO_MORE)),
@@ -110,13 +132,13 @@ class ShortWay:
         else:
             trace_id, span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
             valid = parent.is_valid
-        spans = h._spans
+        spans = h.spans
         ids: tuple[int, ...] | bool | None
         chosen: tuple[int, int, int, int] | None = None
         if spans in ("off", "errors") or (spans == "in_trace" and not valid):
             # a call that succeeded never asks for an ``errors`` span
             ids = (trace_id, span_id, int(flags)) if valid else _NO_IDS
-        elif h._via_agent or (h._via_agent is None and h._agent_spans()):
+        elif h.spans_by_agent():
             ids = None
             if valid:  # every span in this context: the parent's trace id, flags and span id (as chosen_ids)
                 chosen = (trace_id, 0, flags, span_id)
@@ -131,19 +153,18 @@ class ShortWay:
         if h.fallback is not None or h.closed:
             h.submit(access)
             return
-        if h._put(access, 0) < 0:
+        if h.put(access, 0) < 0:
             return
-        now, ring, seen = self._ctx, h.ring, h._builder.last_shape(access)
+        now, ring, seen = self._ctx, h.ring, h.builder.last_shape(access)
         who = now[1]
         if now[0] is not access.context or now[2] is False or ring is None or seen is None or seen[0] != who:
             return
-        shape = seen[2]
-        entry = h._ids.get(id(shape))
-        if entry is None or entry[1] is not shape:
+        sid = h.shape_ids.kept(seen[2])
+        if sid is None:
             return
         kept = self._kept
         if kept[0] is not owner or kept[1] is not who or kept[2] is not access.source or kept[4] is not ring:
             kept = self._kept = (owner, who, access.source, {}, ring)
         if len(kept[3]) < _KEPT_LIMIT:
             item = access.items[0]  # type: ignore[index]
-            kept[3][id(item)] = (entry[0], item)
+            kept[3][id(item)] = (sid, item)

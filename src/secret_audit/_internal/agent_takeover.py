@@ -2,59 +2,34 @@
 
 The ring reuses a slot only once the agent settled it (sent, spooled or reported lost), so every
 slot from the settled watermark to the head is still in the app's memory: the app seals the ring
-(no slot is reserved after), and hands those slots, with the shapes they name (``HeldShapes``), to
-an in-process pipeline that builds them as the agent would, in a stream of its own (the dead
-agent's chain head died with it), ahead of the accesses that follow. A slot that cannot be built
-(not committed within a second, or naming a shape the app no longer holds) is reported lost.
+(no slot is reserved after), and hands those slots, with the shapes they name (``HeldShapes``, in
+``agent_shape_ids``), to an in-process pipeline that builds them as the agent would, in a stream of
+its own (the dead agent's chain head died with it), ahead of the accesses that follow. A slot that
+cannot be built (not committed within a second, or naming a shape the app no longer holds) is
+reported lost.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from secret_audit._internal import ring as hdr
 from secret_audit._internal.config import PREFIX
 from secret_audit._internal.ring import Ring
-from secret_audit._internal.shapes import Shape
 
 if TYPE_CHECKING:
+    from secret_audit._internal.agent_shape_ids import HeldShapes
     from secret_audit._internal.ring_stream import SlotPipeline
 
-__all__ = ["HeldShapes", "take_over"]
+__all__ = ["take_over"]
 
 _COMMIT_WAIT = 1.0  # seconds for a slot reserved before the seal to be committed by its (live) thread
 _FIX = (
     "look for the agent's own error above (it writes to this process's stderr), or for an OOM kill; "
     f"set {PREFIX}AGENT=off to build and send records in the app process"
 )
-
-
-class HeldShapes:
-    """The shapes a ring's unsettled slots may name, by id: what the app needs if its agent dies."""
-
-    def __init__(self) -> None:
-        self.by_id: dict[int, Shape] = {}
-        self.floor = 0  # ids below it were forgotten (released once the slots using them are settled)
-        self._releases: deque[tuple[int, int]] = deque()  # (ring index, ids below)
-
-    def keep(self, sid: int, shape: Shape) -> None:
-        self.by_id[sid] = shape
-
-    def release(self, at: int, below: int) -> None:
-        """Ids below ``below`` are not used by slots from ``at`` on: drop them once ``at`` is settled."""
-        self.floor = below
-        self._releases.append((at, below))
-
-    def prune(self, settled: int) -> None:
-        releases = self._releases
-        below = -1
-        while releases and releases[0][0] <= settled:
-            below = releases.popleft()[1]
-        if below >= 0:
-            self.by_id = {sid: shape for sid, shape in self.by_id.items() if sid >= below}
 
 
 def take_over(handoff: Any, cause: str) -> None:
@@ -79,7 +54,7 @@ def take_over(handoff: Any, cause: str) -> None:
                         f"{handoff.stream_id} ends, at its sequence {last})")
         install(fallback)
         if ring is not None:
-            built, lost = _hand_over(ring, handoff.held, fallback)
+            built, lost = _hand_over(ring, handoff.shape_ids.held, fallback)
             # drops and refusals counted here that the agent's stream never took
             fallback.handoff.note_dropped(max(0, ring.word(hdr.DROPPED) - ring.word(hdr.TAKEN)))
             for i, (reason, word) in enumerate(hdr.REFUSALS.items(), 1):

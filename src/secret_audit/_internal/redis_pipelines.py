@@ -186,6 +186,7 @@ def count_python(
     none: Any,
     emptiable: tuple[type, ...],
     args_of: Callable[[Any], Sequence[Any]],
+    /,
 ) -> list[list[Any]]:
     """[Item, count] per distinct Item, in order: the loop ``_pipeline_native.count`` runs in C, its twin."""
     groups: dict[int, list[Any]] = {}  # by the Item's id: a cached Item repeats as the same object
