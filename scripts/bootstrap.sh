@@ -8,9 +8,10 @@ kind=${1:-test}
 [ -f "requirements/$kind.lock" ] || { echo "scripts/bootstrap.sh: no requirements/$kind.lock (test or demo)" >&2; exit 2; }
 stamp_of() {
   # the C extension is built by the install: a changed source, like a changed lock, means installing again
-  echo ".venv/.installed-$1-$(cat pyproject.toml setup.py src/secret_audit/store/_native.c \
-    src/secret_audit/_internal/_pipeline_native.c src/secret_audit/_internal/_engine.c "requirements/$1.lock" \
-    | sha256sum | cut -c1-16)"
+  # (every file of each: _native.c, its parts _native_*.c and their header _native.h make one module)
+  echo ".venv/.installed-$1-$(cat pyproject.toml setup.py src/secret_audit/store/_native*.[ch] \
+    src/secret_audit/_internal/_pipeline_native*.[ch] src/secret_audit/_internal/_engine*.[ch] \
+    "requirements/$1.lock" | sha256sum | cut -c1-16)"
 }
 install() {
   local lock=requirements/$kind.lock stamp out

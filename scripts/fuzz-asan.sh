@@ -19,7 +19,7 @@ trap 'rm -rf "$out"' EXIT
 include=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 so="$out/_native.abi3.so"
 "$CC" -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-  -Wall -Wextra -Werror -I"$include" src/secret_audit/store/_native.c -o "$so"
+  -Wall -Wextra -Werror -I"$include" src/secret_audit/store/_native*.c -o "$so"
 asan=$("$CC" -print-file-name=libasan.so)
 [ -f "$asan" ] || { echo "fuzz-asan: no libasan for $CC ($asan)" >&2; exit 2; }
 # Python itself is not instrumented: the runtime is preloaded, and its own allocations (which it keeps

@@ -43,7 +43,10 @@ from .records import chained, rehash, to_protobuf
 
 native = fuzz.load_native()
 needs_native = pytest.mark.skipif(native is None, reason="the C extension is not built here")
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "secret_audit" / "store" / "_native.c"
+STORE = Path(__file__).resolve().parents[2] / "src" / "secret_audit" / "store"
+# the module's C files (_native.c, its init and method table, and its parts) and the header they share
+SOURCES = sorted(STORE.glob("_native*.c"))
+HEADER = STORE / "_native.h"
 HEADERS = Path(sysconfig.get_paths()["include"]) / "Python.h"
 
 
@@ -68,14 +71,27 @@ _INTERNALS = re.compile(
 )
 
 
+def _code(path: Path) -> str:
+    return re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)  # comments may name what the code does not do
+
+
+def _includes(code: str) -> list[str]:
+    return re.findall(r"#include\s*[<\"](\w+)", code)
+
+
 def test_the_c_source_uses_only_the_limited_api():
-    text = SOURCE.read_text()
-    code = re.sub(r"/\*.*?\*/", "", text, flags=re.S)  # comments may name what the code does not do
-    assert [m.group(0) for m in _INTERNALS.finditer(code)] == []
+    assert STORE / "_native.c" in SOURCES
+    assert len(SOURCES) > 1
+    for path in [HEADER, *SOURCES]:
+        assert [m.group(0) for m in _INTERNALS.finditer(_code(path))] == [], path.name
     # the limited API of Python 3.10, declared before Python.h is included (so that anything else
     # fails to compile), and no other header of the interpreter's
-    assert code.index("#define Py_LIMITED_API 0x030A0000") < code.index("#include <Python.h>")
-    assert re.findall(r"#include\s*[<\"](\w+)", code) == ["Python", "stdint", "string"]
+    header = _code(HEADER)
+    assert header.index("#define Py_LIMITED_API 0x030A0000") < header.index("#include <Python.h>")
+    assert _includes(header) == ["Python", "stdint", "string"]
+    # every file gets that through the header, and includes nothing else
+    for path in SOURCES:
+        assert _includes(_code(path)) == ["_native"], path.name
 
 
 @pytest.mark.skipif(not (shutil.which("cc") and HEADERS.exists()), reason="no C compiler or Python headers")
@@ -84,7 +100,7 @@ def test_the_c_source_compiles_against_the_limited_api_without_a_warning(tmp_pat
     out = tmp_path / "_native.abi3.so"
     done = subprocess.run(
         ["cc", "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-Wimplicit-function-declaration",
-         f"-I{HEADERS.parent}", str(SOURCE), "-o", str(out)],
+         f"-I{HEADERS.parent}", *map(str, SOURCES), "-o", str(out)],
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -313,7 +329,7 @@ def test_the_differential_fuzz(request: pytest.FixtureRequest):
 
 @pytest.mark.skipif(not (shutil.which("gcc") and HEADERS.exists()), reason="no gcc or Python headers")
 def test_the_fuzz_runs_under_address_sanitizer():
-    root = SOURCE.parents[3]
+    root = STORE.parents[2]
     done = subprocess.run(["bash", "scripts/fuzz-asan.sh", "3", "1"], cwd=root, capture_output=True, text=True,
                           check=False, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
