@@ -38,9 +38,9 @@ class ShapeIds:
     def id_of(self, shape: Shape, ring: Ring) -> int:
         """A shape's id in ``ring``, sending its static attributes to the agent the first time (OSError if
         the agent went away)."""
-        entry = self.known.get(id(shape))
-        if entry is not None and entry[1] is shape:
-            return entry[0]
+        known = self.kept(shape)
+        if known is not None:
+            return known
         once = "error.type" in shape.attrs  # an error's shape is made for its one access
         with self._link.lock:
             held = self.held

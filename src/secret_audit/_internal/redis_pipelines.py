@@ -103,12 +103,11 @@ class PipelineItems:
         got = merged.get((id(item), count))
         if got is not None and got[0] is item:
             return got[1]
-        if item.error is not None:  # never kept: an exception holds its traceback's frames
-            return item._replace(times=count)
-        if len(merged) >= _CACHE_LIMIT:
-            merged.clear()
         out = item._replace(times=count)
-        merged[id(item), count] = (item, out)
+        if item.error is None:  # an error's is never kept: an exception holds its traceback's frames
+            if len(merged) >= _CACHE_LIMIT:
+                merged.clear()
+            merged[id(item), count] = (item, out)
         return out
 
     def _entry(self, name: Any, key: Any) -> _Entry | int:
